@@ -130,11 +130,6 @@ func appendGraph(b []byte, g *Graph, withInit bool) []byte {
 	if g.Name != "" {
 		b = appendStringField(b, fGraphName, g.Name)
 	}
-	if withInit {
-		for _, t := range g.Initializer {
-			b = appendBytesField(b, fGraphInitializer, appendTensor(nil, t))
-		}
-	}
 	for _, v := range g.Input {
 		b = appendBytesField(b, fGraphInput, appendValueInfo(nil, v))
 	}
@@ -144,7 +139,13 @@ func appendGraph(b []byte, g *Graph, withInit bool) []byte {
 	for _, v := range g.ValueInfo {
 		b = appendBytesField(b, fGraphValueInfo, appendValueInfo(nil, v))
 	}
-	return append(b, g.unknown...)
+	b = append(b, g.unknown...)
+	if withInit { // last, as WriteFile streams them
+		for _, t := range g.Initializer {
+			b = appendBytesField(b, fGraphInitializer, appendTensor(nil, t))
+		}
+	}
+	return b
 }
 
 func appendNode(b []byte, n *Node) []byte {
