@@ -223,4 +223,3 @@ func tensorBytes(t *Tensor) []byte {
 	}
 	return nil
 }
-
