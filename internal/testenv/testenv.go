@@ -1,0 +1,71 @@
+// Package testenv finds what the project's tests need outside the module:
+// the read-only reference data in ../shared and the ONNX Runtime library.
+// Tests that cannot find them skip with a message that says how to get them.
+package testenv
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/ort"
+)
+
+// ModuleRoot returns the directory holding go.mod, walking up from the
+// working directory, or "" when there is none.
+func ModuleRoot() string {
+	d, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		p := filepath.Dir(d)
+		if p == d {
+			return ""
+		}
+		d = p
+	}
+}
+
+// SharedDir returns ../shared beside the module root ($SDPIPE_SHARED
+// overrides), or skips the test when it is absent.
+func SharedDir(t testing.TB) string {
+	t.Helper()
+	d := os.Getenv("SDPIPE_SHARED")
+	if d == "" {
+		root := ModuleRoot()
+		if root == "" {
+			t.Skip("no go.mod above the working directory: cannot locate ../shared")
+		}
+		d = filepath.Join(root, "..", "shared")
+	}
+	if _, err := os.Stat(filepath.Join(d, "reference")); err != nil {
+		t.Skipf("reference data not found at %s (set SDPIPE_SHARED to the shared/ folder): %v", d, err)
+	}
+	return d
+}
+
+// TinyReferenceModel returns ../shared/reference/tiny-onnx-sd/model, or
+// skips.
+func TinyReferenceModel(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(SharedDir(t), "reference", "tiny-onnx-sd", "model")
+}
+
+// RequireORT skips the test when the ONNX Runtime library cannot be found by
+// the default lookup, and returns its version otherwise.
+func RequireORT(t testing.TB) string {
+	t.Helper()
+	v, _, err := ort.Version("")
+	if errors.Is(err, ort.ErrLibraryNotFound) {
+		t.Skipf("ONNX Runtime not installed (run scripts/setup.sh): %v", err)
+	}
+	if err != nil {
+		t.Fatalf("loading ONNX Runtime: %v", err)
+	}
+	return v
+}
