@@ -24,7 +24,7 @@ type Model struct {
 // [batch, sequence], and a `last_hidden_state` output of shape
 // [batch, sequence, hidden].
 func Open(ctx context.Context, path string, o ort.Options) (*Model, error) {
-	ins, outs, err := ort.ReadIO(path, o.LibraryPath)
+	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("textenc: %w", err)
 	}

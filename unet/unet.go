@@ -40,7 +40,7 @@ func (e *SignatureError) Error() string {
 // `encoder_hidden_states` [batch, sequence, hidden], and a first output of
 // shape [batch, 4, h, w].
 func Open(ctx context.Context, path string, o ort.Options) (*Model, error) {
-	ins, outs, err := ort.ReadIO(path, o.LibraryPath)
+	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}

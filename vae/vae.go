@@ -43,7 +43,7 @@ type Decoder struct {
 // `latent_sample` [batch, channels, h, w], first output `sample`
 // [batch, 3, 8h, 8w].
 func OpenDecoder(ctx context.Context, path string, o ort.Options) (*Decoder, error) {
-	ins, outs, err := ort.ReadIO(path, o.LibraryPath)
+	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
 	}
@@ -139,7 +139,7 @@ type Encoder struct {
 // `latent_parameters` [batch, 2c, H/8, W/8] (mean ‖ logvar, as optimum
 // exports it).
 func OpenEncoder(ctx context.Context, path string, o ort.Options) (*Encoder, error) {
-	ins, outs, err := ort.ReadIO(path, o.LibraryPath)
+	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
 	}

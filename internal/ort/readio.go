@@ -3,32 +3,42 @@ package ort
 import (
 	"fmt"
 
-	onnx "github.com/yalue/onnxruntime_go"
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
-// ReadIO returns the inputs and outputs a model file declares.
-func ReadIO(path string, libraryPath string) (ins, outs []IOInfo, err error) {
-	if err := acquire(libraryPath); err != nil {
+// ReadIO returns the inputs and outputs a model file declares. It reads the
+// file's graph signature without loading the weights or the library.
+func ReadIO(path string) (ins, outs []IOInfo, err error) {
+	m, err := onnxpb.ReadIO(path)
+	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if e := release(); e != nil && err == nil {
-			err = e
-		}
-	}()
-	i, o, err := onnx.GetInputOutputInfo(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ort: read %s: %w", path, err)
+	for _, v := range m.Inputs {
+		ins = append(ins, fromValueInfo(v))
 	}
-	conv := func(v []onnx.InputOutputInfo) []IOInfo {
-		r := make([]IOInfo, len(v))
-		for k, x := range v {
-			r[k] = IOInfo{Name: x.Name, DType: DType(x.DataType), Shape: []int64(x.Dimensions)}
-			if len(r[k].Shape) == 0 {
-				r[k].Shape = nil
-			}
-		}
-		return r
+	for _, v := range m.Outputs {
+		outs = append(outs, fromValueInfo(v))
 	}
-	return conv(i), conv(o), nil
+	if len(ins) == 0 || len(outs) == 0 {
+		return nil, nil, fmt.Errorf("ort: %s: model declares no inputs or no outputs", path)
+	}
+	return ins, outs, nil
+}
+
+func fromValueInfo(v onnxpb.ValueInfo) IOInfo {
+	io := IOInfo{Name: v.Name, DType: DType(v.ElemType)}
+	if v.UnknownRank {
+		return io
+	}
+	io.Shape = make([]int64, len(v.Dims))
+	for i, d := range v.Dims {
+		io.Shape[i] = -1
+		if d.Param == "" && d.Value > 0 {
+			io.Shape[i] = d.Value
+		}
+	}
+	if len(io.Shape) == 0 {
+		io.Shape = nil
+	}
+	return io
 }
