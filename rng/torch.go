@@ -7,8 +7,11 @@ import "math"
 const torchFillMin = 16
 
 // Torch reproduces torch.randn(n, generator=torch.Generator("cpu").manual_seed(seed))
-// in float32 as torch 1.13 computes it on x86-64 CPUs with AVX2 (the CPU
-// capability torch dispatches to there).
+// in float32 as torch 1.13 computes it on x86-64 CPUs with AVX2, the CPU
+// capability its kernels dispatch to there (also on AVX-512 machines). torch
+// forced to its portable kernels (ATEN_CPU_CAPABILITY=default, or a CPU
+// without AVX2) computes the n >= 16 path with libm instead and differs in
+// the last bits; that variant is not reproduced.
 //
 // For n >= 16 torch fills the tensor with 24-bit uniform floats, then turns
 // each block of 16 into normals with Box–Muller over the pairs (j, j+8) in
