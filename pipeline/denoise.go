@@ -128,15 +128,13 @@ func (p *Pipeline) finishDenoise(j *job, start time.Time, err error) {
 // the order [uncond of every image..., cond of every image...] when
 // guidance is on, as diffusers batches [uncond, text].
 type unetBatch struct {
-	jobs   []*job
-	items  []*item
-	job    []*job // job of each item
-	x      []float32
-	cond   *tensor.Dense
-	ctx    context.Context
-	cancel context.CancelFunc
-	cfg    bool
-	model  time.Duration
+	jobs  []*job
+	items []*item
+	job   []*job // job of each item
+	x     []float32
+	cond  *tensor.Dense
+	cfg   bool
+	model time.Duration
 }
 
 func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {

@@ -159,6 +159,7 @@ func TestCancelMidLoop(t *testing.T) {
 	u := &fakeUNet{delay: 5 * time.Millisecond}
 	p := newFake(t, u, 0, Options{DenoiseWorkers: 2})
 	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	h, err := p.Submit(ctx, Request{Prompt: "long", Steps: 500})
 	if err != nil {
 		t.Fatal(err)
@@ -425,7 +426,7 @@ func TestImg2ImgFake(t *testing.T) {
 		req   Request
 		calls int
 	}{
-		{"modern", Request{Prompt: "x", Steps: 10, InitImage: img, Strength: 0.5}, 5 + 1},      // PNDM: N·s steps plus its extra call
+		{"modern", Request{Prompt: "x", Steps: 10, InitImage: img, Strength: 0.5}, 5 + 1},       // PNDM: N·s steps plus its extra call
 		{"full strength", Request{Prompt: "x", Steps: 10, InitImage: img, Strength: 1}, 10 + 1}, // the whole schedule
 	} {
 		t.Run(logic.name, func(t *testing.T) {
