@@ -23,8 +23,8 @@ type Prompt struct {
 // current chunk; an empty prompt gives one chunk. Chunks are padded with EOS
 // and then, for tokenizers whose pad differs from EOS (SD 2.x), every id
 // after the first EOS becomes Pad, as A1111 does. Textual-inversion
-// embeddings are not handled. The only error is ErrWeight. Safe for
-// concurrent use.
+// embeddings are not handled. Errors are those of ParseWeighted (ErrWeight,
+// ErrTooComplex). Safe for concurrent use.
 func (c *CLIP) EncodeWeighted(prompt string) (*Prompt, error) {
 	frags, err := ParseWeighted(prompt)
 	if err != nil {

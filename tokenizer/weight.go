@@ -16,6 +16,16 @@ const (
 	chunkBacktrack = 20      // A1111's comma_padding_backtrack default
 )
 
+// maxMultiplies bounds the work of ParseWeighted: A1111's algorithm costs
+// one multiplication per fragment inside each closed bracket, which is
+// quadratic in pathological prompts.
+const maxMultiplies = 1 << 24
+
+// ErrTooComplex reports a prompt whose brackets would take more than 16M
+// weight multiplications to resolve (thousands of nested brackets around
+// thousands of fragments); no real prompt comes close.
+var ErrTooComplex = errors.New("tokenizer: prompt brackets too deeply nested")
+
 // ErrWeight reports a "(text:weight)" whose weight is not a number, such as
 // "(a:1.2.3)". A1111 fails on these too (Python's float raises).
 var ErrWeight = errors.New("tokenizer: invalid attention weight")
@@ -38,7 +48,9 @@ type Fragment struct {
 // boundaries, outside brackets) separates chunks. Adjacent fragments with
 // equal weights are merged; an empty prompt gives one empty fragment of
 // weight 1. As in A1111, a BREAK inside brackets has its marker weight
-// multiplied and so becomes the literal text "BREAK". It is safe for
+// multiplied and so becomes the literal text "BREAK". Weights are float64
+// products in A1111's order, so they match it bit for bit. Errors are
+// ErrWeight and, for pathological nesting, ErrTooComplex. It is safe for
 // concurrent use.
 func ParseWeighted(prompt string) ([]Fragment, error) {
 	type item struct {
@@ -47,7 +59,9 @@ func ParseWeighted(prompt string) ([]Fragment, error) {
 	}
 	var res []item
 	var round, square []int
+	work := 0
 	mul := func(start int, f float64) {
+		work += len(res) - start
 		for i := start; i < len(res); i++ {
 			res[i].weight *= f
 		}
@@ -111,12 +125,19 @@ func ParseWeighted(prompt string) ([]Fragment, error) {
 			res = appendBreakSplit(res, s[i:j], func(t string, w float64) item { return item{t, w} })
 			i = j
 		}
+		if work > maxMultiplies {
+			return nil, ErrTooComplex
+		}
 	}
 	for _, p := range round {
-		mul(p, RoundFactor)
+		if mul(p, RoundFactor); work > maxMultiplies {
+			return nil, ErrTooComplex
+		}
 	}
 	for _, p := range square {
-		mul(p, SquareFactor)
+		if mul(p, SquareFactor); work > maxMultiplies {
+			return nil, ErrTooComplex
+		}
 	}
 	if len(res) == 0 {
 		res = append(res, item{"", 1})
