@@ -7,6 +7,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
 // Tokenizer turns a prompt into token ids. Implementations must be safe for
@@ -16,6 +17,15 @@ type Tokenizer interface {
 	// content, EOS, padding), as Stable Diffusion pipelines feed the text
 	// encoder.
 	Encode(text string) []int32
+}
+
+// WeightedTokenizer is a Tokenizer that also understands AUTOMATIC1111's
+// prompt syntax: emphasis weights, BREAK, and prompts longer than one
+// sequence, split into chunks. *tokenizer.CLIP implements it.
+type WeightedTokenizer interface {
+	Tokenizer
+	EncodeWeighted(prompt string) (*tokenizer.Prompt, error)
+	PadChunks(prompts ...*tokenizer.Prompt)
 }
 
 // Encoder is the text encoder: ids holds batch rows of equal length, and the

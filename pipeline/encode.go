@@ -9,6 +9,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
 // encode is the encode stage's work on one job: the prompt embeddings, and
@@ -19,34 +20,8 @@ func (p *Pipeline) encode(j *job) error {
 	defer func() { j.metrics.Encode = time.Since(start) }()
 	r := &j.req
 
-	cond := p.c.Tokenizer.Encode(r.Prompt)
-	ids := cond
-	batch := 1
-	if j.cfg {
-		uncond := p.c.Tokenizer.Encode(r.NegativePrompt)
-		if len(uncond) != len(cond) {
-			return fmt.Errorf("tokenizer gave %d ids for the negative prompt and %d for the prompt", len(uncond), len(cond))
-		}
-		ids = append(append(make([]int32, 0, 2*len(cond)), uncond...), cond...)
-		batch = 2
-	}
-	t0 := time.Now()
-	emb, err := p.c.TextEncoder.Encode(j.ctx, ids, batch)
-	j.metrics.EncodeModel += time.Since(t0)
-	if err != nil {
+	if err := p.encodePrompts(j); err != nil {
 		return err
-	}
-	s := emb.Shape()
-	if len(s) != 3 || s[0] != batch {
-		return fmt.Errorf("text encoder returned shape %v for batch %d", s, batch)
-	}
-	j.seq, j.hidden = s[1], s[2]
-	d := emb.Data().([]float32)
-	n := j.seq * j.hidden
-	if j.cfg {
-		j.uncond, j.cond = d[:n], d[n:2*n]
-	} else {
-		j.cond = d[:n]
 	}
 
 	var init []float32 // img2img: scaled init latents of one image
@@ -68,6 +43,7 @@ func (p *Pipeline) encode(j *job) error {
 		}
 	}
 
+	var err error
 	j.items = make([]*item, r.ImagesPerPrompt)
 	for i := range j.items {
 		it := &item{seed: r.Seed + int64(i), latents: make([]float32, j.size)}
@@ -119,4 +95,108 @@ func imageTensor(img image.Image) *tensor.Dense {
 		}
 	}
 	return tensor.New(tensor.WithShape(1, 3, h, w), tensor.WithBacking(d))
+}
+
+// encodePrompts sets j.cond and j.uncond: the text encoder's hidden states
+// for the prompt and the negative prompt, [seq, hidden] each.
+func (p *Pipeline) encodePrompts(j *job) error {
+	r := &j.req
+	wt, weighted := p.c.Tokenizer.(WeightedTokenizer)
+	var chunks [][]int32 // uncond chunks then cond chunks
+	var weights [][]float32
+	k := 1 // chunks per prompt
+	if weighted && !r.LiteralPrompt {
+		cond, err := wt.EncodeWeighted(r.Prompt)
+		if err != nil {
+			return invalid("Prompt", "%v", err)
+		}
+		var uncond *tokenizer.Prompt
+		if j.cfg {
+			if uncond, err = wt.EncodeWeighted(r.NegativePrompt); err != nil {
+				return invalid("NegativePrompt", "%v", err)
+			}
+			wt.PadChunks(cond, uncond)
+			for _, c := range uncond.Chunks {
+				chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
+			}
+		}
+		for _, c := range cond.Chunks {
+			chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
+		}
+		k = len(cond.Chunks)
+	} else {
+		if j.cfg {
+			chunks = append(chunks, p.c.Tokenizer.Encode(r.NegativePrompt))
+		}
+		chunks = append(chunks, p.c.Tokenizer.Encode(r.Prompt))
+		weights = make([][]float32, len(chunks))
+	}
+	n := len(chunks[0])
+	ids := make([]int32, 0, len(chunks)*n)
+	for _, c := range chunks {
+		if len(c) != n {
+			return fmt.Errorf("tokenizer gave sequences of %d and %d ids", n, len(c))
+		}
+		ids = append(ids, c...)
+	}
+	t0 := time.Now()
+	emb, err := p.c.TextEncoder.Encode(j.ctx, ids, len(chunks))
+	j.metrics.EncodeModel += time.Since(t0)
+	if err != nil {
+		return err
+	}
+	s := emb.Shape()
+	if len(s) != 3 || s[0] != len(chunks) || s[1] != n {
+		return fmt.Errorf("text encoder returned shape %v for %d sequences of %d", s, len(chunks), n)
+	}
+	j.hidden = s[2]
+	d := emb.Data().([]float32)
+	per := n * j.hidden
+	for c, w := range weights {
+		applyWeights(d[c*per:(c+1)*per], w, j.hidden)
+	}
+	// each prompt's chunks are consecutive, so concatenation along the
+	// sequence is a plain slice
+	j.seq = k * n
+	if j.cfg {
+		j.uncond, j.cond = d[:k*per], d[k*per:2*k*per]
+	} else {
+		j.cond = d[:k*per]
+	}
+	return nil
+}
+
+// applyWeights scales each token's hidden state by its weight and restores
+// the chunk's original mean, as AUTOMATIC1111 does. All-one weights leave z
+// untouched.
+func applyWeights(z []float32, w []float32, hidden int) {
+	ones := true
+	for _, v := range w {
+		ones = ones && v == 1
+	}
+	if ones {
+		return
+	}
+	before := mean(z)
+	for t, v := range w {
+		for i := t * hidden; i < (t+1)*hidden; i++ {
+			z[i] *= v
+		}
+	}
+	after := mean(z)
+	if after == 0 {
+		return
+	}
+	f := float32(before / after)
+	for i := range z {
+		z[i] *= f
+	}
+}
+
+func mean(x []float32) float64 {
+	var s float64
+	for _, v := range x {
+		s += float64(v)
+	}
+	return s / float64(len(x))
 }

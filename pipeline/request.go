@@ -10,6 +10,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
 // Defaults for the zero fields of a Request.
@@ -30,8 +31,15 @@ const (
 // Request describes one generation. It is a value: the pipeline resolves its
 // zero fields into its own copy and never modifies the caller's.
 type Request struct {
+	// Prompt and NegativePrompt use AUTOMATIC1111's syntax when the
+	// tokenizer supports it: (word) ×1.1, [word] ÷1.1, (word:1.3), BREAK,
+	// and prompts beyond 75 tokens in chunks. "" is the unconditional
+	// prompt.
 	Prompt         string
-	NegativePrompt string // "" is the unconditional prompt
+	NegativePrompt string
+	// LiteralPrompt turns the syntax off: the prompts are tokenized as
+	// diffusers does, truncated to one sequence.
+	LiteralPrompt bool
 
 	Width, Height int     // multiples of 8; 0 means DefaultSize
 	Steps         int     // 0 means DefaultSteps
@@ -115,6 +123,14 @@ func (p *Pipeline) resolve(r Request) (Request, error) {
 	}{{"Width", r.Width}, {"Height", r.Height}} {
 		if f.v < 8 || f.v > MaxSize || f.v%8 != 0 {
 			return r, invalid(f.name, "%d is not a multiple of 8 in [8, %d]", f.v, MaxSize)
+		}
+	}
+	if _, ok := p.c.Tokenizer.(WeightedTokenizer); ok && !r.LiteralPrompt {
+		if _, err := tokenizer.ParseWeighted(r.Prompt); err != nil {
+			return r, invalid("Prompt", "%v", err)
+		}
+		if _, err := tokenizer.ParseWeighted(r.NegativePrompt); err != nil {
+			return r, invalid("NegativePrompt", "%v", err)
 		}
 	}
 	if r.Steps == 0 {
