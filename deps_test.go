@@ -31,6 +31,7 @@ var allowed = map[string][]string{
 	"unet":              {"internal/ort"},
 	"vae":               {"internal/ort"},
 	"pipeline":          {"tokenizer", "scheduler", "rng"},
+	"models":            {},
 	"sd":                {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "textenc", "unet", "vae", "pipeline"},
 }
 

@@ -1,0 +1,2 @@
+// Package models holds the project's embedded default model.
+package models
