@@ -17,8 +17,13 @@ import (
 // referenceComponents opens ../shared/reference/tiny-onnx-sd/model.
 func referenceComponents(t *testing.T) Components {
 	t.Helper()
+	return componentsFrom(t, testenv.TinyReferenceModel(t))
+}
+
+// componentsFrom opens the models of a diffusers ONNX folder.
+func componentsFrom(t *testing.T, dir string) Components {
+	t.Helper()
 	testenv.RequireORT(t)
-	dir := testenv.TinyReferenceModel(t)
 	o := ort.Options{IntraOpThreads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
 	if err != nil {
@@ -48,7 +53,8 @@ func referenceComponents(t *testing.T) Components {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc, Scheduler: cfg, ModelName: "tiny-onnx-sd"}
+	return Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc, Scheduler: cfg, ModelName: filepath.Base(dir),
+		UNetTimestepPerItem: un.PerItemTimesteps()}
 }
 
 // TestParityWithDiffusers runs the reference request through the pipeline
