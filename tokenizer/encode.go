@@ -65,7 +65,11 @@ func (c *CLIP) appendPiece(dst []int32, sc *scratch, piece string, limit int) []
 	if piece == "" || (limit >= 0 && len(dst) >= limit) {
 		return dst
 	}
-	sc.clean, sc.tmp = appendClean(sc.clean[:0], sc.tmp, piece)
+	if c.ftfy {
+		sc.clean = appendFtfy(sc.clean[:0], piece)
+	} else {
+		sc.clean, sc.tmp = appendClean(sc.clean[:0], sc.tmp, piece)
+	}
 	return c.preTokenize(dst, sc, sc.clean, limit)
 }
 
