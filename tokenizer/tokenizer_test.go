@@ -30,6 +30,12 @@ func TestEncodeBehavior(t *testing.T) {
 		{"special literal", "a<|endoftext|>b", []string{"a</w>", "<|endoftext|>", "b</w>"}},
 		{"special literal start", "<|startoftext|>", []string{"<|startoftext|>"}},
 		{"nfc", "cafe\u0301", []string{"café</w>"}},
+		// U+1FAE8 is new in Unicode 15; Python 3.11 (Unicode 14) sees an
+		// unassigned code point (Cn) and drops it.
+		{"unicode 15 dropped", "pho\U0001FAE8to", []string{"photo</w>"}},
+		// ος: final sigma is U+03C2 (CF 82), not σ (CF 83); Greek has no
+		// multi-byte merges here.
+		{"final sigma", "ΟΣ", []string{"\xce", "\xbf", "\xcf", "\x82</w>"}},
 		{"empty", "", nil},
 	}
 	for _, tt := range tests {
