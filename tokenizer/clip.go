@@ -28,7 +28,8 @@ const maxMerges = 49152 - 256 - 2
 var ErrVocab = errors.New("tokenizer: invalid vocabulary")
 
 // Config holds the settings of tokenizer_config.json and
-// special_tokens_map.json. The zero value means the SD 1.x defaults.
+// special_tokens_map.json. The zero value means the SD 1.x defaults. It is
+// a plain value; New copies what it needs.
 type Config struct {
 	// MaxLength is model_max_length, the length of every encoded sequence
 	// (BOS + content + EOS + padding). Zero means DefaultMaxLength.
@@ -55,7 +56,7 @@ type Config struct {
 }
 
 // CLIP is a byte-level BPE tokenizer giving the same ids as Hugging Face
-// transformers' CLIPTokenizer (without ftfy). A *CLIP is immutable after New
+// transformers' CLIPTokenizer (without ftfy unless Config.Ftfy is set). A *CLIP is immutable after New
 // or Load and safe for concurrent use; its BPE cache is bounded.
 type CLIP struct {
 	vocab     map[string]int32
@@ -338,7 +339,8 @@ func (c *CLIP) VocabSize() int { return c.vocabSize }
 
 // Encode returns exactly MaxLength ids as SD pipelines feed the text
 // encoder: BOS, the first MaxLength-2 content tokens, EOS, then padding.
-// Any string is accepted (invalid UTF-8 is dropped). Safe for concurrent use.
+// Any string is accepted; invalid UTF-8 is read as U+FFFD (which the
+// default cleaning drops). Safe for concurrent use.
 func (c *CLIP) Encode(text string) []int32 {
 	ids := make([]int32, 1, c.maxLen)
 	ids[0] = c.bos
