@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"slices"
 	"sync"
 )
@@ -81,22 +80,51 @@ func (c *CLIP) bpe(syms []int32, word []byte) []int32 {
 	return syms
 }
 
-// pairHeap orders candidate merges by rank, then position.
+// pairHeap is a binary min-heap of candidate merges ordered by rank, then
+// position (typed, to avoid container/heap's boxing).
 type pairHeap []pairCand
 
 type pairCand struct{ rank, pos int32 }
 
-func (h pairHeap) Len() int { return len(h) }
-func (h pairHeap) Less(i, j int) bool {
-	return h[i].rank < h[j].rank || (h[i].rank == h[j].rank && h[i].pos < h[j].pos)
+func (a pairCand) less(b pairCand) bool {
+	return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos)
 }
-func (h pairHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *pairHeap) Push(x any)   { *h = append(*h, x.(pairCand)) }
-func (h *pairHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h *pairHeap) push(c pairCand) {
+	*h = append(*h, c)
+	s := *h
+	for i := len(s) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !s[i].less(s[p]) {
+			break
+		}
+		s[i], s[p] = s[p], s[i]
+		i = p
+	}
+}
+
+func (h *pairHeap) pop() pairCand {
+	s := *h
+	top := s[0]
+	n := len(s) - 1
+	s[0] = s[n]
+	s = s[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && s[l].less(s[m]) {
+			m = l
+		}
+		if r := l + 1; r < n && s[r].less(s[m]) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		s[i], s[m] = s[m], s[i]
+		i = m
+	}
+	*h = s
+	return top
 }
 
 // bpeHeap is bpe for long words: symbols form a linked list and candidate
@@ -114,6 +142,7 @@ func (c *CLIP) bpeHeap(syms []int32) []int32 {
 	}
 	next[n-1] = -1
 	h := make(pairHeap, 0, n)
+	push := h.push
 	rankAt := func(i int32) (merge, bool) {
 		if i < 0 || !alive[i] || next[i] < 0 {
 			return merge{}, false
@@ -123,19 +152,18 @@ func (c *CLIP) bpeHeap(syms []int32) []int32 {
 	}
 	for i := int32(0); i+1 < int32(n); i++ {
 		if m, ok := rankAt(i); ok {
-			h = append(h, pairCand{m.rank, i})
+			push(pairCand{m.rank, i})
 		}
 	}
-	heap.Init(&h)
 	var round []int32
-	for h.Len() > 0 {
-		top := heap.Pop(&h).(pairCand)
+	for len(h) > 0 {
+		top := h.pop()
 		if m, ok := rankAt(top.pos); !ok || m.rank != top.rank {
 			continue // stale
 		}
 		round = append(round[:0], top.pos)
-		for h.Len() > 0 && h[0].rank == top.rank {
-			round = append(round, heap.Pop(&h).(pairCand).pos)
+		for len(h) > 0 && h[0].rank == top.rank {
+			round = append(round, h.pop().pos)
 		}
 		slices.Sort(round)
 		round = slices.Compact(round)
@@ -152,10 +180,10 @@ func (c *CLIP) bpeHeap(syms []int32) []int32 {
 				prev[next[q]] = p
 			}
 			if m2, ok := rankAt(prev[p]); ok {
-				heap.Push(&h, pairCand{m2.rank, prev[p]})
+				push(pairCand{m2.rank, prev[p]})
 			}
 			if m2, ok := rankAt(p); ok {
-				heap.Push(&h, pairCand{m2.rank, p})
+				push(pairCand{m2.rank, p})
 			}
 		}
 	}

@@ -1,8 +1,12 @@
 package tokenizer
 
+// chunkBacktrack is A1111's comma_padding_backtrack default: how far back a
+// comma may lie for the words after it to move to the next chunk.
+const chunkBacktrack = 20
+
 // Chunk is one text-encoder input: MaxLength ids (BOS, up to MaxLength-2
 // content tokens, EOS, padding) and the attention weight of each id (1 for
-// BOS, EOS and padding).
+// BOS, EOS and padding). It is a plain value owned by the caller.
 type Chunk struct {
 	IDs     []int32
 	Weights []float32
@@ -10,7 +14,9 @@ type Chunk struct {
 
 // Prompt is a weighted prompt split into chunks. Callers encode each chunk,
 // scale the hidden states by Weights and concatenate the chunks along the
-// sequence axis, as AUTOMATIC1111 does.
+// sequence axis, as AUTOMATIC1111 does (which then rescales the result to
+// the mean of the unweighted hidden states). It is a plain value owned by
+// the caller; methods that modify it need exclusive access.
 type Prompt struct {
 	Chunks []Chunk
 }

@@ -28,7 +28,8 @@ const maxMerges = 49152 - 256 - 2
 var ErrVocab = errors.New("tokenizer: invalid vocabulary")
 
 // Config holds the settings of tokenizer_config.json and
-// special_tokens_map.json. The zero value means the SD 1.x defaults.
+// special_tokens_map.json. The zero value means the SD 1.x defaults. It is
+// a plain value; New copies what it needs.
 type Config struct {
 	// MaxLength is model_max_length, the length of every encoded sequence
 	// (BOS + content + EOS + padding). Zero means DefaultMaxLength.
@@ -41,13 +42,21 @@ type Config struct {
 	Pad string
 	// Unk replaces symbols missing from the vocabulary; empty means EOS.
 	Unk string
+	// Ftfy selects the text cleaning transformers uses when the ftfy
+	// package is installed (as in AUTOMATIC1111 and many SD installs):
+	// whitespace_clean(ftfy.fix_text(text)).lower(), instead of
+	// BasicTokenizer. HTML entities are decoded, curly quotes, ligatures and
+	// full-width forms replaced, terminal escapes and ftfy's control
+	// characters removed, CJK is not spaced and format characters are kept.
+	// ftfy's mojibake repair is not ported.
+	Ftfy bool
 	// AddedTokens are extra tokens that are never split, with their ids
 	// (added_tokens_decoder). BOS, EOS, Pad and Unk are always added.
 	AddedTokens map[string]int32
 }
 
 // CLIP is a byte-level BPE tokenizer giving the same ids as Hugging Face
-// transformers' CLIPTokenizer (without ftfy). A *CLIP is immutable after New
+// transformers' CLIPTokenizer (without ftfy unless Config.Ftfy is set). A *CLIP is immutable after New
 // or Load and safe for concurrent use; its BPE cache is bounded.
 type CLIP struct {
 	vocab     map[string]int32
@@ -56,6 +65,7 @@ type CLIP struct {
 	bos, eos  int32
 	pad, unk  int32
 	comma     int32 // ",</w>", or -1
+	ftfy      bool
 
 	// added are the never-split tokens (longest first) and their ids.
 	added    []string
@@ -80,7 +90,7 @@ func New(vocab, merges io.Reader, cfg Config) (*CLIP, error) {
 	if err := json.NewDecoder(vocab).Decode(&v); err != nil {
 		return nil, fmt.Errorf("%w: vocab.json: %w", ErrVocab, err)
 	}
-	c := &CLIP{vocab: v, vocabSize: len(v), maxLen: cfg.MaxLength, comma: -1}
+	c := &CLIP{vocab: v, vocabSize: len(v), maxLen: cfg.MaxLength, comma: -1, ftfy: cfg.Ftfy}
 	if c.maxLen == 0 {
 		c.maxLen = DefaultMaxLength
 	}
@@ -195,18 +205,34 @@ func (c *CLIP) buildMerges(r io.Reader) error {
 	return nil
 }
 
-// Load reads vocab.json and merges.txt from dir, plus tokenizer_config.json
-// and special_tokens_map.json when present (model_max_length, bos_token,
-// eos_token, pad_token, unk_token, added_tokens_decoder). A
+// Load reads a tokenizer folder: vocab.json and merges.txt, with the
+// settings of ReadConfig. It is LoadWith(dir, ReadConfig(dir)).
+func Load(dir string) (*CLIP, error) {
+	cfg, err := ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	return LoadWith(dir, cfg)
+}
+
+// ReadConfig reads tokenizer_config.json and special_tokens_map.json from
+// dir when present (model_max_length, bos_token, eos_token, pad_token,
+// unk_token, added_tokens_decoder); missing files leave the defaults. A
 // model_max_length outside [3, 65536] (some configs hold 1e30) means
 // DefaultMaxLength.
-func Load(dir string) (*CLIP, error) {
+func ReadConfig(dir string) (Config, error) {
 	var cfg Config
 	for _, name := range []string{"special_tokens_map.json", "tokenizer_config.json"} {
 		if err := readConfig(filepath.Join(dir, name), &cfg); err != nil {
-			return nil, err
+			return Config{}, err
 		}
 	}
+	return cfg, nil
+}
+
+// LoadWith reads vocab.json and merges.txt from dir and builds a tokenizer
+// with cfg (see New).
+func LoadWith(dir string, cfg Config) (*CLIP, error) {
 	vf, err := os.Open(filepath.Join(dir, "vocab.json"))
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
@@ -313,7 +339,8 @@ func (c *CLIP) VocabSize() int { return c.vocabSize }
 
 // Encode returns exactly MaxLength ids as SD pipelines feed the text
 // encoder: BOS, the first MaxLength-2 content tokens, EOS, then padding.
-// Any string is accepted (invalid UTF-8 is dropped). Safe for concurrent use.
+// Any string is accepted; invalid UTF-8 is read as U+FFFD (which the
+// default cleaning drops). Safe for concurrent use.
 func (c *CLIP) Encode(text string) []int32 {
 	ids := make([]int32, 1, c.maxLen)
 	ids[0] = c.bos

@@ -14,6 +14,10 @@ type scratch struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
+// maxPooled is the largest scratch space kept for reuse, so that one huge
+// prompt does not pin its buffers.
+const maxPooled = 64 << 10
+
 // appendTokens appends the content ids of text to dst, stopping once dst
 // holds limit ids (limit < 0: no limit). It follows
 // PreTrainedTokenizer.tokenize: the raw text is first split on the added
@@ -21,7 +25,11 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // BPE-encoded on its own.
 func (c *CLIP) appendTokens(dst []int32, text string, limit int) []int32 {
 	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
+	defer func() {
+		if cap(sc.clean)+cap(sc.tmp) <= maxPooled {
+			scratchPool.Put(sc)
+		}
+	}()
 	start := 0
 	for i := 0; i < len(text) && (limit < 0 || len(dst) < limit); {
 		if !c.addedB0[text[i]] {
@@ -65,7 +73,11 @@ func (c *CLIP) appendPiece(dst []int32, sc *scratch, piece string, limit int) []
 	if piece == "" || (limit >= 0 && len(dst) >= limit) {
 		return dst
 	}
-	sc.clean, sc.tmp = appendClean(sc.clean[:0], sc.tmp, piece)
+	if c.ftfy {
+		sc.clean = appendFtfy(sc.clean[:0], piece)
+	} else {
+		sc.clean, sc.tmp = appendClean(sc.clean[:0], sc.tmp, piece)
+	}
 	return c.preTokenize(dst, sc, sc.clean, limit)
 }
 

@@ -1,6 +1,10 @@
 package tokenizer
 
 import (
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"unicode"
 
@@ -26,4 +30,65 @@ func TestParityPublic(t *testing.T) {
 		}
 	}
 	t.Logf("%d prompts, %d mismatches", len(cases), fails)
+}
+
+func TestParityPublicFtfy(t *testing.T) {
+	dir := filepath.Join(sharedDir(t), "clip-tokenizer")
+	cfg, err := ReadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Ftfy = true
+	tok, err := LoadWith(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := refCases(t)
+	fails := 0
+	for _, rc := range cases {
+		if got := tok.Encode(rc.Prompt); !cmp.Equal(rc.IDsFtfy, got) {
+			fails++
+			t.Errorf("ftfy Encode(%q) mismatch (-want +got):\n%s", rc.Prompt, cmp.Diff(rc.IDsFtfy, got))
+		}
+		if got := tok.EncodeUntruncated(rc.Prompt); !cmp.Equal(rc.IDsUntruncatedFtfy, got) {
+			fails++
+			t.Errorf("ftfy EncodeUntruncated(%q) mismatch (-want +got):\n%s", rc.Prompt, cmp.Diff(rc.IDsUntruncatedFtfy, got))
+		}
+	}
+	t.Logf("%d prompts, %d mismatches", len(cases), fails)
+}
+
+// TestHeapMatchesLinearReal checks the heap BPE used for long words against
+// the reference loop with the real merges, on the words of the reference
+// prompts and on random long words.
+func TestHeapMatchesLinearReal(t *testing.T) {
+	tok := realCLIP(t)
+	var words []string
+	for _, rc := range refCases(t) {
+		words = append(words, strings.Fields(strings.ToLower(rc.Prompt))...)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 200 {
+		alpha := []string{"ab", "etaoin", "(", "!?", "xyz", "lo", "ñé"}[rng.IntN(7)]
+		n := 1 + rng.IntN(200)
+		var b strings.Builder
+		for range n {
+			b.WriteByte(alpha[rng.IntN(len(alpha))])
+		}
+		words = append(words, b.String())
+	}
+	for _, w := range words {
+		var syms []int32
+		for i := 0; i < len(w); i++ {
+			if i == len(w)-1 {
+				syms = append(syms, tok.baseEnd[w[i]])
+			} else {
+				syms = append(syms, tok.base[w[i]])
+			}
+		}
+		want := linearBPE(tok, syms)
+		if got := tok.bpeHeap(slices.Clone(syms)); !slices.Equal(got, want) {
+			t.Fatalf("word %q: heap %v, linear %v", w, got, want)
+		}
+	}
 }

@@ -30,6 +30,12 @@ func TestEncodeBehavior(t *testing.T) {
 		{"special literal", "a<|endoftext|>b", []string{"a</w>", "<|endoftext|>", "b</w>"}},
 		{"special literal start", "<|startoftext|>", []string{"<|startoftext|>"}},
 		{"nfc", "cafe\u0301", []string{"café</w>"}},
+		// U+1FAE8 is new in Unicode 15; Python 3.11 (Unicode 14) sees an
+		// unassigned code point (Cn) and drops it.
+		{"unicode 15 dropped", "pho\U0001FAE8to", []string{"photo</w>"}},
+		// ος: final sigma is U+03C2 (CF 82), not σ (CF 83); Greek has no
+		// multi-byte merges here.
+		{"final sigma", "ΟΣ", []string{"\xce", "\xbf", "\xcf", "\x82</w>"}},
 		{"empty", "", nil},
 	}
 	for _, tt := range tests {
@@ -104,18 +110,25 @@ func TestAccessors(t *testing.T) {
 
 func TestHugeInput(t *testing.T) {
 	tok := realCLIP(t)
-	// Megabyte-long inputs neither panic nor take long; a megabyte-long
-	// word goes through the heap BPE.
-	if enc := tok.Encode(strings.Repeat("x", 1<<20)); len(enc) != 77 {
-		t.Errorf("Encode of a 1 MiB word gave %d ids", len(enc))
-	}
-	inputs := []string{
+	// Megabyte-long inputs neither panic nor take long. Encode stops after
+	// 75 tokens, but a long word must still go through BPE whole (the heap
+	// path).
+	for i, s := range []string{
+		strings.Repeat("a cat, ", 1<<18),
 		strings.Repeat("\xff", 1<<20),
-		strings.Repeat("猫", 1<<17),
-		strings.Repeat("(a:1.5) [b] ", 1<<16),
-		strings.Repeat("(", 1<<12) + strings.Repeat("a:1)", 1<<10),
+		strings.Repeat("x", 1<<17),
+		strings.Repeat("(", 1<<17),
+	} {
+		if enc := tok.Encode(s); len(enc) != 77 {
+			t.Errorf("input %d: Encode gave %d ids", i, len(enc))
+		}
 	}
-	for i, s := range inputs {
+	for i, s := range []string{
+		strings.Repeat("猫", 1<<15),
+		strings.Repeat("(a:1.5) [b] ", 1<<13),
+		strings.Repeat("(", 1<<12) + strings.Repeat("a:1)", 1<<10),
+		strings.Repeat("\xff(a) ", 1<<16),
+	} {
 		if enc := tok.Encode(s); len(enc) != 77 {
 			t.Errorf("input %d: Encode gave %d ids", i, len(enc))
 		}
@@ -187,7 +200,7 @@ func TestCacheBounded(t *testing.T) {
 }
 
 func FuzzEncode(f *testing.F) {
-	tok := realCLIP(f)
+	tok, ftfy := realCLIP(f), ftfyCLIP(f)
 	for _, s := range []string{"a photo", "<|endoftext|>", "ΟΔΟΣ", "İ", "\xff\xfe", "猫 cat", "it's 'S", "a\u0301\u0300"} {
 		f.Add(s)
 	}
@@ -208,6 +221,9 @@ func FuzzEncode(f *testing.F) {
 			if id < 0 || int(id) >= tok.VocabSize() {
 				t.Fatalf("id %d out of range", id)
 			}
+		}
+		if enc := ftfy.Encode(s); len(enc) != 77 || enc[0] != tok.BOS() {
+			t.Fatalf("ftfy Encode(%q) = %v", s, enc)
 		}
 		// Invalid UTF-8 is dropped like U+FFFD.
 		if !utf8.ValidString(s) {

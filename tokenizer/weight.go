@@ -11,9 +11,8 @@ import (
 
 // Emphasis factors of AUTOMATIC1111's prompt syntax.
 const (
-	RoundFactor    = 1.1     // (text)
-	SquareFactor   = 1 / 1.1 // [text]
-	chunkBacktrack = 20      // A1111's comma_padding_backtrack default
+	RoundFactor  = 1.1     // (text)
+	SquareFactor = 1 / 1.1 // [text]
 )
 
 // maxMultiplies bounds the work of ParseWeighted: A1111's algorithm costs
@@ -32,7 +31,7 @@ var ErrWeight = errors.New("tokenizer: invalid attention weight")
 
 // Fragment is a run of prompt text with one attention weight, as
 // AUTOMATIC1111's parse_prompt_attention returns it. Break marks a BREAK
-// keyword (A1111's ["BREAK", -1]); its Text is "BREAK".
+// keyword (A1111's ["BREAK", -1]); its Text is "BREAK". It is a plain value.
 type Fragment struct {
 	Text   string
 	Weight float64
