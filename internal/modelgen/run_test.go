@@ -370,3 +370,32 @@ func TestFP16MatchesFP32(t *testing.T) {
 		t.Errorf("unet: float16 and float32 differ by %.3g (want (0, %g])", d, tol)
 	}
 }
+
+// TestTextEncoderCausal checks the causal mask and the symbolic sequence
+// length: the hidden states of a prefix do not depend on what follows it.
+func TestTextEncoderCausal(t *testing.T) {
+	testenv.RequireORT(t)
+	dir := t.TempDir()
+	if err := Write(dir, Tiny(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	te := openComponent(t, dir, TextEncoderDir)
+	ids, _ := promptIDs(GenerateVocabulary(0).Size(), 8)
+	run := func(ids []int32) []float32 {
+		n := int64(len(ids))
+		out := []ort.Tensor{{Shape: []int64{1, n, 32}}, {Shape: []int64{1, 32}}}
+		if err := te.Run(t.Context(), []ort.Tensor{{Shape: []int64{1, n}, Data: ids}}, out); err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Data.([]float32)
+	}
+	full, prefix := run(ids), run(ids[:5])
+	if d := maxAbsDiff(full[:5*32], prefix); d > 1e-5 {
+		t.Errorf("prefix hidden states differ by %.3g: attention is not causal", d)
+	}
+	changed := append([]int32{}, ids...)
+	changed[3] = 700
+	if d := maxAbsDiff(run(changed)[4*32:5*32], full[4*32:5*32]); d == 0 {
+		t.Error("changing token 3 does not change position 4's hidden state")
+	}
+}
