@@ -1,0 +1,91 @@
+package testenv
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TinyReference is ../shared/reference/tiny-onnx-sd/reference.json: a run of
+// diffusers' OnnxStableDiffusionPipeline on the tiny reference model.
+type TinyReference struct {
+	Call struct {
+		Prompt        string  `json:"prompt"`
+		Height        int     `json:"height"`
+		Width         int     `json:"width"`
+		Steps         int     `json:"num_inference_steps"`
+		GuidanceScale float64 `json:"guidance_scale"`
+		Eta           float64 `json:"eta"`
+	} `json:"call"`
+	InitialLatents []float32 `json:"initial_latents"`
+	TextInputIDs   struct {
+		Cond   []int32 `json:"cond"`
+		Uncond []int32 `json:"uncond"`
+	} `json:"text_input_ids"`
+	ORT TinyRun `json:"-"`
+}
+
+// TinyRun is one backend's recorded run.
+type TinyRun struct {
+	TextEncoderCalls []struct {
+		InputIDs        []int32   `json:"input_ids"`
+		LastHiddenState []float32 `json:"last_hidden_state"`
+		PoolerOutput    []float32 `json:"pooler_output"`
+	} `json:"text_encoder_calls"`
+	Timesteps []int `json:"timesteps"`
+	Steps     []struct {
+		I             int       `json:"i"`
+		T             float64   `json:"t"`
+		TimestepInput []float32 `json:"unet_timestep_input"`
+		SampleInput   []float32 `json:"unet_sample_input"`
+		NoisePred     []float32 `json:"noise_pred_uncond_text"`
+		LatentsAfter  []float32 `json:"latents_after"`
+	} `json:"steps"`
+	VAEDecoderInput  []float32 `json:"vae_decoder_input"`
+	VAEDecoderOutput []float32 `json:"vae_decoder_output"`
+	Image            []float32 `json:"image"`
+}
+
+// LoadTinyReference reads reference.json, or skips the test when ../shared
+// is absent.
+func LoadTinyReference(t testing.TB) *TinyReference {
+	t.Helper()
+	path := filepath.Join(SharedDir(t), "reference", "tiny-onnx-sd", "reference.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r TinyReference
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	var res struct {
+		Results struct {
+			ORT TinyRun `json:"onnxruntime"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	r.ORT = res.Results.ORT
+	return &r
+}
+
+// MaxAbsDiff returns the largest |a[i]-b[i]|, or +Inf when the lengths
+// differ or a value is NaN.
+func MaxAbsDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	m := 0.0
+	for i := range a {
+		d := math.Abs(float64(a[i]) - float64(b[i]))
+		if math.IsNaN(d) {
+			return math.Inf(1)
+		}
+		m = math.Max(m, d)
+	}
+	return m
+}

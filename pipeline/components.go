@@ -1,0 +1,134 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/tokenizer"
+)
+
+// Tokenizer turns a prompt into token ids. Implementations must be safe for
+// concurrent use.
+type Tokenizer interface {
+	// Encode returns the ids of one padded, truncated sequence (BOS,
+	// content, EOS, padding), as Stable Diffusion pipelines feed the text
+	// encoder.
+	Encode(text string) []int32
+}
+
+// WeightedTokenizer is a Tokenizer that also understands AUTOMATIC1111's
+// prompt syntax: emphasis weights, BREAK, and prompts longer than one
+// sequence, split into chunks. *tokenizer.CLIP implements it.
+type WeightedTokenizer interface {
+	Tokenizer
+	EncodeWeighted(prompt string) (*tokenizer.Prompt, error)
+	PadChunks(prompts ...*tokenizer.Prompt)
+}
+
+// Encoder is the text encoder: ids holds batch rows of equal length, and the
+// result is [batch, sequence, hidden]. Implementations must be safe for
+// concurrent use.
+type Encoder interface {
+	Encode(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error)
+}
+
+// EncoderFunc adapts a function to Encoder.
+type EncoderFunc func(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error)
+
+// Encode calls f.
+func (f EncoderFunc) Encode(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error) {
+	return f(ctx, ids, batch)
+}
+
+// Denoiser is the UNet: it predicts noise for sample [batch, c, h, w] at
+// timesteps ts (one for the whole batch, or one per item) given the text
+// embeddings cond [batch, sequence, hidden]. Implementations must be safe
+// for concurrent use.
+type Denoiser interface {
+	Predict(ctx context.Context, sample *tensor.Dense, ts []float64, cond *tensor.Dense) (*tensor.Dense, error)
+}
+
+// DenoiserFunc adapts a function to Denoiser.
+type DenoiserFunc func(ctx context.Context, sample *tensor.Dense, ts []float64, cond *tensor.Dense) (*tensor.Dense, error)
+
+// Predict calls f.
+func (f DenoiserFunc) Predict(ctx context.Context, sample *tensor.Dense, ts []float64, cond *tensor.Dense) (*tensor.Dense, error) {
+	return f(ctx, sample, ts, cond)
+}
+
+// Decoder is the VAE decoder: latents [batch, c, h, w] (already divided by
+// the scaling factor) to pixels [batch, 3, 8h, 8w] in about [-1, 1].
+// Implementations must be safe for concurrent use.
+type Decoder interface {
+	Decode(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error)
+}
+
+// DecoderFunc adapts a function to Decoder.
+type DecoderFunc func(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error)
+
+// Decode calls f.
+func (f DecoderFunc) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error) {
+	return f(ctx, latents)
+}
+
+// ImageEncoder is the VAE encoder: pixels [batch, 3, H, W] in [-1, 1] to
+// latents [batch, c, H/8, W/8], not yet multiplied by the scaling factor.
+// Implementations must be safe for concurrent use.
+type ImageEncoder interface {
+	Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error)
+}
+
+// ImageEncoderFunc adapts a function to ImageEncoder.
+type ImageEncoderFunc func(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error)
+
+// Encode calls f.
+func (f ImageEncoderFunc) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error) {
+	return f(ctx, image)
+}
+
+// Components are the models and configuration a Pipeline runs. The
+// pipeline does not own them: the caller closes them after the pipeline.
+type Components struct {
+	Tokenizer   Tokenizer
+	TextEncoder Encoder
+	UNet        Denoiser
+	VAEDecoder  Decoder
+	VAEEncoder  ImageEncoder // optional: needed for img2img only
+
+	Scheduler      *scheduler.Config // the model's scheduler_config.json
+	ScalingFactor  float64           // VAE scaling factor; 0 means 0.18215
+	LatentChannels int               // 0 means 4
+	// UNetTimestepPerItem reports that the UNet takes one timestep per batch
+	// item; when false, only requests at the same timestep share a call
+	// (they always do: batched requests run in lockstep).
+	UNetTimestepPerItem bool
+	// ModelName names the model in image metadata (the folder's base name).
+	ModelName string
+}
+
+func (c *Components) check() error {
+	switch {
+	case c.Tokenizer == nil:
+		return fmt.Errorf("pipeline: no tokenizer")
+	case c.TextEncoder == nil:
+		return fmt.Errorf("pipeline: no text encoder")
+	case c.UNet == nil:
+		return fmt.Errorf("pipeline: no unet")
+	case c.VAEDecoder == nil:
+		return fmt.Errorf("pipeline: no vae decoder")
+	case c.Scheduler == nil:
+		return fmt.Errorf("pipeline: no scheduler config")
+	case c.ScalingFactor < 0:
+		return fmt.Errorf("pipeline: negative scaling factor %g", c.ScalingFactor)
+	}
+	if c.ScalingFactor == 0 {
+		c.ScalingFactor = 0.18215
+	}
+	if c.LatentChannels == 0 {
+		c.LatentChannels = 4
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"gorgonia.org/tensor"
+)
+
+// denoiseStage runs one denoise worker. With dynamic batching on, it
+// gathers compatible jobs that arrive within MaxBatchWait of the first and
+// runs them as one batch.
+func (p *Pipeline) denoiseStage(in <-chan *job, out chan<- *job) {
+	var pending *job
+	closed := false
+	for {
+		j := pending
+		pending = nil
+		if j == nil {
+			if closed {
+				return
+			}
+			var ok bool
+			if j, ok = <-in; !ok {
+				return
+			}
+		}
+		batch := []*job{j}
+		if images := len(j.items); p.opts.MaxBatch > 1 && images < p.opts.MaxBatch && !closed {
+			timer := time.NewTimer(p.opts.MaxBatchWait)
+		collect:
+			for images < p.opts.MaxBatch {
+				select {
+				case k, ok := <-in:
+					if !ok {
+						closed = true
+						break collect
+					}
+					if k.ctx.Err() == nil && compatible(j, k) && images+len(k.items) <= p.opts.MaxBatch {
+						batch = append(batch, k)
+						images += len(k.items)
+						continue
+					}
+					pending = k
+					break collect
+				case <-timer.C:
+					break collect
+				}
+			}
+			timer.Stop()
+		}
+		for _, k := range p.denoise(batch) {
+			out <- k
+		}
+	}
+}
+
+// compatible reports whether two jobs can share UNet calls in lockstep.
+func compatible(a, b *job) bool {
+	return a.size == b.size && a.latH == b.latH && a.cfg == b.cfg && a.seq == b.seq && a.hidden == b.hidden &&
+		slices.Equal(a.steps, b.steps)
+}
+
+// denoise runs the denoising loop of a batch of compatible jobs and returns
+// the ones that succeeded; the others are finished with their error.
+func (p *Pipeline) denoise(batch []*job) []*job {
+	start := time.Now()
+	for _, j := range batch {
+		j.metrics.DenoiseQueue = start.Sub(j.start) - j.metrics.EncodeQueue - j.metrics.Encode
+		j.metrics.BatchSize = len(batch)
+	}
+	live := batch
+	var b *unetBatch
+	for i, t := range batch[0].steps {
+		// drop jobs that were canceled
+		kept := live[:0:0]
+		for _, j := range live {
+			if err := j.err(); err != nil {
+				p.finishDenoise(j, start, err)
+				continue
+			}
+			kept = append(kept, j)
+		}
+		if len(kept) != len(live) || b == nil {
+			live = kept
+			if len(live) == 0 {
+				return nil
+			}
+			b = p.newUNetBatch(live)
+		}
+		err := p.guard("denoise", live[0], func(*job) error { return p.step(b, i, t) })
+		if err != nil {
+			for _, j := range live {
+				if je := j.err(); je != nil {
+					err = je
+				}
+				p.finishDenoise(j, start, err)
+			}
+			return nil
+		}
+		for _, j := range live {
+			ev := Progress{Step: i + 1, Total: len(j.steps), Elapsed: time.Since(j.start)}
+			if j.req.Preview {
+				ev.Preview = preview(j.items[0].latents, p.c.LatentChannels, j.latH, j.latW)
+			}
+			j.emit(ev)
+		}
+	}
+	now := time.Now()
+	for _, j := range live {
+		j.metrics.Denoise = now.Sub(start)
+		j.metrics.Steps = len(j.steps)
+		j.metrics.DenoiseModel = b.model
+	}
+	return live
+}
+
+func (p *Pipeline) finishDenoise(j *job, start time.Time, err error) {
+	j.metrics.Denoise = time.Since(start)
+	j.fail("denoise", err)
+	p.m.failed(err)
+}
+
+// unetBatch is the buffers of one lockstep batch: sample and embeddings in
+// the order [uncond of every image..., cond of every image...] when
+// guidance is on, as diffusers batches [uncond, text].
+type unetBatch struct {
+	jobs  []*job
+	items []*item
+	job   []*job // job of each item
+	x     []float32
+	cond  *tensor.Dense
+	cfg   bool
+	model time.Duration
+}
+
+func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {
+	b := &unetBatch{jobs: jobs, cfg: jobs[0].cfg}
+	for _, j := range jobs {
+		for _, it := range j.items {
+			b.items = append(b.items, it)
+			b.job = append(b.job, j)
+		}
+	}
+	n, size := len(b.items), jobs[0].size
+	seq, hidden := jobs[0].seq, jobs[0].hidden
+	k := 1
+	if b.cfg {
+		k = 2
+	}
+	b.x = make([]float32, k*n*size)
+	e := make([]float32, 0, k*n*seq*hidden)
+	if b.cfg {
+		for m := range b.items {
+			e = append(e, b.job[m].uncond...)
+		}
+	}
+	for m := range b.items {
+		e = append(e, b.job[m].cond...)
+	}
+	b.cond = tensor.New(tensor.WithShape(k*n, seq, hidden), tensor.WithBacking(e))
+	return b
+}
+
+// callContext is canceled when every job of the batch is: one canceled
+// request never stops a call that others still need.
+func callContext(jobs []*job) (context.Context, context.CancelFunc) {
+	if len(jobs) == 1 {
+		return jobs[0].ctx, func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var left = make(chan struct{}, len(jobs))
+	stops := make([]func() bool, len(jobs))
+	for i, j := range jobs {
+		stops[i] = context.AfterFunc(j.ctx, func() {
+			left <- struct{}{}
+			if len(left) == len(jobs) {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, s := range stops {
+			s()
+		}
+		cancel()
+	}
+}
+
+// step runs model call i at timestep t for the batch and advances every
+// item's scheduler.
+func (p *Pipeline) step(b *unetBatch, i int, t float64) error {
+	n, size := len(b.items), b.jobs[0].size
+	for m, it := range b.items {
+		it.sched.ScaleModelInput(b.x[m*size:(m+1)*size], it.latents, i)
+		if b.cfg {
+			copy(b.x[(n+m)*size:(n+m+1)*size], b.x[m*size:(m+1)*size])
+		}
+	}
+	k := len(b.x) / (n * size)
+	j0 := b.jobs[0]
+	sample := tensor.New(tensor.WithShape(k*n, p.c.LatentChannels, j0.latH, j0.latW), tensor.WithBacking(b.x))
+	ctx, cancel := callContext(b.jobs)
+	t0 := time.Now()
+	pred, err := p.c.UNet.Predict(ctx, sample, []float64{t}, b.cond)
+	cancel()
+	d := time.Since(t0)
+	b.model += d
+	p.m.unetCall(k*n, d)
+	if err != nil {
+		return fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
+	}
+	e := pred.Data().([]float32)
+	if len(e) != len(b.x) {
+		return fmt.Errorf("step %d/%d: unet returned %d values, want %d", i+1, len(j0.steps), len(e), len(b.x))
+	}
+	for m, it := range b.items {
+		var eps []float32
+		if b.cfg {
+			u, c := e[m*size:(m+1)*size], e[(n+m)*size:(n+m+1)*size]
+			guide(u, c, float32(b.job[m].req.GuidanceScale))
+			if r := b.job[m].req.GuidanceRescale; r > 0 {
+				rescale(u, c, r)
+			}
+			eps = u
+		} else {
+			eps = e[m*size : (m+1)*size]
+		}
+		if err := it.sched.Step(eps, it.latents, i); err != nil {
+			return fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
+		}
+	}
+	if p.onStep != nil {
+		for _, j := range b.jobs {
+			p.onStep(j, i)
+		}
+	}
+	return nil
+}
+
+// guide writes uncond + g·(cond − uncond) into uncond, in float32 as
+// diffusers' numpy arithmetic does.
+func guide(uncond, cond []float32, g float32) {
+	for i, u := range uncond {
+		uncond[i] = u + float32(g*(cond[i]-u)) // the conversion forbids a fused multiply-add
+	}
+}
+
+// rescale applies diffusers' rescale_noise_cfg to the guided prediction in
+// cfg, given the text prediction: cfg·(std(text)/std(cfg)) blended with cfg
+// by factor r.
+func rescale(cfg, text []float32, r float64) {
+	st, sc := std(text), std(cfg)
+	if sc == 0 {
+		return
+	}
+	f := st / sc
+	for i, v := range cfg {
+		cfg[i] = float32(r*(float64(v)*f) + (1-r)*float64(v))
+	}
+}
+
+func std(x []float32) float64 {
+	var s, s2 float64
+	for _, v := range x {
+		s += float64(v)
+	}
+	mean := s / float64(len(x))
+	for _, v := range x {
+		d := float64(v) - mean
+		s2 += d * d
+	}
+	if len(x) < 2 {
+		return 0
+	}
+	return math.Sqrt(s2 / float64(len(x)-1)) // torch.std is unbiased
+}

@@ -1,0 +1,202 @@
+package pipeline
+
+import (
+	"fmt"
+	"image"
+	"image/color"
+	"time"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/tokenizer"
+)
+
+// encode is the encode stage's work on one job: the prompt embeddings, and
+// each image's generator, scheduler and initial latents.
+func (p *Pipeline) encode(j *job) error {
+	start := time.Now()
+	j.metrics.EncodeQueue = start.Sub(j.start)
+	defer func() { j.metrics.Encode = time.Since(start) }()
+	r := &j.req
+
+	if err := p.encodePrompts(j); err != nil {
+		return err
+	}
+
+	var init []float32 // img2img: scaled init latents of one image
+	if r.InitImage != nil {
+		x := imageTensor(r.InitImage)
+		t0 := time.Now()
+		lat, err := p.c.VAEEncoder.Encode(j.ctx, x)
+		j.metrics.EncodeModel += time.Since(t0)
+		if err != nil {
+			return err
+		}
+		if ls := lat.Shape(); len(ls) != 4 || ls[0] != 1 || ls[1]*ls[2]*ls[3] != j.size {
+			return fmt.Errorf("vae encoder returned shape %v, want [1 %d %d %d]", ls, p.c.LatentChannels, j.latH, j.latW)
+		}
+		init = lat.Data().([]float32)
+		sf := float32(p.c.ScalingFactor)
+		for i := range init {
+			init[i] *= sf
+		}
+	}
+
+	var err error
+	j.items = make([]*item, r.ImagesPerPrompt)
+	for i := range j.items {
+		it := &item{seed: r.Seed + int64(i), latents: make([]float32, j.size)}
+		if it.gen, err = rng.New(r.Generator, uint64(it.seed)); err != nil {
+			return err
+		}
+		if it.sched, err = p.newScheduler(*r, it.gen); err != nil {
+			return err
+		}
+		noise := it.latents
+		if init != nil {
+			noise = make([]float32, j.size)
+		}
+		if r.Latents != nil {
+			copy(noise, r.Latents[i*j.size:(i+1)*j.size])
+		} else {
+			it.gen.Randn(noise)
+		}
+		if init != nil {
+			it.sched.AddNoise(it.latents, init, noise)
+		} else {
+			sigma := float32(it.sched.InitNoiseSigma())
+			for k := range it.latents {
+				it.latents[k] *= sigma
+			}
+		}
+		j.items[i] = it
+	}
+	j.steps = append([]float64(nil), j.items[0].sched.Timesteps()...)
+	if p.onEncoded != nil {
+		p.onEncoded(j)
+	}
+	return nil
+}
+
+// imageTensor converts an image to [1, 3, H, W] float32 in [-1, 1], as
+// diffusers' preprocessing does (x/255*2-1 in float32).
+func imageTensor(img image.Image) *tensor.Dense {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	d := make([]float32, 3*w*h)
+	for y := range h {
+		for x := range w {
+			c := color.NRGBAModel.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA) // alpha dropped, as PIL's convert("RGB")
+			for c, v := range [3]uint8{c.R, c.G, c.B} {
+				f := float32(v) / 255
+				d[c*w*h+y*w+x] = 2*f - 1
+			}
+		}
+	}
+	return tensor.New(tensor.WithShape(1, 3, h, w), tensor.WithBacking(d))
+}
+
+// encodePrompts sets j.cond and j.uncond: the text encoder's hidden states
+// for the prompt and the negative prompt, [seq, hidden] each.
+func (p *Pipeline) encodePrompts(j *job) error {
+	r := &j.req
+	wt, weighted := p.c.Tokenizer.(WeightedTokenizer)
+	var chunks [][]int32 // uncond chunks then cond chunks
+	var weights [][]float32
+	k := 1 // chunks per prompt
+	if weighted && !r.LiteralPrompt {
+		cond, err := wt.EncodeWeighted(r.Prompt)
+		if err != nil {
+			return invalid("Prompt", "%v", err)
+		}
+		var uncond *tokenizer.Prompt
+		if j.cfg {
+			if uncond, err = wt.EncodeWeighted(r.NegativePrompt); err != nil {
+				return invalid("NegativePrompt", "%v", err)
+			}
+			wt.PadChunks(cond, uncond)
+			for _, c := range uncond.Chunks {
+				chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
+			}
+		}
+		for _, c := range cond.Chunks {
+			chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
+		}
+		k = len(cond.Chunks)
+	} else {
+		if j.cfg {
+			chunks = append(chunks, p.c.Tokenizer.Encode(r.NegativePrompt))
+		}
+		chunks = append(chunks, p.c.Tokenizer.Encode(r.Prompt))
+		weights = make([][]float32, len(chunks))
+	}
+	n := len(chunks[0])
+	ids := make([]int32, 0, len(chunks)*n)
+	for _, c := range chunks {
+		if len(c) != n {
+			return fmt.Errorf("tokenizer gave sequences of %d and %d ids", n, len(c))
+		}
+		ids = append(ids, c...)
+	}
+	t0 := time.Now()
+	emb, err := p.c.TextEncoder.Encode(j.ctx, ids, len(chunks))
+	j.metrics.EncodeModel += time.Since(t0)
+	if err != nil {
+		return err
+	}
+	s := emb.Shape()
+	if len(s) != 3 || s[0] != len(chunks) || s[1] != n {
+		return fmt.Errorf("text encoder returned shape %v for %d sequences of %d", s, len(chunks), n)
+	}
+	j.hidden = s[2]
+	d := emb.Data().([]float32)
+	per := n * j.hidden
+	for c, w := range weights {
+		applyWeights(d[c*per:(c+1)*per], w, j.hidden)
+	}
+	// each prompt's chunks are consecutive, so concatenation along the
+	// sequence is a plain slice
+	j.seq = k * n
+	if j.cfg {
+		j.uncond, j.cond = d[:k*per], d[k*per:2*k*per]
+	} else {
+		j.cond = d[:k*per]
+	}
+	return nil
+}
+
+// applyWeights scales each token's hidden state by its weight and restores
+// the chunk's original mean, as AUTOMATIC1111 does. All-one weights leave z
+// untouched.
+func applyWeights(z []float32, w []float32, hidden int) {
+	ones := true
+	for _, v := range w {
+		ones = ones && v == 1
+	}
+	if ones {
+		return
+	}
+	before := mean(z)
+	for t, v := range w {
+		for i := t * hidden; i < (t+1)*hidden; i++ {
+			z[i] *= v
+		}
+	}
+	after := mean(z)
+	if after == 0 {
+		return
+	}
+	f := float32(before / after)
+	for i := range z {
+		z[i] *= f
+	}
+}
+
+func mean(x []float32) float64 {
+	var s float64
+	for _, v := range x {
+		s += float64(v)
+	}
+	return s / float64(len(x))
+}

@@ -1,0 +1,112 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/scheduler"
+)
+
+// job owns everything request-scoped. A stage owns the job while it works
+// on it; sending it to the next stage hands over ownership.
+type job struct {
+	id        uint64
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	stopAbort func() bool
+	req       Request
+	cfg       bool // classifier-free guidance on
+
+	// encode results
+	seq, hidden  int
+	cond, uncond []float32 // [seq, hidden] each
+
+	// per image
+	size       int // floats in one image's latents
+	items      []*item
+	steps      []float64 // the model timesteps, shared by the items
+	latH, latW int
+
+	progress chan Progress
+	done     chan struct{}
+	out      outcome
+	metrics  RequestMetrics
+	start    time.Time
+}
+
+// item is one image of a job.
+type item struct {
+	seed    int64
+	gen     rng.Source
+	sched   scheduler.Scheduler
+	latents []float32
+}
+
+func (p *Pipeline) newJob(ctx context.Context, r Request) *job {
+	jctx, cancel := context.WithCancelCause(ctx)
+	j := &job{
+		id:       p.nextID.Add(1),
+		ctx:      jctx,
+		cancel:   cancel,
+		req:      r,
+		cfg:      r.GuidanceScale > 1,
+		latH:     r.Height / 8,
+		latW:     r.Width / 8,
+		progress: make(chan Progress, r.Steps*2+2), // one event per model call at most
+		done:     make(chan struct{}),
+		start:    time.Now(),
+	}
+	j.size = p.c.LatentChannels * j.latH * j.latW
+	j.stopAbort = context.AfterFunc(p.abort, func() { cancel(ErrClosed) })
+	j.metrics.Submitted = j.start
+	return j
+}
+
+// release frees a job that was never accepted.
+func (j *job) release() {
+	j.stopAbort()
+	j.cancel(context.Canceled)
+}
+
+// err returns the job's context error, preferring its cause.
+func (j *job) err() error {
+	if j.ctx.Err() == nil {
+		return nil
+	}
+	cause := context.Cause(j.ctx)
+	if errors.Is(cause, ErrClosed) {
+		return fmt.Errorf("%w: %w", ErrClosed, j.ctx.Err())
+	}
+	return j.ctx.Err()
+}
+
+// fail finishes the job with err from stage.
+func (j *job) fail(stage string, err error) {
+	if ce := j.err(); ce != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed)) {
+		err = ce // report cancellation plainly, with its cause
+	} else {
+		err = &StageError{Stage: stage, Err: err}
+	}
+	j.finish(outcome{err: err})
+}
+
+// finish records the outcome and wakes waiters. It is called exactly once,
+// by the stage that owns the job.
+func (j *job) finish(o outcome) {
+	j.out = o
+	j.stopAbort()
+	j.cancel(context.Canceled) // frees the context's resources
+	close(j.progress)
+	close(j.done)
+}
+
+// emit sends a progress event without ever blocking.
+func (j *job) emit(ev Progress) {
+	select {
+	case j.progress <- ev:
+	default:
+	}
+}

@@ -1,0 +1,467 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sdpipe/sdpipe/rng"
+)
+
+func TestRequestValidation(t *testing.T) {
+	p := newFake(t, &fakeUNet{}, 0, Options{})
+	u := &fakeUNet{}
+	noEnc := fakeComponents(t, u, 0)
+	noEnc.VAEEncoder = nil
+	p2, err := New(noEnc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	img := image.NewNRGBA(image.Rect(0, 0, 64, 64))
+	tests := []struct {
+		name  string
+		p     *Pipeline
+		req   Request
+		field string
+	}{
+		{"width not multiple of 8", p, Request{Width: 65}, "Width"},
+		{"height too large", p, Request{Height: 8192}, "Height"},
+		{"negative steps", p, Request{Steps: -1}, "Steps"},
+		{"too many steps", p, Request{Steps: 5000}, "Steps"},
+		{"NaN guidance", p, Request{GuidanceScale: math.NaN()}, "GuidanceScale"},
+		{"infinite guidance", p, Request{GuidanceScale: math.Inf(1)}, "GuidanceScale"},
+		{"unknown scheduler", p, Request{Scheduler: "No Such Sampler"}, "Scheduler"},
+		{"strength without image", p, Request{Strength: 0.5}, "Strength"},
+		{"strength above 1", p, Request{InitImage: img, Strength: 1.5}, "Strength"},
+		{"negative strength", p, Request{InitImage: img, Strength: -0.1}, "Strength"},
+		{"init image wrong size", p, Request{InitImage: img, Width: 128, Height: 64}, "InitImage"},
+		{"img2img without encoder", p2, Request{InitImage: img}, "InitImage"},
+		{"too many images", p, Request{ImagesPerPrompt: 1000}, "ImagesPerPrompt"},
+		{"numpy seed too large", p, Request{Seed: 1 << 40}, "Seed"},
+		{"bad seed", p, Request{Seed: -5}, "Seed"},
+		{"latents of wrong size", p, Request{Latents: make([]float32, 3)}, "Latents"},
+		{"NaN latents", p, Request{Latents: nanLatents()}, "Latents"},
+		{"unknown generator", p, Request{Generator: rng.Kind(99)}, "Generator"},
+		{"eta out of range", p, Request{Eta: 2}, "Eta"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.p.Submit(t.Context(), tc.req)
+			var re *RequestError
+			if !errors.As(err, &re) || re.Field != tc.field || !errors.Is(err, ErrInvalidRequest) {
+				t.Fatalf("Submit() = %v, want a RequestError for %s", err, tc.field)
+			}
+		})
+	}
+	if m := p.Metrics(); m.Submitted != 0 || m.Rejected == 0 {
+		t.Errorf("metrics after invalid requests: %+v", m)
+	}
+}
+
+func nanLatents() []float32 {
+	l := make([]float32, 4*8*8)
+	l[3] = float32(math.NaN())
+	return l
+}
+
+func TestGenerateFake(t *testing.T) {
+	u := &fakeUNet{}
+	p := newFake(t, u, 0, Options{})
+	h, err := p.Submit(t.Context(), Request{Prompt: "a cat", NegativePrompt: "blurry", Steps: 5, Seed: 7, ImagesPerPrompt: 3, Scheduler: "Euler"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []Progress
+	for ev := range h.Progress() {
+		events = append(events, ev)
+	}
+	res, err := h.Wait(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Images) != 3 || fmt.Sprint(res.Seeds) != "[7 8 9]" {
+		t.Fatalf("%d images, seeds %v", len(res.Images), res.Seeds)
+	}
+	if b := res.Images[0].Bounds(); b.Dx() != 64 || b.Dy() != 64 {
+		t.Errorf("image bounds %v", b)
+	}
+	if len(events) != 5 || events[4].Step != 5 || events[4].Total != 5 {
+		t.Errorf("progress events %+v", events)
+	}
+	if !strings.Contains(res.Infotexts[1], "Seed: 8") || !strings.Contains(res.Infotexts[1], "Negative prompt: blurry") {
+		t.Errorf("infotext %q", res.Infotexts[1])
+	}
+	// guided: every call holds [uncond×3, cond×3]
+	for _, s := range u.sizes {
+		if s != 6 {
+			t.Fatalf("UNet batch sizes %v, want 6", u.sizes)
+		}
+	}
+	// distinct seeds give distinct images; the same seed gives the same one
+	res2, err := p.Generate(t.Context(), Request{Prompt: "a cat", NegativePrompt: "blurry", Steps: 5, Seed: 8, Scheduler: "Euler"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !samePixels(res.Images[1], res2.Images[0]) || samePixels(res.Images[0], res.Images[1]) {
+		t.Error("image i of seed s must equal image 0 of seed s+i, and differ from the others")
+	}
+	m := p.Metrics()
+	if m.Completed != 2 || m.Images != 4 || m.InFlight != 0 || m.UNetCalls != int64(len(u.sizes)) {
+		t.Errorf("metrics %+v", m)
+	}
+}
+
+func samePixels(a, b image.Image) bool {
+	return bytes.Equal(a.(*image.NRGBA).Pix, b.(*image.NRGBA).Pix)
+}
+
+func TestGuidanceOff(t *testing.T) {
+	u := &fakeUNet{}
+	p := newFake(t, u, 0, Options{})
+	if _, err := p.Generate(t.Context(), Request{Prompt: "x", Steps: 3, GuidanceScale: 1, Scheduler: "DDIM"}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(u.sizes) != "[1 1 1]" {
+		t.Errorf("UNet batch sizes %v, want one unguided item per call", u.sizes)
+	}
+}
+
+func TestRandomSeedReported(t *testing.T) {
+	p := newFake(t, &fakeUNet{}, 0, Options{})
+	res, err := p.Generate(t.Context(), Request{Prompt: "x", Steps: 2, Seed: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Seeds[0] < 0 || res.Request.Seed != res.Seeds[0] {
+		t.Errorf("seed %d, request seed %d", res.Seeds[0], res.Request.Seed)
+	}
+	again, err := p.Generate(t.Context(), Request{Prompt: "x", Steps: 2, Seed: res.Seeds[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !samePixels(res.Images[0], again.Images[0]) {
+		t.Error("the reported seed does not reproduce the image")
+	}
+}
+
+func TestCancelMidLoop(t *testing.T) {
+	u := &fakeUNet{delay: 5 * time.Millisecond}
+	p := newFake(t, u, 0, Options{DenoiseWorkers: 2})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	h, err := p.Submit(ctx, Request{Prompt: "long", Steps: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := p.Submit(t.Context(), Request{Prompt: "short", Steps: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ev := range h.Progress() {
+		if ev.Step == 3 {
+			cancel()
+			break
+		}
+	}
+	start := time.Now()
+	_, err = h.Wait(t.Context())
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait() after cancel = %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("cancellation took %v", d)
+	}
+	if _, err := other.Wait(t.Context()); err != nil {
+		t.Errorf("the other request failed: %v", err)
+	}
+	if m := p.Metrics(); m.Canceled != 1 {
+		t.Errorf("metrics %+v", m)
+	}
+}
+
+func TestCancelDuringCall(t *testing.T) {
+	u := &fakeUNet{block: make(chan struct{})} // every call blocks until canceled
+	p := newFake(t, u, 0, Options{})
+	h, err := p.Submit(t.Context(), Request{Prompt: "x", Steps: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	h.Cancel()
+	if _, err := h.Wait(t.Context()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait() = %v, want context.Canceled", err)
+	}
+}
+
+func TestFailingRequestAmongGood(t *testing.T) {
+	u := &fakeUNet{}
+	// poison the prompt "bad": its cond embedding mean
+	emb, _ := fakeEncoder(0).Encode(t.Context(), fakeTokenizer{}.Encode("bad"), 1)
+	var mean float32
+	for _, v := range emb.Data().([]float32) {
+		mean += v
+	}
+	u.failOn = mean / float32(len(emb.Data().([]float32)))
+	p := newFake(t, u, 0, Options{})
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		prompt := fmt.Sprintf("good %d", i)
+		if i == 3 {
+			prompt = "bad"
+		}
+		wg.Go(func() {
+			_, errs[i] = p.Generate(t.Context(), Request{Prompt: prompt, Steps: 3})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		var se *StageError
+		switch {
+		case i == 3 && (!errors.As(err, &se) || se.Stage != "denoise"):
+			t.Errorf("bad request: %v, want a denoise StageError", err)
+		case i != 3 && err != nil:
+			t.Errorf("good request %d: %v", i, err)
+		}
+	}
+}
+
+func TestStagesOverlap(t *testing.T) {
+	const d = 20 * time.Millisecond
+	u := &fakeUNet{delay: d / 4}
+	p := newFake(t, u, d, Options{})
+	var wg sync.WaitGroup
+	res := make([]*Result, 4)
+	for i := range res {
+		wg.Go(func() {
+			var err error
+			if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: 1}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	// some request's encoding ran while another's denoise or decode ran
+	overlap := false
+	for _, a := range res {
+		for _, b := range res {
+			if a == nil || b == nil || a == b {
+				continue
+			}
+			as, ae := span(a.Metrics, "encode")
+			bs, be := span(b.Metrics, "denoise")
+			cs, ce := span(b.Metrics, "decode")
+			if (as.Before(be) && bs.Before(ae)) || (as.Before(ce) && cs.Before(ae)) {
+				overlap = true
+			}
+		}
+	}
+	if !overlap {
+		t.Error("no stage of one request overlapped another request's stage")
+	}
+}
+
+// span returns a stage's start and end from request metrics.
+func span(m RequestMetrics, stage string) (time.Time, time.Time) {
+	es := m.Submitted.Add(m.EncodeQueue)
+	ee := es.Add(m.Encode)
+	ds := ee.Add(m.DenoiseQueue)
+	de := ds.Add(m.Denoise)
+	cs := de.Add(m.DecodeQueue)
+	switch stage {
+	case "encode":
+		return es, ee
+	case "denoise":
+		return ds, de
+	}
+	return cs, cs.Add(m.Decode)
+}
+
+func TestDynamicBatchingSamePixels(t *testing.T) {
+	u := &fakeUNet{delay: time.Millisecond}
+	alone := newFake(t, &fakeUNet{}, 0, Options{})
+	batched := newFake(t, u, 0, Options{MaxBatch: 8, MaxBatchWait: 50 * time.Millisecond, DenoiseWorkers: 1})
+	reqs := make([]Request, 5)
+	for i := range reqs {
+		reqs[i] = Request{Prompt: fmt.Sprintf("prompt %d", i), Steps: 6, Seed: int64(10 * i), Scheduler: "Euler a"}
+	}
+	var wg sync.WaitGroup
+	got := make([]*Result, len(reqs))
+	for i, r := range reqs {
+		wg.Go(func() {
+			var err error
+			if got[i], err = batched.Generate(t.Context(), r); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	shared := false
+	for _, s := range u.sizes {
+		shared = shared || s > 2
+	}
+	if !shared {
+		t.Fatalf("no UNet call held more than one request: sizes %v", u.sizes)
+	}
+	for i, r := range reqs {
+		want, err := alone.Generate(t.Context(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[i] == nil || !samePixels(want.Images[0], got[i].Images[0]) {
+			t.Errorf("request %d: batched image differs from the same request alone", i)
+		}
+	}
+}
+
+func TestCloseUnderLoad(t *testing.T) {
+	before := runtime.NumGoroutine()
+	u := &fakeUNet{delay: 2 * time.Millisecond}
+	p, err := New(fakeComponents(t, u, time.Millisecond), Options{DefaultWidth: 64, DefaultHeight: 64, EncodeWorkers: 2, DenoiseWorkers: 2, DecodeWorkers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for i := range 20 {
+		wg.Go(func() {
+			_, err := p.Generate(context.Background(), Request{Prompt: fmt.Sprint(i), Steps: 20})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				outcomes["ok"]++
+			case errors.Is(err, ErrClosed):
+				outcomes["closed"]++
+			default:
+				outcomes[err.Error()]++
+			}
+		})
+	}
+	time.Sleep(30 * time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if outcomes["ok"]+outcomes["closed"] != 20 {
+		t.Errorf("outcomes %v: every request must complete or report ErrClosed", outcomes)
+	}
+	if _, err := p.Submit(t.Context(), Request{Prompt: "late"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Submit after Close = %v, want ErrClosed", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after Close, %d before", n, before)
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	p, err := New(fakeComponents(t, &fakeUNet{delay: time.Millisecond}, 0), Options{DefaultWidth: 64, DefaultHeight: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hs []*Handle
+	for i := range 3 {
+		h, err := p.Submit(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	if err := p.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if _, err := h.Wait(t.Context()); err != nil {
+			t.Errorf("request drained by Shutdown failed: %v", err)
+		}
+	}
+}
+
+func TestSubmitBlocksAndHonoursContext(t *testing.T) {
+	u := &fakeUNet{block: make(chan struct{})}
+	p := newFake(t, u, 0, Options{})
+	defer close(u.block)
+	// one job in the UNet, one in the channel to denoise, one in the
+	// encode worker waiting to hand it over: then intake is full
+	for i := range 3 {
+		if _, err := p.Submit(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := p.Submit(ctx, Request{Prompt: "probe", Steps: 2}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Submit() into a full pipeline = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestImg2ImgFake(t *testing.T) {
+	u := &fakeUNet{}
+	p := newFake(t, u, 0, Options{})
+	img := image.NewNRGBA(image.Rect(0, 0, 64, 64))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i)
+	}
+	for _, logic := range []struct {
+		name  string
+		req   Request
+		calls int
+	}{
+		{"modern", Request{Prompt: "x", Steps: 10, InitImage: img, Strength: 0.5}, 5 + 1},       // PNDM: N·s steps plus its extra call
+		{"full strength", Request{Prompt: "x", Steps: 10, InitImage: img, Strength: 1}, 10 + 1}, // the whole schedule
+	} {
+		t.Run(logic.name, func(t *testing.T) {
+			res, err := p.Generate(t.Context(), logic.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Metrics.Steps != logic.calls {
+				t.Errorf("%d UNet calls, want %d", res.Metrics.Steps, logic.calls)
+			}
+			if !strings.Contains(res.Infotexts[0], "Denoising strength") {
+				t.Errorf("infotext %q", res.Infotexts[0])
+			}
+		})
+	}
+}
+
+func TestPNGParameters(t *testing.T) {
+	img := image.NewNRGBA(image.Rect(0, 0, 4, 4))
+	img.Set(1, 1, color.NRGBA{255, 0, 0, 255})
+	for _, text := range []string{"a red fox\nSteps: 20, Seed: 1", "un café ☕ 猫\nSteps: 1"} {
+		var buf bytes.Buffer
+		if err := EncodePNG(&buf, img, text); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadPNGParameters(bytes.NewReader(buf.Bytes()))
+		if err != nil || got != text {
+			t.Errorf("ReadPNGParameters = %q, %v; want %q", got, err, text)
+		}
+		dec, err := png.Decode(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			t.Fatalf("the PNG with a text chunk does not decode: %v", err)
+		}
+		if dec.At(1, 1) != (color.NRGBA{255, 0, 0, 255}) && dec.At(1, 1) != (color.RGBA{255, 0, 0, 255}) {
+			t.Errorf("pixel %v", dec.At(1, 1))
+		}
+	}
+}
