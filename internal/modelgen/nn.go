@@ -130,6 +130,7 @@ type attnSpec struct {
 	qkvBias            bool
 	mask               string // additive mask broadcast over the scores, or ""
 	form               AttentionForm
+	outGain            float64 // gain of the output projection; 0 means residualGain
 }
 
 // attention projects x (queries) and ctx (keys and values), both
@@ -184,7 +185,11 @@ func (b *Builder) attention(x, ctx string, s attnSpec) string {
 		panic("modelgen: unknown attention form")
 	}
 	o = b.Op("Reshape", []string{o, b.Ints(0, 0, int64(s.dim))})
-	return b.linear(o, s.name+"."+s.out, s.dim, s.dim, true, residualGain)
+	gain := s.outGain
+	if gain == 0 {
+		gain = residualGain
+	}
+	return b.linear(o, s.name+"."+s.out, s.dim, s.dim, true, gain)
 }
 
 // zeroTensor is a one-element zero of the builder's float type, for

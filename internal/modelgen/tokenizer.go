@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -133,17 +132,13 @@ func GenerateVocabulary(maxMerges int) *Vocabulary {
 		if len(counts) == 0 {
 			break
 		}
-		pairs := make([][2]string, 0, len(counts))
-		for p := range counts {
-			pairs = append(pairs, p)
-		}
-		sort.Slice(pairs, func(i, j int) bool {
-			if ci, cj := counts[pairs[i]], counts[pairs[j]]; ci != cj {
-				return ci > cj
+		var best [2]string
+		bestN := 0
+		for p, n := range counts {
+			if n > bestN || n == bestN && p[0]+" "+p[1] < best[0]+" "+best[1] {
+				best, bestN = p, n
 			}
-			return pairs[i][0]+" "+pairs[i][1] < pairs[j][0]+" "+pairs[j][1]
-		})
-		best := pairs[0]
+		}
 		merged := best[0] + best[1]
 		if have[merged] {
 			excluded[best] = true

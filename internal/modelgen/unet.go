@@ -103,6 +103,12 @@ func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
 	return b.Model(opset), nil
 }
 
+// crossAttnGain keeps the text conditioning's effect on the noise
+// prediction small, as in trained models, so that classifier-free guidance
+// (which amplifies the conditional-unconditional difference 7.5×) does not
+// blow the latents up.
+const crossAttnGain = 0.1
+
 // timeEmbedding is diffusers' Timesteps(flip_sin_to_cos=True,
 // downscale_freq_shift=0) followed by TimestepEmbedding (Linear, SiLU,
 // Linear). The sinusoids are computed in float32.
@@ -196,7 +202,7 @@ func (b *Builder) transformer2D(x, ctx, name string, c, heads, ctxDim int, form 
 	n = b.layerNorm(seq, bn+".norm2", c, 1e-5)
 	seq = b.Op("Add", []string{seq, b.attention(n, ctx, attnSpec{
 		name: bn + ".attn2", q: "to_q", k: "to_k", v: "to_v", out: "to_out.0",
-		dim: c, ctxDim: ctxDim, heads: heads, form: form,
+		dim: c, ctxDim: ctxDim, heads: heads, form: form, outGain: crossAttnGain,
 	})})
 	n = b.layerNorm(seq, bn+".norm3", c, 1e-5)
 	p := b.linear(n, bn+".ff.net.0.proj", c, 8*c, true, 1)

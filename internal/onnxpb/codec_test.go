@@ -167,3 +167,74 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+// TestUnknownFieldsPreserved checks that fields the package does not model
+// survive a round trip at every level.
+func TestUnknownFieldsPreserved(t *testing.T) {
+	m := smallModel()
+	b, err := Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// model.doc_string (6) and model.training_info-like field 20.
+	b = appendStringField(b, 6, "model doc")
+	b = appendBytesField(b, 20, []byte{0x0a, 0x00})
+	m2, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// node.doc_string (6) and a graph-valued attribute (g = 6, type GRAPH).
+	m2.Graph.Nodes[0].unknown = appendStringField(nil, 6, "node doc")
+	m2.Graph.Nodes[1].Attribute = append(m2.Graph.Nodes[1].Attribute, &Attribute{Name: "body", Type: AttrGraph, unknown: appendBytesField(nil, 6, appendStringField(nil, fGraphName, "sub"))})
+	b2, err := Marshal(m2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m3, err := Unmarshal(b2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b3, _ := Marshal(m3)
+	for _, want := range []string{"model doc", "node doc", "sub"} {
+		if !bytes.Contains(b3, []byte(want)) {
+			t.Errorf("%q lost in round trip", want)
+		}
+	}
+	if got := m3.Graph.Nodes[1].Attribute[len(m3.Graph.Nodes[1].Attribute)-1]; got.Name != "body" || got.Type != AttrGraph {
+		t.Errorf("graph attribute = %+v", got)
+	}
+}
+
+// TestReadIOSkipsInitializerInputs checks that graph inputs backed by an
+// initializer (as IR < 4 exports list them) are not reported as inputs.
+func TestReadIOSkipsInitializerInputs(t *testing.T) {
+	m := smallModel()
+	m.Graph.Input = append(m.Graph.Input, ValueInfo{Name: "w", ElemType: Float, Dims: []Dim{{Value: 2}, {Value: 2}}})
+	b, err := Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io, err := readIO(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range io.Inputs {
+		names = append(names, v.Name)
+	}
+	if diff := cmp.Diff([]string{"x", "t", "u"}, names); diff != "" {
+		t.Errorf("inputs (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int64{"": 17, "com.microsoft": 1}, io.Opsets); diff != "" {
+		t.Errorf("opsets (-want +got):\n%s", diff)
+	}
+	if v, ok := io.Input("u"); !ok || !v.UnknownRank {
+		t.Errorf("input u = %+v, %v; want unknown rank", v, ok)
+	}
+	if v, ok := io.Input("t"); !ok || v.UnknownRank || v.Dims != nil {
+		t.Errorf("input t = %+v, %v; want a scalar", v, ok)
+	}
+	if got := io.ExternalFiles(); !cmp.Equal(got, []string{"weights.pb"}) {
+		t.Errorf("external files = %v", got)
+	}
+}
