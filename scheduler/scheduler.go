@@ -168,6 +168,11 @@ var constructors = map[string]constructor{
 	"EulerDiscreteScheduler":          newEuler,
 	"EulerAncestralDiscreteScheduler": newEulerAncestral,
 	"DPMSolverMultistepScheduler":     newDPMMultistep,
+	"LMSDiscreteScheduler":            newLMS,
+	"HeunDiscreteScheduler":           newHeun,
+	"KDPM2DiscreteScheduler":          newKDPM2,
+	"KDPM2AncestralDiscreteScheduler": newKDPM2Ancestral,
+	"DPMSolverSDEScheduler":           newDPMSDE,
 }
 
 // stochastic lists the classes (and algorithm types) that draw noise.
