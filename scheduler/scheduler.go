@@ -173,6 +173,8 @@ var constructors = map[string]constructor{
 	"KDPM2DiscreteScheduler":          newKDPM2,
 	"KDPM2AncestralDiscreteScheduler": newKDPM2Ancestral,
 	"DPMSolverSDEScheduler":           newDPMSDE,
+	"DDPMScheduler":                   newDDPM,
+	"LCMScheduler":                    newLCM,
 }
 
 // stochastic lists the classes (and algorithm types) that draw noise.
