@@ -175,6 +175,9 @@ var constructors = map[string]constructor{
 	"DPMSolverSDEScheduler":           newDPMSDE,
 	"DDPMScheduler":                   newDDPM,
 	"LCMScheduler":                    newLCM,
+	"UniPCMultistepScheduler":         newUniPC,
+	"DEISMultistepScheduler":          newDEIS,
+	"DPMSolverSinglestepScheduler":    newDPMSinglestep,
 }
 
 // stochastic lists the classes (and algorithm types) that draw noise.
