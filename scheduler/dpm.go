@@ -24,12 +24,7 @@ func dpmSchedule(b *base) ([]float64, []float32) {
 			ts = append(ts, float64(i*ratio+p.stepsOffset))
 		}
 	case "trailing":
-		ratio := float64(N) / float64(n)
-		for i := 0; ; i++ {
-			x := float64(last) - float64(i)*ratio
-			if x <= 0 {
-				break
-			}
+		for _, x := range npArange(float64(last), 0, -float64(N)/float64(n)) {
 			ts = append(ts, npRound(x)-1)
 		}
 	}

@@ -237,6 +237,9 @@ func New(name string, cfg *Config, o Options) (Scheduler, error) {
 		return nil, err
 	}
 	for _, t := range b.full {
+		if p.timestepType == "continuous" {
+			break // EDM-style 0.25*log(sigma) timesteps
+		}
 		if !(t >= 0 && t <= float64(p.numTrainTimesteps-1)) {
 			return nil, fmt.Errorf("%w: %d steps give timestep %v outside [0, %d] (steps_offset %d)",
 				ErrOptions, o.Steps, t, p.numTrainTimesteps-1, p.stepsOffset)
