@@ -221,6 +221,9 @@ func runCase(t testing.TB, cfg *Config, c *refCase, logic Img2ImgLogic) []string
 	}
 	x := make([]float32, size)
 	eps := make([]float32, size)
+	checkedX0 := 0
+	worst := 0.0
+	defer func() { t.Logf("%s: max prev_sample error %.2g", c.Case, worst) }()
 	for i, st := range c.Trajectory {
 		s.ScaleModelInput(x, latents, i)
 		if e, at := maxErr(x, st.ModelInput); e > tol {
@@ -231,8 +234,19 @@ func runCase(t testing.TB, cfg *Config, c *refCase, logic Img2ImgLogic) []string
 			failf("eval %d: Step: %v", i, err)
 			return fails
 		}
+		if e, _ := maxErr(latents, st.PrevSample); e > worst {
+			worst = e
+		}
 		if e, at := maxErr(latents, st.PrevSample); e > tol {
 			failf("eval %d (t=%v): prev_sample error %.3g at %d", i, st.T, e, at)
+		}
+		if st.PredX0 != nil {
+			if d, ok := s.(interface{ PredOriginal() []float32 }); ok {
+				checkedX0++
+				if e, at := maxErr(d.PredOriginal(), st.PredX0); e > tol {
+					failf("eval %d: pred_original_sample error %.3g at %d", i, e, at)
+				}
+			}
 		}
 		if st.Denoised != nil {
 			if d, ok := s.(interface{ Denoised() []float32 }); ok {
@@ -245,6 +259,9 @@ func runCase(t testing.TB, cfg *Config, c *refCase, logic Img2ImgLogic) []string
 			failf("...")
 			return fails
 		}
+	}
+	if checkedX0 > 0 {
+		t.Logf("%s: compared pred_original_sample at %d evaluations", c.Case, checkedX0)
 	}
 	if noise.err != nil {
 		failf("noise: %v", noise.err)
