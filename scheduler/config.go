@@ -141,7 +141,8 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Keys returns the configuration keys in sorted order.
+// Keys returns the configuration keys in sorted order. It is safe for
+// concurrent use.
 func (c *Config) Keys() []string {
 	keys := make([]string, 0, len(c.raw))
 	for k := range c.raw {
@@ -151,8 +152,9 @@ func (c *Config) Keys() []string {
 	return keys
 }
 
-// ClassName returns the "_class_name" entry of the configuration, or "" when
-// there is none.
+// ClassName returns the "_class_name" entry of the configuration (the
+// model's default scheduler), or "" when there is none. It is safe for
+// concurrent use.
 func (c *Config) ClassName() string {
 	s, _ := c.raw["_class_name"].(string)
 	return s

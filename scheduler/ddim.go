@@ -32,12 +32,7 @@ func intTimesteps(p *params, n int) []float64 {
 			ts = append(ts, float64(i*ratio+p.stepsOffset))
 		}
 	case "trailing":
-		ratio := float64(N) / float64(n)
-		for i := 0; ; i++ {
-			x := float64(N) - float64(i)*ratio
-			if x <= 0 {
-				break
-			}
+		for _, x := range npArange(float64(N), 0, -float64(N)/float64(n)) {
 			ts = append(ts, npRound(x)-1)
 		}
 	}

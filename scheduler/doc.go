@@ -21,6 +21,17 @@
 //	}
 //
 // Step allocates nothing and updates the latents in place. For LCMScheduler
-// the pipeline decodes the x0 prediction of the last step (its Denoised
-// method), not the latents.
+// the pipeline decodes the consistency output of the last step (the *LCM's
+// Denoised method, diffusers' final "denoised"), which equals the final
+// latents because the last LCM step adds no noise.
+//
+// The concrete types returned by New (*Euler, *DPMMultistep, ...) offer
+// optional methods beyond Scheduler: Sigmas() []float32 on sigma-based
+// schedulers, PredOriginal() []float32 (x0 of the last step) on DDIM, DDPM
+// and Euler, and Denoised() []float32 on LCM.
+//
+// Img2img: with Options.Strength in (0, 1] the schedule is truncated as
+// Options.Img2Img says (Modern: StableDiffusionImg2ImgPipeline; LegacyONNX:
+// OnnxStableDiffusionImg2ImgPipeline); Timesteps then lists only the
+// remaining evaluations and AddNoise noises the init latents at the start.
 package scheduler

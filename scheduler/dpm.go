@@ -8,7 +8,8 @@ import (
 // dpmSchedule computes the integer timesteps and float32 sigmas (with the
 // final sigma appended) of the DPM-Solver family (DPMSolverMultistep, UniPC,
 // DEIS) as their set_timesteps does.
-func dpmSchedule(b *base) (ts []float64, sigmas []float32) {
+func dpmSchedule(b *base) ([]float64, []float32) {
+	var ts []float64
 	p, n, N := b.p, b.n, b.p.numTrainTimesteps
 	last := N // lambda_min_clipped = -inf: no clipping
 	switch p.timestepSpacing {
@@ -23,15 +24,18 @@ func dpmSchedule(b *base) (ts []float64, sigmas []float32) {
 			ts = append(ts, float64(i*ratio+p.stepsOffset))
 		}
 	case "trailing":
-		ratio := float64(N) / float64(n)
-		for i := 0; ; i++ {
-			x := float64(last) - float64(i)*ratio
-			if x <= 0 {
-				break
-			}
+		for _, x := range npArange(float64(last), 0, -float64(N)/float64(n)) {
 			ts = append(ts, npRound(x)-1)
 		}
 	}
+	return dpmSigmas(b, ts)
+}
+
+// dpmSigmas computes the float32 sigmas of integer timesteps ts (replacing
+// ts by the Karras timesteps when use_karras_sigmas), final sigma included.
+func dpmSigmas(b *base, ts []float64) ([]float64, []float32) {
+	p, n := b.p, b.n
+	var sigmas []float32
 	train := b.ts.trainSigmas()
 	if p.useKarras {
 		logSig := make([]float32, len(train))
@@ -48,7 +52,7 @@ func dpmSchedule(b *base) (ts []float64, sigmas []float32) {
 			sigmas = append(sigmas, float32(s))
 		}
 		var lastSigma float32
-		if p.finalSigmasType == "sigma_min" {
+		if p.finalSigmasType == "sigma_min" || p.class == "DEISMultistepScheduler" {
 			lastSigma = float32(sig[len(sig)-1])
 		}
 		return ts, append(sigmas, lastSigma)
@@ -58,7 +62,7 @@ func dpmSchedule(b *base) (ts []float64, sigmas []float32) {
 		sigmas = append(sigmas, float32(npInterp(t, train)))
 	}
 	var lastSigma float32
-	if p.finalSigmasType == "sigma_min" {
+	if p.finalSigmasType == "sigma_min" || p.class == "DEISMultistepScheduler" {
 		a := b.ts.alphasCumprod[0]
 		lastSigma = sqrt32((1 - a) / a)
 	}

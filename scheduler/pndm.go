@@ -37,8 +37,7 @@ func newPNDM(b *base) (Scheduler, error) {
 			ts[i] = float64(i*ratio + p.stepsOffset)
 		}
 	case "trailing":
-		ratio := float64(N) / float64(n)
-		for x := float64(N); x > 0; x -= ratio {
+		for _, x := range npArange(float64(N), 0, -float64(N)/float64(n)) {
 			ts = append(ts, npRound(x)-1)
 		}
 		for i, j := 0, len(ts)-1; i < j; i, j = i+1, j-1 {

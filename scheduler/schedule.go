@@ -140,9 +140,13 @@ func rescaleZeroTerminalSNR(betas []float32) []float32 {
 	return out
 }
 
+// isSigmaClass reports whether class replaces the zero terminal
+// alphas_cumprod by 2**-24 (to keep its sigmas finite) under
+// rescale_betas_zero_snr.
 func isSigmaClass(class string) bool {
 	switch class {
-	case "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler":
+	case "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+		"DPMSolverMultistepScheduler", "UniPCMultistepScheduler":
 		return true
 	}
 	return false
@@ -270,9 +274,9 @@ func spacedTimesteps(p *params, n int) []float64 {
 			ts[i] = npRound(float64((n-1-i)*ratio)) + float64(p.stepsOffset)
 		}
 	case "trailing":
-		ratio := float64(N) / float64(n)
-		for i := range n {
-			ts[i] = npRound(float64(N)-float64(i)*ratio) - 1
+		ts = ts[:0]
+		for _, x := range npArange(float64(N), 0, -float64(N)/float64(n)) {
+			ts = append(ts, npRound(x)-1)
 		}
 	}
 	return ts
@@ -325,4 +329,24 @@ func npLogF32(v float32) float32 {
 	den = fma32(den, m, q[1])
 	den = fma32(den, m, q[0])
 	return fma32(e, loge2, num/den)
+}
+
+// npArange is numpy.arange(start, stop, step) for float64 arguments: the
+// length is ceil((stop-start)/step) and, as numpy's DOUBLE_fill does, the
+// elements after the second are start + i*((start+step)-start).
+func npArange(start, stop, step float64) []float64 {
+	n := int(math.Ceil((stop - start) / step))
+	if n <= 0 {
+		return nil
+	}
+	out := make([]float64, n)
+	out[0] = start
+	if n > 1 {
+		out[1] = start + step
+		d := out[1] - out[0]
+		for i := 2; i < n; i++ {
+			out[i] = start + float64(i)*d
+		}
+	}
+	return out
 }

@@ -84,11 +84,14 @@ type Scheduler interface {
 	// initial standard normal noise is multiplied for txt2img.
 	InitNoiseSigma() float64
 	// ScaleModelInput writes the model input for evaluation i into dst.
-	// dst and sample may be the same slice.
+	// dst and sample may be the same slice. Second-order samplers (Heun,
+	// KDPM2, DPM++ SDE) scale by their current stage, so call it for
+	// evaluation i after Step(i-1) and before Step(i).
 	ScaleModelInput(dst, sample []float32, i int)
 	// Step advances sample in place to the previous (less noisy) sample
 	// using the model output of evaluation i. It must be called with
-	// i = 0, 1, 2, ... and allocates nothing.
+	// i = 0, 1, 2, ... (ErrStepOrder otherwise) and allocates nothing. It
+	// panics if a slice's length is not Options.Size.
 	Step(modelOutput, sample []float32, i int) error
 	// AddNoise writes to dst the img2img initial latents: original noised
 	// to the start of the truncated schedule. dst may alias original.
@@ -144,7 +147,8 @@ func Names() []string {
 	return names
 }
 
-// ClassOf returns the diffusers class name that New uses for name.
+// ClassOf returns the diffusers class name that New uses for name. It is
+// safe for concurrent use.
 func ClassOf(name string) (string, error) {
 	if _, ok := constructors[name]; ok {
 		return name, nil
@@ -168,6 +172,16 @@ var constructors = map[string]constructor{
 	"EulerDiscreteScheduler":          newEuler,
 	"EulerAncestralDiscreteScheduler": newEulerAncestral,
 	"DPMSolverMultistepScheduler":     newDPMMultistep,
+	"LMSDiscreteScheduler":            newLMS,
+	"HeunDiscreteScheduler":           newHeun,
+	"KDPM2DiscreteScheduler":          newKDPM2,
+	"KDPM2AncestralDiscreteScheduler": newKDPM2Ancestral,
+	"DPMSolverSDEScheduler":           newDPMSDE,
+	"DDPMScheduler":                   newDDPM,
+	"LCMScheduler":                    newLCM,
+	"UniPCMultistepScheduler":         newUniPC,
+	"DEISMultistepScheduler":          newDEIS,
+	"DPMSolverSinglestepScheduler":    newDPMSinglestep,
 }
 
 // stochastic lists the classes (and algorithm types) that draw noise.
@@ -227,6 +241,9 @@ func New(name string, cfg *Config, o Options) (Scheduler, error) {
 		return nil, err
 	}
 	for _, t := range b.full {
+		if p.timestepType == "continuous" {
+			break // EDM-style 0.25*log(sigma) timesteps
+		}
 		if !(t >= 0 && t <= float64(p.numTrainTimesteps-1)) {
 			return nil, fmt.Errorf("%w: %d steps give timestep %v outside [0, %d] (steps_offset %d)",
 				ErrOptions, o.Steps, t, p.numTrainTimesteps-1, p.stepsOffset)

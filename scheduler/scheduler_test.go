@@ -2,6 +2,8 @@ package scheduler
 
 import (
 	"errors"
+	"fmt"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
@@ -238,5 +240,161 @@ func TestTimestepOutOfRange(t *testing.T) {
 	// 1000 leading steps with steps_offset 1 reach timestep 1000.
 	if _, err := New("DDIM", cfg, Options{Steps: 1000, Size: 4}); !errors.Is(err, ErrOptions) {
 		t.Errorf("got %v, want ErrOptions", err)
+	}
+}
+
+func TestConcurrentNew(t *testing.T) {
+	cfg := mustParse(t, defaultConfig)
+	names := Names()
+	done := make(chan []float32, len(names))
+	for i, name := range names {
+		go func() {
+			s, err := New(name, cfg, Options{Steps: 10, Size: 16, Noise: gaussNoise{rand.New(rand.NewPCG(uint64(i), 1))}})
+			if err != nil {
+				t.Error(err)
+				done <- nil
+				return
+			}
+			done <- runLoop(t, s, 16)
+		}()
+	}
+	for range names {
+		<-done
+	}
+}
+
+func TestAliasesApplyOverrides(t *testing.T) {
+	cfg := mustParse(t, defaultConfig)
+	a, err := New("DPM++ 2M Karras", cfg, Options{Steps: 20, Size: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New("DPMSolverMultistepScheduler", cfg, Options{Steps: 20, Size: 4, Overrides: map[string]any{"use_karras_sigmas": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New("DPMSolverMultistepScheduler", cfg, Options{Steps: 20, Size: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(a.Timesteps()) != fmt.Sprint(b.Timesteps()) {
+		t.Errorf("alias timesteps %v != class+override %v", a.Timesteps(), b.Timesteps())
+	}
+	if fmt.Sprint(a.Timesteps()) == fmt.Sprint(c.Timesteps()) {
+		t.Errorf("karras override had no effect")
+	}
+	for _, name := range Names() {
+		if _, err := ClassOf(name); err != nil {
+			t.Errorf("ClassOf(%q): %v", name, err)
+		}
+	}
+}
+
+func TestThresholdSample(t *testing.T) {
+	// 100 values |x| = 0..9.9; the 0.9 quantile is 8.91, clamped to max 5.
+	x := make([]float32, 100)
+	for j := range x {
+		x[j] = float32(j) / 10
+		if j%2 == 1 {
+			x[j] = -x[j]
+		}
+	}
+	buf := make([]float32, len(x))
+	y := append([]float32(nil), x...)
+	thresholdSample(y, buf, 0.9, 5)
+	for j := range y {
+		want := min(max(x[j], -5), 5) / 5
+		if y[j] != want {
+			t.Fatalf("y[%d] = %v, want %v", j, y[j], want)
+		}
+	}
+	// With a large max the quantile itself is used: 0.9*99 = 89.1 -> 8.9 + 0.1*0.1.
+	y = append(y[:0], x...)
+	thresholdSample(y, buf, 0.9, 100)
+	q := float32(8.91)
+	if got := y[99]; math.Abs(float64(got-(-1))) > 1e-6 && math.Abs(float64(got)-float64(x[99]/q)) > 1e-6 {
+		t.Errorf("y[99] = %v", got)
+	}
+	if got, want := y[10], x[10]/q; math.Abs(float64(got-want)) > 1e-6 {
+		t.Errorf("y[10] = %v, want %v", got, want)
+	}
+}
+
+func TestImg2ImgTruncation(t *testing.T) {
+	cfg := mustParse(t, defaultConfig)
+	tests := []struct {
+		name  string
+		logic Img2ImgLogic
+		steps int
+		s     float64
+		want  int // model evaluations
+	}{
+		{"Euler", Modern, 20, 0.6, 12},
+		{"Euler", LegacyONNX, 20, 0.6, 12},
+		{"Heun", Modern, 20, 0.5, 19},
+		{"PLMS", Modern, 20, 0.6, 13},
+		{"PLMS", LegacyONNX, 20, 0.6, 13},
+		{"DDIM", Modern, 50, 1, 50},
+		{"DPM++ 2M", Modern, 10, 0.35, 3},
+	}
+	for _, tt := range tests {
+		s, err := New(tt.name, cfg, Options{Steps: tt.steps, Size: 4, Strength: tt.s, Img2Img: tt.logic})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := len(s.Timesteps()); got != tt.want {
+			t.Errorf("%s %v strength %v: %d evaluations, want %d", tt.name, tt.logic, tt.s, got, tt.want)
+		}
+		orig := []float32{1, 2, 3, 4}
+		noise := []float32{0, 0, 0, 0}
+		dst := make([]float32, 4)
+		s.AddNoise(dst, orig, noise)
+		for j := range dst {
+			if dst[j] == 0 || dst[j] != dst[j] {
+				t.Errorf("%s: AddNoise gave %v", tt.name, dst)
+				break
+			}
+		}
+	}
+}
+
+func TestHigherOrders(t *testing.T) {
+	cfg := mustParse(t, defaultConfig)
+	for _, tc := range []struct {
+		name string
+		ov   map[string]any
+	}{
+		{"DPMSolverMultistepScheduler", map[string]any{"solver_order": 3}},
+		{"DPMSolverMultistepScheduler", map[string]any{"solver_order": 3, "use_karras_sigmas": true}},
+		{"DPMSolverMultistepScheduler", map[string]any{"use_karras_sigmas": true, "final_sigmas_type": "sigma_min"}},
+		{"DPMSolverMultistepScheduler", map[string]any{"solver_type": "heun", "algorithm_type": "sde-dpmsolver++"}},
+		{"DPMSolverMultistepScheduler", map[string]any{"thresholding": true, "prediction_type": "sample"}},
+		{"DPMSolverSinglestepScheduler", map[string]any{"solver_order": 1}},
+		{"UniPCMultistepScheduler", map[string]any{"solver_order": 3}},
+		{"UniPCMultistepScheduler", map[string]any{"solver_type": "bh1", "use_karras_sigmas": true}},
+		{"DEISMultistepScheduler", map[string]any{"solver_order": 3}},
+		{"DDIMScheduler", map[string]any{"clip_sample": true, "rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}},
+		{"DDPMScheduler", map[string]any{"variance_type": "fixed_large", "beta_schedule": "squaredcos_cap_v2"}},
+		{"EulerDiscreteScheduler", map[string]any{"timestep_type": "continuous", "prediction_type": "v_prediction"}},
+		{"EulerDiscreteScheduler", map[string]any{"interpolation_type": "log_linear", "final_sigmas_type": "sigma_min"}},
+		{"KDPM2DiscreteScheduler", map[string]any{"use_karras_sigmas": true}},
+		{"LMSDiscreteScheduler", map[string]any{"use_karras_sigmas": true, "prediction_type": "v_prediction"}},
+		{"PNDMScheduler", map[string]any{"skip_prk_steps": false, "prediction_type": "v_prediction"}},
+		{"PNDMScheduler", map[string]any{"timestep_spacing": "trailing"}},
+		{"PNDMScheduler", map[string]any{"timestep_spacing": "linspace"}},
+	} {
+		for _, steps := range []int{4, 15, 30} {
+			s, err := New(tc.name, cfg, Options{Steps: steps, Size: 16, Overrides: tc.ov, Noise: gaussNoise{rand.New(rand.NewPCG(9, 9))}})
+			if err != nil {
+				t.Errorf("%s %v: %v", tc.name, tc.ov, err)
+				continue
+			}
+			for _, v := range runLoop(t, s, 16) {
+				if v != v || math.IsInf(float64(v), 0) || math.Abs(float64(v)) > 100 {
+					t.Errorf("%s %v %d steps: bad output %v", tc.name, tc.ov, steps, v)
+					break
+				}
+			}
+		}
 	}
 }
