@@ -28,7 +28,11 @@ func (p *Pipeline) decode(j *job) error {
 	res := &Result{Request: r, Pixels: tensor.New(tensor.WithShape(n, h, w, 3), tensor.WithBacking(pixels))}
 	lat := make([]float32, j.size)
 	for m, it := range j.items {
-		for k, v := range it.latents {
+		final := it.latents
+		if d, ok := it.sched.(interface{ Denoised() []float32 }); ok {
+			final = d.Denoised() // LCM decodes its denoised prediction
+		}
+		for k, v := range final {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				return fmt.Errorf("image %d: latents: %w", m, ErrNaN)
 			}
