@@ -17,6 +17,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/tokenizer"
 	"github.com/sdpipe/sdpipe/unet"
@@ -41,15 +42,15 @@ const (
 // against the others. Its models are safe for concurrent use; the caller must
 // Close the Folder, and must not use its models after that.
 type Folder struct {
-	Dir           string           // the folder, as given to OpenFolder
-	Index         ModelIndex       // model_index.json
-	Tokenizer     *tokenizer.CLIP  // tokenizer/
-	TextEncoder   *textenc.Model   // text_encoder/model.onnx
-	UNet          *unet.Model      // unet/model.onnx
-	VAEDecoder    *vae.Decoder     // vae_decoder/model.onnx
-	VAEEncoder    *vae.Encoder     // vae_encoder/model.onnx; nil when absent or skipped (WithoutVAEEncoder)
-	Scheduler     *schedulerConfig // scheduler/scheduler_config.json
-	ScalingFactor float64          // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
+	Dir           string            // the folder, as given to OpenFolder
+	Index         ModelIndex        // model_index.json
+	Tokenizer     *tokenizer.CLIP   // tokenizer/
+	TextEncoder   *textenc.Model    // text_encoder/model.onnx
+	UNet          *unet.Model       // unet/model.onnx
+	VAEDecoder    *vae.Decoder      // vae_decoder/model.onnx
+	VAEEncoder    *vae.Encoder      // vae_encoder/model.onnx; nil when absent or skipped (WithoutVAEEncoder)
+	Scheduler     *scheduler.Config // scheduler/scheduler_config.json
+	ScalingFactor float64           // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
 	closeOnce     sync.Once
 	closeErr      error
 }
@@ -200,7 +201,7 @@ func componentNoun(c Component) string {
 type layout struct {
 	dir     string
 	index   ModelIndex
-	sched   *schedulerConfig
+	sched   *scheduler.Config
 	tok     *tokenizer.CLIP
 	scaling float64
 	io      [len(components)]*onnxpb.IO // nil for an absent or skipped component
@@ -237,13 +238,13 @@ func inspect(dir string, cfg *config) (*layout, error) {
 	if !st.IsDir() {
 		return nil, &FolderError{Dir: dir, Err: errors.New("not a folder")}
 	}
-	if err := readJSON(in.path(indexFile), new(any)); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(in.path(indexFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, &FolderError{Dir: dir, File: indexFile, Err: &problem{
 			msg: "missing: not a diffusers model folder (or not its top level)", err: err}}
 	}
 	lay.index = in.readIndex()
 	lay.sched = in.readScheduler()
-	lay.tok = in.readTokenizer()
+	in.checkTokenizer()
 	for _, c := range components {
 		lay.io[c] = in.readModel(c)
 	}
@@ -251,7 +252,10 @@ func inspect(dir string, cfg *config) (*layout, error) {
 	if len(in.errs) > 0 {
 		return nil, errors.Join(in.errs...)
 	}
-	in.crossCheck(lay)
+	// The slower checks, once every file is known to be there.
+	if lay.tok = in.loadTokenizer(); lay.tok != nil {
+		in.crossCheck(lay)
+	}
 	if len(in.errs) > 0 {
 		return nil, errors.Join(in.errs...)
 	}
@@ -284,33 +288,31 @@ func cmpOr(s, def string) string {
 	return s
 }
 
-func (in *inspector) readTokenizer() *tokenizer.CLIP {
+// checkTokenizer checks the tokenizer folder's files without loading them.
+func (in *inspector) checkTokenizer() {
 	if st, err := os.Stat(in.path(tokenizerDir)); err != nil {
 		in.fail(tokenizerDir, folderError(err))
-		return nil
+		return
 	} else if !st.IsDir() {
 		in.fail(tokenizerDir, errors.New("not a folder"))
-		return nil
+		return
 	}
-	ok := true
 	for _, name := range []string{"vocab.json", "merges.txt"} {
 		file := tokenizerDir + "/" + name
 		if err := regularFile(in.path(file)); err != nil {
 			in.fail(file, err)
-			ok = false
 		}
 	}
 	for _, name := range []string{"vocab.json", "tokenizer_config.json", "special_tokens_map.json"} {
 		file := tokenizerDir + "/" + name
-		err := readJSON(in.path(file), new(any))
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := checkJSON(in.path(file)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			in.fail(file, err)
-			ok = false
 		}
 	}
-	if !ok {
-		return nil
-	}
+}
+
+// loadTokenizer loads the tokenizer checkTokenizer found sound.
+func (in *inspector) loadTokenizer() *tokenizer.CLIP {
 	tok, err := tokenizer.Load(in.path(tokenizerDir))
 	if err != nil {
 		in.fail(tokenizerDir, err)
@@ -389,7 +391,7 @@ func (in *inspector) readModel(c Component) *onnxpb.IO {
 		return nil
 	}
 	ok := in.checkExternal(folder, file, io)
-	if err := readJSON(in.path(folder+"/"+configFile), new(any)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := checkJSON(in.path(folder + "/" + configFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		in.fail(folder+"/"+configFile, err)
 		ok = false
 	}

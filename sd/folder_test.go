@@ -16,6 +16,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/sd"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/unet"
@@ -202,6 +203,15 @@ func TestOpenFolderBroken(t *testing.T) {
 			},
 			file:  "scheduler/scheduler_config.json",
 			cause: isType[*json.SyntaxError],
+		},
+		{
+			name: "scheduler_config.json field of the wrong type",
+			brk: func(t *testing.T, d string) {
+				writeFile(t, d, "scheduler/scheduler_config.json", `{"beta_start": "low"}`)
+			},
+			file:  "scheduler/scheduler_config.json",
+			cause: func(err error) bool { return errors.Is(err, scheduler.ErrConfig) },
+			text:  "beta_start",
 		},
 		{
 			name:  "no scheduler folder",

@@ -88,6 +88,19 @@ func readJSON(path string, v any) error {
 	return unmarshalJSON(data, v)
 }
 
+// checkJSON checks that the file at path holds well-formed JSON, with errors
+// as readJSON's.
+func checkJSON(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fileError(err)
+	}
+	if json.Valid(data) {
+		return nil
+	}
+	return unmarshalJSON(data, new(any))
+}
+
 // unmarshalJSON is json.Unmarshal with errors that give the line and column.
 func unmarshalJSON(data []byte, v any) error {
 	err := json.Unmarshal(data, v)
