@@ -7,8 +7,9 @@ import (
 
 // ErrMismatch is matched (errors.Is) by a *FolderError whose components do
 // not fit together: the text encoder's hidden size differs from the UNet's
-// cross-attention width, the UNet's latent channels from the VAE's, or the
-// tokenizer's vocabulary is larger than the text encoder's.
+// cross-attention width, the UNet's latent channels from the VAE's, the
+// tokenizer's vocabulary is larger than the text encoder's embedding table,
+// or the tokenizer's sequence length does not fit the text encoder's.
 var ErrMismatch = errors.New("sd: components do not match")
 
 // ErrUnsupported is matched (errors.Is) by a *FolderError for a model folder
@@ -23,9 +24,10 @@ var ErrUnsupported = errors.New("sd: unsupported pipeline")
 //
 // Err is the underlying error: it matches fs.ErrNotExist for a missing file,
 // *json.SyntaxError for malformed JSON, *onnxpb.DecodeError for a truncated
-// or garbage model, the component packages' *SignatureError (for example
-// *unet.SignatureError) for a model with the wrong inputs, ErrMismatch and
-// ErrUnsupported.
+// or garbage model, onnxpb.ErrTruncated for an external data file that is
+// too short, scheduler.ErrConfig for a bad scheduler config, the component
+// packages' *SignatureError (for example *unet.SignatureError) for a model
+// with the wrong inputs or outputs, ErrMismatch and ErrUnsupported.
 type FolderError struct {
 	Dir  string // the model folder, as given to OpenFolder
 	File string // the file or subfolder, relative to Dir and slash-separated ("unet/model.onnx"); "" for Dir itself

@@ -67,7 +67,8 @@ type Folder struct {
 //
 // The options are checked first, all at once. A missing ONNX Runtime library
 // gives an error matching ort.ErrLibraryNotFound, an unavailable device one
-// wrapping *ort.ProviderError. The caller must Close the Folder.
+// wrapping *ort.ProviderError, a canceled ctx one matching ctx.Err(). The
+// caller must Close the Folder. OpenFolder is safe for concurrent use.
 func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error) {
 	cfg, err := newConfig(opts)
 	if err != nil {

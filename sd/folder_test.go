@@ -414,20 +414,42 @@ func TestOpenFolderNoFolder(t *testing.T) {
 // the component package rejects its signature, before its session loads.
 func TestOpenFolderWrongModel(t *testing.T) {
 	testenv.RequireORT(t)
+	swap := func(src, dst string) func(*testing.T, string) {
+		return func(t *testing.T, d string) { copyFile(t, d, src, dst) }
+	}
 	tests := []struct {
-		name     string
-		src, dst string
-		cause    func(error) bool
-		noun     string
+		name  string
+		brk   func(*testing.T, string)
+		file  string
+		cause func(error) bool
+		noun  string
+		text  string
 	}{
-		{"vae decoder as text encoder", "vae_decoder/model.onnx", "text_encoder/model.onnx", isType[*textenc.SignatureError], "text encoder"},
-		{"text encoder as unet", "text_encoder/model.onnx", "unet/model.onnx", isType[*unet.SignatureError], "UNet"},
-		{"vae encoder as vae decoder", "vae_encoder/model.onnx", "vae_decoder/model.onnx", isType[*vae.SignatureError], "VAE decoder"},
+		{"vae decoder as text encoder", swap("vae_decoder/model.onnx", "text_encoder/model.onnx"), "text_encoder/model.onnx",
+			isType[*textenc.SignatureError], "text encoder", "input_ids"},
+		{"text encoder as unet", swap("text_encoder/model.onnx", "unet/model.onnx"), "unet/model.onnx",
+			isType[*unet.SignatureError], "UNet", `unexpected input "input_ids"`},
+		{"vae encoder as vae decoder", swap("vae_encoder/model.onnx", "vae_decoder/model.onnx"), "vae_decoder/model.onnx",
+			isType[*vae.SignatureError], "VAE decoder", "latent_sample"},
+		{
+			"float token ids",
+			func(t *testing.T, d string) {
+				editModel(t, d, "text_encoder/model.onnx", func(m *onnxpb.Model) { m.Graph.Input[0].ElemType = onnxpb.Float })
+			},
+			"text_encoder/model.onnx", isType[*textenc.SignatureError], "text encoder", "input_ids is float32",
+		},
+		{
+			"vae encoder with an unknown output",
+			func(t *testing.T, d string) {
+				editModel(t, d, "vae_encoder/model.onnx", func(m *onnxpb.Model) { m.Graph.Output[0].Name = "latent_dist" })
+			},
+			"vae_encoder/model.onnx", isType[*vae.SignatureError], "VAE encoder", `"latent_dist"`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := referenceCopy(t)
-			copyFile(t, dir, tt.src, tt.dst)
+			tt.brk(t, dir)
 			f, err := sd.OpenFolder(t.Context(), dir)
 			if err == nil {
 				f.Close()
@@ -435,15 +457,15 @@ func TestOpenFolderWrongModel(t *testing.T) {
 			}
 			t.Log(err)
 			fe, ok := errors.AsType[*sd.FolderError](err)
-			if !ok || fe.File != tt.dst {
-				t.Fatalf("error %v is not a *FolderError for %s", err, tt.dst)
+			if !ok || fe.File != tt.file {
+				t.Fatalf("error %v is not a *FolderError for %s", err, tt.file)
 			}
 			if !tt.cause(err) {
 				t.Errorf("wrong cause: %v", err)
 			}
-			want := "sd: " + filepath.Join(dir, tt.dst) + ": not a " + tt.noun + " model: "
-			if !strings.HasPrefix(err.Error(), want) {
-				t.Errorf("message %q does not start with %q", err, want)
+			want := "sd: " + filepath.Join(dir, tt.file) + ": not a " + tt.noun + " model: "
+			if msg := err.Error(); !strings.HasPrefix(msg, want) || !strings.Contains(msg, tt.text) {
+				t.Errorf("message %q does not start with %q or does not mention %q", msg, want, tt.text)
 			}
 		})
 	}

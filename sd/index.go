@@ -14,8 +14,8 @@ import (
 // folder and which library and class each component came from. A ModelIndex
 // is a plain value, safe for concurrent reads.
 type ModelIndex struct {
-	// ClassName is "_class_name", e.g. "OnnxStableDiffusionPipeline" for the
-	// legacy diffusers exporter or "ORTStableDiffusionPipeline" for optimum.
+	// ClassName is "_class_name", e.g. "OnnxStableDiffusionPipeline" as the
+	// legacy diffusers exporter writes it.
 	ClassName string
 	// DiffusersVersion is "_diffusers_version", when present.
 	DiffusersVersion string

@@ -75,7 +75,8 @@ var providers = map[Device]ort.Provider{
 }
 
 // Option configures OpenFolder. Options only record values; OpenFolder
-// checks them all at once and reports every invalid one.
+// checks them all at once and reports every invalid one. An Option may be
+// reused and shared between goroutines.
 type Option func(*config)
 
 // placement is what the options say about one component.
