@@ -64,6 +64,9 @@ type Folder struct {
 // and sequence length). Every problem found is reported, as *FolderError
 // values joined together. Only then does it load the text encoder, UNet and
 // VAE sessions, in parallel; if one fails, those already loaded are closed.
+// The VAE encoder is optional: a folder without vae_encoder/ opens with
+// Folder.VAEEncoder nil, but a broken one is an error unless
+// WithoutVAEEncoder is given.
 //
 // The options are checked first, all at once. A missing ONNX Runtime library
 // gives an error matching ort.ErrLibraryNotFound, an unavailable device one
