@@ -570,6 +570,7 @@ func TestOpenFolderVariants(t *testing.T) {
 	}{
 		{"without vae encoder option", nil, []sd.Option{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
 		{"no vae encoder folder", func(t *testing.T, d string) { remove(t, d, "vae_encoder") }, nil, false, 0.18215, "OnnxStableDiffusionPipeline"},
+		{"broken vae encoder skipped", func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") }, []sd.Option{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
 		{
 			// optimum writes a config.json beside each model; the scaling
 			// factor comes from the decoder's.
