@@ -251,6 +251,12 @@ func TestOpenFolderBroken(t *testing.T) {
 			text:  "truncated",
 		},
 		{
+			name:  "truncated vae encoder model",
+			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") },
+			file:  "vae_encoder/model.onnx",
+			cause: func(err error) bool { return errors.Is(err, onnxpb.ErrTruncated) },
+		},
+		{
 			name: "garbage vae decoder model",
 			brk: func(t *testing.T, d string) {
 				writeFile(t, d, "vae_decoder/model.onnx", strings.Repeat("\xff garbage ", 100))
