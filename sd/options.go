@@ -1,0 +1,214 @@
+package sd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/sdpipe/sdpipe/internal/ort"
+)
+
+// Component names one ONNX model of a Stable Diffusion folder, for
+// per-component options such as WithDevice.
+type Component int
+
+// The components of a diffusers ONNX model folder. Each String value is the
+// name of the component's subfolder.
+const (
+	TextEncoder Component = iota // text_encoder/: CLIP text encoder
+	UNet                         // unet/: the denoiser
+	VAEDecoder                   // vae_decoder/: latents to pixels
+	VAEEncoder                   // vae_encoder/: pixels to latents (img2img)
+)
+
+// components lists every Component in load order.
+var components = [...]Component{TextEncoder, UNet, VAEDecoder, VAEEncoder}
+
+// String returns the component's folder name ("text_encoder", "unet",
+// "vae_decoder", "vae_encoder"), or "Component(n)" for an unknown value.
+func (c Component) String() string {
+	switch c {
+	case TextEncoder:
+		return "text_encoder"
+	case UNet:
+		return "unet"
+	case VAEDecoder:
+		return "vae_decoder"
+	case VAEEncoder:
+		return "vae_encoder"
+	}
+	return fmt.Sprintf("Component(%d)", int(c))
+}
+
+func (c Component) valid() bool { return c >= TextEncoder && c <= VAEEncoder }
+
+// Device names where a component runs: the CPU or an ONNX Runtime execution
+// provider. Which providers work depends on how the loaded ONNX Runtime
+// library was built; an unavailable one makes OpenFolder fail with an error
+// that wraps *ort.ProviderError. Provider settings such as "device_id" go
+// through WithProviderOptions.
+type Device string
+
+// The devices OpenFolder accepts.
+const (
+	CPU      Device = "cpu"
+	CUDA     Device = "cuda"
+	TensorRT Device = "tensorrt"
+	CoreML   Device = "coreml"
+	DirectML Device = "directml"
+	OpenVINO Device = "openvino"
+	WebGPU   Device = "webgpu"
+)
+
+// providers maps each Device to the internal/ort provider.
+var providers = map[Device]ort.Provider{
+	CPU:      ort.CPU,
+	CUDA:     ort.CUDA,
+	TensorRT: ort.TensorRT,
+	CoreML:   ort.CoreML,
+	DirectML: ort.DirectML,
+	OpenVINO: ort.OpenVINO,
+	WebGPU:   ort.WebGPU,
+}
+
+// Option configures OpenFolder. Options only record values; OpenFolder
+// checks them all at once and reports every invalid one. An Option may be
+// reused and shared between goroutines.
+type Option func(*config)
+
+// placement is what the options say about one component.
+type placement struct {
+	device          Device
+	deviceSet       bool
+	providerOptions map[string]string
+	threads         int
+}
+
+type config struct {
+	libraryPath    string
+	comps          map[Component]*placement
+	skipVAEEncoder bool
+	logger         *slog.Logger
+}
+
+func (c *config) comp(k Component) *placement {
+	if c.comps == nil {
+		c.comps = make(map[Component]*placement)
+	}
+	p := c.comps[k]
+	if p == nil {
+		p = &placement{}
+		c.comps[k] = p
+	}
+	return p
+}
+
+// WithLibraryPath loads the ONNX Runtime shared library from path instead of
+// $ONNXRUNTIME_SHARED_LIBRARY_PATH or the default locations.
+func WithLibraryPath(path string) Option {
+	return func(c *config) { c.libraryPath = path }
+}
+
+// WithDevice runs component c on device d (default CPU). Each component can
+// be placed on its own device, e.g. the UNet on CUDA and the text encoder on
+// the CPU.
+func WithDevice(c Component, d Device) Option {
+	return func(cfg *config) {
+		p := cfg.comp(c)
+		p.device, p.deviceSet = d, true
+	}
+}
+
+// WithProviderOptions passes opts (e.g. {"device_id": "1"}) to the execution
+// provider of component c. The map is copied.
+func WithProviderOptions(c Component, opts map[string]string) Option {
+	opts = maps.Clone(opts)
+	return func(cfg *config) { cfg.comp(c).providerOptions = opts }
+}
+
+// WithThreads sets the number of intra-op threads component c's session
+// uses; 0 means ONNX Runtime's default (one per core).
+func WithThreads(c Component, intraOp int) Option {
+	return func(cfg *config) { cfg.comp(c).threads = intraOp }
+}
+
+// WithoutVAEEncoder skips the VAE encoder even when the folder has one:
+// text-to-image needs no encoder, and this saves its memory and load time.
+// Folder.VAEEncoder is then nil.
+func WithoutVAEEncoder() Option {
+	return func(c *config) { c.skipVAEEncoder = true }
+}
+
+// WithLogger makes OpenFolder report what it loads, and from where, to l.
+// Without it (or with nil) nothing is logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// newConfig applies opts and validates the result, joining every problem
+// into one error.
+func newConfig(opts []Option) (*config, error) {
+	c := &config{}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	keys := slices.Sorted(maps.Keys(c.comps))
+	for _, k := range keys {
+		p := c.comps[k]
+		if !k.valid() {
+			errs = append(errs, fmt.Errorf("sd: unknown component %d (want %s)", int(k), componentList()))
+			continue
+		}
+		if p.deviceSet {
+			if _, ok := providers[p.device]; !ok {
+				errs = append(errs, fmt.Errorf("sd: %s: unknown device %q (want %s)", k, p.device, deviceList()))
+			}
+		}
+		if p.threads < 0 {
+			errs = append(errs, fmt.Errorf("sd: %s: negative thread count %d", k, p.threads))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ortOptions returns the session options for component k.
+func (c *config) ortOptions(k Component) ort.Options {
+	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU}
+	if p := c.comps[k]; p != nil {
+		if p.deviceSet {
+			o.Provider = providers[p.device]
+		}
+		o.ProviderOptions = maps.Clone(p.providerOptions)
+		o.IntraOpThreads = p.threads
+	}
+	return o
+}
+
+func componentList() string {
+	var s []string
+	for _, c := range components {
+		s = append(s, c.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+func deviceList() string {
+	var s []string
+	for d := range providers {
+		s = append(s, string(d))
+	}
+	slices.Sort(s)
+	return strings.Join(s, ", ")
+}
