@@ -51,6 +51,7 @@ type Folder struct {
 	VAEEncoder    *vae.Encoder      // vae_encoder/model.onnx; nil when absent or skipped (WithoutVAEEncoder)
 	Scheduler     *scheduler.Config // scheduler/scheduler_config.json
 	ScalingFactor float64           // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
+	sampleSize    int               // unet/config.json's sample_size, or 0
 	closeOnce     sync.Once
 	closeErr      error
 }
@@ -77,6 +78,10 @@ func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error
 	if err != nil {
 		return nil, err
 	}
+	return openFolder(ctx, dir, cfg)
+}
+
+func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -93,6 +98,7 @@ func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error
 		Tokenizer:     lay.tok,
 		Scheduler:     lay.sched,
 		ScalingFactor: lay.scaling,
+		sampleSize:    lay.sampleSize,
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	load := func(c Component, open func(context.Context, string, ort.Options) error) {
@@ -208,7 +214,9 @@ type layout struct {
 	sched   *scheduler.Config
 	tok     *tokenizer.CLIP
 	scaling float64
-	io      [len(components)]*onnxpb.IO // nil for an absent or skipped component
+	// sampleSize is the UNet's sample_size from unet/config.json, or 0
+	sampleSize int
+	io         [len(components)]*onnxpb.IO // nil for an absent or skipped component
 }
 
 func (l *layout) modelPath(c Component) string {
@@ -253,6 +261,7 @@ func inspect(dir string, cfg *config) (*layout, error) {
 		lay.io[c] = in.readModel(c)
 	}
 	lay.scaling = in.readScaling()
+	lay.sampleSize = in.readSampleSize()
 	if len(in.errs) > 0 {
 		return nil, errors.Join(in.errs...)
 	}
@@ -474,4 +483,31 @@ func (in *inspector) readScaling() float64 {
 		return *c.ScalingFactor
 	}
 	return DefaultScalingFactor
+}
+
+// readSampleSize reads the UNet's latent sample_size from unet/config.json
+// (optimum writes it; the legacy exporter does not), or returns 0.
+func (in *inspector) readSampleSize() int {
+	var c struct {
+		SampleSize any `json:"sample_size"`
+	}
+	if err := readJSON(in.path("unet/"+configFile), &c); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			in.fail("unet/"+configFile, err)
+		}
+		return 0
+	}
+	switch v := c.SampleSize.(type) {
+	case float64:
+		if v >= 1 && v <= 512 && v == float64(int(v)) {
+			return int(v)
+		}
+	case []any: // [height, width]: the default size is square, take the first
+		if len(v) > 0 {
+			if f, ok := v[0].(float64); ok && f >= 1 && f <= 512 {
+				return int(f)
+			}
+		}
+	}
+	return 0
 }

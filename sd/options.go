@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/pipeline"
 )
 
 // Component names one ONNX model of a Stable Diffusion folder, for
@@ -88,6 +89,8 @@ type placement struct {
 }
 
 type config struct {
+	pipe           pipeline.Options // engine settings, for Open
+	mode           Mode
 	libraryPath    string
 	comps          map[Component]*placement
 	skipVAEEncoder bool
@@ -177,6 +180,7 @@ func newConfig(opts []Option) (*config, error) {
 			errs = append(errs, fmt.Errorf("sd: %s: negative thread count %d", k, p.threads))
 		}
 	}
+	errs = append(errs, c.checkEngine()...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

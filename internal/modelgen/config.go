@@ -36,6 +36,9 @@ type UNetConfig struct {
 	CrossDim       int // encoder_hidden_states width; zero means Text.Hidden
 	InChannels     int
 	OutChannels    int
+	// SampleSize is the latent size the model is meant for (written to
+	// unet/config.json, as optimum does; images are 8× larger).
+	SampleSize int
 }
 
 // VAEConfig sizes a diffusers AutoencoderKL.
@@ -60,6 +63,7 @@ func Tiny() Config {
 			Heads:          4,
 			InChannels:     4,
 			OutChannels:    4,
+			SampleSize:     8,
 		},
 		VAE: VAEConfig{BlockChannels: []int{32, 32, 64, 64}, LayersPerBlock: 1, LatentChannels: 4, ScalingFactor: 0.18215},
 	}
@@ -79,6 +83,7 @@ func SD15() Config {
 			CrossDim:       768,
 			InChannels:     4,
 			OutChannels:    4,
+			SampleSize:     64,
 		},
 		VAE: VAEConfig{BlockChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2, LatentChannels: 4, ScalingFactor: 0.18215},
 	}

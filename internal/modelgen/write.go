@@ -73,6 +73,12 @@ func Write(dir string, cfg Config, opt Options) error {
 	if err := writeModel(dir, UNetDir, un, &onnxpb.ExternalData{File: ext, Threshold: 1024}); err != nil {
 		return err
 	}
+	if cfg.UNet.SampleSize > 0 {
+		uc := map[string]any{"sample_size": cfg.UNet.SampleSize, "in_channels": cfg.UNet.InChannels, "out_channels": cfg.UNet.OutChannels}
+		if err := writeJSON(filepath.Join(dir, UNetDir, "config.json"), uc); err != nil {
+			return err
+		}
+	}
 	dec, err := BuildVAEDecoder(cfg, opt)
 	if err != nil {
 		return err

@@ -1,0 +1,98 @@
+// Package cli holds what the example programs share: the default model,
+// the terminal progress bar, and writing PNGs.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/pipeline"
+)
+
+// DefaultModel returns the folder of the default model, creating it on
+// first use: a generated tiny model with random weights, cached under the
+// per-user cache directory.
+func DefaultModel() (string, error) {
+	dir := filepath.Join(ort.CacheDir(), "models", "generated-tiny-v2")
+	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err == nil {
+		return dir, nil
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".tmp-")
+	if err != nil {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return "", err
+		}
+		if tmp, err = os.MkdirTemp(filepath.Dir(dir), ".tmp-"); err != nil {
+			return "", err
+		}
+	}
+	if err := modelgen.Write(tmp, modelgen.Tiny(), modelgen.Options{}); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		if _, serr := os.Stat(filepath.Join(dir, "model_index.json")); serr == nil {
+			return dir, nil // another process won the race
+		}
+		return "", err
+	}
+	return dir, nil
+}
+
+// ProgressBar draws a request's progress on w until the channel closes.
+func ProgressBar(w io.Writer, label string, ch <-chan pipeline.Progress) {
+	const width = 30
+	last := time.Time{}
+	for ev := range ch {
+		if ev.Step != ev.Total && time.Since(last) < 50*time.Millisecond {
+			continue
+		}
+		last = time.Now()
+		n := width * ev.Step / max(ev.Total, 1)
+		fmt.Fprintf(w, "\r%s [%s%s] %d/%d %.1fs", label, strings.Repeat("=", n), strings.Repeat(" ", width-n), ev.Step, ev.Total, ev.Elapsed.Seconds())
+	}
+	fmt.Fprintln(w)
+}
+
+// WritePNGs writes each image of res as PNG with its parameters embedded,
+// naming them by pattern: "out.png" for one image, "out-1.png"… for more.
+func WritePNGs(res *pipeline.Result, pattern string) ([]string, error) {
+	var names []string
+	ext := filepath.Ext(pattern)
+	base := strings.TrimSuffix(pattern, ext)
+	if ext == "" {
+		ext = ".png"
+	}
+	for i, img := range res.Images {
+		name := base + ext
+		if len(res.Images) > 1 {
+			name = fmt.Sprintf("%s-%d%s", base, i+1, ext)
+		}
+		f, err := os.Create(name)
+		if err != nil {
+			return names, err
+		}
+		err = pipeline.EncodePNG(f, img, res.Infotexts[i])
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return names, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// Interruptible returns a context canceled by the first SIGINT.
+func Interruptible() (context.Context, context.CancelFunc) {
+	return signalContext()
+}
