@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"gorgonia.org/tensor"
+
 	"github.com/sdpipe/sdpipe/rng"
 )
 
@@ -463,5 +465,30 @@ func TestPNGParameters(t *testing.T) {
 		if dec.At(1, 1) != (color.NRGBA{255, 0, 0, 255}) && dec.At(1, 1) != (color.RGBA{255, 0, 0, 255}) {
 			t.Errorf("pixel %v", dec.At(1, 1))
 		}
+	}
+}
+
+func TestNaNDecoderReported(t *testing.T) {
+	c := fakeComponents(t, &fakeUNet{}, 0)
+	c.VAEDecoder = DecoderFunc(func(ctx context.Context, lat *tensor.Dense) (*tensor.Dense, error) {
+		s := lat.Shape()
+		out := make([]float32, s[0]*3*s[2]*8*s[3]*8)
+		out[5] = float32(math.NaN()) // what an overflowing fp16 VAE returns
+		return tensor.New(tensor.WithShape(s[0], 3, s[2]*8, s[3]*8), tensor.WithBacking(out)), nil
+	})
+	p, err := New(c, Options{DefaultWidth: 64, DefaultHeight: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	_, err = p.Generate(t.Context(), Request{Prompt: "x", Steps: 2})
+	var se *StageError
+	if !errors.Is(err, ErrNaN) || !errors.As(err, &se) || se.Stage != "decode" {
+		t.Errorf("Generate() = %v, want ErrNaN from the decode stage", err)
+	}
+	// the pipeline keeps serving
+	c2 := p.Metrics()
+	if c2.Failed != 1 {
+		t.Errorf("metrics %+v", c2)
 	}
 }
