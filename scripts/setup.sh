@@ -6,6 +6,11 @@
 #
 #   scripts/setup.sh            install (or verify) the library
 #   scripts/setup.sh --print    print the installed library's path
+#   scripts/setup.sh --webgpu   also install what the WebGPU tests run on
+#                               without a GPU: the Vulkan loader (libvulkan1)
+#                               and SwiftShader, a software Vulkan driver,
+#                               from Debian's chromium package (needs root
+#                               or sudo; apt-get)
 set -euo pipefail
 
 ORT_VERSION=1.29.0
@@ -17,7 +22,16 @@ dir="$cache/onnxruntime/$ORT_VERSION"
 lib="$dir/libonnxruntime.so.1"
 
 quiet=false
-[ "${1:-}" = --print ] && quiet=true
+webgpu=false
+case "${1:-}" in
+--print) quiet=true ;;
+--webgpu) webgpu=true ;;
+"") ;;
+*)
+	echo "setup: unknown option $1 (want --print or --webgpu)" >&2
+	exit 2
+	;;
+esac
 say() { $quiet || echo "setup: $*" >&2; }
 
 verify() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; }
@@ -56,4 +70,16 @@ else
 fi
 if [ "${1:-}" = --print ]; then
 	echo "$lib"
+fi
+
+if $webgpu; then
+	if [ -f /usr/lib/chromium/vk_swiftshader_icd.json ] && ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+		say "SwiftShader and the Vulkan loader already installed"
+	else
+		sudo=""
+		[ "$(id -u)" = 0 ] || sudo="sudo -n"
+		say "installing libvulkan1 and chromium (for SwiftShader) with apt-get"
+		$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libvulkan1 chromium >/dev/null
+	fi
 fi

@@ -106,7 +106,15 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 			p := lay.modelPath(c)
 			o := cfg.ortOptions(c)
 			start := time.Now()
-			if err := open(gctx, p, o); err != nil {
+			err := open(gctx, p, o)
+			var pe *ort.ProviderError
+			if err != nil && cfg.auto(c) && errors.As(err, &pe) {
+				// an explicit "auto" choice falls back to the CPU, said aloud
+				cfg.logger.Warn("sd: GPU unavailable, running on the CPU", "component", c.String(), "error", err)
+				o.Provider, o.ProviderOptions = ort.CPU, nil
+				err = open(gctx, p, o)
+			}
+			if err != nil {
 				return openError(dir, c, o.Provider, err)
 			}
 			cfg.logger.Info("sd: loaded", "component", c.String(), "path", p,

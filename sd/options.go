@@ -62,6 +62,9 @@ const (
 	DirectML Device = "directml"
 	OpenVINO Device = "openvino"
 	WebGPU   Device = "webgpu"
+	// Auto tries the GPU (WebGPU) and falls back to the CPU with a logged
+	// warning when it is unavailable. No other device falls back.
+	Auto Device = "auto"
 )
 
 // providers maps each Device to the internal/ort provider.
@@ -73,6 +76,13 @@ var providers = map[Device]ort.Provider{
 	DirectML: ort.DirectML,
 	OpenVINO: ort.OpenVINO,
 	WebGPU:   ort.WebGPU,
+	Auto:     ort.WebGPU,
+}
+
+// auto reports whether component k was placed with Auto.
+func (c *config) auto(k Component) bool {
+	p := c.comps[k]
+	return p != nil && p.deviceSet && p.device == Auto
 }
 
 // Option configures OpenFolder. Options only record values; OpenFolder

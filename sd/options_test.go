@@ -43,7 +43,7 @@ func TestOptionsValidation(t *testing.T) {
 			},
 			want: []string{
 				`sd: text_encoder: negative thread count -2`,
-				`sd: unet: unknown device "gpu" (want coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
+				`sd: unet: unknown device "gpu" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 				`sd: unet: negative thread count -1`,
 			},
 		},
@@ -55,7 +55,7 @@ func TestOptionsValidation(t *testing.T) {
 				nil,
 			},
 			want: []string{
-				`sd: vae_decoder: unknown device "" (want coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
+				`sd: vae_decoder: unknown device "" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 				`sd: unknown component 7 (want text_encoder, unet, vae_decoder, vae_encoder)`,
 			},
 		},
@@ -64,7 +64,7 @@ func TestOptionsValidation(t *testing.T) {
 			opts: []sd.Option{sd.WithDevice(sd.VAEEncoder, "CUDA"), sd.WithProviderOptions(sd.Component(-1), nil)},
 			want: []string{
 				`sd: unknown component -1 (want text_encoder, unet, vae_decoder, vae_encoder)`,
-				`sd: vae_encoder: unknown device "CUDA" (want coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
+				`sd: vae_encoder: unknown device "CUDA" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 			},
 		},
 	}

@@ -111,6 +111,9 @@ type Options struct {
 	DisableMemPattern bool              // turn off ORT's memory pattern planner
 }
 
+// webgpuOpen serialises the creation of WebGPU sessions.
+var webgpuOpen sync.Mutex
+
 // ErrClosed reports use of a closed session.
 var ErrClosed = errors.New("ort: session closed")
 
@@ -163,8 +166,21 @@ func Open(ctx context.Context, path string, ins, outs []IOInfo, o Options) (s *S
 		}
 		return n
 	}
+	gpu := Provider(strings.ToLower(string(o.Provider))) == WebGPU
+	if gpu {
+		// ORT's WebGPU provider crashes when sessions are created
+		// concurrently (it sets up its shared device context then)
+		webgpuOpen.Lock()
+	}
 	sess, err := onnx.NewDynamicAdvancedSession(path, names(ins), names(outs), so)
+	if gpu {
+		webgpuOpen.Unlock()
+	}
 	if err != nil {
+		if Provider(strings.ToLower(string(o.Provider))) == WebGPU {
+			// the adapter is requested when the session is created
+			return nil, fmt.Errorf("ort: open %s: %w", path, &ProviderError{Provider: o.Provider, Err: classifyWebGPU(err)})
+		}
 		return nil, fmt.Errorf("ort: open %s: %w", path, err)
 	}
 	return &Session{name: path, in: clone(ins), out: clone(outs), inNames: names(ins), sess: sess}, nil
@@ -253,7 +269,11 @@ func appendProvider(so *onnx.SessionOptions, p Provider, opts map[string]string)
 	case OpenVINO:
 		err = so.AppendExecutionProviderOpenVINO(opts)
 	case WebGPU:
-		err = so.AppendExecutionProvider("WebGPU", opts)
+		if VulkanLoader() == "" {
+			err = ErrNoVulkanLoader
+		} else if err = so.AppendExecutionProvider("WebGPU", opts); err != nil {
+			err = classifyWebGPU(err)
+		}
 	default:
 		err = fmt.Errorf("unknown provider (want cpu, cuda, tensorrt, coreml, directml, openvino or webgpu)")
 	}
