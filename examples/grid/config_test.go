@@ -125,3 +125,16 @@ func TestOverlay(t *testing.T) {
 		t.Errorf("overlay (-want +got):\n%s", d)
 	}
 }
+
+func TestExampleConfig(t *testing.T) {
+	c, err := LoadConfig("example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(c.Items()); n != 3*3*4 {
+		t.Errorf("example.json has %d items, want 36", n)
+	}
+}

@@ -37,7 +37,7 @@ type Record struct {
 	Width          int     `json:"width"`
 	Height         int     `json:"height"`
 
-	Model     string `json:"model"`      // the model folder, as given
+	Model     string `json:"model"`      // the model folder, absolute
 	ModelHash string `json:"model_hash"` // see HashModel
 	Library   string `json:"library"`    // see libraryVersion
 	// Params is a digest of what decides the image (the requested

@@ -91,6 +91,9 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 			return sum, fmt.Errorf("grid: default model: %w", err)
 		}
 	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return sum, fmt.Errorf("grid: %w", err)
+	}
 	t0 := time.Now()
 	modelHash, err := HashModel(dir, o.HashCache)
 	if err != nil {
@@ -202,10 +205,13 @@ loop:
 			defer func() { <-sem }()
 			<-h.Done() // canceled with ctx; a finished image is always written
 			res, err := h.Wait(context.WithoutCancel(ctx))
-			if err == nil {
-				err = finish(it, res)
+			if err != nil {
+				if ctx.Err() == nil { // else canceled by ctx: left for the next run
+					fail(it, err)
+				}
+				return
 			}
-			if err != nil && ctx.Err() == nil {
+			if err := finish(it, res); err != nil {
 				fail(it, err)
 			}
 		})
