@@ -1,0 +1,80 @@
+package ort_test
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/testenv"
+)
+
+// TestWebGPUConcurrentRuns calls one WebGPU session from several goroutines
+// at once: every result must equal the sequential one. It logs how long
+// the concurrent calls took against sequential ones, which shows whether
+// the provider overlaps or serialises them (see BENCHMARKS.md).
+func TestWebGPUConcurrentRuns(t *testing.T) {
+	testenv.RequireWebGPU(t)
+	dir := t.TempDir()
+	if err := modelgen.Write(dir, modelgen.Tiny(), modelgen.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "unet", "model.onnx")
+	ins, outs, err := ort.ReadIO(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ort.Open(t.Context(), path, ins, outs, ort.Options{Provider: ort.WebGPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	input := func(k int) []ort.Tensor {
+		x := make([]float32, 2*4*8*8)
+		for i := range x {
+			x[i] = float32((i+k)%7) / 7
+		}
+		return []ort.Tensor{
+			{Shape: []int64{2, 4, 8, 8}, Data: x},
+			{Shape: []int64{2}, Data: []float32{float32(100 * k), float32(100 * k)}},
+			{Shape: []int64{2, 77, 32}, Data: make([]float32, 2*77*32)},
+		}
+	}
+	const n = 3
+	if err := s.Run(t.Context(), input(9), make([]ort.Tensor, 1)); err != nil { // warm-up: the first call compiles shaders
+		t.Fatal(err)
+	}
+	want := make([][]float32, n)
+	start := time.Now()
+	for k := range n {
+		out := make([]ort.Tensor, 1)
+		if err := s.Run(t.Context(), input(k), out); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = out[0].Data.([]float32)
+	}
+	seq := time.Since(start)
+	got := make([][]float32, n)
+	var wg sync.WaitGroup
+	start = time.Now()
+	for k := range n {
+		wg.Go(func() {
+			out := make([]ort.Tensor, 1)
+			if err := s.Run(t.Context(), input(k), out); err != nil {
+				t.Error(err)
+				return
+			}
+			got[k] = out[0].Data.([]float32)
+		})
+	}
+	wg.Wait()
+	conc := time.Since(start)
+	for k := range n {
+		if d := testenv.MaxAbsDiff(got[k], want[k]); d > 1e-5 {
+			t.Errorf("call %d: concurrent result differs by %g", k, d)
+		}
+	}
+	t.Logf("%d calls: sequential %v, concurrent %v (ratio %.2f)", n, seq, conc, conc.Seconds()/seq.Seconds())
+}
