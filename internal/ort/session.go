@@ -408,81 +408,76 @@ func ortShape(shape []int64) onnx.Shape { return onnx.NewShape(shape...) }
 
 // toValue wraps t as an ORT value of the input's type.
 func toValue(info IOInfo, t Tensor) (onnx.Value, error) {
-	n := Elems(t.Shape)
 	if err := checkShape(info, t.Shape); err != nil {
 		return nil, err
 	}
-	scalar := len(t.Shape) == 0
 	switch info.DType {
 	case Float32:
 		d, ok := t.Data.([]float32)
 		if !ok {
 			return nil, fmt.Errorf("want []float32 data, got %T", t.Data)
 		}
-		if int64(len(d)) != n {
-			return nil, fmt.Errorf("shape %v needs %d elements, data has %d", t.Shape, n, len(d))
-		}
-		if scalar {
-			return onnx.NewScalar(d[0])
-		}
-		return onnx.NewTensor(ortShape(t.Shape), d)
+		return newValue(t.Shape, d)
 	case Float16:
 		d, ok := t.Data.([]float32)
 		if !ok {
 			return nil, fmt.Errorf("want []float32 data, got %T", t.Data)
 		}
-		if int64(len(d)) != n {
-			return nil, fmt.Errorf("shape %v needs %d elements, data has %d", t.Shape, n, len(d))
+		if err := checkLen(t.Shape, len(d)); err != nil {
+			return nil, err
 		}
-		if scalar {
+		if len(t.Shape) == 0 {
 			return nil, errors.New("float16 scalars are not supported by onnxruntime_go")
 		}
 		return onnx.NewCustomDataTensor(ortShape(t.Shape), toFloat16(d), onnx.TensorElementDataTypeFloat16)
 	case Int64:
-		var d []int64
 		switch v := t.Data.(type) {
 		case []int64:
-			d = v
+			return newValue(t.Shape, v)
 		case []int32:
-			d = make([]int64, len(v))
+			d := make([]int64, len(v))
 			for i, x := range v {
 				d[i] = int64(x)
 			}
-		default:
-			return nil, fmt.Errorf("want []int64 or []int32 data, got %T", t.Data)
+			return newValue(t.Shape, d)
 		}
-		if int64(len(d)) != n {
-			return nil, fmt.Errorf("shape %v needs %d elements, data has %d", t.Shape, n, len(d))
-		}
-		if scalar {
-			return onnx.NewScalar(d[0])
-		}
-		return onnx.NewTensor(ortShape(t.Shape), d)
+		return nil, fmt.Errorf("want []int64 or []int32 data, got %T", t.Data)
 	case Int32:
-		var d []int32
 		switch v := t.Data.(type) {
 		case []int32:
-			d = v
+			return newValue(t.Shape, v)
 		case []int64:
-			d = make([]int32, len(v))
+			d := make([]int32, len(v))
 			for i, x := range v {
 				if x < math.MinInt32 || x > math.MaxInt32 {
 					return nil, fmt.Errorf("value %d at %d does not fit int32", x, i)
 				}
 				d[i] = int32(x)
 			}
-		default:
-			return nil, fmt.Errorf("want []int32 or []int64 data, got %T", t.Data)
+			return newValue(t.Shape, d)
 		}
-		if int64(len(d)) != n {
-			return nil, fmt.Errorf("shape %v needs %d elements, data has %d", t.Shape, n, len(d))
-		}
-		if scalar {
-			return onnx.NewScalar(d[0])
-		}
-		return onnx.NewTensor(ortShape(t.Shape), d)
+		return nil, fmt.Errorf("want []int32 or []int64 data, got %T", t.Data)
 	}
 	return nil, fmt.Errorf("unsupported input type %s", info.DType)
+}
+
+// newValue wraps d (no copy) as a tensor of the given shape, or as a
+// scalar when the shape is empty.
+func newValue[T float32 | int32 | int64](shape []int64, d []T) (onnx.Value, error) {
+	if err := checkLen(shape, len(d)); err != nil {
+		return nil, err
+	}
+	if len(shape) == 0 {
+		return onnx.NewScalar(d[0])
+	}
+	return onnx.NewTensor(ortShape(shape), d)
+}
+
+func checkLen(shape []int64, n int) error {
+	if want := Elems(shape); int64(n) != want {
+		return fmt.Errorf("shape %v needs %d elements, data has %d", shape, want, n)
+	}
+	return nil
 }
 
 // checkShape compares a given shape with the model's declared one.
