@@ -75,6 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		requests = fs.Int("requests", 200, "load: requests in all")
 		duration = fs.Duration("duration", time.Minute, "load: stop sending after this long")
 		path     = fs.String("path", "/sdapi/v1/txt2img", "load: endpoint")
+		backoff  = fs.Duration("backoff", 100*time.Millisecond, "load: how long a client waits after a 429")
 		body     = fs.String("body", `{"prompt":"a red circle","quality":"fast","seed":-1}`, "load: JSON body")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -83,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *load {
 		rep, err := loadgen.Run(ctx, loadgen.Config{
 			URL: *loadURL, Path: *path, Body: []byte(*body), Clients: *clients,
-			Requests: *requests, Duration: *duration, Token: *token,
+			Requests: *requests, Duration: *duration, Token: *token, Backoff: *backoff,
 		})
 		if err != nil {
 			return err

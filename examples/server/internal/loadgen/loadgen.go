@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,10 @@ type Config struct {
 	Requests int           // requests in all; default 64
 	Duration time.Duration // stop sending after this long; default 60s
 	Token    string        // bearer token, if the service wants one
-	Client   *http.Client  // default: a client with up to Clients connections
+	// Backoff is how long a client waits after a 429 before its next
+	// request (0 = not at all); it never waits past Retry-After.
+	Backoff time.Duration
+	Client  *http.Client // default: a client with up to Clients connections
 }
 
 // Report is the outcome of Run. Every request sent is counted once in OK,
@@ -143,8 +147,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Go(func() {
 			for next.Add(1) <= int64(cfg.Requests) && ctx.Err() == nil {
 				t0 := time.Now()
-				code, replica, err := send(ctx, client, target, cfg.Token, cfg.Body)
+				code, replica, retry, err := send(ctx, client, target, cfg.Token, cfg.Body)
 				d := time.Since(t0)
+				if code == http.StatusTooManyRequests && cfg.Backoff > 0 {
+					wait := cfg.Backoff
+					if retry > 0 {
+						wait = min(wait, retry)
+					}
+					select {
+					case <-time.After(wait):
+					case <-ctx.Done():
+					}
+				}
 				mu.Lock()
 				rep.Sent++
 				switch {
@@ -174,10 +188,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 }
 
 // send posts one request and checks that an OK response holds images.
-func send(ctx context.Context, c *http.Client, target, token string, body []byte) (int, string, error) {
+func send(ctx context.Context, c *http.Client, target, token string, body []byte) (code int, replica string, retry time.Duration, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return 0, "", err
+		return 0, "", 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
@@ -185,16 +199,19 @@ func send(ctx context.Context, c *http.Client, target, token string, body []byte
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, "", err
+		return 0, "", 0, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return resp.StatusCode, "", err
+		return resp.StatusCode, "", 0, err
 	}
-	replica := resp.Header.Get("X-Replica-ID")
+	replica = resp.Header.Get("X-Replica-ID")
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		retry = time.Duration(s) * time.Second
+	}
 	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, replica, nil
+		return resp.StatusCode, replica, retry, nil
 	}
 	var out struct {
 		Images          []string `json:"images"`
@@ -202,10 +219,10 @@ func send(ctx context.Context, c *http.Client, target, token string, body []byte
 		Data            []any    `json:"data"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
-		return resp.StatusCode, replica, fmt.Errorf("loadgen: bad response: %w", err)
+		return resp.StatusCode, replica, 0, fmt.Errorf("loadgen: bad response: %w", err)
 	}
 	if len(out.Images)+len(out.GeneratedImages)+len(out.Data) == 0 {
-		return resp.StatusCode, replica, errors.New("loadgen: response has no images")
+		return resp.StatusCode, replica, 0, errors.New("loadgen: response has no images")
 	}
-	return resp.StatusCode, replica, nil
+	return resp.StatusCode, replica, 0, nil
 }
