@@ -14,13 +14,16 @@ type jobStatus struct {
 	QueuePosition int         `json:"queue_position"`
 	Progress      jobProgress `json:"progress"`
 	Mode          string      `json:"mode"`
-	Error         string      `json:"error,omitempty"`
-	Created       time.Time   `json:"created"`
-	Started       *time.Time  `json:"started,omitempty"`
-	Finished      *time.Time  `json:"finished,omitempty"`
-	Replica       string      `json:"replica,omitempty"`
-	StatusURL     string      `json:"status_url"`
-	ResultURL     string      `json:"result_url"`
+	// CancelRequested is set once a cancel came, until the job stops: a
+	// request waiting between engine stages stops when a stage takes it.
+	CancelRequested bool       `json:"cancel_requested,omitempty"`
+	Error           string     `json:"error,omitempty"`
+	Created         time.Time  `json:"created"`
+	Started         *time.Time `json:"started,omitempty"`
+	Finished        *time.Time `json:"finished,omitempty"`
+	Replica         string     `json:"replica,omitempty"`
+	StatusURL       string     `json:"status_url"`
+	ResultURL       string     `json:"result_url"`
 }
 
 type jobProgress struct {
@@ -54,6 +57,7 @@ func (s *Server) status(t *task) jobStatus {
 	if t.err != nil {
 		st.Error = asAPIError(t.err).Msg
 	}
+	st.CancelRequested = t.cancelRequested && t.finished.IsZero()
 	t.mu.Unlock()
 	return st
 }
@@ -155,8 +159,11 @@ func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
 	if t == nil {
 		return
 	}
+	t.mu.Lock()
+	t.cancelRequested = true
+	t.mu.Unlock()
 	t.cancel(errCanceled)
-	timer := time.NewTimer(5 * time.Second)
+	timer := time.NewTimer(time.Second)
 	defer timer.Stop()
 	select {
 	case <-t.done:

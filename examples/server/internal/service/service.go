@@ -280,6 +280,8 @@ type task struct {
 	results  []*sd.Result
 	err      error
 	done     chan struct{}
+
+	cancelRequested bool // by the async API
 }
 
 func newID() string {

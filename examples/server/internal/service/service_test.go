@@ -460,12 +460,13 @@ func TestAsyncJobs(t *testing.T) {
 	}
 }
 
-// TestJobQueueAndCancel fills the engine so that jobs queue in front of it,
-// checks their positions, then cancels them all.
+// TestJobQueueAndCancel fills the engine so that jobs queue in front of it
+// in order, checks what their status says, then cancels them all at once.
 func TestJobQueueAndCancel(t *testing.T) {
 	s, ts := newServer(t, Config{})
 	const n = 12
 	ids := make([]string, n)
+	order := map[string]int{}
 	for i := range ids {
 		r := post(t, ts.URL+"/v1/jobs", fmt.Sprintf(`{"prompt":"job %d","steps":900}`, i))
 		if r.code != http.StatusAccepted {
@@ -474,47 +475,58 @@ func TestJobQueueAndCancel(t *testing.T) {
 		var st jobStatus
 		r.json(t, &st)
 		ids[i] = st.ID
+		order[st.ID] = i
 	}
-	var positions []int
+	var waiting []string
 	waitFor(t, "jobs to queue", func() bool {
-		positions = positions[:0]
-		running := 0
-		for _, id := range ids {
-			var st jobStatus
-			get(t, ts.URL+"/v1/jobs/"+id).json(t, &st)
-			switch st.Status {
-			case stateQueued:
-				positions = append(positions, st.QueuePosition)
-			case stateRunning:
-				running++
-			}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		waiting = waiting[:0]
+		for _, w := range s.waiting {
+			waiting = append(waiting, w.id)
 		}
-		return running > 0 && len(positions) > 0 && running+len(positions) == n
+		return len(waiting) > 0 && len(s.active) == n && len(waiting) < n
 	})
-	slices.Sort(positions)
-	for i, p := range positions {
-		if p != i+1 {
-			t.Errorf("queue positions %v, want 1…%d", positions, len(positions))
-			break
-		}
+	// the queue is first come, first served
+	if !slices.IsSortedFunc(waiting, func(a, b string) int { return order[a] - order[b] }) {
+		t.Errorf("queue order %v is not the submit order", waiting)
+	}
+	var st jobStatus
+	get(t, ts.URL+"/v1/jobs/"+waiting[len(waiting)-1]).json(t, &st)
+	if st.Status != stateQueued || st.QueuePosition < 1 || st.QueuePosition > len(waiting) {
+		t.Errorf("the last queued job's status: %+v (%d queued)", st, len(waiting))
+	}
+	get(t, ts.URL+"/v1/jobs/"+ids[0]).json(t, &st)
+	if st.Status != stateRunning || st.QueuePosition != 0 || st.Started == nil {
+		t.Errorf("the first job's status: %+v", st)
 	}
 	if r := get(t, ts.URL+"/v1/jobs/"+ids[n-1]+"/result"); r.code != http.StatusAccepted {
 		t.Errorf("result of an unfinished job: %d", r.code)
 	}
 	// jobs may move on meanwhile, but they are 900 steps long
 	if m := get(t, ts.URL+"/metrics"); !regexp.MustCompile(`sdpipe_queue_depth [1-9]`).Match(m.body) {
-		t.Errorf("metrics queue depth 0, want about %d", len(positions))
+		t.Errorf("metrics queue depth 0, want about %d", len(waiting))
 	}
+	var wg sync.WaitGroup
 	for i, id := range ids {
-		method, path := http.MethodDelete, "/v1/jobs/"+id
-		if i%2 == 1 {
-			method, path = http.MethodPost, "/v1/jobs/"+id+"/cancel"
-		}
-		r := do(t, t.Context(), method, ts.URL+path, "")
-		var st jobStatus
-		r.json(t, &st)
-		if r.code != http.StatusOK || st.Status != stateCanceled {
-			t.Errorf("cancel %d: %d %+v", i, r.code, st)
+		wg.Go(func() {
+			method, path := http.MethodDelete, "/v1/jobs/"+id
+			if i%2 == 1 {
+				method, path = http.MethodPost, "/v1/jobs/"+id+"/cancel"
+			}
+			if r := do(t, t.Context(), method, ts.URL+path, ""); r.code != http.StatusOK {
+				t.Errorf("cancel %d: %d %s", i, r.code, r.body)
+			}
+		})
+	}
+	wg.Wait()
+	for i, id := range ids {
+		waitFor(t, "the job to stop", func() bool {
+			get(t, ts.URL+"/v1/jobs/"+id).json(t, &st)
+			return st.Finished != nil
+		})
+		if st.Status != stateCanceled || st.CancelRequested {
+			t.Errorf("job %d after cancel: %+v", i, st)
 		}
 	}
 	r := get(t, ts.URL+"/v1/jobs/"+ids[0]+"/result")
