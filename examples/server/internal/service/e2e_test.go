@@ -65,7 +65,7 @@ func chromium(t *testing.T, bin, url string, flags ...string) []byte {
 // must hold the PNGs.
 func TestWebPageChromium(t *testing.T) {
 	bin := lookTool(t, "chromium", "chromium", "chromium-browser", "google-chrome")
-	s, ts := newServer(t, Config{Token: "page-token"})
+	s, ts := newServer(t, Config{Token: "page-token", ModelName: "generated-tiny-v2"})
 	q := url.Values{
 		"prompt": {"a red circle on a blue background"}, "negative_prompt": {"blurry"}, "seed": {"7"},
 		"steps": {"6"}, "sampler": {"Euler a"}, "autorun": {"2"}, "token": {"page-token"},
@@ -105,7 +105,8 @@ func TestWebPageChromium(t *testing.T) {
 		t.Errorf("the page ran %d async jobs, want 2", n)
 	}
 	if p := os.Getenv("SDPIPE_SCREENSHOT"); p != "" {
-		chromium(t, bin, ts.URL+"/?"+q.Encode()+"&autorun=4", "--hide-scrollbars", "--window-size=1280,760", "--screenshot="+p)
+		q.Set("autorun", "4")
+		chromium(t, bin, ts.URL+"/?"+q.Encode(), "--hide-scrollbars", "--window-size=1280,760", "--screenshot="+p)
 		t.Logf("screenshot written to %s", p)
 	}
 }

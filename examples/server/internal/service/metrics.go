@@ -189,6 +189,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	counter("sdpipe_engine_images_total", "Images the engine produced.", float64(em.Images))
 	counter("sdpipe_unet_calls_total", "UNet calls.", float64(em.UNetCalls))
 	counter("sdpipe_unet_items_total", "Images over all UNet calls (their mean batch is items/calls).", float64(em.UNetItems))
+	counter("sdpipe_unet_seconds_total", "Time inside UNet calls.", em.UNetTime.Seconds())
 	metric("sdpipe_unet_batches_total", "counter", "UNet calls by dynamic batch size (images per call).")
 	for _, k := range slices.Sorted(maps.Keys(em.BatchSizes)) {
 		sample("sdpipe_unet_batches_total", float64(em.BatchSizes[k]), "size", strconv.Itoa(k))

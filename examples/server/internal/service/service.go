@@ -155,7 +155,9 @@ func (s *Server) routes() {
 // admitted work, sync and async, to finish; when ctx ends first it cancels
 // that work, waits for it to stop, and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
 	s.draining.Store(true)
+	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.tasks.Wait(); close(done) }()
 	select {
@@ -293,9 +295,6 @@ func newID() string {
 // admit takes a queue slot for sp, or fails with 429 or 503. The task's
 // context derives from parent; the caller must run execute with it.
 func (s *Server) admit(parent context.Context, api string, sp *spec) (*task, context.Context, error) {
-	if s.draining.Load() {
-		return nil, nil, &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "server is shutting down"}
-	}
 	select {
 	case s.slots <- struct{}{}:
 	default:
@@ -313,9 +312,14 @@ func (s *Server) admit(parent context.Context, api string, sp *spec) (*task, con
 	ctx, cancel := context.WithCancelCause(parent)
 	t.cancel = cancel
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() { // checked under s.mu, so no Add races Shutdown's Wait
+		<-s.slots
+		cancel(nil)
+		return nil, nil, &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "server is shutting down", RetryAfter: 1}
+	}
 	s.waiting = append(s.waiting, t)
 	s.active[t] = true
-	s.mu.Unlock()
 	s.tasks.Add(1)
 	return t, ctx, nil
 }
