@@ -12,6 +12,12 @@
 // DELETE /v1/jobs/{id}), GET /healthz, GET /metrics (Prometheus) and a web
 // page on /.
 //
+// Every generation is admitted into a bounded queue first (past it, 429
+// with Retry-After); the request's context is the Submit context, so a
+// client that disconnects cancels its work. Concurrent requests are batched
+// by the engine (-batch, -batch-wait); the fast/quality switch snaps steps
+// to two values so that requests fall into two groups the engine batches.
+//
 // With -load it is instead a load generator against a running service on a
 // loopback address:
 //
@@ -33,8 +39,6 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
-	"github.com/sdpipe/sdpipe/examples/server/internal/loadgen"
-	"github.com/sdpipe/sdpipe/examples/server/internal/service"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -56,15 +60,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		model     = fs.String("model", "", "model folder (diffusers ONNX layout); empty = the generated tiny model")
 		token     = fs.String("token", os.Getenv("SDPIPE_TOKEN"), "bearer token the API requires (default $SDPIPE_TOKEN; empty = none)")
 		replica   = fs.String("replica", "", "replica id sent as X-Replica-ID (default host:port)")
-		queue     = fs.Int("queue", service.DefaultMaxQueue, "most generations admitted at once; past it 429")
-		maxBody   = fs.Int64("max-body", service.DefaultMaxBodyBytes, "request body limit in bytes")
-		maxSize   = fs.Int("max-size", service.DefaultMaxSize, "largest width or height")
-		maxSteps  = fs.Int("max-steps", service.DefaultMaxSteps, "most denoising steps per request")
-		maxImages = fs.Int("max-images", service.DefaultMaxImages, "most images per request")
+		queue     = fs.Int("queue", DefaultMaxQueue, "most generations admitted at once; past it 429")
+		maxBody   = fs.Int64("max-body", DefaultMaxBodyBytes, "request body limit in bytes")
+		maxSize   = fs.Int("max-size", DefaultMaxSize, "largest width or height")
+		maxSteps  = fs.Int("max-steps", DefaultMaxSteps, "most denoising steps per request")
+		maxImages = fs.Int("max-images", DefaultMaxImages, "most images per request")
 		batch     = fs.Int("batch", 4, "dynamic batching: most images per UNet call (1 = off)")
 		batchWait = fs.Duration("batch-wait", 20*time.Millisecond, "dynamic batching: how long to wait for more requests")
-		fast      = fs.Int("fast-steps", service.DefaultFastSteps, "steps of the fast mode")
-		quality   = fs.Int("quality-steps", service.DefaultQualitySteps, "steps of the quality mode")
+		fast      = fs.Int("fast-steps", DefaultFastSteps, "steps of the fast mode")
+		quality   = fs.Int("quality-steps", DefaultQualitySteps, "steps of the quality mode")
 		mode      = fs.String("mode", "throughput", "engine mode: latency or throughput")
 		threads   = fs.Int("threads", 0, "intra-op threads per model (0 = ONNX Runtime's default)")
 		grace     = fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is canceled")
@@ -82,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *load {
-		rep, err := loadgen.Run(ctx, loadgen.Config{
+		rep, err := RunLoad(ctx, LoadConfig{
 			URL: *loadURL, Path: *path, Body: []byte(*body), Clients: *clients,
 			Requests: *requests, Duration: *duration, Token: *token, Backoff: *backoff,
 		})
@@ -135,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		host, _ := os.Hostname()
 		id = host + ":" + portOf(ln.Addr())
 	}
-	svc := service.New(mdl, service.Config{
+	svc := NewServer(mdl, Config{
 		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), Token: *token,
 		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxSize: *maxSize, MaxSteps: *maxSteps,
 		MaxImages: *maxImages, FastSteps: *fast, QualitySteps: *quality, Logger: log,
@@ -146,7 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // serve serves until ctx ends, then shuts down gracefully: it stops
 // accepting, lets the work in flight finish for up to grace, cancels what
 // is left, and shuts the model down.
-func serve(ctx context.Context, ln net.Listener, svc *service.Server, mdl *sd.Model, grace time.Duration, log *slog.Logger) error {
+func serve(ctx context.Context, ln net.Listener, svc *Server, mdl *sd.Model, grace time.Duration, log *slog.Logger) error {
 	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
 	hs := &http.Server{

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdpipe/sdpipe/examples/server/internal/loadgen"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
@@ -60,7 +59,7 @@ func TestRunGracefulShutdown(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	rep, err := loadgen.Run(t.Context(), loadgen.Config{URL: base, Clients: 2, Requests: 4, Body: []byte(`{"steps":3}`)})
+	rep, err := RunLoad(t.Context(), LoadConfig{URL: base, Clients: 2, Requests: 4, Body: []byte(`{"steps":3}`)})
 	if err != nil || rep.OK != 4 || rep.Replicas["r1"] != 4 {
 		t.Fatalf("load before shutdown: %v %+v", err, rep)
 	}
@@ -123,7 +122,7 @@ func TestRunGracefulShutdown(t *testing.T) {
 
 func TestRunLoadRefusesRemote(t *testing.T) {
 	err := run(t.Context(), []string{"-load", "-url", "http://192.0.2.1:7860"}, &syncBuffer{}, &syncBuffer{})
-	if !errors.Is(err, loadgen.ErrNotLoopback) {
+	if !errors.Is(err, ErrNotLoopback) {
 		t.Errorf("load against a non-loopback URL: %v, want ErrNotLoopback", err)
 	}
 }

@@ -1,7 +1,8 @@
-// Package loadgen sends a bounded concurrent load to the image service and
+package main
+
+// The -load mode: a bounded concurrent load against the image service that
 // reports throughput, latency percentiles, 429s, and whether every accepted
 // request completed. It only talks to loopback addresses.
-package loadgen
 
 import (
 	"bytes"
@@ -24,10 +25,10 @@ import (
 
 // ErrNotLoopback is returned by Run for a URL whose host is not a loopback
 // address: the load generator never sends load over the network.
-var ErrNotLoopback = errors.New("loadgen: only loopback addresses (127.0.0.1, ::1, localhost) are allowed")
+var ErrNotLoopback = errors.New("server: load: only loopback addresses (127.0.0.1, ::1, localhost) are allowed")
 
-// Config describes a load. The zero value of each field means its default.
-type Config struct {
+// LoadConfig describes a load. The zero value of each field means its default.
+type LoadConfig struct {
 	URL      string        // the service's base URL, e.g. http://127.0.0.1:7860
 	Path     string        // default /sdapi/v1/txt2img
 	Body     []byte        // default {"prompt":"load test","steps":4,"seed":-1}
@@ -41,9 +42,9 @@ type Config struct {
 	Client  *http.Client // default: a client with up to Clients connections
 }
 
-// Report is the outcome of Run. Every request sent is counted once in OK,
+// LoadReport is the outcome of Run. Every request sent is counted once in OK,
 // Rejected or Failed.
-type Report struct {
+type LoadReport struct {
 	Sent, OK, Rejected, Failed int
 	Errors                     map[string]int // failure → count
 	Latencies                  []time.Duration
@@ -53,7 +54,7 @@ type Report struct {
 
 // Percentile returns the p-th (0-100) latency percentile of the OK
 // requests, nearest rank.
-func (r *Report) Percentile(p float64) time.Duration {
+func (r *LoadReport) Percentile(p float64) time.Duration {
 	if len(r.Latencies) == 0 {
 		return 0
 	}
@@ -64,7 +65,7 @@ func (r *Report) Percentile(p float64) time.Duration {
 }
 
 // Throughput returns OK requests per second.
-func (r *Report) Throughput() float64 {
+func (r *LoadReport) Throughput() float64 {
 	if r.Elapsed <= 0 {
 		return 0
 	}
@@ -73,9 +74,9 @@ func (r *Report) Throughput() float64 {
 
 // AllAcceptedCompleted reports whether every request not refused with 429
 // completed with 200.
-func (r *Report) AllAcceptedCompleted() bool { return r.Failed == 0 }
+func (r *LoadReport) AllAcceptedCompleted() bool { return r.Failed == 0 }
 
-func (r *Report) String() string {
+func (r *LoadReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sent %d in %.2fs: %d ok, %d rejected (429), %d failed; %.2f req/s\n",
 		r.Sent, r.Elapsed.Seconds(), r.OK, r.Rejected, r.Failed, r.Throughput())
@@ -96,7 +97,7 @@ func (r *Report) String() string {
 func CheckLoopback(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("loadgen: %w", err)
+		return fmt.Errorf("server: load: %w", err)
 	}
 	host := u.Hostname()
 	if host == "localhost" {
@@ -108,9 +109,9 @@ func CheckLoopback(rawURL string) error {
 	return fmt.Errorf("%w: %q", ErrNotLoopback, host)
 }
 
-// Run sends cfg's load and waits for every request to finish or ctx to
+// RunLoad sends cfg's load and waits for every request to finish or ctx to
 // end. It is safe for concurrent use.
-func Run(ctx context.Context, cfg Config) (*Report, error) {
+func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if err := CheckLoopback(cfg.URL); err != nil {
 		return nil, err
 	}
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer cancel()
 	target := strings.TrimSuffix(cfg.URL, "/") + cfg.Path
 
-	rep := &Report{Errors: map[string]int{}, Replicas: map[string]int{}}
+	rep := &LoadReport{Errors: map[string]int{}, Replicas: map[string]int{}}
 	var mu sync.Mutex
 	var next atomic.Int64
 	start := time.Now()
@@ -147,7 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Go(func() {
 			for next.Add(1) <= int64(cfg.Requests) && ctx.Err() == nil {
 				t0 := time.Now()
-				code, replica, retry, err := send(ctx, client, target, cfg.Token, cfg.Body)
+				code, replica, retry, err := sendOne(ctx, client, target, cfg.Token, cfg.Body)
 				d := time.Since(t0)
 				if code == http.StatusTooManyRequests && cfg.Backoff > 0 {
 					wait := cfg.Backoff
@@ -187,8 +188,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-// send posts one request and checks that an OK response holds images.
-func send(ctx context.Context, c *http.Client, target, token string, body []byte) (code int, replica string, retry time.Duration, err error) {
+// sendOne posts one request and checks that an OK response holds images.
+func sendOne(ctx context.Context, c *http.Client, target, token string, body []byte) (code int, replica string, retry time.Duration, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return 0, "", 0, err
@@ -219,10 +220,10 @@ func send(ctx context.Context, c *http.Client, target, token string, body []byte
 		Data            []any    `json:"data"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
-		return resp.StatusCode, replica, 0, fmt.Errorf("loadgen: bad response: %w", err)
+		return resp.StatusCode, replica, 0, fmt.Errorf("server: load: bad response: %w", err)
 	}
 	if len(out.Images)+len(out.GeneratedImages)+len(out.Data) == 0 {
-		return resp.StatusCode, replica, 0, errors.New("loadgen: response has no images")
+		return resp.StatusCode, replica, 0, errors.New("server: load: response has no images")
 	}
 	return resp.StatusCode, replica, 0, nil
 }

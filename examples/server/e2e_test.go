@@ -1,4 +1,4 @@
-package service
+package main
 
 import (
 	"context"
@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
-	"github.com/sdpipe/sdpipe/examples/server/internal/loadgen"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -274,7 +273,7 @@ func TestLoad(t *testing.T) {
 		clients, requests, queue, limit = 64, 2000, 32, 3*time.Minute
 	}
 	s, ts := newServer(t, Config{MaxQueue: queue, FastSteps: 4})
-	rep, err := loadgen.Run(t.Context(), loadgen.Config{
+	rep, err := RunLoad(t.Context(), LoadConfig{
 		URL: ts.URL, Body: []byte(`{"prompt":"load","quality":"fast","seed":-1}`),
 		Clients: clients, Requests: requests, Duration: limit, Backoff: 100 * time.Millisecond,
 	})

@@ -1,4 +1,4 @@
-package loadgen
+package main
 
 import (
 	"errors"
@@ -28,7 +28,7 @@ func TestCheckLoopback(t *testing.T) {
 }
 
 func TestPercentile(t *testing.T) {
-	r := &Report{Elapsed: 2 * time.Second, OK: 10}
+	r := &LoadReport{Elapsed: 2 * time.Second, OK: 10}
 	for i := 10; i >= 1; i-- {
 		r.Latencies = append(r.Latencies, time.Duration(i)*time.Millisecond)
 	}
@@ -43,7 +43,7 @@ func TestPercentile(t *testing.T) {
 	if got := r.Throughput(); got != 5 {
 		t.Errorf("throughput %v, want 5", got)
 	}
-	if (&Report{}).Percentile(50) != 0 {
+	if (&LoadReport{}).Percentile(50) != 0 {
 		t.Errorf("empty report percentile")
 	}
 }

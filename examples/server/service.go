@@ -1,4 +1,4 @@
-package service
+package main
 
 import (
 	"cmp"
@@ -103,8 +103,8 @@ type Server struct {
 	met collector
 }
 
-// New returns a Server for eng.
-func New(eng Engine, cfg Config) *Server {
+// NewServer returns a Server for eng.
+func NewServer(eng Engine, cfg Config) *Server {
 	cfg.fill()
 	s := &Server{
 		eng:      eng,

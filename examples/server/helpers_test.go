@@ -1,4 +1,4 @@
-package service
+package main
 
 import (
 	"bytes"
@@ -72,7 +72,7 @@ func newServerOn(t *testing.T, m Engine, cfg Config) (*Server, *httptest.Server)
 	if cfg.MaxSteps == 0 {
 		cfg.MaxSteps = 900
 	}
-	s := New(m, cfg)
+	s := NewServer(m, cfg)
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
