@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		requests = fs.Int("requests", 200, "load: requests in all")
 		duration = fs.Duration("duration", time.Minute, "load: stop sending after this long")
 		path     = fs.String("path", "/sdapi/v1/txt2img", "load: endpoint")
-		backoff  = fs.Duration("backoff", 100*time.Millisecond, "load: how long a client waits after a 429")
+		backoff  = fs.Duration("backoff", time.Second, "load: how long a client waits at most after a 429 (it honours a shorter Retry-After)")
 		body     = fs.String("body", `{"prompt":"a red circle","quality":"fast","seed":-1}`, "load: JSON body")
 	)
 	if err := fs.Parse(args); err != nil {
