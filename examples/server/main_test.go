@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
+)
+
+// syncBuffer is a strings.Builder safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRunGracefulShutdown runs the command, sends it a request, then
+// cancels its context (what SIGTERM does) while the request runs: the
+// request completes, and run shuts the model down and returns nil.
+func TestRunGracefulShutdown(t *testing.T) {
+	testenv.RequireORT(t)
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	var stderr, stdout syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-replica", "r1", "-grace", "20s", "-threads", "1", "-max-steps", "400"}, &stdout, &stderr)
+	}()
+	re := regexp.MustCompile(`url=(http://127\.0\.0\.1:\d+)`)
+	var base string
+	for deadline := time.Now().Add(30 * time.Second); base == ""; {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, stderr.String())
+		default:
+		}
+		if m := re.FindStringSubmatch(stderr.String()); m != nil {
+			base = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no listening line:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	rep, err := RunLoad(t.Context(), LoadConfig{URL: base, Clients: 2, Requests: 4, Body: []byte(`{"steps":3}`)})
+	if err != nil || rep.OK != 4 || rep.Replicas["r1"] != 4 {
+		t.Fatalf("load before shutdown: %v %+v", err, rep)
+	}
+
+	type result struct {
+		code int
+		err  error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		resp, err := http.Post(base+"/sdapi/v1/txt2img", "application/json", strings.NewReader(`{"steps":400}`))
+		if err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		resp.Body.Close()
+		inflight <- result{code: resp.StatusCode}
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		select {
+		case r := <-inflight:
+			t.Fatalf("the request ended before the shutdown: %d %v", r.code, r.err)
+		default:
+		}
+		resp, err := http.Get(base + "/sdapi/v1/progress")
+		if err == nil {
+			var b strings.Builder
+			buf := make([]byte, 4096)
+			n, _ := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			resp.Body.Close()
+			if regexp.MustCompile(`"sampling_step":[1-9]`).MatchString(b.String()) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the in-flight request did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop() // SIGTERM
+	if r := <-inflight; r.err != nil || r.code != http.StatusOK {
+		t.Errorf("in-flight request during shutdown: %d %v", r.code, r.err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after shutdown")
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Errorf("still listening after shutdown")
+	}
+	if !strings.Contains(stderr.String(), "msg=stopped err=<nil>") {
+		t.Errorf("log lacks the clean stop:\n%s", stderr.String())
+	}
+}
+
+func TestRunLoadRefusesRemote(t *testing.T) {
+	err := run(t.Context(), []string{"-load", "-url", "http://192.0.2.1:7860"}, &syncBuffer{}, &syncBuffer{})
+	if !errors.Is(err, ErrNotLoopback) {
+		t.Errorf("load against a non-loopback URL: %v, want ErrNotLoopback", err)
+	}
+}
