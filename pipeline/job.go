@@ -98,9 +98,9 @@ func (j *job) fail(stage string, err error) {
 func (j *job) finish(o outcome) {
 	j.out = o
 	j.stopAbort()
-	j.cancel(context.Canceled) // frees the context's resources
 	close(j.progress)
 	close(j.done)
+	j.cancel(context.Canceled) // frees the context's resources; after done, which Wait relies on
 }
 
 // emit sends a progress event without ever blocking.

@@ -171,10 +171,20 @@ func (h *Handle) Done() <-chan struct{} { return h.j.done }
 
 // Wait waits for the result or for ctx to end (which does not cancel the
 // request: use Cancel or the Submit context for that).
+//
+// A canceled request returns at once, even while it still waits between
+// stages (the stage that next takes it drops it).
 func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 	select {
 	case <-h.j.done:
 		return h.j.out.res, h.j.out.err
+	case <-h.j.ctx.Done():
+		select {
+		case <-h.j.done: // finished: finish cancels the context after closing done
+			return h.j.out.res, h.j.out.err
+		default:
+			return nil, h.j.err()
+		}
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

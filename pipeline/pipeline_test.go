@@ -492,3 +492,22 @@ func TestNaNDecoderReported(t *testing.T) {
 		t.Errorf("metrics %+v", c2)
 	}
 }
+
+func TestCancelWhileQueued(t *testing.T) {
+	u := &fakeUNet{block: make(chan struct{})}
+	p := newFake(t, u, 0, Options{})
+	defer close(u.block)
+	if _, err := p.Submit(t.Context(), Request{Prompt: "first", Steps: 2}); err != nil { // holds the UNet
+		t.Fatal(err)
+	}
+	h, err := p.Submit(t.Context(), Request{Prompt: "queued", Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Cancel()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if _, err := h.Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait() on a request canceled in the queue = %v, want context.Canceled at once", err)
+	}
+}
