@@ -24,10 +24,16 @@ const (
 	// keys once instead of the whole score tensor. Where b is a transpose,
 	// the scale is applied before it.
 	FoldScale Rewrite = "fold-scale"
+	// MHA fuses each attention written as MatMul → Softmax → MatMul over
+	// split heads (after Baddbmm, for the converter's form) into ONNX
+	// Runtime's com.microsoft.MultiHeadAttention, which the CPU provider
+	// runs without the head-splitting transposes. Only ONNX Runtime can run
+	// the result.
+	MHA Rewrite = "mha"
 )
 
 // Known lists every Rewrite, in the order Apply runs them.
-var Known = []Rewrite{Baddbmm, FoldScale}
+var Known = []Rewrite{Baddbmm, FoldScale, MHA}
 
 // ErrUnknown reports a Rewrite name Apply does not know.
 var ErrUnknown = errors.New("rewrite: unknown rewrite")
@@ -118,6 +124,11 @@ func Apply(m *onnxpb.Model, rs ...Rewrite) (Report, error) {
 			removeBaddbmm(x, &rep)
 		case FoldScale:
 			foldScale(x, &rep)
+		case MHA:
+			fuseMHA(x, &rep)
+			if rep.Sites[MHA] > 0 && !slices.ContainsFunc(m.OpsetImports, func(o onnxpb.OperatorSet) bool { return o.Domain == msDomain }) {
+				m.OpsetImports = append(m.OpsetImports, onnxpb.OperatorSet{Domain: msDomain, Version: 1})
+			}
 		}
 		x.compact()
 	}

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
@@ -94,6 +95,8 @@ func TestBaddbmmReference(t *testing.T) {
 		{"unet", []rewrite.Rewrite{rewrite.Baddbmm}},
 		{"unet", []rewrite.Rewrite{rewrite.Baddbmm, rewrite.FoldScale}},
 		{"vae_decoder", []rewrite.Rewrite{rewrite.Baddbmm}},
+		{"unet", []rewrite.Rewrite{rewrite.Baddbmm, rewrite.MHA}},
+		{"vae_decoder", []rewrite.Rewrite{rewrite.Baddbmm, rewrite.MHA}},
 	} {
 		t.Run(tc.component+"/"+string(tc.rs[len(tc.rs)-1]), func(t *testing.T) {
 			src := filepath.Join(dir, tc.component, "model.onnx")
@@ -106,6 +109,14 @@ func TestBaddbmmReference(t *testing.T) {
 			// one baddbmm per attention, i.e. per Softmax
 			if got, want := rep.Sites[rewrite.Baddbmm], count(orig, "Softmax"); got != want || want == 0 {
 				t.Errorf("baddbmm sites = %d, want %d (one per Softmax)", got, want)
+			}
+			if slices.Contains(tc.rs, rewrite.MHA) {
+				if got, want := rep.Sites[rewrite.MHA], count(orig, "Softmax"); got != want {
+					t.Errorf("mha sites = %d, want %d (one per Softmax)", got, want)
+				}
+				if got := count(m, "Softmax"); got != 0 {
+					t.Errorf("%d Softmax left after fusing attention", got)
+				}
 			}
 			if len(rep.Refused) > 0 {
 				t.Errorf("refused: %v", rep.Refused)
@@ -140,28 +151,38 @@ func TestBaddbmmReference(t *testing.T) {
 
 // TestGenerated rewrites the generated tiny model in both attention forms.
 func TestGenerated(t *testing.T) {
+	dirs := map[modelgen.AttentionForm]string{}
+	for _, f := range []modelgen.AttentionForm{modelgen.Baddbmm, modelgen.Efficient} {
+		dirs[f] = t.TempDir()
+		if err := modelgen.Write(dirs[f], modelgen.Tiny(), modelgen.Options{Seed: 5, Attention: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
-		form      modelgen.AttentionForm
-		wantSites bool
+		form    modelgen.AttentionForm
+		rs      []rewrite.Rewrite
+		changed bool
 	}{
-		{modelgen.Baddbmm, true},
-		{modelgen.Efficient, false},
+		{modelgen.Baddbmm, []rewrite.Rewrite{rewrite.Baddbmm}, true},
+		{modelgen.Baddbmm, []rewrite.Rewrite{rewrite.Baddbmm, rewrite.MHA}, true},
+		{modelgen.Efficient, []rewrite.Rewrite{rewrite.Baddbmm}, false},
+		{modelgen.Efficient, []rewrite.Rewrite{rewrite.MHA}, true},
 	} {
-		t.Run(tc.form.String(), func(t *testing.T) {
-			dir := t.TempDir()
-			if err := modelgen.Write(dir, modelgen.Tiny(), modelgen.Options{Seed: 5, Attention: tc.form}); err != nil {
-				t.Fatal(err)
-			}
+		t.Run(tc.form.String()+"/"+string(tc.rs[len(tc.rs)-1]), func(t *testing.T) {
+			dir := dirs[tc.form]
 			for _, c := range []string{"unet", "vae_decoder"} {
 				src := filepath.Join(dir, c, "model.onnx")
-				res, err := rewrite.Prepare(src, []rewrite.Rewrite{rewrite.Baddbmm}, filepath.Join(dir, "cache"))
+				res, err := rewrite.Prepare(src, tc.rs, filepath.Join(t.TempDir(), "cache"))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if res.Changed() != tc.wantSites {
-					t.Fatalf("%s: changed = %v (%v), want %v", c, res.Changed(), res.Report, tc.wantSites)
+				if res.Changed() != tc.changed {
+					t.Fatalf("%s: changed = %v (%v), want %v", c, res.Changed(), res.Report, tc.changed)
 				}
-				if !tc.wantSites {
+				if len(res.Report.Refused) > 0 {
+					t.Errorf("%s: refused: %v", c, res.Report.Refused)
+				}
+				if !tc.changed {
 					if res.Path != src {
 						t.Errorf("%s: unchanged model at %q, want the source", c, res.Path)
 					}
