@@ -32,6 +32,10 @@ const (
 	// the keys. ONNX Runtime's CPU provider already fuses the scale into
 	// its MatMul, so this brings nothing there; it is not a default.
 	RewriteFoldScale Rewrite = Rewrite(rewrite.FoldScale)
+	// RewriteMHA fuses each attention (MatMul → Softmax → MatMul over split
+	// heads, after RewriteBaddbmm for the converter's form) into ONNX
+	// Runtime's com.microsoft.MultiHeadAttention.
+	RewriteMHA Rewrite = Rewrite(rewrite.MHA)
 )
 
 // RewriteTolerance is the largest output difference a rewrite may cause
