@@ -44,11 +44,14 @@ const RewriteTolerance = 1e-4
 
 // DefaultRewrites returns the rewrites WithRewrites applies when given
 // none: those measured faster on the CPU provider (see BENCHMARKS.md).
-func DefaultRewrites() []Rewrite { return []Rewrite{RewriteBaddbmm} }
+// RewriteMHA among them is applied by default only to components on the
+// CPU or CUDA, whose providers have a MultiHeadAttention kernel.
+func DefaultRewrites() []Rewrite { return []Rewrite{RewriteBaddbmm, RewriteMHA} }
 
 // perfConfig is what WithRewrites, WithRewriteCache and WithWarmup record.
 type perfConfig struct {
 	rewrites []Rewrite // nil: no rewriting
+	defaults bool      // rewrites are DefaultRewrites()
 	cacheDir string
 	warmup   *Warmup
 }
@@ -61,11 +64,12 @@ type perfConfig struct {
 // the rewrite cache (see WithRewriteCache), so only the first open of a
 // model pays for them.
 func WithRewrites(rs ...Rewrite) Option {
-	if len(rs) == 0 {
+	defaults := len(rs) == 0
+	if defaults {
 		rs = DefaultRewrites()
 	}
 	rs = slices.Clone(rs)
-	return func(c *config) { c.perf.rewrites = rs }
+	return func(c *config) { c.perf.rewrites, c.perf.defaults = rs, defaults }
 }
 
 // WithRewriteCache keeps rewritten graphs in dir instead of the default
@@ -197,9 +201,12 @@ func (c *config) modelPath(ctx context.Context, f *Folder, k Component, lay *lay
 		return src
 	}
 	log := c.logger.With("component", k.String())
-	rs := make([]rewrite.Rewrite, len(c.perf.rewrites))
-	for i, r := range c.perf.rewrites {
-		rs[i] = rewrite.Rewrite(r)
+	var rs []rewrite.Rewrite
+	for _, r := range c.perf.rewrites {
+		if r == RewriteMHA && c.perf.defaults && o.Provider != ort.CPU && o.Provider != ort.CUDA {
+			continue
+		}
+		rs = append(rs, rewrite.Rewrite(r))
 	}
 	cache := c.perf.cacheDir
 	if cache == "" {
