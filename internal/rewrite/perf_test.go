@@ -317,3 +317,65 @@ func TestPerfAttention(t *testing.T) {
 			size, c.n, c.m, c.dim, heads, 1e3*best[0], 1e3*best[1], best[0]/best[1], diff)
 	}
 }
+
+// TestPerfThreads compares the UNet of $SD_MODEL_DIR on 1 and 2 intra-op
+// threads at $PERF_SIZE (256) pixels, batch 2, calls interleaved, with a
+// 2048³ MatMul on 1 and 2 threads beside it.
+func TestPerfThreads(t *testing.T) {
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" || os.Getenv("PERF_THREADS_AB") == "" {
+		t.Skip("SD_MODEL_DIR or PERF_THREADS_AB not set")
+	}
+	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(envInt(t, "PERF_SIZE", 256))
+	res, err := rewrite.Prepare(filepath.Join(dir, "unet", "model.onnx"), rs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess [2]*ort.Session
+	var mms [2]func() float64
+	for i := range sess {
+		s, err := res.Open(t.Context(), ort.Options{IntraOpThreads: i + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		sess[i] = s
+		ms, mm := matmulSession(t, i+1)
+		defer ms.Close()
+		mms[i] = mm
+	}
+	lat := size / 8
+	r := rand.New(rand.NewPCG(3, 4))
+	in := []ort.Tensor{
+		{Shape: []int64{2, 4, lat, lat}, Data: fill(r, 2*4*lat*lat)},
+		{Shape: []int64{2}, Data: []float32{501, 501}},
+		{Shape: []int64{2, 77, 768}, Data: fill(r, 2*77*768)},
+	}
+	var unet, mm [2][]float64
+	for round := range 5 {
+		for i, s := range sess {
+			out := []ort.Tensor{{Shape: []int64{2, 4, lat, lat}}}
+			start := time.Now()
+			if err := s.Run(t.Context(), in, out); err != nil {
+				t.Fatal(err)
+			}
+			if round >= 2 {
+				unet[i] = append(unet[i], time.Since(start).Seconds())
+				mm[i] = append(mm[i], max(mms[i](), mms[i]()))
+			}
+		}
+	}
+	med := func(v []float64) float64 {
+		v = slices.Clone(v)
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("THREADS model=%s rewrites=%q size=%d | UNet 1 thread %s s, 2 threads %s s: %.2f× | MatMul 1 thread %.0f, 2 threads %.0f GFLOP/s: %.2f× | load %s",
+		dir, os.Getenv("PERF_REWRITES"), size, fmtTimes(unet[0]), fmtTimes(unet[1]), med(unet[0])/med(unet[1]),
+		med(mm[0]), med(mm[1]), med(mm[1])/med(mm[0]), load)
+}
