@@ -54,6 +54,7 @@ type Folder struct {
 	sampleSize    int               // unet/config.json's sample_size, or 0
 	closeOnce     sync.Once
 	closeErr      error
+	load          loadState // load times, rewrites and warm-up (perf.go)
 }
 
 // OpenFolder opens the model folder dir. It first checks the folder without
@@ -103,9 +104,9 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	load := func(c Component, open func(context.Context, string, ort.Options) error) {
 		g.Go(func() error {
-			p := lay.modelPath(c)
 			o := cfg.ortOptions(c)
 			start := time.Now()
+			p := cfg.modelPath(gctx, f, c, lay, o) // rewritten when asked (perf.go)
 			err := open(gctx, p, o)
 			var pe *ort.ProviderError
 			if err != nil && cfg.auto(c) && errors.As(err, &pe) {
@@ -119,6 +120,7 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 			}
 			cfg.logger.Info("sd: loaded", "component", c.String(), "path", p,
 				"device", string(o.Provider), "duration", time.Since(start))
+			f.load.opened(c, time.Since(start))
 			return nil
 		})
 	}
@@ -141,6 +143,9 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 		})
 	}
 	if err := g.Wait(); err != nil {
+		return nil, errors.Join(err, f.closeModels())
+	}
+	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
 	return f, nil

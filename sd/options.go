@@ -105,6 +105,7 @@ type config struct {
 	comps          map[Component]*placement
 	skipVAEEncoder bool
 	logger         *slog.Logger
+	perf           perfConfig // rewrites and warm-up (perf.go)
 }
 
 func (c *config) comp(k Component) *placement {
@@ -191,6 +192,7 @@ func newConfig(opts []Option) (*config, error) {
 		}
 	}
 	errs = append(errs, c.checkEngine()...)
+	errs = append(errs, c.perf.check()...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
