@@ -26,13 +26,14 @@ var allowed = map[string][]string{
 	"internal/onnxpb":   {},
 	"internal/ort":      {"internal/onnxpb"},
 	"internal/modelgen": {"internal/onnxpb", "tokenizer"},
+	"internal/rewrite":  {"internal/onnxpb", "internal/ort"},
 	"internal/testenv":  {"internal/ort", "internal/onnxpb"},
 	"textenc":           {"internal/ort"},
 	"unet":              {"internal/ort"},
 	"vae":               {"internal/ort"},
 	"pipeline":          {"tokenizer", "scheduler", "rng"},
 	"models":            {},
-	"sd":                {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "textenc", "unet", "vae", "pipeline"},
+	"sd":                {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "internal/rewrite", "textenc", "unet", "vae", "pipeline"},
 }
 
 // top lists prefixes of packages that sit on top: they may import anything
