@@ -180,6 +180,7 @@ type ModeRun struct {
 	PctPeak    float64         `json:"pct_of_peak"` // of the all-threads MatMul
 	UNetGFLOPS float64         `json:"unet_gflops"` // UNet FLOPs over the UNet sessions' busy time (rate inside a call)
 	PeakRSS    int64           `json:"peak_rss"`    // VmHWM during the run (0: unknown)
+	Load       string          `json:"loadavg"`     // /proc/loadavg when the run ended
 	Timings    []RequestTiming `json:"timings"`
 }
 
@@ -410,10 +411,10 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 			s.Mode, c, s.ImagesPerMin, ratios(s.Speedup, s.Speedups), s.LatencyP50, s.LatencyP95,
 			100*s.Overlap, 100*s.OutsideORT, 100*s.GoInStages, s.GFLOPS, 100*s.PctPeak, s.UNetGFLOPS, float64(s.PeakRSS)/(1<<30))
 	}
-	p("\n| run | mode | wall s | encode busy | denoise busy | decode busy | ORT busy ÷ wall |\n|---:|---|---:|---:|---:|---:|---:|\n")
+	p("\n| run | mode | wall s | encode busy | denoise busy | decode busy | ORT busy ÷ wall | load avg after |\n|---:|---|---:|---:|---:|---:|---:|---|\n")
 	for i, run := range r.Runs {
-		p("| %d | %s | %.1f | %.0f%% | %.0f%% | %.0f%% | %.2f |\n", i+1, run.Mode, run.Wall,
-			100*run.Stages["encode"].Frac, 100*run.Stages["denoise"].Frac, 100*run.Stages["decode"].Frac, run.ORTBusy/run.Wall)
+		p("| %d | %s | %.1f | %.0f%% | %.0f%% | %.0f%% | %.2f | %s |\n", i+1, run.Mode, run.Wall,
+			100*run.Stages["encode"].Frac, 100*run.Stages["denoise"].Frac, 100*run.Stages["decode"].Frac, run.ORTBusy/run.Wall, run.Load)
 	}
 	if l := r.Latency; l != nil {
 		p("\nSingle request alone (alternating pairs): sequential %s s, engine latency mode %s s; median ratio %.3f (pairs %s); outside ORT %.2f%% / %.2f%%.\n",

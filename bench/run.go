@@ -393,7 +393,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 				return nil, fmt.Errorf("bench: %s: %w", m, err)
 			}
 			run.Round = r + 1
-			log.Info("bench: stream done", "mode", m, "wall", run.Wall, "images/min", run.ImagesPerMin)
+			log.Info("bench: stream done", "mode", m, "wall", run.Wall, "images/min", run.ImagesPerMin, "load", run.Load)
 			rep.Runs = append(rep.Runs, run)
 		}
 	}
@@ -598,7 +598,7 @@ func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
 		}
 	}
 	end := time.Now()
-	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests}
+	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests, Load: loadAvg()}
 	if rssOK {
 		run.PeakRSS = procStatus("VmHWM")
 	}
