@@ -277,6 +277,7 @@ type Target struct {
 
 func (r *Report) summarize() {
 	r.LoadAfter = loadAvg()
+	r.Modes, r.Targets = nil, nil
 	peakAll := r.peak(r.Cores)
 	flops := r.FLOPsPerReq * float64(r.Requests)
 	unetFLOPs := 2 * r.UNetMACs * float64(r.UNetCalls*r.Requests)

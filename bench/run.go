@@ -48,7 +48,7 @@ const (
 )
 
 // AllModes lists the stream modes in the order Run measures them.
-var AllModes = []Mode{Sequential, Pipelined, PipelinedFull, Batched}
+var AllModes = []Mode{Sequential, Pipelined, Batched, PipelinedFull}
 
 // ParseMode returns the Mode named s.
 func ParseMode(s string) (Mode, error) {
@@ -105,6 +105,10 @@ type Config struct {
 	MatMulRuns int // 0 means 10
 
 	Logger *slog.Logger // progress; nil discards
+	// OnProgress, when set, is called with the report so far after each
+	// stream, from Run's goroutine, so that a long run cut short leaves
+	// its figures. The report is Run's: read it before returning.
+	OnProgress func(*Report)
 }
 
 func (c *Config) defaults() error {
@@ -376,11 +380,6 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			return nil, err
 		}
 	}
-	if cfg.LatencyRepeats > 0 {
-		if rep.Latency, err = h.latencyPairs(ctx); err != nil {
-			return nil, err
-		}
-	}
 	for r := range cfg.Rounds {
 		order := slices.Clone(cfg.Modes)
 		if r%2 == 1 {
@@ -395,6 +394,16 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			run.Round = r + 1
 			log.Info("bench: stream done", "mode", m, "wall", run.Wall, "images/min", run.ImagesPerMin, "load", run.Load)
 			rep.Runs = append(rep.Runs, run)
+			rep.summarize()
+			if cfg.OnProgress != nil {
+				cfg.OnProgress(rep)
+			}
+		}
+	}
+	// single requests last, so that a run cut short still has the streams
+	if cfg.LatencyRepeats > 0 {
+		if rep.Latency, err = h.latencyPairs(ctx); err != nil {
+			return nil, err
 		}
 	}
 	rep.PeakRSS = procStatus("VmHWM") // after resets: the last mode's

@@ -9,8 +9,9 @@
 //	go run ./bench/cmd/sdbench -rounds 2 -out /tmp/b # ABBA: each mode twice, order reversed in round 2
 //	go run ./bench/cmd/sdbench -model DIR -arch sd15 # any SD 1.x ONNX folder
 //
-// It writes report.json, report.md and timeline.svg to -out and prints the
-// Markdown report.
+// It writes report.json, report.md and timeline.svg to -out (rewritten after
+// each stream, so a run cut short keeps its figures) and prints the Markdown
+// report.
 package main
 
 import (
@@ -55,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		guidance  = fs.Float64("guidance", 7.5, "guidance scale (> 1)")
 		prompts   = fs.String("prompts", "", "prompts separated by '|' (default: four built-in ones)")
 		seed      = fs.Int64("seed", 1, "seed of the first request")
-		modes     = fs.String("modes", "sequential,pipelined,pipelined-full,batched", "stream modes, comma-separated")
+		modes     = fs.String("modes", "sequential,pipelined,batched,pipelined-full", "stream modes, comma-separated")
 		rounds    = fs.Int("rounds", 1, "times each stream mode runs (order reversed every other round)")
 		single    = fs.Int("single", 3, "single-request pairs, sequential vs latency mode (0: skip)")
 		maxBatch  = fs.Int("batch", 2, "images a UNet call in the batched mode")
@@ -105,26 +106,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !*quiet {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	rep, err := bench.Run(ctx, cfg)
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
+	var werr error
+	cfg.OnProgress = func(r *bench.Report) { werr = writeReport(*out, r) } // the figures so far
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return errors.Join(err, werr)
+	}
+	if err := writeReport(*out, rep); err != nil {
+		return err
+	}
+	return rep.WriteMarkdown(stdout)
+}
+
+// writeReport writes report.json, report.md and timeline.svg to dir.
+func writeReport(dir string, rep *bench.Report) error {
 	write := func(name string, f func(io.Writer) error) error {
-		file, err := os.Create(filepath.Join(*out, name))
+		file, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			return err
 		}
 		return errors.Join(f(file), file.Close())
 	}
-	if err := errors.Join(
+	return errors.Join(
 		write("report.json", rep.WriteJSON),
 		write("report.md", rep.WriteMarkdown),
 		write("timeline.svg", func(w io.Writer) error { return rep.WriteTimelineSVG(w, 1) }),
-	); err != nil {
-		return err
-	}
-	return rep.WriteMarkdown(stdout)
+	)
 }
