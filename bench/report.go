@@ -178,8 +178,10 @@ type ModeRun struct {
 	GoInStages float64         `json:"go_in_stages"`
 	GFLOPS     float64         `json:"gflops"`      // all requests' FLOPs over Wall
 	PctPeak    float64         `json:"pct_of_peak"` // of the all-threads MatMul
+	PeakGFLOPS float64         `json:"peak_gflops"` // all-threads MatMul measured right before the run (0: not measured)
 	UNetGFLOPS float64         `json:"unet_gflops"` // UNet FLOPs over the UNet sessions' busy time (rate inside a call)
 	PeakRSS    int64           `json:"peak_rss"`    // VmHWM during the run (0: unknown)
+	RSSBefore  int64           `json:"rss_before"`  // VmRSS when the run started: the loaded models
 	Load       string          `json:"loadavg"`     // /proc/loadavg when the run ended
 	Timings    []RequestTiming `json:"timings"`
 }
@@ -265,6 +267,7 @@ type ModeSummary struct {
 	PctPeak      float64   `json:"pct_of_peak"`
 	UNetGFLOPS   float64   `json:"unet_gflops"`
 	PeakRSS      int64     `json:"peak_rss"`
+	RSSBefore    int64     `json:"rss_before"`
 }
 
 // Target is one of issue 6's targets and whether this run met it.
@@ -284,8 +287,8 @@ func (r *Report) summarize() {
 	seqRound := map[int]float64{}
 	for _, run := range r.Runs {
 		run.GFLOPS = flops / run.Wall / 1e9
-		if peakAll > 0 {
-			run.PctPeak = run.GFLOPS / peakAll
+		if p := cmp.Or(run.PeakGFLOPS, peakAll); p > 0 {
+			run.PctPeak = run.GFLOPS / p
 		}
 		var ub float64
 		for _, name := range []string{"unet", "unet_half"} {
@@ -316,6 +319,7 @@ func (r *Report) summarize() {
 			s.PctPeak += run.PctPeak
 			s.UNetGFLOPS += run.UNetGFLOPS
 			s.PeakRSS = max(s.PeakRSS, run.PeakRSS)
+			s.RSSBefore = max(s.RSSBefore, run.RSSBefore)
 			if b := seqRound[run.Round]; b > 0 {
 				s.Speedups = append(s.Speedups, run.ImagesPerMin/b)
 			}
@@ -401,21 +405,25 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("\n\n")
 	}
-	p("| mode | C | images/min | × sequential | p50 s | p95 s | stage overlap | outside ORT | Go in stages | GFLOP/s | %% of peak | UNet GFLOP/s in call | peak RSS GiB |\n")
+	p("| mode | C | images/min | × sequential | p50 s | p95 s | stage overlap | outside ORT | Go in stages | GFLOP/s | %% of peak | UNet GFLOP/s in call | RSS GiB: peak (models loaded) |\n")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Modes {
 		c := r.Concurrent
 		if s.Mode == Sequential {
 			c = 1
 		}
-		p("| %s | %d | %.2f | %s | %.1f | %.1f | %.0f%% | %.2f%% | %.2f%% | %.0f | %.0f%% | %.0f | %.1f |\n",
+		p("| %s | %d | %.2f | %s | %.1f | %.1f | %.0f%% | %.2f%% | %.2f%% | %.0f | %.0f%% | %.0f | %.1f (%.1f) |\n",
 			s.Mode, c, s.ImagesPerMin, ratios(s.Speedup, s.Speedups), s.LatencyP50, s.LatencyP95,
-			100*s.Overlap, 100*s.OutsideORT, 100*s.GoInStages, s.GFLOPS, 100*s.PctPeak, s.UNetGFLOPS, float64(s.PeakRSS)/(1<<30))
+			100*s.Overlap, 100*s.OutsideORT, 100*s.GoInStages, s.GFLOPS, 100*s.PctPeak, s.UNetGFLOPS, float64(s.PeakRSS)/(1<<30), float64(s.RSSBefore)/(1<<30))
 	}
-	p("\n| run | mode | wall s | encode busy | denoise busy | decode busy | ORT busy ÷ wall | load avg after |\n|---:|---|---:|---:|---:|---:|---:|---|\n")
+	p("\n| run | mode | wall s | encode busy | denoise busy | decode busy | ORT busy ÷ wall | MatMul GFLOP/s just before | load avg after |\n|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
 	for i, run := range r.Runs {
-		p("| %d | %s | %.1f | %.0f%% | %.0f%% | %.0f%% | %.2f | %s |\n", i+1, run.Mode, run.Wall,
-			100*run.Stages["encode"].Frac, 100*run.Stages["denoise"].Frac, 100*run.Stages["decode"].Frac, run.ORTBusy/run.Wall, run.Load)
+		peak := "—"
+		if run.PeakGFLOPS > 0 {
+			peak = fmt.Sprintf("%.0f", run.PeakGFLOPS)
+		}
+		p("| %d | %s | %.1f | %.0f%% | %.0f%% | %.0f%% | %.2f | %s | %s |\n", i+1, run.Mode, run.Wall,
+			100*run.Stages["encode"].Frac, 100*run.Stages["denoise"].Frac, 100*run.Stages["decode"].Frac, run.ORTBusy/run.Wall, peak, run.Load)
 	}
 	if l := r.Latency; l != nil {
 		p("\nSingle request alone (alternating pairs): sequential %s s, engine latency mode %s s; median ratio %.3f (pairs %s); outside ORT %.2f%% / %.2f%%.\n",

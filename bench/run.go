@@ -583,8 +583,19 @@ func outsideFrac(wall float64, st map[string]SessionStats) float64 {
 // stream runs the request stream in mode m.
 func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
 	cfg := h.cfg
+	// the machine's peak right before the stream: on a shared machine it
+	// moves with the load
+	var peak float64
+	if cfg.MatMulN > 0 {
+		r, err := MatMulPeak(ctx, cfg.LibraryPath, cfg.MatMulN, runtime.NumCPU(), 5)
+		if err != nil {
+			return nil, err
+		}
+		peak = r.GFLOPS
+	}
 	runtime.GC()
 	rssOK := resetPeakRSS()
+	rssBefore := procStatus("VmRSS")
 	h.rec.reset()
 	before := h.sessionStats()
 	start := time.Now()
@@ -607,9 +618,9 @@ func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
 		}
 	}
 	end := time.Now()
-	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests, Load: loadAvg()}
+	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests, Load: loadAvg(), PeakGFLOPS: peak}
 	if rssOK {
-		run.PeakRSS = procStatus("VmHWM")
+		run.PeakRSS, run.RSSBefore = procStatus("VmHWM"), rssBefore
 	}
 	run.Sessions = statsDelta(before, h.sessionStats())
 	run.analyze(start, end, timings, h.rec.reset())

@@ -112,7 +112,7 @@ func (s *sequential) generate(ctx context.Context, req pipeline.Request) (*image
 	}
 	tm.decEnd = time.Now()
 	tm.done = tm.decEnd
-	tm.steps = req.Steps
+	tm.steps = len(sch.Timesteps()) // UNet calls, as the engine counts them
 	tm.batch = 1
 	return img, tm, nil
 }
