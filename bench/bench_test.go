@@ -1,10 +1,11 @@
-package bench
+package main
 
 import (
 	"bytes"
 	"encoding/json"
 	"image"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -215,5 +216,33 @@ func TestConfigErrors(t *testing.T) {
 		if err := c.defaults(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+func TestCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	for _, args := range [][]string{
+		{"-modes", "sequential,warp"},
+		{"-attention", "sparse"},
+		{"-arch", "sdxl"},
+	} {
+		if err := run(t.Context(), args, &stdout, &stderr); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	dir := tinyModel(t)
+	out := t.TempDir()
+	args := []string{"-model", dir, "-arch", "tiny", "-n", "2", "-steps", "1", "-size", "64", "-single", "0",
+		"-matmul", "64", "-modes", "sequential,batched", "-out", out, "-q"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"report.json", "report.md", "timeline.svg"} {
+		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	if !strings.Contains(stdout.String(), "| batched |") {
+		t.Errorf("stdout lacks the batched row:\n%s", stdout.String())
 	}
 }

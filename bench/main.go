@@ -1,17 +1,3 @@
-// Command sdbench measures the engine against the plain sequential loop on
-// one model, in one run: throughput of a request stream (sequential,
-// pipelined, pipelined on all cores, dynamic batching), the latency of a
-// single request, time inside ONNX Runtime, stage overlap, peak memory, and
-// achieved GFLOP/s against the machine's MatMul peak measured in the same
-// run. See BENCHMARKS.md.
-//
-//	go run ./bench/cmd/sdbench                       # default: generated SD 1.5 model, 8 requests, 256×256, 10 steps
-//	go run ./bench/cmd/sdbench -rounds 2 -out /tmp/b # ABBA: each mode twice, order reversed in round 2
-//	go run ./bench/cmd/sdbench -model DIR -arch sd15 # any SD 1.x ONNX folder
-//
-// It writes report.json, report.md and timeline.svg to -out (rewritten after
-// each stream, so a run cut short keeps its figures) and prints the Markdown
-// report.
 package main
 
 import (
@@ -27,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sdpipe/sdpipe/bench"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 )
 
@@ -68,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := bench.Config{
+	cfg := Config{
 		ModelDir: *model, LibraryPath: *lib,
 		Requests: *n, Concurrency: *c, Width: *size, Height: *size, Steps: *steps,
 		Scheduler: *sched, Guidance: *guidance, Seed: *seed,
@@ -97,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.Prompts = strings.Split(*prompts, "|")
 	}
 	for _, m := range strings.Split(*modes, ",") {
-		mode, err := bench.ParseMode(strings.TrimSpace(m))
+		mode, err := ParseMode(strings.TrimSpace(m))
 		if err != nil {
 			return err
 		}
@@ -110,8 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var werr error
-	cfg.OnProgress = func(r *bench.Report) { werr = writeReport(*out, r) } // the figures so far
-	rep, err := bench.Run(ctx, cfg)
+	cfg.OnProgress = func(r *Report) { werr = writeReport(*out, r) } // the figures so far
+	rep, err := Run(ctx, cfg)
 	if err != nil {
 		return errors.Join(err, werr)
 	}
@@ -122,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // writeReport writes report.json, report.md and timeline.svg to dir.
-func writeReport(dir string, rep *bench.Report) error {
+func writeReport(dir string, rep *Report) error {
 	write := func(name string, f func(io.Writer) error) error {
 		file, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
