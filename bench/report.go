@@ -175,15 +175,20 @@ type ModeRun struct {
 	OutsideORT  float64 `json:"outside_ort"`
 	// GoInStages is the fraction of the stages' summed time not inside
 	// model calls: tokenizing, scheduler steps, guidance, conversions.
-	GoInStages float64         `json:"go_in_stages"`
-	GFLOPS     float64         `json:"gflops"`      // all requests' FLOPs over Wall
-	PctPeak    float64         `json:"pct_of_peak"` // of the all-threads MatMul
-	PeakGFLOPS float64         `json:"peak_gflops"` // all-threads MatMul measured right before the run (0: not measured)
-	UNetGFLOPS float64         `json:"unet_gflops"` // UNet FLOPs over the UNet sessions' busy time (rate inside a call)
-	PeakRSS    int64           `json:"peak_rss"`    // VmHWM during the run (0: unknown)
-	RSSBefore  int64           `json:"rss_before"`  // VmRSS when the run started: the loaded models
-	Load       string          `json:"loadavg"`     // /proc/loadavg when the run ended
-	Timings    []RequestTiming `json:"timings"`
+	GoInStages float64 `json:"go_in_stages"`
+	GFLOPS     float64 `json:"gflops"`      // all requests' FLOPs over Wall
+	PctPeak    float64 `json:"pct_of_peak"` // of the all-threads MatMul
+	PeakGFLOPS float64 `json:"peak_gflops"` // all-threads MatMul measured right before the run (0: not measured)
+	UNetGFLOPS float64 `json:"unet_gflops"` // UNet FLOPs over the UNet sessions' busy time (rate inside a call)
+	PeakRSS    int64   `json:"peak_rss"`    // VmHWM during the run (0: unknown)
+	RSSBefore  int64   `json:"rss_before"`  // VmRSS when the run started: the loaded models
+	// CPU is the CPU time (user + system) the process used during the
+	// run: on a shared machine a mode with more runnable threads gets a
+	// larger share of the cores, so compare ImagesPerCPUMin too.
+	CPU             float64         `json:"cpu_s"`
+	ImagesPerCPUMin float64         `json:"images_per_cpu_min"`
+	Load            string          `json:"loadavg"` // /proc/loadavg when the run ended
+	Timings         []RequestTiming `json:"timings"`
 }
 
 // StageStat is one stage's time in a run.
@@ -287,6 +292,9 @@ func (r *Report) summarize() {
 	seqRound := map[int]float64{}
 	for _, run := range r.Runs {
 		run.GFLOPS = flops / run.Wall / 1e9
+		if run.CPU > 0 {
+			run.ImagesPerCPUMin = float64(run.Requests) / run.CPU * 60
+		}
 		if p := cmp.Or(run.PeakGFLOPS, peakAll); p > 0 {
 			run.PctPeak = run.GFLOPS / p
 		}
@@ -416,13 +424,13 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 			s.Mode, c, s.ImagesPerMin, ratios(s.Speedup, s.Speedups), s.LatencyP50, s.LatencyP95,
 			100*s.Overlap, 100*s.OutsideORT, 100*s.GoInStages, s.GFLOPS, 100*s.PctPeak, s.UNetGFLOPS, float64(s.PeakRSS)/(1<<30), float64(s.RSSBefore)/(1<<30))
 	}
-	p("\n| run | mode | wall s | encode busy | denoise busy | decode busy | ORT busy ÷ wall | MatMul GFLOP/s just before | load avg after |\n|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
+	p("\n| run | mode | wall s | CPU s (÷ wall) | images per CPU-min | encode busy | denoise busy | decode busy | ORT busy ÷ wall | MatMul GFLOP/s just before | load avg after |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for i, run := range r.Runs {
 		peak := "—"
 		if run.PeakGFLOPS > 0 {
 			peak = fmt.Sprintf("%.0f", run.PeakGFLOPS)
 		}
-		p("| %d | %s | %.1f | %.0f%% | %.0f%% | %.0f%% | %.2f | %s | %s |\n", i+1, run.Mode, run.Wall,
+		p("| %d | %s | %.1f | %.0f (%.2f) | %.3f | %.0f%% | %.0f%% | %.0f%% | %.2f | %s | %s |\n", i+1, run.Mode, run.Wall, run.CPU, run.CPU/run.Wall, run.ImagesPerCPUMin,
 			100*run.Stages["encode"].Frac, 100*run.Stages["denoise"].Frac, 100*run.Stages["decode"].Frac, run.ORTBusy/run.Wall, peak, run.Load)
 	}
 	if l := r.Latency; l != nil {

@@ -598,6 +598,7 @@ func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
 	rssBefore := procStatus("VmRSS")
 	h.rec.reset()
 	before := h.sessionStats()
+	cpu0 := cpuTime()
 	start := time.Now()
 	timings := make([]RequestTiming, cfg.Requests)
 	if m == Sequential {
@@ -618,11 +619,13 @@ func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
 		}
 	}
 	end := time.Now()
+	cpu := cpuTime() - cpu0
 	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests, Load: loadAvg(), PeakGFLOPS: peak}
 	if rssOK {
 		run.PeakRSS, run.RSSBefore = procStatus("VmHWM"), rssBefore
 	}
 	run.Sessions = statsDelta(before, h.sessionStats())
+	run.CPU = cpu.Seconds()
 	run.analyze(start, end, timings, h.rec.reset())
 	return run, nil
 }
