@@ -463,10 +463,16 @@ func ratios(m float64, all []float64) string {
 	return fmt.Sprintf("%.2f (%s)", m, floats(all, 2))
 }
 
+// floats formats up to 10 values; more are elided (the JSON has them all).
 func floats(v []float64, prec int) string {
-	s := make([]string, len(v))
+	const most = 10
+	var s []string
 	for i, x := range v {
-		s[i] = fmt.Sprintf("%.*f", prec, x)
+		if i == most {
+			s = append(s, fmt.Sprintf("… %d more", len(v)-most))
+			break
+		}
+		s = append(s, fmt.Sprintf("%.*f", prec, x))
 	}
 	return strings.Join(s, ", ")
 }
