@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/modelgen"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "sdbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sdbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		model     = fs.String("model", "", "model folder (default: the generated SD 1.5 model, created in the cache on first use)")
+		arch      = fs.String("arch", "sd15", "architecture for MAC counts: sd15 or tiny")
+		attention = fs.String("attention", "efficient", "attention form of the generated default model: efficient or baddbmm")
+		lib       = fs.String("lib", "", "ONNX Runtime library (default: $ONNXRUNTIME_SHARED_LIBRARY_PATH, the setup cache, the system)")
+		n         = fs.Int("n", 8, "requests in a stream")
+		c         = fs.Int("c", 0, "requests in flight at once in the engine modes (default: n)")
+		size      = fs.Int("size", 256, "image width and height")
+		steps     = fs.Int("steps", 10, "denoising steps")
+		sched     = fs.String("scheduler", "", "scheduler (default: the model's)")
+		guidance  = fs.Float64("guidance", 7.5, "guidance scale (> 1)")
+		prompts   = fs.String("prompts", "", "prompts separated by '|' (default: four built-in ones)")
+		seed      = fs.Int64("seed", 1, "seed of the first request")
+		modes     = fs.String("modes", "sequential,pipelined,batched,pipelined-full", "stream modes, comma-separated")
+		rounds    = fs.Int("rounds", 1, "times each stream mode runs (order reversed every other round)")
+		single    = fs.Int("single", 3, "single-request pairs, sequential vs latency mode (0: skip)")
+		maxBatch  = fs.Int("batch", 2, "images a UNet call in the batched mode")
+		wait      = fs.Duration("batch-wait", time.Second, "batched mode's wait for a batch to fill")
+		matmul    = fs.Int("matmul", 2048, "size of the MatMul peak measurement (0: skip)")
+		out       = fs.String("out", "bench-out", "folder for report.json, report.md and timeline.svg")
+		quiet     = fs.Bool("q", false, "no progress on stderr")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := Config{
+		ModelDir: *model, LibraryPath: *lib,
+		Requests: *n, Concurrency: *c, Width: *size, Height: *size, Steps: *steps,
+		Scheduler: *sched, Guidance: *guidance, Seed: *seed,
+		Rounds: *rounds, LatencyRepeats: *single, MaxBatch: *maxBatch, BatchWait: *wait,
+		MatMulN: *matmul,
+	}
+	if *single == 0 {
+		cfg.LatencyRepeats = -1
+	}
+	if *matmul == 0 {
+		cfg.MatMulN = -1
+	}
+	var err error
+	if cfg.Arch, err = modelgen.ConfigByName(*arch); err != nil {
+		return err
+	}
+	switch *attention {
+	case "efficient":
+		cfg.Attention = modelgen.Efficient
+	case "baddbmm":
+		cfg.Attention = modelgen.Baddbmm
+	default:
+		return fmt.Errorf("-attention: %q is not efficient or baddbmm", *attention)
+	}
+	if *prompts != "" {
+		cfg.Prompts = strings.Split(*prompts, "|")
+	}
+	for _, m := range strings.Split(*modes, ",") {
+		mode, err := ParseMode(strings.TrimSpace(m))
+		if err != nil {
+			return err
+		}
+		cfg.Modes = append(cfg.Modes, mode)
+	}
+	if !*quiet {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	var werr error
+	cfg.OnProgress = func(r *Report) { werr = writeReport(*out, r) } // the figures so far
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		return errors.Join(err, werr)
+	}
+	if err := writeReport(*out, rep); err != nil {
+		return err
+	}
+	return rep.WriteMarkdown(stdout)
+}
+
+// writeReport writes report.json, report.md and timeline.svg to dir.
+func writeReport(dir string, rep *Report) error {
+	write := func(name string, f func(io.Writer) error) error {
+		file, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		return errors.Join(f(file), file.Close())
+	}
+	return errors.Join(
+		write("report.json", rep.WriteJSON),
+		write("report.md", rep.WriteMarkdown),
+		write("timeline.svg", func(w io.Writer) error { return rep.WriteTimelineSVG(w, 1) }),
+	)
+}

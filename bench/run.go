@@ -1,0 +1,647 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/sd"
+	"github.com/sdpipe/sdpipe/unet"
+)
+
+// Mode is a way of running the request stream.
+type Mode string
+
+// The modes Run measures.
+const (
+	// Sequential is the plain loop on the folder's components (text
+	// encoder, UNet, VAE decoder, scheduler), one request after another,
+	// every model call on all cores. The baseline.
+	Sequential Mode = "sequential"
+	// Pipelined is the engine with sd.Throughput's settings: two denoise
+	// workers whose UNet session has NumCPU/2 intra-op threads, one encode
+	// and one decode worker on all cores, Concurrency requests in flight.
+	Pipelined Mode = "pipelined"
+	// PipelinedFull is the engine with sd.Latency's settings (one worker a
+	// stage, every session on all cores) but Concurrency requests in
+	// flight, so encoding and decoding overlap denoising.
+	PipelinedFull Mode = "pipelined-full"
+	// Batched is the engine with one denoise worker on all cores and
+	// dynamic batching of up to MaxBatch requests a UNet call.
+	Batched Mode = "batched"
+)
+
+// AllModes lists the stream modes in the order Run measures them.
+var AllModes = []Mode{Sequential, Pipelined, Batched, PipelinedFull}
+
+// ParseMode returns the Mode named s.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range AllModes {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("bench: unknown mode %q (want one of %v)", s, AllModes)
+}
+
+// DefaultPrompts are the prompts the stream cycles through.
+var DefaultPrompts = []string{
+	"a lighthouse at dusk, oil painting",
+	"a red fox in the snow, photograph, detailed",
+	"an astronaut riding a horse on mars",
+	"a bowl of ramen, studio lighting, 8k",
+}
+
+// Config describes a benchmark run. The zero value of each field means its
+// default.
+type Config struct {
+	// ModelDir is the model folder; "" means DefaultModel(Attention).
+	ModelDir string
+	// Attention picks the generated default model's attention form.
+	Attention modelgen.AttentionForm
+	// Arch is the architecture of the model, for MAC counts; a zero Name
+	// means modelgen.SD15(). A model of another architecture gives wrong
+	// GFLOP/s figures.
+	Arch        modelgen.Config
+	LibraryPath string // ONNX Runtime library, as sd.WithLibraryPath
+
+	Requests    int     // N, the requests of a stream; 0 means 8
+	Concurrency int     // C, requests in flight at once in the engine modes; 0 means Requests
+	Width       int     // 0 means 256
+	Height      int     // 0 means 256
+	Steps       int     // 0 means 10
+	Scheduler   string  // "" means the model's own
+	Guidance    float64 // 0 means 7.5 (must be > 1: the sequential loop always guides)
+	Prompts     []string
+	Seed        int64 // request i uses Seed+i
+
+	Modes  []Mode // stream modes; nil means AllModes
+	Rounds int    // times each stream mode runs, order reversed every other round; 0 means 1
+	// LatencyRepeats is the number of single-request pairs (sequential,
+	// then the engine in latency mode, alternating which goes first); 0
+	// means 3, negative skips them.
+	LatencyRepeats int
+
+	MaxBatch  int           // Batched mode's images a UNet call; 0 means 2
+	BatchWait time.Duration // Batched mode's wait for a batch to fill; 0 means 1s
+
+	MatMulN    int // matrix size of the peak measurement; 0 means 2048, negative skips it
+	MatMulRuns int // 0 means 10
+
+	Logger *slog.Logger // progress; nil discards
+	// OnProgress, when set, is called with the report so far after each
+	// stream, from Run's goroutine, so that a long run cut short leaves
+	// its figures. The report is Run's: read it before returning.
+	OnProgress func(*Report)
+}
+
+func (c *Config) defaults() error {
+	c.Requests = cmp.Or(c.Requests, 8)
+	c.Concurrency = cmp.Or(c.Concurrency, c.Requests)
+	c.Width = cmp.Or(c.Width, 256)
+	c.Height = cmp.Or(c.Height, 256)
+	c.Steps = cmp.Or(c.Steps, 10)
+	c.Guidance = cmp.Or(c.Guidance, 7.5)
+	if len(c.Prompts) == 0 {
+		c.Prompts = DefaultPrompts
+	}
+	if c.Modes == nil {
+		c.Modes = AllModes
+	}
+	c.Rounds = cmp.Or(c.Rounds, 1)
+	c.LatencyRepeats = cmp.Or(c.LatencyRepeats, 3)
+	c.MaxBatch = cmp.Or(c.MaxBatch, 2)
+	c.BatchWait = cmp.Or(c.BatchWait, time.Second)
+	c.MatMulN = cmp.Or(c.MatMulN, 2048)
+	c.MatMulRuns = cmp.Or(c.MatMulRuns, 10)
+	if c.Arch.Name == "" {
+		c.Arch = modelgen.SD15()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.Requests < 1 || c.Concurrency < 1 || c.Rounds < 1:
+		return fmt.Errorf("bench: requests, concurrency and rounds must be positive")
+	case c.Width%8 != 0 || c.Height%8 != 0 || c.Width < 8 || c.Height < 8:
+		return fmt.Errorf("bench: size %dx%d is not a positive multiple of 8", c.Width, c.Height)
+	case c.Steps < 1:
+		return fmt.Errorf("bench: steps must be positive")
+	case !(c.Guidance > 1):
+		return fmt.Errorf("bench: guidance %v must be above 1", c.Guidance)
+	case c.MaxBatch < 1:
+		return fmt.Errorf("bench: max batch must be positive")
+	}
+	for _, m := range c.Modes {
+		if _, err := ParseMode(string(m)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// request returns request i of the stream, resolved.
+func (c *Config) request(i int) pipeline.Request {
+	return pipeline.Request{
+		Prompt:        c.Prompts[i%len(c.Prompts)],
+		Width:         c.Width,
+		Height:        c.Height,
+		Steps:         c.Steps,
+		GuidanceScale: c.Guidance,
+		Scheduler:     c.Scheduler,
+		Seed:          c.Seed + int64(i),
+		Generator:     rng.KindNumpy,
+	}
+}
+
+// RequestTiming is one request's timeline, in seconds from the start of
+// its run.
+type RequestTiming struct {
+	Index        int     `json:"index"`
+	Submit       float64 `json:"submit"`
+	EncodeStart  float64 `json:"encode_start"`
+	EncodeEnd    float64 `json:"encode_end"`
+	DenoiseStart float64 `json:"denoise_start"`
+	DenoiseEnd   float64 `json:"denoise_end"`
+	DecodeStart  float64 `json:"decode_start"`
+	DecodeEnd    float64 `json:"decode_end"`
+	Latency      float64 `json:"latency"` // Submit to result
+	Steps        int     `json:"steps"`
+	Batch        int     `json:"batch"` // requests sharing the UNet calls
+
+	submitted, encStart, encEnd, denStart, denEnd, decStart, decEnd, done time.Time
+	steps, batch                                                          int
+}
+
+func fromMetrics(m pipeline.RequestMetrics) RequestTiming {
+	var t RequestTiming
+	t.submitted = m.Submitted
+	t.encStart = m.Submitted.Add(m.EncodeQueue)
+	t.encEnd = t.encStart.Add(m.Encode)
+	t.denStart = t.encEnd.Add(m.DenoiseQueue)
+	t.denEnd = t.denStart.Add(m.Denoise)
+	t.decStart = t.denEnd.Add(m.DecodeQueue)
+	t.decEnd = t.decStart.Add(m.Decode)
+	t.done = m.Submitted.Add(m.Total)
+	t.steps, t.batch = m.Steps, m.BatchSize
+	return t
+}
+
+// fill sets the exported fields relative to origin.
+func (t *RequestTiming) fill(i int, origin time.Time) {
+	s := func(x time.Time) float64 { return x.Sub(origin).Seconds() }
+	t.Index = i
+	t.Submit, t.EncodeStart, t.EncodeEnd = s(t.submitted), s(t.encStart), s(t.encEnd)
+	t.DenoiseStart, t.DenoiseEnd = s(t.denStart), s(t.denEnd)
+	t.DecodeStart, t.DecodeEnd = s(t.decStart), s(t.decEnd)
+	t.Latency = t.done.Sub(t.submitted).Seconds()
+	t.Steps, t.Batch = t.steps, t.batch
+}
+
+// harness holds what the runs share.
+type harness struct {
+	cfg     Config
+	model   *sd.Model
+	f       *sd.Folder
+	half    *unet.Model // UNet session with NumCPU/2 threads, for Pipelined
+	rec     *callRecorder
+	seq     *sequential
+	engines map[Mode]*pipeline.Pipeline
+	stats   map[string]*ort.Session
+}
+
+func (h *harness) close() error {
+	var errs []error
+	for _, p := range h.engines {
+		errs = append(errs, p.Close())
+	}
+	if h.half != nil {
+		errs = append(errs, h.half.Close())
+	}
+	if h.model != nil {
+		errs = append(errs, h.model.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (h *harness) components(u pipeline.Denoiser) pipeline.Components {
+	f := h.f
+	return pipeline.Components{
+		Tokenizer:           f.Tokenizer,
+		TextEncoder:         h.rec.encoder(f.TextEncoder),
+		UNet:                h.rec.denoiser(u),
+		VAEDecoder:          h.rec.decoder(f.VAEDecoder),
+		Scheduler:           f.Scheduler,
+		ScalingFactor:       f.ScalingFactor,
+		LatentChannels:      f.UNet.OutChannels(),
+		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
+		ModelName:           filepath.Base(filepath.Clean(f.Dir)),
+	}
+}
+
+// sessionStats returns each session's (calls, busy).
+func (h *harness) sessionStats() map[string]SessionStats {
+	out := map[string]SessionStats{}
+	for name, s := range h.stats {
+		c, b := s.Stats()
+		out[name] = SessionStats{Calls: c, Busy: b.Seconds()}
+	}
+	return out
+}
+
+// SessionStats is an ONNX Runtime session's call count and the seconds
+// spent inside ONNX Runtime.
+type SessionStats struct {
+	Calls int64   `json:"calls"`
+	Busy  float64 `json:"busy_s"`
+}
+
+func statsDelta(a, b map[string]SessionStats) map[string]SessionStats {
+	out := map[string]SessionStats{}
+	for k, v := range b {
+		d := SessionStats{Calls: v.Calls - a[k].Calls, Busy: v.Busy - a[k].Busy}
+		if d.Calls > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// Run runs the benchmark described by cfg and returns its report. It takes
+// minutes on the default model: model generation on first use, loading,
+// warm-up, then every mode. ctx cancels it.
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if cfg.ModelDir == "" {
+		log.Info("bench: preparing the default model", "dir", DefaultModelDir(cfg.Attention))
+		if cfg.ModelDir, err = DefaultModel(cfg.Attention); err != nil {
+			return nil, err
+		}
+	}
+	rep = newReport(cfg)
+	if rep.ORTVersion, rep.ORTLibrary, err = ort.Version(cfg.LibraryPath); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+
+	// The machine's compute reference, before anything else loads it.
+	if cfg.MatMulN > 0 {
+		threads := []int{1}
+		if n := runtime.NumCPU() / 2; n > 1 {
+			threads = append(threads, n)
+		}
+		if n := runtime.NumCPU(); n > 1 {
+			threads = append(threads, n)
+		}
+		for _, t := range threads {
+			r, err := MatMulPeak(ctx, cfg.LibraryPath, cfg.MatMulN, t, cfg.MatMulRuns)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("bench: matmul", "threads", t, "gflops", r.GFLOPS)
+			rep.MatMul = append(rep.MatMul, r)
+		}
+	}
+
+	h := &harness{cfg: cfg, rec: newCallRecorder(), engines: map[Mode]*pipeline.Pipeline{}}
+	defer func() { err = errors.Join(err, h.close()) }()
+	t0 := time.Now()
+	opts := []sd.Option{sd.WithoutVAEEncoder()}
+	if cfg.LibraryPath != "" {
+		opts = append(opts, sd.WithLibraryPath(cfg.LibraryPath))
+	}
+	if h.model, err = sd.Open(ctx, cfg.ModelDir, opts...); err != nil {
+		return nil, err
+	}
+	h.f = h.model.Folder()
+	rep.LoadS = time.Since(t0).Seconds()
+	rep.SeqLen = h.f.Tokenizer.MaxLength()
+	calls, err := unetCalls(h.f, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rep.setWork(cfg, calls)
+	h.stats = map[string]*ort.Session{
+		"text_encoder": h.f.TextEncoder.Session(),
+		"unet":         h.f.UNet.Session(),
+		"vae_decoder":  h.f.VAEDecoder.Session(),
+	}
+	halfThreads := max(1, runtime.NumCPU()/2)
+	if slices.Contains(cfg.Modes, Pipelined) || cfg.MatMulN > 0 {
+		p := filepath.Join(cfg.ModelDir, "unet", "model.onnx")
+		if h.half, err = unet.Open(ctx, p, ort.Options{LibraryPath: cfg.LibraryPath, IntraOpThreads: halfThreads}); err != nil {
+			return nil, err
+		}
+		h.stats["unet_half"] = h.half.Session()
+	}
+	h.seq = &sequential{f: h.f, enc: h.rec.encoder(h.f.TextEncoder), den: h.rec.denoiser(h.f.UNet), dec: h.rec.decoder(h.f.VAEDecoder)}
+	for _, m := range cfg.Modes {
+		var p *pipeline.Pipeline
+		switch m {
+		case Pipelined:
+			p, err = pipeline.New(h.components(h.half), pipeline.Options{EncodeWorkers: 1, DenoiseWorkers: 2, DecodeWorkers: 1})
+		case PipelinedFull:
+			p, err = pipeline.New(h.components(h.f.UNet), pipeline.Options{})
+		case Batched:
+			p, err = pipeline.New(h.components(h.f.UNet), pipeline.Options{MaxBatch: cfg.MaxBatch, MaxBatchWait: cfg.BatchWait})
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p != nil {
+			h.engines[m] = p
+		}
+	}
+	log.Info("bench: loaded", "dir", cfg.ModelDir, "seconds", rep.LoadS)
+
+	if err := h.warmUp(ctx); err != nil {
+		return nil, err
+	}
+	if h.half != nil {
+		if rep.UNetScaling, err = h.unetScaling(ctx, halfThreads); err != nil {
+			return nil, err
+		}
+	}
+	for r := range cfg.Rounds {
+		order := slices.Clone(cfg.Modes)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, m := range order {
+			log.Info("bench: stream", "mode", m, "round", r+1, "requests", cfg.Requests, "concurrency", h.concurrency(m))
+			run, err := h.stream(ctx, m)
+			if err != nil {
+				return nil, fmt.Errorf("bench: %s: %w", m, err)
+			}
+			run.Round = r + 1
+			log.Info("bench: stream done", "mode", m, "wall", run.Wall, "images/min", run.ImagesPerMin, "load", run.Load)
+			rep.Runs = append(rep.Runs, run)
+			rep.summarize()
+			if cfg.OnProgress != nil {
+				cfg.OnProgress(rep)
+			}
+		}
+	}
+	// single requests last, so that a run cut short still has the streams
+	if cfg.LatencyRepeats > 0 {
+		if rep.Latency, err = h.latencyPairs(ctx); err != nil {
+			return nil, err
+		}
+	}
+	rep.PeakRSS = procStatus("VmHWM") // after resets: the last mode's
+	rep.summarize()
+	return rep, nil
+}
+
+func (h *harness) concurrency(m Mode) int {
+	if m == Sequential {
+		return 1
+	}
+	return h.cfg.Concurrency
+}
+
+// warmUp runs a short request through every path, so that the sessions'
+// slow first calls at these shapes are not timed.
+func (h *harness) warmUp(ctx context.Context) error {
+	req := h.cfg.request(0)
+	req.Steps = min(req.Steps, 2)
+	h.cfg.Logger.Info("bench: warming up")
+	if _, _, err := h.seq.generate(ctx, req); err != nil {
+		return fmt.Errorf("bench: warm-up: %w", err)
+	}
+	if _, err := h.model.Generate(ctx, req); err != nil {
+		return fmt.Errorf("bench: warm-up: %w", err)
+	}
+	for m, p := range h.engines {
+		n := 1
+		switch m {
+		case Pipelined:
+			n = 2 // both denoise workers
+		case Batched:
+			n = h.cfg.MaxBatch // the batched shape
+		}
+		if _, err := runEngine(ctx, p, req, n, n); err != nil {
+			return fmt.Errorf("bench: warm-up %s: %w", m, err)
+		}
+	}
+	h.rec.reset()
+	return nil
+}
+
+// runEngine runs n copies of req (seeds req.Seed+i), c at a time, and
+// returns their metrics in request order.
+func runEngine(ctx context.Context, p *pipeline.Pipeline, req pipeline.Request, n, c int) ([]pipeline.RequestMetrics, error) {
+	return runEngineFunc(ctx, p, func(i int) pipeline.Request {
+		r := req
+		r.Seed += int64(i)
+		return r
+	}, n, c, nil)
+}
+
+func runEngineFunc(ctx context.Context, p *pipeline.Pipeline, req func(int) pipeline.Request, n, c int, images []image.Image) ([]pipeline.RequestMetrics, error) {
+	out := make([]pipeline.RequestMetrics, n)
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(c, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				res, err := p.Generate(ctx, req(i))
+				if err != nil {
+					errs[i] = err
+					continue
+				}
+				out[i] = res.Metrics
+				if images != nil && len(res.Images) > 0 {
+					images[i] = res.Images[0]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// unetScaling times one guided UNet call on all cores and on half of them,
+// alternating, after the warm-up.
+func (h *harness) unetScaling(ctx context.Context, halfThreads int) (*Scaling, error) {
+	cfg := h.cfg
+	lc, lh, lw := h.f.UNet.OutChannels(), cfg.Height/8, cfg.Width/8
+	x := make([]float32, 2*lc*lh*lw)
+	for i := range x {
+		x[i] = float32(i%31)/31 - 0.5
+	}
+	hidden := h.f.TextEncoder.HiddenSize()
+	if hidden == 0 {
+		hidden = cfg.Arch.Text.Hidden
+	}
+	cond := make([]float32, 2*h.f.Tokenizer.MaxLength()*hidden)
+	for i := range cond {
+		cond[i] = float32(i%17)/17 - 0.5
+	}
+	call := func(u *unet.Model) (float64, error) {
+		t0 := time.Now()
+		_, err := u.Predict(ctx, tensor.New(tensor.WithShape(2, lc, lh, lw), tensor.WithBacking(x)), []float64{500},
+			tensor.New(tensor.WithShape(2, h.f.Tokenizer.MaxLength(), hidden), tensor.WithBacking(cond)))
+		return time.Since(t0).Seconds(), err
+	}
+	s := &Scaling{FewThreads: halfThreads, AllThreads: runtime.NumCPU()}
+	var all, few []float64
+	for range 2 {
+		a, err := call(h.f.UNet)
+		if err != nil {
+			return nil, err
+		}
+		f, err := call(h.half)
+		if err != nil {
+			return nil, err
+		}
+		all, few = append(all, a), append(few, f)
+	}
+	s.AllS, s.FewS = slices.Min(all), slices.Min(few)
+	s.Speedup = s.FewS / s.AllS
+	h.cfg.Logger.Info("bench: unet thread scaling", "all", s.AllS, "few", s.FewS, "speedup", s.Speedup)
+	return s, nil
+}
+
+// Scaling is the time of one guided UNet call on few and on all threads.
+type Scaling struct {
+	FewThreads int     `json:"few_threads"`
+	AllThreads int     `json:"all_threads"`
+	FewS       float64 `json:"few_s"`
+	AllS       float64 `json:"all_s"`
+	Speedup    float64 `json:"speedup"` // FewS / AllS
+}
+
+// latencyPairs times single requests: the sequential loop against the
+// engine opened by sd.Open in its default latency mode.
+func (h *harness) latencyPairs(ctx context.Context) (*LatencyCompare, error) {
+	lc := &LatencyCompare{}
+	req := h.cfg.request(0)
+	for i := range h.cfg.LatencyRepeats {
+		for k := range 2 {
+			engineFirst := i%2 == 1
+			if (k == 0) == engineFirst {
+				before := h.sessionStats()
+				t0 := time.Now()
+				res, err := h.model.Generate(ctx, req)
+				if err != nil {
+					return nil, err
+				}
+				wall := time.Since(t0).Seconds()
+				lc.Engine = append(lc.Engine, wall)
+				lc.EngineOutside = append(lc.EngineOutside, outsideFrac(wall, statsDelta(before, h.sessionStats())))
+				_ = res
+			} else {
+				before := h.sessionStats()
+				t0 := time.Now()
+				if _, _, err := h.seq.generate(ctx, req); err != nil {
+					return nil, err
+				}
+				wall := time.Since(t0).Seconds()
+				lc.Sequential = append(lc.Sequential, wall)
+				lc.SequentialOutside = append(lc.SequentialOutside, outsideFrac(wall, statsDelta(before, h.sessionStats())))
+			}
+		}
+		h.cfg.Logger.Info("bench: single request", "pair", i+1, "sequential", lc.Sequential[i], "engine", lc.Engine[i])
+	}
+	h.rec.reset()
+	lc.summarize()
+	return lc, nil
+}
+
+func outsideFrac(wall float64, st map[string]SessionStats) float64 {
+	var busy float64
+	for _, s := range st {
+		busy += s.Busy
+	}
+	return (wall - busy) / wall
+}
+
+// stream runs the request stream in mode m.
+func (h *harness) stream(ctx context.Context, m Mode) (*ModeRun, error) {
+	cfg := h.cfg
+	// the machine's peak right before the stream: on a shared machine it
+	// moves with the load
+	var peak float64
+	if cfg.MatMulN > 0 {
+		r, err := MatMulPeak(ctx, cfg.LibraryPath, cfg.MatMulN, runtime.NumCPU(), 5)
+		if err != nil {
+			return nil, err
+		}
+		peak = r.GFLOPS
+	}
+	runtime.GC()
+	rssOK := resetPeakRSS()
+	rssBefore := procStatus("VmRSS")
+	h.rec.reset()
+	before := h.sessionStats()
+	cpu0 := cpuTime()
+	start := time.Now()
+	timings := make([]RequestTiming, cfg.Requests)
+	if m == Sequential {
+		for i := range cfg.Requests {
+			_, tm, err := h.seq.generate(ctx, cfg.request(i))
+			if err != nil {
+				return nil, err
+			}
+			timings[i] = tm
+		}
+	} else {
+		ms, err := runEngineFunc(ctx, h.engines[m], cfg.request, cfg.Requests, cfg.Concurrency, nil)
+		if err != nil {
+			return nil, err
+		}
+		for i, rm := range ms {
+			timings[i] = fromMetrics(rm)
+		}
+	}
+	end := time.Now()
+	cpu := cpuTime() - cpu0
+	run := &ModeRun{Mode: m, Concurrency: h.concurrency(m), Requests: cfg.Requests, Load: loadAvg(), PeakGFLOPS: peak}
+	if rssOK {
+		run.PeakRSS, run.RSSBefore = procStatus("VmHWM"), rssBefore
+	}
+	run.Sessions = statsDelta(before, h.sessionStats())
+	run.CPU = cpu.Seconds()
+	run.analyze(start, end, timings, h.rec.reset())
+	return run, nil
+}
+
+// unetCalls returns the number of UNet calls of one request: the length of
+// the scheduler's timesteps (PNDM makes one more than Steps).
+func unetCalls(f *sd.Folder, cfg Config) (int, error) {
+	name := cmp.Or(cfg.Scheduler, f.Scheduler.ClassName())
+	s, err := scheduler.New(name, f.Scheduler, scheduler.Options{
+		Steps: cfg.Steps, Size: f.UNet.OutChannels() * cfg.Height / 8 * cfg.Width / 8, Noise: zeroNoise{}})
+	if err != nil {
+		return 0, fmt.Errorf("bench: %w", err)
+	}
+	return len(s.Timesteps()), nil
+}
+
+type zeroNoise struct{}
+
+func (zeroNoise) Randn(dst []float32) { clear(dst) }
