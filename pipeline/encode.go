@@ -85,6 +85,17 @@ func imageTensor(img image.Image) *tensor.Dense {
 	b := img.Bounds()
 	w, h := b.Dx(), b.Dy()
 	d := make([]float32, 3*w*h)
+	if n, ok := img.(*image.NRGBA); ok { // the common case, without a conversion per pixel
+		for y := range h {
+			row := n.Pix[(y+b.Min.Y-n.Rect.Min.Y)*n.Stride+(b.Min.X-n.Rect.Min.X)*4:]
+			for x := range w {
+				for c := range 3 {
+					d[c*w*h+y*w+x] = 2*(float32(row[x*4+c])/255) - 1
+				}
+			}
+		}
+		return tensor.New(tensor.WithShape(1, 3, h, w), tensor.WithBacking(d))
+	}
 	for y := range h {
 		for x := range w {
 			c := color.NRGBAModel.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA) // alpha dropped, as PIL's convert("RGB")

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"image"
 	"math"
 	"path/filepath"
 	"strings"
@@ -89,5 +90,17 @@ func TestWeightedAndLongPrompts(t *testing.T) {
 	}
 	if _, err := p.Submit(t.Context(), Request{Prompt: strings.Repeat("(", 200) + "x"}); err != nil {
 		t.Logf("deeply nested prompt: %v", err) // an error is fine, a panic is not
+	}
+}
+
+func TestImageTensorFastPathMatches(t *testing.T) {
+	img := image.NewNRGBA(image.Rect(3, 5, 3+16, 5+8))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i * 7)
+	}
+	fast := imageTensor(img).Data().([]float32)
+	slow := imageTensor(struct{ image.Image }{img}).Data().([]float32) // hides the concrete type
+	if d := testenv.MaxAbsDiff(fast, slow); d != 0 {
+		t.Errorf("fast path differs from the generic one by %g", d)
 	}
 }
