@@ -72,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		mode      = fs.String("mode", "throughput", "engine mode: latency or throughput")
 		threads   = fs.Int("threads", 0, "intra-op threads per model (0 = ONNX Runtime's default)")
 		grace     = fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is canceled")
+		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
+		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
 
 		load     = fs.Bool("load", false, "run as a load generator against -url instead of serving")
 		loadURL  = fs.String("url", "http://127.0.0.1:7860", "load: the service's base URL (loopback only)")
@@ -118,6 +120,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
+	if *warmup {
+		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
+	}
+	if *rewrites {
+		opts = append(opts, sd.WithRewrites())
+	}
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
 		if *threads > 0 {
 			opts = append(opts, sd.WithThreads(c, *threads))
