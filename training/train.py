@@ -69,19 +69,15 @@ def to_tensor(imgs):
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def stage_vae(work, imgs, steps, batch=32):
-    path = os.path.join(work, "vae.pt")
-    enc, dec = nets.Encoder(), nets.Decoder()
-    if os.path.exists(path):
-        sd = torch.load(path)
-        enc.load_state_dict(sd["enc"])
-        dec.load_state_dict(sd["dec"])
-        return enc, dec
-    torch.manual_seed(2)
-    g = torch.Generator().manual_seed(3)
+def train_vae(enc, dec, imgs, steps, batch, lr, klw, seed, label, onecycle):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
+    opt = torch.optim.Adam(params, lr=lr)
+    if onecycle:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr / 100)
     t0 = time.time()
     for step in range(steps):
         idx = torch.randint(len(imgs), (batch,), generator=g)
@@ -91,13 +87,36 @@ def stage_vae(work, imgs, steps, batch=32):
         y = dec(z)
         rec = (y - x).abs().mean() + 0.5 * (y - x).pow(2).mean()
         kl = 0.5 * (m.pow(2) + lv.exp() - 1 - lv).mean()
-        loss = rec + 1e-4 * kl
+        loss = rec + klw * kl
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            log(f"vae {step}/{steps} rec {rec.item():.4f} kl {kl.item():.2f} {time.time() - t0:.0f}s")
+            log(f"{label} {step}/{steps} rec {rec.item():.4f} kl {kl.item():.2f} {time.time() - t0:.0f}s")
+
+
+def stage_vae(work, imgs, steps_a, steps_b):
+    """Phase A: 32-image batches, KL weight 1e-4, one-cycle LR. Phase B:
+    more updates on 16-image batches with a cosine LR and SD's KL weight
+    (1e-6), which sharpens small shapes a lot."""
+    path = os.path.join(work, "vae.pt")
+    torch.manual_seed(1)
+    enc, dec = nets.Encoder(), nets.Decoder()
+    if os.path.exists(path):
+        sd = torch.load(path)
+        enc.load_state_dict(sd["enc"])
+        dec.load_state_dict(sd["dec"])
+        return enc, dec
+    path_a = os.path.join(work, "vae_a.pt")
+    if os.path.exists(path_a):
+        sd = torch.load(path_a)
+        enc.load_state_dict(sd["enc"])
+        dec.load_state_dict(sd["dec"])
+    else:
+        train_vae(enc, dec, imgs, steps_a, 32, 2e-3, 1e-4, 2, "vae-a", True)
+        torch.save({"enc": enc.state_dict(), "dec": dec.state_dict()}, path_a)
+    train_vae(enc, dec, imgs, steps_b, 16, 1e-3, 1e-6, 12, "vae-b", False)
     torch.save({"enc": enc.state_dict(), "dec": dec.state_dict()}, path)
     return enc, dec
 
@@ -120,6 +139,7 @@ def stage_latents(work, enc, imgs):
 
 def stage_unet(work, tok, attrs, lat, sf, steps, batch=64):
     path = os.path.join(work, "unet.pt")
+    torch.manual_seed(4)
     te = nets.CLIPText(len(tok.encoder), d=HIDDEN)
     un = nets.UNet(ctx=HIDDEN, ch=UNET_CH)
     if os.path.exists(path):
@@ -253,9 +273,11 @@ def main():
     ap.add_argument("--out", default="models/default", help="model folder to write")
     ap.add_argument("--work", default="training/work", help="checkpoints (resumable)")
     ap.add_argument("--images", type=int, default=24000)
-    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--vae-steps", type=int, default=1200, help="phase A")
+    ap.add_argument("--vae-finetune-steps", type=int, default=2400, help="phase B")
     ap.add_argument("--unet-steps", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--partial", action="store_true", help="export the last partial UNet checkpoint (to look at progress)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -263,9 +285,17 @@ def main():
     tok = stage_tokenizer(args.work)
     imgs, attrs = data.dataset(args.images, seed=7)
     log(f"data: {len(imgs)} images")
-    enc, dec = stage_vae(args.work, imgs, args.vae_steps)
+    enc, dec = stage_vae(args.work, imgs, args.vae_steps, args.vae_finetune_steps)
     lat = stage_latents(args.work, enc, imgs)
-    te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_steps)
+    if args.partial:
+        te = nets.CLIPText(len(tok.encoder), d=HIDDEN)
+        un = nets.UNet(ctx=HIDDEN, ch=UNET_CH)
+        sd = torch.load(os.path.join(args.work, "unet.pt.partial"))
+        te.load_state_dict(sd["te"])
+        un.load_state_dict(sd["un"])
+        log(f"partial checkpoint at step {sd['step'] + 1}")
+    else:
+        te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_steps)
     export(args.out, tok, te, un, enc, dec, lat["scaling_factor"])
     log(f"total {time.time() - t0:.0f}s")
 
