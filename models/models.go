@@ -1,0 +1,170 @@
+package models
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+)
+
+//go:embed default
+var embedded embed.FS
+
+// CacheEnv names the environment variable that overrides the cache root.
+const CacheEnv = "SDPIPE_CACHE_DIR"
+
+// DefaultName is the name of the default model, as image metadata shows it.
+const DefaultName = "sdpipe-shapes-64"
+
+// FS returns the default model's files: model_index.json, tokenizer/,
+// text_encoder/, unet/, vae_decoder/, vae_encoder/ and scheduler/ at its
+// root. The result is read-only and safe for concurrent use.
+func FS() fs.FS {
+	sub, err := fs.Sub(embedded, "default")
+	if err != nil {
+		panic(err) // "default" is a valid path: cannot happen
+	}
+	return sub
+}
+
+type file struct {
+	path string // slash-separated, relative to the model root
+	data []byte
+}
+
+// files lists the embedded model once, sorted by path, with the hex
+// SHA-256 of the whole folder (paths and contents).
+var files = sync.OnceValues(func() ([]file, string) {
+	var fl []file
+	fsys := FS()
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(fsys, p)
+		fl = append(fl, file{p, b})
+		return err
+	})
+	if err != nil {
+		panic(err) // reading an embed.FS cannot fail
+	}
+	slices.SortFunc(fl, func(a, b file) int { return strings.Compare(a.path, b.path) })
+	h := sha256.New()
+	for _, f := range fl {
+		fmt.Fprintf(h, "%s\x00%d\x00", f.path, len(f.data))
+		h.Write(f.data)
+	}
+	return fl, hex.EncodeToString(h.Sum(nil))
+})
+
+// Hash returns the hex SHA-256 of the default model's files (their paths,
+// sizes and contents). Safe for concurrent use.
+func Hash() string {
+	_, h := files()
+	return h
+}
+
+// CacheDir returns the per-user cache root: $SDPIPE_CACHE_DIR, else
+// $XDG_CACHE_HOME/sdpipe, else ~/.cache/sdpipe (the same root
+// scripts/setup.sh installs ONNX Runtime under). Safe for concurrent use.
+func CacheDir() string {
+	if d := os.Getenv(CacheEnv); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "sdpipe")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "sdpipe")
+	}
+	return filepath.Join(os.TempDir(), "sdpipe-cache")
+}
+
+// ErrCorrupt reports a cached copy of the model whose files differ from the
+// embedded ones and that could not be replaced.
+var ErrCorrupt = errors.New("models: cached model differs from the embedded one")
+
+// DefaultDir returns the path of a folder holding the default model, for
+// opening it by path (sd.OpenFolder, or ONNX Runtime directly). The first
+// call writes the files under CacheDir()/models/default-<hash prefix>; later
+// calls, and other processes, find them there after checking every file's
+// content against the embedded one; a damaged copy is replaced. The folder
+// is written to a temporary sibling and renamed into place, so concurrent
+// callers, in this process or others, never see a partial model. The
+// caller must not modify the folder. Safe for concurrent use.
+func DefaultDir() (string, error) {
+	return materialize(filepath.Join(CacheDir(), "models"))
+}
+
+func materialize(root string) (string, error) {
+	fl, hash := files()
+	dir := filepath.Join(root, "default-"+hash[:16])
+	if verify(dir, fl) == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", fmt.Errorf("models: %w", err)
+	}
+	tmp, err := os.MkdirTemp(root, ".default-"+hash[:16]+"-*")
+	if err != nil {
+		return "", fmt.Errorf("models: %w", err)
+	}
+	defer os.RemoveAll(tmp) // a no-op once renamed
+	for _, f := range fl {
+		p := filepath.Join(tmp, filepath.FromSlash(f.path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", fmt.Errorf("models: %w", err)
+		}
+		if err := os.WriteFile(p, f.data, 0o644); err != nil {
+			return "", fmt.Errorf("models: %w", err)
+		}
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it 0700
+		return "", fmt.Errorf("models: %w", err)
+	}
+	for attempt := 0; ; attempt++ {
+		rerr := os.Rename(tmp, dir)
+		if rerr == nil {
+			return dir, nil
+		}
+		// Someone else may have put a complete copy there first.
+		if verify(dir, fl) == nil {
+			return dir, nil
+		}
+		if attempt == 1 {
+			return "", fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, rerr)
+		}
+		// A damaged copy: move it aside (atomically), then remove it.
+		old, err := os.MkdirTemp(root, ".stale-*")
+		if err != nil {
+			return "", fmt.Errorf("models: %w", err)
+		}
+		if err := os.Rename(dir, filepath.Join(old, "d")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			os.RemoveAll(old)
+			return "", fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, err)
+		}
+		os.RemoveAll(old)
+	}
+}
+
+// verify reports whether dir holds exactly the bytes of every file in fl.
+func verify(dir string, fl []file) error {
+	for _, f := range fl {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.path)))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(b, f.data) {
+			return fmt.Errorf("%w: %s", ErrCorrupt, f.path)
+		}
+	}
+	return nil
+}

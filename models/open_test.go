@@ -1,0 +1,76 @@
+package models
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/textenc"
+	"github.com/sdpipe/sdpipe/tokenizer"
+	"github.com/sdpipe/sdpipe/unet"
+	"github.com/sdpipe/sdpipe/vae"
+)
+
+// openDefault opens the embedded model, materialised by DefaultDir, with
+// the library's component packages, as sd.OpenFolder does, and returns a
+// pipeline on it, closed at the end of the test.
+func openDefault(t testing.TB) *pipeline.Pipeline {
+	t.Helper()
+	testenv.RequireORT(t)
+	dir, err := DefaultDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	o := ort.Options{IntraOpThreads: 1}
+	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	te, err := textenc.Open(ctx, filepath.Join(dir, "text_encoder", "model.onnx"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { te.Close() })
+	un, err := unet.Open(ctx, filepath.Join(dir, "unet", "model.onnx"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { un.Close() })
+	dec, err := vae.OpenDecoder(ctx, filepath.Join(dir, "vae_decoder", "model.onnx"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dec.Close() })
+	enc, err := vae.OpenEncoder(ctx, filepath.Join(dir, "vae_encoder", "model.onnx"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { enc.Close() })
+	cfg, err := scheduler.LoadConfig(filepath.Join(dir, "scheduler", "scheduler_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vc struct {
+		ScalingFactor float64 `json:"scaling_factor"`
+	}
+	if err := readJSON(filepath.Join(dir, "vae_decoder", "config.json"), &vc); err != nil {
+		t.Fatal(err)
+	}
+	if vc.ScalingFactor <= 0 {
+		t.Fatalf("vae_decoder/config.json: scaling_factor %v", vc.ScalingFactor)
+	}
+	p, err := pipeline.New(pipeline.Components{
+		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
+		Scheduler: cfg, ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps(),
+		ModelName: DefaultName,
+	}, pipeline.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
