@@ -13,25 +13,31 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/pipeline"
 )
 
-// DefaultModel returns the folder of the default model, creating it on
-// first use: a generated tiny model with random weights, cached under the
-// per-user cache directory.
+// DefaultModel returns the folder of the default model: the small model
+// trained on coloured shapes that is embedded in package models, written
+// to the per-user cache on first use (no download).
 func DefaultModel() (string, error) {
+	return models.DefaultDir()
+}
+
+// GeneratedTinyModel returns a generated tiny model with random weights,
+// cached under the per-user cache directory: the same architecture family
+// as real models, for tests and benchmarks that need no trained weights.
+func GeneratedTinyModel() (string, error) {
 	dir := filepath.Join(ort.CacheDir(), "models", "generated-tiny-v2")
 	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err == nil {
 		return dir, nil
 	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", err
+	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".tmp-")
 	if err != nil {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			return "", err
-		}
-		if tmp, err = os.MkdirTemp(filepath.Dir(dir), ".tmp-"); err != nil {
-			return "", err
-		}
+		return "", err
 	}
 	if err := modelgen.Write(tmp, modelgen.Tiny(), modelgen.Options{}); err != nil {
 		os.RemoveAll(tmp)
