@@ -104,8 +104,9 @@ func b2f(b bool) float64 {
 }
 
 // skipQualityEnv, set to 1, skips TestQuality. The committed model misses
-// the shape and guidance thresholds (see training/README.md), so the test
-// fails honestly unless this is set; do not lower the thresholds instead.
+// the thresholds under PNDM at guidance 7.5 (see training/README.md), so
+// the test fails honestly unless this is set; do not lower the thresholds
+// instead.
 const skipQualityEnv = "SDPIPE_SKIP_QUALITY"
 
 // TestQuality generates a fixed grid of prompts through the library's real
