@@ -103,10 +103,10 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// fullTargetsEnv, set to 1, makes TestQuality fail on issue 8's full
-// thresholds, which the committed model is known to miss (see
-// training/README.md): without it the misses are logged and the floor the
-// model does reach is checked. Do not lower the thresholds instead; set it
+// fullTargetsEnv, set to 1, makes TestQuality fail on every issue-8
+// threshold, which the committed model misses under PNDM at guidance 7.5
+// (see training/README.md): without it that miss is logged and every other
+// threshold is checked. Do not lower the thresholds instead; set it
 // when evaluating a newly trained model.
 const fullTargetsEnv = "SDPIPE_QUALITY_TARGETS"
 
@@ -118,9 +118,8 @@ const fullTargetsEnv = "SDPIPE_QUALITY_TARGETS"
 // right in all three must be at least 10 points higher with guidance 7.5
 // than with guidance off (1), averaged over the schedulers.
 //
-// Always checked (the floor the committed model reaches, so a regression
-// fails even where the full targets are skipped): colour and background at
-// 90% under Euler a, DPM++ 2M and DDIM, and the guidance gain.
+// Always checked: every threshold under Euler a, DPM++ 2M and DDIM, and
+// the guidance gain; PNDM's are checked with SDPIPE_QUALITY_TARGETS=1.
 func TestQuality(t *testing.T) {
 	p := openDefault(t)
 	const (
@@ -136,11 +135,13 @@ func TestQuality(t *testing.T) {
 		u := measure(t, p, s, 1)
 		t.Logf("%-13s guidance 7.5: %v", s, g)
 		t.Logf("%-13s guidance 1:   %v", s, u)
-		if s != "PNDMScheduler" && (g.color < minColor || g.bg < minBG) {
-			t.Errorf("%s: %v; the floor is colour >= %.0f%%, background >= %.0f%%", s, g, 100*minColor, 100*minBG)
-		}
 		if g.color < minColor || g.bg < minBG || g.shape < minShape {
-			misses = append(misses, fmt.Sprintf("%s: %v; want colour >= %.0f%%, background >= %.0f%%, shape >= %.0f%%", s, g, 100*minColor, 100*minBG, 100*minShape))
+			msg := fmt.Sprintf("%s: %v; want colour >= %.0f%%, background >= %.0f%%, shape >= %.0f%%", s, g, 100*minColor, 100*minBG, 100*minShape)
+			if s == "PNDMScheduler" {
+				misses = append(misses, msg)
+			} else {
+				t.Error(msg)
+			}
 		}
 		on += g.all / float64(len(scheds))
 		off += u.all / float64(len(scheds))

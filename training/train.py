@@ -137,9 +137,11 @@ def stage_latents(work, enc, imgs):
     return res
 
 
-def stage_unet(work, tok, attrs, lat, sf, steps, batch=64):
-    path = os.path.join(work, "unet.pt")
-    torch.manual_seed(4)
+def stage_unet(work, tok, attrs, lat, sf, steps, batch=64, name="unet.pt", init=None, lr=1e-3, seed=4):
+    """Phase A from scratch (one-cycle LR); phase B continues from the
+    phase A weights (init) with a fresh optimizer and a cosine LR."""
+    path = os.path.join(work, name)
+    torch.manual_seed(seed)
     te = nets.CLIPText(len(tok.encoder), d=HIDDEN)
     un = nets.UNet(ctx=HIDDEN, ch=UNET_CH)
     if os.path.exists(path):
@@ -147,14 +149,20 @@ def stage_unet(work, tok, attrs, lat, sf, steps, batch=64):
         te.load_state_dict(sd["te"])
         un.load_state_dict(sd["un"])
         return te, un
-    torch.manual_seed(4)
-    g = torch.Generator().manual_seed(5)
-    rng = np.random.default_rng(6)
+    if init is not None:
+        te.load_state_dict(init[0].state_dict())
+        un.load_state_dict(init[1].state_dict())
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng(seed + 2)
     z0all = lat * sf
     ac = alphas_cumprod()
     params = list(te.parameters()) + list(un.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.04, final_div_factor=20)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    if init is None:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.04, final_div_factor=20)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr / 100)
     ema_te, ema_un = copy.deepcopy(te), copy.deepcopy(un)
     ema_p = list(ema_te.parameters()) + list(ema_un.parameters())
     t0, avg = time.time(), 0.0
@@ -177,7 +185,7 @@ def stage_unet(work, tok, attrs, lat, sf, steps, batch=64):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = 0.999 if init is not None else min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema_p, params):
                 pe.mul_(decay).add_(p, alpha=1 - decay)
@@ -276,6 +284,7 @@ def main():
     ap.add_argument("--vae-steps", type=int, default=1200, help="phase A")
     ap.add_argument("--vae-finetune-steps", type=int, default=2400, help="phase B")
     ap.add_argument("--unet-steps", type=int, default=5000)
+    ap.add_argument("--unet-finetune-steps", type=int, default=1800, help="UNet phase B")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--partial", action="store_true", help="export the last partial UNet checkpoint (to look at progress)")
     args = ap.parse_args()
@@ -296,6 +305,9 @@ def main():
         log(f"partial checkpoint at step {sd['step'] + 1}")
     else:
         te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_steps)
+        if args.unet_finetune_steps > 0:
+            te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_finetune_steps,
+                                name="unet_b.pt", init=(te, un), lr=3e-4, seed=14)
     export(args.out, tok, te, un, enc, dec, lat["scaling_factor"])
     log(f"total {time.time() - t0:.0f}s")
 
