@@ -136,12 +136,22 @@ type Session struct {
 // Open loads the model at path (external data files beside it are found by
 // ORT) with inputs and outputs as described by ins and outs, which come from
 // the model file (see package onnxpb). The caller must Close the session.
-func Open(ctx context.Context, path string, ins, outs []IOInfo, o Options) (s *Session, err error) {
+func Open(ctx context.Context, path string, ins, outs []IOInfo, o Options) (*Session, error) {
+	return open(ctx, path, ins, outs, o, nil, func(in, out []string, so *onnx.SessionOptions) (*onnx.DynamicAdvancedSession, error) {
+		return onnx.NewDynamicAdvancedSession(path, in, out, so)
+	})
+}
+
+// open is Open and OpenData: setup (optional) adds session options, create
+// makes the session.
+func open(ctx context.Context, name string, ins, outs []IOInfo, o Options,
+	setup func(*onnx.SessionOptions) error,
+	create func(in, out []string, so *onnx.SessionOptions) (*onnx.DynamicAdvancedSession, error)) (s *Session, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if len(ins) == 0 || len(outs) == 0 {
-		return nil, fmt.Errorf("ort: %s: model has no inputs or no outputs", path)
+		return nil, fmt.Errorf("ort: %s: model has no inputs or no outputs", name)
 	}
 	if err := acquire(o.LibraryPath); err != nil {
 		return nil, err
@@ -157,7 +167,12 @@ func Open(ctx context.Context, path string, ins, outs []IOInfo, o Options) (s *S
 	}
 	defer func() { err = errors.Join(err, wrapDestroy(so.Destroy())) }()
 	if err := configure(so, o); err != nil {
-		return nil, fmt.Errorf("ort: %s: %w", path, err)
+		return nil, fmt.Errorf("ort: %s: %w", name, err)
+	}
+	if setup != nil {
+		if err := setup(so); err != nil {
+			return nil, fmt.Errorf("ort: %s: %w", name, err)
+		}
 	}
 	names := func(io []IOInfo) []string {
 		n := make([]string, len(io))
@@ -172,18 +187,18 @@ func Open(ctx context.Context, path string, ins, outs []IOInfo, o Options) (s *S
 		// concurrently (it sets up its shared device context then)
 		webgpuOpen.Lock()
 	}
-	sess, err := onnx.NewDynamicAdvancedSession(path, names(ins), names(outs), so)
+	sess, err := create(names(ins), names(outs), so)
 	if gpu {
 		webgpuOpen.Unlock()
 	}
 	if err != nil {
-		if Provider(strings.ToLower(string(o.Provider))) == WebGPU {
+		if gpu {
 			// the adapter is requested when the session is created
-			return nil, fmt.Errorf("ort: open %s: %w", path, &ProviderError{Provider: o.Provider, Err: classifyWebGPU(err)})
+			return nil, fmt.Errorf("ort: open %s: %w", name, &ProviderError{Provider: o.Provider, Err: classifyWebGPU(err)})
 		}
-		return nil, fmt.Errorf("ort: open %s: %w", path, err)
+		return nil, fmt.Errorf("ort: open %s: %w", name, err)
 	}
-	return &Session{name: path, in: clone(ins), out: clone(outs), inNames: names(ins), sess: sess}, nil
+	return &Session{name: name, in: clone(ins), out: clone(outs), inNames: names(ins), sess: sess}, nil
 }
 
 func wrapDestroy(err error) error {
