@@ -8,44 +8,21 @@ import (
 // integrator sampler, "logrho" solver, orders 1 to 3). It is not safe for
 // concurrent use.
 type DEIS struct {
-	*base
-	sigmas   []float32
-	outs     [][]float32 // epsilon predictions, oldest first
+	dpmState
 	lowerNum int
 	x0       []float32
 	buf      []float32
 }
 
 func newDEIS(b *base) (Scheduler, error) {
-	s := &DEIS{base: b}
+	s := &DEIS{dpmState: dpmState{base: b}}
 	s.full, s.sigmas = dpmSchedule(b)
-	s.outs = make([][]float32, b.p.solverOrder)
-	for i := range s.outs {
-		s.outs[i] = make([]float32, b.size)
-	}
+	s.allocOuts()
 	s.x0 = make([]float32, b.size)
 	if b.p.thresholding {
 		s.buf = make([]float32, b.size)
 	}
 	return s, nil
-}
-
-// Sigmas returns the sigma of each step followed by the final sigma. The
-// caller must not modify the slice.
-func (s *DEIS) Sigmas() []float32 { return s.sigmas }
-
-// InitNoiseSigma implements Scheduler.
-func (s *DEIS) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; DEIS does not scale.
-func (s *DEIS) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *DEIS) AddNoise(dst, original, noise []float32) {
-	a, sg := alphaSigma(s.sigmas[s.noiseIdx])
-	for j := range dst {
-		dst[j] = float32(a*original[j]) + float32(sg*noise[j])
-	}
 }
 
 // npLog is np.log applied to a float32 torch scalar (numpy's float32 kernel).
@@ -144,10 +121,8 @@ func (s *DEIS) Step(mo, sample []float32, i int) error {
 // SDE-DPM-Solver++, singlestep, orders 1 and 2). It is not safe for
 // concurrent use.
 type DPMSinglestep struct {
-	*base
-	sigmas []float32
+	dpmState
 	orders []int
-	outs   [][]float32
 	nouts  int
 	saved  []float32 // self.sample: the sample at the last order-1 step
 	rnd    []float32
@@ -164,7 +139,7 @@ func newDPMSinglestep(b *base) (Scheduler, error) {
 	if p.solverOrder > 2 {
 		return nil, &ConfigError{Field: "solver_order", Reason: "only orders 1 and 2 are supported for DPMSolverSinglestepScheduler"}
 	}
-	s := &DPMSinglestep{base: b}
+	s := &DPMSinglestep{dpmState: dpmState{base: b}}
 	// timesteps = linspace(0, N-1, n+1).round()[::-1][:-1]
 	ls := npLinspace(0, float64(p.numTrainTimesteps-1), b.n+1)
 	var ts []float64
@@ -197,34 +172,13 @@ func newDPMSinglestep(b *base) (Scheduler, error) {
 	if p.finalSigmasType == "zero" {
 		s.orders[len(s.orders)-1] = 1
 	}
-	s.outs = make([][]float32, p.solverOrder)
-	for i := range s.outs {
-		s.outs[i] = make([]float32, b.size)
-	}
+	s.allocOuts()
 	s.saved = make([]float32, b.size)
 	s.rnd = make([]float32, b.size)
 	if p.thresholding {
 		s.buf = make([]float32, b.size)
 	}
 	return s, nil
-}
-
-// Sigmas returns the sigma of each step followed by the final sigma. The
-// caller must not modify the slice.
-func (s *DPMSinglestep) Sigmas() []float32 { return s.sigmas }
-
-// InitNoiseSigma implements Scheduler.
-func (s *DPMSinglestep) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; DPM-Solver does not scale.
-func (s *DPMSinglestep) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *DPMSinglestep) AddNoise(dst, original, noise []float32) {
-	a, sg := alphaSigma(s.sigmas[s.noiseIdx])
-	for j := range dst {
-		dst[j] = float32(a*original[j]) + float32(sg*noise[j])
-	}
 }
 
 // Step implements Scheduler.

@@ -81,9 +81,7 @@ func lambda(alpha, sigma float32) float32 { return log32(alpha) - log32(sigma) }
 // DPMMultistep is diffusers' DPMSolverMultistepScheduler (DPM-Solver++ and
 // SDE-DPM-Solver++, orders 1 to 3). It is not safe for concurrent use.
 type DPMMultistep struct {
-	*base
-	sigmas   []float32
-	outs     [][]float32 // model_outputs, oldest first; len solver_order
+	dpmState
 	lowerNum int
 	rnd      []float32
 	buf      []float32
@@ -99,35 +97,14 @@ func newDPMMultistep(b *base) (Scheduler, error) {
 	if p.algorithmType == "sde-dpmsolver++" && p.solverOrder == 3 {
 		return nil, &ConfigError{Field: "solver_order", Reason: "3 is not supported with sde-dpmsolver++"}
 	}
-	s := &DPMMultistep{base: b}
+	s := &DPMMultistep{dpmState: dpmState{base: b}}
 	s.full, s.sigmas = dpmSchedule(b)
-	s.outs = make([][]float32, p.solverOrder)
-	for i := range s.outs {
-		s.outs[i] = make([]float32, b.size)
-	}
+	s.allocOuts()
 	s.rnd = make([]float32, b.size)
 	if p.thresholding {
 		s.buf = make([]float32, b.size)
 	}
 	return s, nil
-}
-
-// Sigmas returns the sigma of each step followed by the final sigma. The
-// caller must not modify the slice.
-func (s *DPMMultistep) Sigmas() []float32 { return s.sigmas }
-
-// InitNoiseSigma implements Scheduler.
-func (s *DPMMultistep) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; DPM-Solver does not scale.
-func (s *DPMMultistep) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *DPMMultistep) AddNoise(dst, original, noise []float32) {
-	a, sg := alphaSigma(s.sigmas[s.noiseIdx])
-	for j := range dst {
-		dst[j] = float32(a*original[j]) + float32(sg*noise[j])
-	}
 }
 
 // convertX0 writes the data prediction (x0) of the model output into dst.
@@ -274,4 +251,39 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 	}
 	_ = math.Inf
 	return nil
+}
+
+// dpmState is what the DPM-Solver family (DPMMultistep, DPMSinglestep,
+// DEIS, UniPC) shares: the sigma schedule, the history of model outputs,
+// and the Scheduler methods that depend only on them.
+type dpmState struct {
+	*base
+	sigmas []float32
+	outs   [][]float32 // model outputs, oldest first; len solver_order
+}
+
+// allocOuts allocates the output history.
+func (s *dpmState) allocOuts() {
+	s.outs = make([][]float32, s.p.solverOrder)
+	for i := range s.outs {
+		s.outs[i] = make([]float32, s.size)
+	}
+}
+
+// Sigmas returns the sigma of each step followed by the final sigma. The
+// caller must not modify the slice.
+func (s *dpmState) Sigmas() []float32 { return s.sigmas }
+
+// InitNoiseSigma implements Scheduler.
+func (s *dpmState) InitNoiseSigma() float64 { return 1 }
+
+// ScaleModelInput implements Scheduler; the DPM-Solver family does not scale.
+func (s *dpmState) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
+
+// AddNoise implements Scheduler.
+func (s *dpmState) AddNoise(dst, original, noise []float32) {
+	a, sg := alphaSigma(s.sigmas[s.noiseIdx])
+	for j := range dst {
+		dst[j] = float32(a*original[j]) + float32(sg*noise[j])
+	}
 }

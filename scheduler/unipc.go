@@ -12,9 +12,7 @@ func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
 // B(h) variants bh1/bh2, data prediction, orders 1 to 3). It is not safe
 // for concurrent use.
 type UniPC struct {
-	*base
-	sigmas    []float32
-	outs      [][]float32 // converted model outputs, oldest first
+	dpmState
 	lowerNum  int
 	thisOrder int
 	hasLast   bool
@@ -30,12 +28,9 @@ type UniPC struct {
 }
 
 func newUniPC(b *base) (Scheduler, error) {
-	s := &UniPC{base: b}
+	s := &UniPC{dpmState: dpmState{base: b}}
 	s.full, s.sigmas = dpmSchedule(b)
-	s.outs = make([][]float32, b.p.solverOrder)
-	for i := range s.outs {
-		s.outs[i] = make([]float32, b.size)
-	}
+	s.allocOuts()
 	s.last = make([]float32, b.size)
 	s.corrected = make([]float32, b.size)
 	s.spare = make([]float32, b.size)
@@ -47,24 +42,6 @@ func newUniPC(b *base) (Scheduler, error) {
 		s.disabled[d] = true
 	}
 	return s, nil
-}
-
-// Sigmas returns the sigma of each step followed by the final sigma. The
-// caller must not modify the slice.
-func (s *UniPC) Sigmas() []float32 { return s.sigmas }
-
-// InitNoiseSigma implements Scheduler.
-func (s *UniPC) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; UniPC does not scale.
-func (s *UniPC) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *UniPC) AddNoise(dst, original, noise []float32) {
-	a, sg := alphaSigma(s.sigmas[s.noiseIdx])
-	for j := range dst {
-		dst[j] = float32(a*original[j]) + float32(sg*noise[j])
-	}
 }
 
 // coefficients computes rks (with the trailing 1), R (rows rks^(i-1)) and b
