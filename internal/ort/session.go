@@ -109,6 +109,14 @@ type Options struct {
 	ProviderOptions   map[string]string // passed through to the provider
 	DisableMemArena   bool              // turn off ORT's CPU memory arena
 	DisableMemPattern bool              // turn off ORT's memory pattern planner
+	// NoSpinning makes the session's idle pool threads sleep at once
+	// instead of spinning for more work (ORT's allow_spinning = 0): less
+	// CPU burnt while other sessions compute, a little more latency to
+	// wake them.
+	NoSpinning bool
+	// ProfilePrefix, when set, turns on ORT's profiler: the session writes
+	// a Chrome-trace JSON file named <prefix>_<date>.json when it closes.
+	ProfilePrefix string
 }
 
 // webgpuOpen serialises the creation of WebGPU sessions.
@@ -239,6 +247,18 @@ func configure(so *onnx.SessionOptions, o Options) error {
 	if o.DisableMemPattern {
 		if err := so.SetMemPattern(false); err != nil {
 			return fmt.Errorf("memory pattern: %w", err)
+		}
+	}
+	if o.ProfilePrefix != "" {
+		if err := so.EnableProfiling(o.ProfilePrefix); err != nil {
+			return fmt.Errorf("profiling: %w", err)
+		}
+	}
+	if o.NoSpinning {
+		for _, k := range []string{"session.intra_op.allow_spinning", "session.inter_op.allow_spinning"} {
+			if err := so.AddSessionConfigEntry(k, "0"); err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
 		}
 	}
 	return appendProvider(so, o.Provider, o.ProviderOptions)

@@ -111,6 +111,28 @@ func TestRunMatchesReference(t *testing.T) {
 	}
 }
 
+// TestSessionOptions opens sessions with each optional setting and checks
+// that they still give the reference outputs.
+func TestSessionOptions(t *testing.T) {
+	calls := loadTECalls(t)
+	for name, o := range map[string]ort.Options{
+		"no spinning, 2 threads": {IntraOpThreads: 2, InterOpThreads: 1, NoSpinning: true},
+		"no arena, no pattern":   {IntraOpThreads: 1, DisableMemArena: true, DisableMemPattern: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := openTE(t, o)
+			c := calls[0]
+			out := make([]ort.Tensor, 2)
+			if err := s.Run(t.Context(), []ort.Tensor{{Shape: []int64{1, int64(len(c.InputIDs))}, Data: c.InputIDs}}, out); err != nil {
+				t.Fatal(err)
+			}
+			if d := maxDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
+				t.Errorf("last_hidden_state differs by %g", d)
+			}
+		})
+	}
+}
+
 func TestRunConcurrent(t *testing.T) {
 	calls := loadTECalls(t)
 	s := openTE(t, ort.Options{IntraOpThreads: 1})
