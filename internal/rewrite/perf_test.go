@@ -11,8 +11,11 @@ package rewrite_test
 //	    -run TestPerfUNet -v -timeout 30m ./internal/rewrite/
 
 import (
+	"cmp"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -378,4 +381,173 @@ func TestPerfThreads(t *testing.T) {
 	fmt.Printf("THREADS model=%s rewrites=%q size=%d | UNet 1 thread %s s, 2 threads %s s: %.2f× | MatMul 1 thread %.0f, 2 threads %.0f GFLOP/s: %.2f× | load %s",
 		dir, os.Getenv("PERF_REWRITES"), size, fmtTimes(unet[0]), fmtTimes(unet[1]), med(unet[0])/med(unet[1]),
 		med(mm[0]), med(mm[1]), med(mm[1])/med(mm[0]), load)
+}
+
+// TestPerfProfile runs the UNet of $SD_MODEL_DIR (with $PERF_REWRITES) at
+// $PERF_SIZE (512) pixels, batch 2, under ORT's profiler ($PERF_PROFILE
+// set), and prints where the last of $PERF_CALLS (3) calls spent its time,
+// by operator type and by node.
+func TestPerfProfile(t *testing.T) {
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" || os.Getenv("PERF_PROFILE") == "" {
+		t.Skip("SD_MODEL_DIR or PERF_PROFILE not set")
+	}
+	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(envInt(t, "PERF_SIZE", 512))
+	calls := envInt(t, "PERF_CALLS", 3)
+	res, err := rewrite.Prepare(filepath.Join(dir, "unet", "model.onnx"), rs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Join(t.TempDir(), "unet")
+	s, err := res.Open(t.Context(), ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), ProfilePrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lat := size / 8
+	r := rand.New(rand.NewPCG(3, 4))
+	in := []ort.Tensor{
+		{Shape: []int64{2, 4, lat, lat}, Data: fill(r, 2*4*lat*lat)},
+		{Shape: []int64{2}, Data: []float32{501, 501}},
+		{Shape: []int64{2, 77, 768}, Data: fill(r, 2*77*768)},
+	}
+	for range calls {
+		out := []ort.Tensor{{Shape: []int64{2, 4, lat, lat}}}
+		if err := s.Run(t.Context(), in, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil { // writes the profile
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(prefix + "*.json")
+	if len(files) != 1 {
+		t.Fatalf("profile files %v", files)
+	}
+	prof, err := readProfile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("PROFILE model=%s rewrites=%q size=%d, last of %d calls: %.1f ms, kernels %.1f ms\n",
+		dir, os.Getenv("PERF_REWRITES"), size, calls, prof.run/1e3, prof.kernels/1e3)
+	byOp := slices.SortedFunc(maps.Keys(prof.byOp), func(a, b string) int { return cmp.Compare(prof.byOp[b].us, prof.byOp[a].us) })
+	fmt.Printf("| op | nodes | ms | %% of kernel time |\n|---|---:|---:|---:|\n")
+	for _, op := range byOp {
+		v := prof.byOp[op]
+		fmt.Printf("| %s | %d | %.1f | %.1f |\n", op, v.n, v.us/1e3, 100*v.us/prof.kernels)
+	}
+	nodes := slices.SortedFunc(maps.Keys(prof.byNode), func(a, b string) int { return cmp.Compare(prof.byNode[b].us, prof.byNode[a].us) })
+	fmt.Printf("\n| node | op | ms |\n|---|---|---:|\n")
+	for _, n := range nodes[:min(25, len(nodes))] {
+		fmt.Printf("| %s | %s | %.1f |\n", n, prof.byNode[n].op, prof.byNode[n].us/1e3)
+	}
+}
+
+type opTime struct {
+	op string
+	n  int
+	us float64
+}
+
+type profile struct {
+	run, kernels float64 // µs
+	byOp, byNode map[string]*opTime
+}
+
+// readProfile sums the kernel times of the last model_run in an ORT
+// profile.
+func readProfile(path string) (*profile, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var evs []struct {
+		Cat  string  `json:"cat"`
+		Name string  `json:"name"`
+		TS   float64 `json:"ts"`
+		Dur  float64 `json:"dur"`
+		Args struct {
+			OpName string `json:"op_name"`
+		} `json:"args"`
+	}
+	if err := json.Unmarshal(b, &evs); err != nil {
+		return nil, err
+	}
+	var from, to float64 = -1, -1
+	for _, e := range evs {
+		if e.Cat == "Session" && e.Name == "model_run" && e.TS > from {
+			from, to = e.TS, e.TS+e.Dur
+		}
+	}
+	if from < 0 {
+		return nil, fmt.Errorf("%s: no model_run", path)
+	}
+	p := &profile{run: to - from, byOp: map[string]*opTime{}, byNode: map[string]*opTime{}}
+	for _, e := range evs {
+		node, ok := strings.CutSuffix(e.Name, "_kernel_time")
+		if e.Cat != "Node" || !ok || e.TS < from || e.TS > to {
+			continue
+		}
+		p.kernels += e.Dur
+		o := p.byOp[e.Args.OpName]
+		if o == nil {
+			o = &opTime{op: e.Args.OpName}
+			p.byOp[e.Args.OpName] = o
+		}
+		o.n++
+		o.us += e.Dur
+		nd := p.byNode[node]
+		if nd == nil {
+			nd = &opTime{op: e.Args.OpName}
+			p.byNode[node] = nd
+		}
+		nd.n++
+		nd.us += e.Dur
+	}
+	return p, nil
+}
+
+// TestPerfVAE times VAE decoder calls of $SD_MODEL_DIR at $PERF_SIZE (512)
+// pixels, batch 1, with $PERF_REWRITES, $PERF_NO_ARENA and
+// $PERF_NO_PATTERN, and reports the peak RSS after loading and after the
+// calls.
+func TestPerfVAE(t *testing.T) {
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" || os.Getenv("PERF_VAE") == "" {
+		t.Skip("SD_MODEL_DIR or PERF_VAE not set")
+	}
+	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(envInt(t, "PERF_SIZE", 512))
+	o := ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), DisableMemArena: os.Getenv("PERF_NO_ARENA") != "", DisableMemPattern: os.Getenv("PERF_NO_PATTERN") != ""}
+	res, err := rewrite.Prepare(filepath.Join(dir, "vae_decoder", "model.onnx"), rs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := res.Open(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res.Data = nil
+	rssOpen := vmHWM(t)
+	lat := size / 8
+	r := rand.New(rand.NewPCG(3, 4))
+	in := []ort.Tensor{{Shape: []int64{1, 4, lat, lat}, Data: fill(r, 4*lat*lat)}}
+	var times []float64
+	for range envInt(t, "PERF_CALLS", 3) {
+		out := []ort.Tensor{{Shape: []int64{1, 3, size, size}}}
+		start := time.Now()
+		if err := s.Run(t.Context(), in, out); err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, time.Since(start).Seconds())
+	}
+	fmt.Printf("VAE model=%s rewrites=%q size=%d arena=%v pattern=%v | calls %s s | VmHWM open %.2f GiB, run %.2f GiB\n",
+		dir, os.Getenv("PERF_REWRITES"), size, !o.DisableMemArena, !o.DisableMemPattern, fmtTimes(times), rssOpen/(1<<30), vmHWM(t)/(1<<30))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -78,16 +79,15 @@ func Prepare(src string, rs []Rewrite, cacheDir string) (res *Result, err error)
 			return nil, err
 		}
 	}
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return nil, fmt.Errorf("rewrite: %w", err)
-	}
 	exts, err := onnxpb.ExternalFiles(src)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: %s: %w", src, err)
 	}
 	res = &Result{Source: src, ExternalDir: filepath.Dir(src), Verified: -1}
-	k, err := cacheKey(data, src, exts, rs)
+	// the key is hashed from the file as it streams by, so that a cached
+	// model is never held in memory (a text encoder with its weights
+	// inside the graph is half a gigabyte)
+	k, err := cacheKey(src, exts, rs)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +104,10 @@ func Prepare(src string, rs []Rewrite, cacheDir string) (res *Result, err error)
 			}
 			return res, nil
 		}
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return nil, fmt.Errorf("rewrite: %w", err)
 	}
 	m, err := onnxpb.Unmarshal(data)
 	if err != nil {
@@ -141,12 +145,22 @@ func Prepare(src string, rs []Rewrite, cacheDir string) (res *Result, err error)
 	return res, nil
 }
 
-// cacheKey hashes the model bytes, the identity of its external data files
-// (name, size, modification time) and the rewrite set.
-func cacheKey(data []byte, src string, exts []string, rs []Rewrite) (string, error) {
+// cacheKey hashes the model file's bytes, the identity of its external
+// data files (name, size, modification time) and the rewrite set.
+func cacheKey(src string, exts []string, rs []Rewrite) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "sdpipe-rewrite %s\n%s\n", version, key(rs))
-	h.Write(data)
+	f, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("rewrite: %w", err)
+	}
+	_, err = io.Copy(h, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("rewrite: %s: %w", src, err)
+	}
 	for _, e := range exts {
 		st, err := os.Stat(filepath.Join(filepath.Dir(src), e))
 		if err != nil {
