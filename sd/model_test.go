@@ -54,8 +54,9 @@ func TestOpenModesAndBatching(t *testing.T) {
 	}
 	defer base.Close()
 	for name, opts := range map[string][]Option{
-		"throughput": {WithMode(Throughput)},
-		"batching":   {WithBatching(4, 100*time.Millisecond), WithWorkers(Encode, 2)},
+		"throughput":  {WithMode(Throughput)},
+		"no spinning": {WithMode(Throughput), WithSpinning(false)},
+		"batching":    {WithBatching(4, 100*time.Millisecond), WithWorkers(Encode, 2)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			m, err := Open(t.Context(), dir, opts...)

@@ -96,6 +96,8 @@ type placement struct {
 	deviceSet       bool
 	providerOptions map[string]string
 	threads         int
+	pattern         int // ONNX Runtime's memory pattern planner: 0 default, 1 on, -1 off
+	arena           int // ONNX Runtime's CPU memory arena: 0 default, 1 on, -1 off
 }
 
 type config struct {
@@ -104,6 +106,7 @@ type config struct {
 	libraryPath    string
 	comps          map[Component]*placement
 	skipVAEEncoder bool
+	noSpin         bool
 	logger         *slog.Logger
 	perf           perfConfig // rewrites and warm-up (perf.go)
 }
@@ -149,6 +152,44 @@ func WithThreads(c Component, intraOp int) Option {
 	return func(cfg *config) { cfg.comp(c).threads = intraOp }
 }
 
+// WithMemoryPattern turns ONNX Runtime's memory pattern planner on or off
+// for component c's session. The planner allocates a call's intermediate
+// tensors as one planned block; off, they are allocated one by one from the
+// memory arena, which keeps less memory at once. By default it is off for
+// the VAE decoder and encoder, where it costs about 0.9 GiB at 512×512 and
+// brings no speed (see BENCHMARKS.md), and on for the rest.
+func WithMemoryPattern(c Component, on bool) Option {
+	return func(cfg *config) {
+		cfg.comp(c).pattern = -1
+		if on {
+			cfg.comp(c).pattern = 1
+		}
+	}
+}
+
+// WithMemoryArena turns ONNX Runtime's CPU memory arena on or off for
+// component c's session (on by default). The arena keeps the largest
+// amount of memory a call has needed for the next calls; off, a call's
+// memory goes back to the system when it ends, so that sessions that run
+// one after the other do not each hold their peak.
+func WithMemoryArena(c Component, on bool) Option {
+	return func(cfg *config) {
+		cfg.comp(c).arena = -1
+		if on {
+			cfg.comp(c).arena = 1
+		}
+	}
+}
+
+// WithSpinning sets whether the idle threads of every session's pool spin
+// for more work before they sleep (ONNX Runtime's allow_spinning; on by
+// default). Spinning lowers the latency of a lone request; turning it off
+// leaves the cores to other sessions and processes running at the same
+// time.
+func WithSpinning(allow bool) Option {
+	return func(c *config) { c.noSpin = !allow }
+}
+
 // WithoutVAEEncoder skips the VAE encoder even when the folder has one:
 // text-to-image needs no encoder, and this saves its memory and load time.
 // Folder.VAEEncoder is then nil.
@@ -165,7 +206,7 @@ func WithLogger(l *slog.Logger) Option {
 // newConfig applies opts and validates the result, joining every problem
 // into one error.
 func newConfig(opts []Option) (*config, error) {
-	c := &config{}
+	c := &config{perf: perfConfig{rewrites: DefaultRewrites(), defaults: true}}
 	for _, o := range opts {
 		if o != nil {
 			o(c)
@@ -201,13 +242,20 @@ func newConfig(opts []Option) (*config, error) {
 
 // ortOptions returns the session options for component k.
 func (c *config) ortOptions(k Component) ort.Options {
-	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU}
+	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU, NoSpinning: c.noSpin,
+		DisableMemPattern: k == VAEDecoder || k == VAEEncoder}
 	if p := c.comps[k]; p != nil {
 		if p.deviceSet {
 			o.Provider = providers[p.device]
 		}
 		o.ProviderOptions = maps.Clone(p.providerOptions)
 		o.IntraOpThreads = p.threads
+		if p.pattern != 0 {
+			o.DisableMemPattern = p.pattern < 0
+		}
+		if p.arena != 0 {
+			o.DisableMemArena = p.arena < 0
+		}
 	}
 	return o
 }

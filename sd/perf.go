@@ -16,10 +16,11 @@ import (
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 )
 
-// Rewrite names a graph rewrite that OpenFolder may apply to the component
-// models as it loads them. A rewrite changes only the graph handed to ONNX
-// Runtime, never the folder's files, and is used only after it has been
-// proven to keep the component's outputs within RewriteTolerance.
+// Rewrite names a graph rewrite that OpenFolder applies to the component
+// models as it loads them (DefaultRewrites unless WithRewrites or
+// WithoutRewrites says otherwise). A rewrite changes only the graph handed
+// to ONNX Runtime, never the folder's files, and is used only after it has
+// been proven to keep the component's outputs within RewriteTolerance.
 type Rewrite string
 
 // The rewrites WithRewrites accepts.
@@ -42,8 +43,9 @@ const (
 // on the verification inputs; a rewrite that exceeds it is refused.
 const RewriteTolerance = 1e-4
 
-// DefaultRewrites returns the rewrites WithRewrites applies when given
-// none: those measured faster on the CPU provider (see BENCHMARKS.md).
+// DefaultRewrites returns the rewrites OpenFolder applies unless told
+// otherwise, and WithRewrites when given none: those measured faster on the
+// CPU provider (see BENCHMARKS.md).
 // RewriteMHA among them is applied by default only to components on the
 // CPU or CUDA, whose providers have a MultiHeadAttention kernel.
 func DefaultRewrites() []Rewrite { return []Rewrite{RewriteBaddbmm, RewriteMHA} }
@@ -56,13 +58,14 @@ type perfConfig struct {
 	warmup   *Warmup
 }
 
-// WithRewrites rewrites the component graphs at load (DefaultRewrites when
-// rs is empty). Each rewritten component is first run beside the original
-// on small random inputs and used only when its outputs agree within
-// RewriteTolerance; otherwise the original is loaded and the refusal is
-// logged. The rewritten graphs and the verification results are kept in
-// the rewrite cache (see WithRewriteCache), so only the first open of a
-// model pays for them.
+// WithRewrites sets the rewrites applied to the component graphs at load;
+// with rs empty, DefaultRewrites, which OpenFolder applies anyway. Each
+// rewritten component is first run beside the original on small random
+// inputs and used only when its outputs agree within RewriteTolerance;
+// otherwise the original is loaded and the refusal is logged. The
+// rewritten graphs and the verification results are kept in the rewrite
+// cache (see WithRewriteCache), so only the first open of a model pays for
+// them.
 func WithRewrites(rs ...Rewrite) Option {
 	defaults := len(rs) == 0
 	if defaults {
@@ -70,6 +73,11 @@ func WithRewrites(rs ...Rewrite) Option {
 	}
 	rs = slices.Clone(rs)
 	return func(c *config) { c.perf.rewrites, c.perf.defaults = rs, defaults }
+}
+
+// WithoutRewrites loads the component graphs as the folder has them.
+func WithoutRewrites() Option {
+	return func(c *config) { c.perf.rewrites, c.perf.defaults = nil, false }
 }
 
 // WithRewriteCache keeps rewritten graphs in dir instead of the default
@@ -125,7 +133,7 @@ type LoadReport struct {
 	// verification included.
 	Open map[Component]time.Duration
 	// Rewrites describes what was rewritten in each component ("baddbmm×16
-	// (…nodes)"), or why nothing was; empty without WithRewrites.
+	// (…nodes)"), or why nothing was; empty with WithoutRewrites.
 	Rewrites map[Component]string
 	// Warmup is the time each component's warm-up took, and WarmupCalls the
 	// duration of each of its calls; empty without WithWarmup.
@@ -192,7 +200,7 @@ func (f *Folder) Load() LoadReport {
 }
 
 // modelPath returns the model file OpenFolder loads for component k: the
-// rewritten one when WithRewrites is set and the rewrite is proven, else
+// rewritten one when rewrites are on and the rewrite is proven, else
 // the folder's own. Problems are logged, never returned: the original
 // model is always a valid fallback.
 func (c *config) modelPath(ctx context.Context, f *Folder, k Component, lay *layout, o ort.Options) string {

@@ -5,6 +5,9 @@ package sd_test
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,5 +36,82 @@ func TestOpenRewrittenIntegration(t *testing.T) {
 		if err := f.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// procStatus returns a /proc/self/status field (VmRSS, VmHWM) in GiB.
+func procStatus(t *testing.T, field string) float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.Lines(string(b)) {
+		if f, ok := strings.CutPrefix(l, field+":"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb / (1 << 20)
+		}
+	}
+	t.Fatalf("no %s", field)
+	return 0
+}
+
+// TestMemoryIntegration opens $SD_MODEL_DIR as the library does by default
+// ($PERF_VAE_PATTERN=1 turns the VAE decoder's memory pattern back on) and
+// generates one $PERF_SIZE (512) image in 2 steps, printing the resident
+// and peak memory after each phase.
+func TestMemoryIntegration(t *testing.T) {
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" {
+		t.Skip("SD_MODEL_DIR not set")
+	}
+	size := 512
+	if v := os.Getenv("PERF_SIZE"); v != "" {
+		var err error
+		if size, err = strconv.Atoi(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := []Option{WithoutVAEEncoder()}
+	if os.Getenv("PERF_VAE_PATTERN") == "1" {
+		opts = append(opts, WithMemoryPattern(VAEDecoder, true))
+	}
+	if os.Getenv("PERF_VAE_ARENA") == "0" {
+		opts = append(opts, WithMemoryArena(VAEDecoder, false))
+	}
+	if os.Getenv("PERF_VAE_ARENA") == "1" {
+		opts = append(opts, WithMemoryArena(VAEDecoder, true))
+	}
+	if os.Getenv("PERF_NO_REWRITES") == "1" {
+		opts = append(opts, WithoutRewrites())
+	}
+	report := func(phase string) {
+		var ms runtime.MemStats
+		if os.Getenv("PERF_GC") == "1" {
+			runtime.GC()
+		}
+		runtime.ReadMemStats(&ms)
+		fmt.Printf("MEM %-10s VmRSS %.2f GiB, VmHWM %.2f GiB; Go heap in use %.2f GiB, held %.2f GiB\n", phase, procStatus(t, "VmRSS"), procStatus(t, "VmHWM"),
+			float64(ms.HeapInuse)/(1<<30), float64(ms.HeapSys-ms.HeapReleased)/(1<<30))
+	}
+	report("start")
+	m, err := Open(t.Context(), dir, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	report("open")
+	if os.Getenv("PERF_OPEN_ONLY") == "1" {
+		return
+	}
+	for i := range 2 {
+		start := time.Now()
+		if _, err := m.Generate(t.Context(), Request{Prompt: "a lighthouse", Width: size, Height: size, Steps: 2, Seed: 1, Scheduler: "Euler"}); err != nil {
+			t.Fatal(err)
+		}
+		report(fmt.Sprintf("image %d", i+1))
+		fmt.Printf("    in %v: %+v\n", time.Since(start).Round(time.Millisecond), m.Metrics())
 	}
 }

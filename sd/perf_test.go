@@ -203,3 +203,34 @@ func sessionOf(f *Folder, c Component) interface{ Stats() (int64, time.Duration)
 	}
 	return f.VAEDecoder.Session()
 }
+
+// TestRewritesDefaultOn opens the reference model, whose UNet has the
+// converter's baddbmm, with no rewrite option and with WithoutRewrites.
+func TestRewritesDefaultOn(t *testing.T) {
+	testenv.RequireORT(t)
+	dir := testenv.TinyReferenceModel(t)
+	cache := t.TempDir()
+	for name, tc := range map[string]struct {
+		opts []Option
+		want string // prefix of the UNet's rewrite report; "" none
+	}{
+		"default":         {nil, "baddbmm×12"},
+		"WithoutRewrites": {[]Option{WithoutRewrites()}, ""},
+		"baddbmm only":    {[]Option{WithoutRewrites(), WithRewrites(RewriteBaddbmm)}, "baddbmm×12"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, err := OpenFolder(t.Context(), dir, append([]Option{WithRewriteCache(cache), WithoutVAEEncoder(), WithThreads(UNet, 1)}, tc.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			got := f.Load().Rewrites[UNet]
+			if !strings.HasPrefix(got, tc.want) || (tc.want == "") != (got == "") {
+				t.Errorf("UNet rewrites %q, want %q…", got, tc.want)
+			}
+			if mha := strings.Contains(got, "mha×"); mha != (name == "default") {
+				t.Errorf("UNet rewrites %q: mha sites %v", got, mha)
+			}
+		})
+	}
+}

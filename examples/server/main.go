@@ -123,8 +123,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}
-	if *rewrites {
-		opts = append(opts, sd.WithRewrites())
+	if !*rewrites {
+		opts = append(opts, sd.WithoutRewrites())
 	}
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
 		if *threads > 0 {
