@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 func main() {
@@ -49,6 +50,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		matmul    = fs.Int("matmul", 2048, "size of the MatMul peak measurement (0: skip)")
 		out       = fs.String("out", "bench-out", "folder for report.json, report.md and timeline.svg")
 		quiet     = fs.Bool("q", false, "no progress on stderr")
+		rewrites  = fs.String("rewrites", "default", `graph rewrites at open: "default" (the library's), "none", or a comma-separated list (baddbmm, mha, foldscale)`)
+		spin      = fs.Bool("spin", true, "let ONNX Runtime's idle pool threads spin (sd.WithSpinning)")
+		scaling   = fs.Bool("scaling", true, "time a UNet call on half the cores (opens a second UNet)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -58,7 +62,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Requests: *n, Concurrency: *c, Width: *size, Height: *size, Steps: *steps,
 		Scheduler: *sched, Guidance: *guidance, Seed: *seed,
 		Rounds: *rounds, LatencyRepeats: *single, MaxBatch: *maxBatch, BatchWait: *wait,
-		MatMulN: *matmul,
+		MatMulN: *matmul, NoScaling: !*scaling, NoSpinning: !*spin,
+	}
+	switch *rewrites {
+	case "default":
+	case "none", "":
+		cfg.NoRewrites = true
+	default:
+		for _, r := range strings.Split(*rewrites, ",") {
+			cfg.Rewrites = append(cfg.Rewrites, sd.Rewrite(strings.TrimSpace(r)))
+		}
 	}
 	if *single == 0 {
 		cfg.LatencyRepeats = -1

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"runtime"
@@ -39,7 +40,12 @@ type Report struct {
 	MaxBatch   int      `json:"max_batch"`
 	Prompts    []string `json:"prompts"`
 	LoadS      float64  `json:"load_s"`
-	SeqLen     int      `json:"seq_len"`
+	// Rewrites says what each component's graph rewriting did (nil: the
+	// files as they are).
+	Rewrites map[string]string `json:"rewrites,omitempty"`
+	// NoSpinning: the sessions' idle threads sleep at once (sd.WithSpinning).
+	NoSpinning bool `json:"no_spinning,omitempty"`
+	SeqLen     int  `json:"seq_len"`
 
 	// Work of one request, counted analytically (see UNetMACs).
 	TextMACs    float64         `json:"text_encoder_macs"`      // the guided pair
@@ -68,7 +74,7 @@ func newReport(cfg Config) *Report {
 		Model: cfg.ModelDir, Arch: cfg.Arch.Name, Attention: cfg.Attention.String(),
 		Width: cfg.Width, Height: cfg.Height, Steps: cfg.Steps, Scheduler: cfg.Scheduler, Guidance: cfg.Guidance,
 		Requests: cfg.Requests, Concurrent: cfg.Concurrency, Rounds: cfg.Rounds, MaxBatch: cfg.MaxBatch,
-		Prompts: cfg.Prompts, cfg: cfg,
+		Prompts: cfg.Prompts, NoSpinning: cfg.NoSpinning, cfg: cfg,
 	}
 	if r.Scheduler == "" {
 		r.Scheduler = "(model's)"
@@ -398,6 +404,19 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		r.CPU, r.Cores, r.GoVersion, r.ORTVersion, r.LoadBefore, r.LoadAfter, r.Date)
 	p("Workload: %d requests, %d in flight in the engine modes, %d×%d, %d steps, scheduler %s, guidance %g, model %s (%s, %s attention), %d round(s).\n\n",
 		r.Requests, r.Concurrent, r.Width, r.Height, r.Steps, r.Scheduler, r.Guidance, r.Model, r.Arch, r.Attention, r.Rounds)
+	if r.Rewrites == nil {
+		p("Graph rewrites: none (the files as they are). ")
+	} else {
+		p("Graph rewrites:")
+		for _, c := range slices.Sorted(maps.Keys(r.Rewrites)) {
+			p(" %s %s;", c, r.Rewrites[c])
+		}
+		p(" ")
+	}
+	if r.NoSpinning {
+		p("Idle pool threads do not spin. ")
+	}
+	p("Load %.1f s.\n\n", r.LoadS)
 	p("Work of one request (counted analytically): %.1f GFLOP — UNet %.1f GMAC a call × %d calls (%.0f%%), VAE decoder %.1f GMAC (%.0f%%), text encoder %.1f GMAC (%.1f%%).\n\n",
 		r.FLOPsPerReq/1e9, r.UNetMACs/1e9, r.UNetCalls, 100*r.UNetShare, r.VAEMACs/1e9, 100*r.VAEShare, r.TextMACs/1e9, 100*r.TextShare)
 	if len(r.MatMul) > 0 {

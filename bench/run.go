@@ -103,6 +103,17 @@ type Config struct {
 
 	MatMulN    int // matrix size of the peak measurement; 0 means 2048, negative skips it
 	MatMulRuns int // 0 means 10
+	// NoScaling skips the UNet call on half the cores (and the second UNet
+	// session it needs, which the Pipelined mode opens anyway).
+	NoScaling bool
+
+	// Rewrites are the graph rewrites the model is opened with
+	// (sd.WithRewrites); nil means the library's default, sd.DefaultRewrites.
+	Rewrites []sd.Rewrite
+	// NoRewrites opens the files as they are (sd.WithoutRewrites).
+	NoRewrites bool
+	// NoSpinning opens every session with sd.WithSpinning(false).
+	NoSpinning bool
 
 	Logger *slog.Logger // progress; nil discards
 	// OnProgress, when set, is called with the report so far after each
@@ -216,14 +227,16 @@ func (t *RequestTiming) fill(i int, origin time.Time) {
 
 // harness holds what the runs share.
 type harness struct {
-	cfg     Config
-	model   *sd.Model
-	f       *sd.Folder
-	half    *unet.Model // UNet session with NumCPU/2 threads, for Pipelined
-	rec     *callRecorder
-	seq     *sequential
-	engines map[Mode]*pipeline.Pipeline
-	stats   map[string]*ort.Session
+	cfg   Config
+	model *sd.Model
+	f     *sd.Folder
+	half  *unet.Model // UNet session with NumCPU/2 threads, for Pipelined
+	// halfModel owns half
+	halfModel *sd.Model
+	rec       *callRecorder
+	seq       *sequential
+	engines   map[Mode]*pipeline.Pipeline
+	stats     map[string]*ort.Session
 }
 
 func (h *harness) close() error {
@@ -231,8 +244,8 @@ func (h *harness) close() error {
 	for _, p := range h.engines {
 		errs = append(errs, p.Close())
 	}
-	if h.half != nil {
-		errs = append(errs, h.half.Close())
+	if h.halfModel != nil {
+		errs = append(errs, h.halfModel.Close())
 	}
 	if h.model != nil {
 		errs = append(errs, h.model.Close())
@@ -328,11 +341,26 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.LibraryPath != "" {
 		opts = append(opts, sd.WithLibraryPath(cfg.LibraryPath))
 	}
+	switch {
+	case cfg.NoRewrites:
+		opts = append(opts, sd.WithoutRewrites())
+	case cfg.Rewrites != nil:
+		opts = append(opts, sd.WithRewrites(cfg.Rewrites...))
+	}
+	if cfg.NoSpinning {
+		opts = append(opts, sd.WithSpinning(false))
+	}
 	if h.model, err = sd.Open(ctx, cfg.ModelDir, opts...); err != nil {
 		return nil, err
 	}
 	h.f = h.model.Folder()
 	rep.LoadS = time.Since(t0).Seconds()
+	if !cfg.NoRewrites {
+		rep.Rewrites = map[string]string{}
+		for c, r := range h.f.Load().Rewrites {
+			rep.Rewrites[c.String()] = r
+		}
+	}
 	rep.SeqLen = h.f.Tokenizer.MaxLength()
 	calls, err := unetCalls(h.f, cfg)
 	if err != nil {
@@ -345,11 +373,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		"vae_decoder":  h.f.VAEDecoder.Session(),
 	}
 	halfThreads := max(1, runtime.NumCPU()/2)
-	if slices.Contains(cfg.Modes, Pipelined) || cfg.MatMulN > 0 {
-		p := filepath.Join(cfg.ModelDir, "unet", "model.onnx")
-		if h.half, err = unet.Open(ctx, p, ort.Options{LibraryPath: cfg.LibraryPath, IntraOpThreads: halfThreads}); err != nil {
+	if slices.Contains(cfg.Modes, Pipelined) || (cfg.MatMulN > 0 && !cfg.NoScaling) {
+		// a second model whose UNet has half the threads, rewritten alike
+		// (from the rewrite cache the first open filled)
+		halfOpts := append(slices.Clone(opts), sd.WithThreads(sd.UNet, halfThreads))
+		if h.halfModel, err = sd.Open(ctx, cfg.ModelDir, halfOpts...); err != nil {
 			return nil, err
 		}
+		h.half = h.halfModel.Folder().UNet
 		h.stats["unet_half"] = h.half.Session()
 	}
 	h.seq = &sequential{f: h.f, enc: h.rec.encoder(h.f.TextEncoder), den: h.rec.denoiser(h.f.UNet), dec: h.rec.decoder(h.f.VAEDecoder)}
