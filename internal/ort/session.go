@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,6 +116,10 @@ type Options struct {
 	// CPU burnt while other sessions compute, a little more latency to
 	// wake them.
 	NoSpinning bool
+	// SessionConfig adds ONNX Runtime session configuration entries
+	// (onnxruntime_session_options_config_keys.h), e.g.
+	// "session.disable_prepacking": "1".
+	SessionConfig map[string]string
 	// ProfilePrefix, when set, turns on ORT's profiler: the session writes
 	// a Chrome-trace JSON file named <prefix>_<date>.json when it closes.
 	ProfilePrefix string
@@ -247,6 +253,11 @@ func configure(so *onnx.SessionOptions, o Options) error {
 	if o.DisableMemPattern {
 		if err := so.SetMemPattern(false); err != nil {
 			return fmt.Errorf("memory pattern: %w", err)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(o.SessionConfig)) {
+		if err := so.AddSessionConfigEntry(k, o.SessionConfig[k]); err != nil {
+			return fmt.Errorf("session config %s: %w", k, err)
 		}
 	}
 	if o.ProfilePrefix != "" {

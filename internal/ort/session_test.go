@@ -117,6 +117,7 @@ func TestSessionOptions(t *testing.T) {
 	calls := loadTECalls(t)
 	for name, o := range map[string]ort.Options{
 		"no spinning, 2 threads": {IntraOpThreads: 2, InterOpThreads: 1, NoSpinning: true},
+		"session config":         {IntraOpThreads: 1, SessionConfig: map[string]string{"session.disable_prepacking": "1"}},
 		"no arena, no pattern":   {IntraOpThreads: 1, DisableMemArena: true, DisableMemPattern: true},
 	} {
 		t.Run(name, func(t *testing.T) {

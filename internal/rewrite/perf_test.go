@@ -551,3 +551,56 @@ func TestPerfVAE(t *testing.T) {
 	fmt.Printf("VAE model=%s rewrites=%q size=%d arena=%v pattern=%v | calls %s s | VmHWM open %.2f GiB, run %.2f GiB\n",
 		dir, os.Getenv("PERF_REWRITES"), size, !o.DisableMemArena, !o.DisableMemPattern, fmtTimes(times), rssOpen/(1<<30), vmHWM(t)/(1<<30))
 }
+
+// TestPerfOpenRSS opens the components of $SD_MODEL_DIR one after the
+// other, as they are ($PERF_PREPACK=0 turns ORT's weight prepacking off),
+// ($PERF_INIT_ALLOC=1 allocates the weights outside the memory arena), and
+// prints how much resident memory each session added beside the size of
+// its weights.
+func TestPerfOpenRSS(t *testing.T) {
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" || os.Getenv("PERF_OPEN_RSS") == "" {
+		t.Skip("SD_MODEL_DIR or PERF_OPEN_RSS not set")
+	}
+	rss := func() float64 {
+		b, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for l := range strings.Lines(string(b)) {
+			if f, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 64)
+				return kb * 1024
+			}
+		}
+		return 0
+	}
+	for _, c := range []string{"text_encoder", "unet", "vae_decoder"} {
+		p := filepath.Join(dir, c, "model.onnx")
+		ins, outs, err := ort.ReadIO(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var weights int64
+		files, _ := filepath.Glob(filepath.Join(dir, c, "*"))
+		for _, f := range files {
+			if st, err := os.Stat(f); err == nil && !strings.HasSuffix(f, ".json") {
+				weights += st.Size()
+			}
+		}
+		o := ort.Options{SessionConfig: map[string]string{}}
+		if os.Getenv("PERF_PREPACK") == "0" {
+			o.SessionConfig["session.disable_prepacking"] = "1"
+		}
+		if os.Getenv("PERF_INIT_ALLOC") == "1" {
+			o.SessionConfig["session.use_device_allocator_for_initializers"] = "1"
+		}
+		before := rss()
+		s, err := ort.Open(t.Context(), p, ins, outs, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		fmt.Printf("OPENRSS %-12s files %.2f GiB, resident +%.2f GiB\n", c, float64(weights)/(1<<30), (rss()-before)/(1<<30))
+	}
+}
