@@ -29,16 +29,23 @@ func TestMemoryPatternOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range components {
-		want := k == VAEDecoder || k == VAEEncoder
+		want := k != TextEncoder
 		if got := c.ortOptions(k).DisableMemPattern; got != want {
 			t.Errorf("default: %v's memory pattern disabled %v, want %v", k, got, want)
 		}
 	}
-	c, err = newConfig([]Option{WithMemoryPattern(VAEDecoder, true), WithMemoryPattern(UNet, false)})
+	c, err = newConfig([]Option{WithMemoryPattern(VAEDecoder, true), WithMemoryPattern(TextEncoder, false)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ortOptions(VAEDecoder).DisableMemPattern || !c.ortOptions(UNet).DisableMemPattern || !c.ortOptions(VAEEncoder).DisableMemPattern {
-		t.Errorf("WithMemoryPattern not applied: decoder %+v, unet %+v", c.ortOptions(VAEDecoder), c.ortOptions(UNet))
+	if c.ortOptions(VAEDecoder).DisableMemPattern || !c.ortOptions(TextEncoder).DisableMemPattern || !c.ortOptions(VAEEncoder).DisableMemPattern {
+		t.Errorf("WithMemoryPattern not applied: decoder %+v, text encoder %+v", c.ortOptions(VAEDecoder), c.ortOptions(TextEncoder))
+	}
+	c, err = newConfig([]Option{WithMemoryArena(VAEDecoder, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.ortOptions(VAEDecoder).DisableMemArena || c.ortOptions(UNet).DisableMemArena {
+		t.Errorf("WithMemoryArena not applied: decoder %+v, unet %+v", c.ortOptions(VAEDecoder), c.ortOptions(UNet))
 	}
 }

@@ -156,8 +156,9 @@ func WithThreads(c Component, intraOp int) Option {
 // for component c's session. The planner allocates a call's intermediate
 // tensors as one planned block; off, they are allocated one by one from the
 // memory arena, which keeps less memory at once. By default it is off for
-// the VAE decoder and encoder, where it costs about 0.9 GiB at 512×512 and
-// brings no speed (see BENCHMARKS.md), and on for the rest.
+// the UNet and the VAE, where at 512×512 it holds 0.25 GiB (UNet) and
+// 0.9 GiB (VAE decoder) more and brings no speed (see BENCHMARKS.md), and
+// on for the text encoder.
 func WithMemoryPattern(c Component, on bool) Option {
 	return func(cfg *config) {
 		cfg.comp(c).pattern = -1
@@ -243,7 +244,7 @@ func newConfig(opts []Option) (*config, error) {
 // ortOptions returns the session options for component k.
 func (c *config) ortOptions(k Component) ort.Options {
 	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU, NoSpinning: c.noSpin,
-		DisableMemPattern: k == VAEDecoder || k == VAEEncoder}
+		DisableMemPattern: k != TextEncoder}
 	if p := c.comps[k]; p != nil {
 		if p.deviceSet {
 			o.Provider = providers[p.device]

@@ -59,7 +59,9 @@ func procStatus(t *testing.T, field string) float64 {
 }
 
 // TestMemoryIntegration opens $SD_MODEL_DIR as the library does by default
-// ($PERF_VAE_PATTERN=1 turns the VAE decoder's memory pattern back on) and
+// ($PERF_VAE_PATTERN=1 and $PERF_UNET_PATTERN=1 turn the VAE decoder's and
+// the UNet's memory pattern back on, $PERF_VAE_ARENA=0 turns the VAE
+// decoder's arena off, $PERF_NO_REWRITES=1 the rewrites) and
 // generates one $PERF_SIZE (512) image in 2 steps, printing the resident
 // and peak memory after each phase.
 func TestMemoryIntegration(t *testing.T) {
@@ -77,6 +79,9 @@ func TestMemoryIntegration(t *testing.T) {
 	opts := []Option{WithoutVAEEncoder()}
 	if os.Getenv("PERF_VAE_PATTERN") == "1" {
 		opts = append(opts, WithMemoryPattern(VAEDecoder, true))
+	}
+	if os.Getenv("PERF_UNET_PATTERN") == "1" {
+		opts = append(opts, WithMemoryPattern(UNet, true))
 	}
 	if os.Getenv("PERF_VAE_ARENA") == "0" {
 		opts = append(opts, WithMemoryArena(VAEDecoder, false))
