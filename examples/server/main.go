@@ -147,10 +147,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		host, _ := os.Hostname()
 		id = host + ":" + portOf(ln.Addr())
 	}
+	opened := mdl.Folder().Load()
 	svc := NewServer(mdl, Config{
 		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), Token: *token,
 		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxSize: *maxSize, MaxSteps: *maxSteps,
-		MaxImages: *maxImages, FastSteps: *fast, QualitySteps: *quality, Logger: log,
+		MaxImages: *maxImages, FastSteps: *fast, QualitySteps: *quality, Logger: log, Load: &opened,
 	})
 	return serve(ctx, ln, svc, mdl, *grace, log)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"maps"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // latencyBuckets are the upper bounds, in seconds, of the request latency
@@ -203,6 +206,19 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	sample("sdpipe_stage_model_seconds_total", em.DenoiseModel.Seconds(), "stage", "denoise")
 	sample("sdpipe_stage_model_seconds_total", em.DecodeModel.Seconds(), "stage", "decode")
 	counter("sdpipe_stage_queue_seconds_total", "Time completed requests waited between stages.", em.QueueWait.Seconds())
+	if l := s.cfg.Load; l != nil {
+		durations := func(name, help string, d map[sd.Component]time.Duration) {
+			if len(d) == 0 {
+				return
+			}
+			metric(name, "gauge", help)
+			for _, c := range slices.SortedFunc(maps.Keys(d), func(a, b sd.Component) int { return cmp.Compare(a, b) }) {
+				sample(name, d[c].Seconds(), "component", c.String())
+			}
+		}
+		durations("sdpipe_model_open_seconds", "Time each model took to load at start, graph rewriting and its verification included.", l.Open)
+		durations("sdpipe_model_warmup_seconds", "Time each model's warm-up took at start.", l.Warmup)
+	}
 }
 
 func cmpPair(a, b [2]string) int {

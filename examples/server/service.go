@@ -64,6 +64,9 @@ type Config struct {
 	JobTTL                  time.Duration // how long finished async jobs are kept
 	MaxJobs                 int           // finished async jobs kept at most
 	Logger                  *slog.Logger  // nil discards
+	// Load, when set, is how the model was opened (Folder.Load): /metrics
+	// exports its open and warm-up times per component.
+	Load *sd.LoadReport
 }
 
 func (c *Config) fill() {

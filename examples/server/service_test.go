@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 func TestTxt2Img(t *testing.T) {
@@ -594,7 +595,10 @@ func TestDynamicBatching(t *testing.T) {
 // TestMetricsFormat checks every line of /metrics against the text
 // exposition format.
 func TestMetricsFormat(t *testing.T) {
-	_, ts := newServer(t, Config{})
+	_, ts := newServer(t, Config{Load: &sd.LoadReport{
+		Open:   map[sd.Component]time.Duration{sd.UNet: 1500 * time.Millisecond, sd.TextEncoder: 250 * time.Millisecond},
+		Warmup: map[sd.Component]time.Duration{sd.UNet: 2 * time.Second},
+	}})
 	post(t, ts.URL+"/sdapi/v1/txt2img", `{"steps":3}`)
 	r := get(t, ts.URL+"/metrics")
 	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
@@ -617,6 +621,11 @@ func TestMetricsFormat(t *testing.T) {
 	}
 	if !strings.Contains(string(r.body), `sdpipe_images_served_total 1`+"\n") {
 		t.Errorf("images served is not 1")
+	}
+	for _, want := range []string{`sdpipe_model_open_seconds{component="unet"} 1.5`, `sdpipe_model_open_seconds{component="text_encoder"} 0.25`, `sdpipe_model_warmup_seconds{component="unet"} 2`} {
+		if !strings.Contains(string(r.body), want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 
