@@ -65,7 +65,9 @@ type Folder struct {
 // width, UNet and VAE latent channels, tokenizer and text encoder vocabulary
 // and sequence length). Every problem found is reported, as *FolderError
 // values joined together. Only then does it load the text encoder, UNet and
-// VAE sessions, in parallel; if one fails, those already loaded are closed.
+// VAE sessions, one after the other, each with its graph rewritten and
+// verified first unless WithoutRewrites is given (see Rewrite); if one
+// fails, those already loaded are closed.
 // The VAE encoder is optional: a folder without vae_encoder/ opens with
 // Folder.VAEEncoder nil, but a broken one is an error unless
 // WithoutVAEEncoder is given.
