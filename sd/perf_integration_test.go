@@ -7,10 +7,10 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	. "github.com/sdpipe/sdpipe/sd"
 )
 
@@ -37,25 +37,6 @@ func TestOpenRewrittenIntegration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// procStatus returns a /proc/self/status field (VmRSS, VmHWM) in GiB.
-func procStatus(t *testing.T, field string) float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for l := range strings.Lines(string(b)) {
-		if f, ok := strings.CutPrefix(l, field+":"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb / (1 << 20)
-		}
-	}
-	t.Fatalf("no %s", field)
-	return 0
 }
 
 // TestMemoryIntegration opens $SD_MODEL_DIR as the library does by default
@@ -98,7 +79,7 @@ func TestMemoryIntegration(t *testing.T) {
 			runtime.GC()
 		}
 		runtime.ReadMemStats(&ms)
-		fmt.Printf("MEM %-10s VmRSS %.2f GiB, VmHWM %.2f GiB; Go heap in use %.2f GiB, held %.2f GiB\n", phase, procStatus(t, "VmRSS"), procStatus(t, "VmHWM"),
+		fmt.Printf("MEM %-10s VmRSS %.2f GiB, VmHWM %.2f GiB; Go heap in use %.2f GiB, held %.2f GiB\n", phase, testenv.ProcStatus(t, "VmRSS")/(1<<30), testenv.ProcStatus(t, "VmHWM")/(1<<30),
 			float64(ms.HeapInuse)/(1<<30), float64(ms.HeapSys-ms.HeapReleased)/(1<<30))
 	}
 	report("start")

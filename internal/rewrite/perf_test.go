@@ -29,6 +29,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
 func envInt(t *testing.T, name string, def int) int {
@@ -45,22 +46,36 @@ func envInt(t *testing.T, name string, def int) int {
 }
 
 // vmHWM returns the process's peak resident set size in bytes.
-func vmHWM(t *testing.T) float64 {
-	b, err := os.ReadFile("/proc/self/status")
+func vmHWM(t *testing.T) float64 { return testenv.ProcStatus(t, "VmHWM") }
+
+// prepared reads $SD_MODEL_DIR, skipping the test unless it and gate are
+// set, and rewrites its component with $PERF_REWRITES (no cache).
+func prepared(t *testing.T, gate, component string) *rewrite.Result {
+	t.Helper()
+	dir := os.Getenv("SD_MODEL_DIR")
+	if dir == "" || os.Getenv(gate) == "" {
+		t.Skipf("SD_MODEL_DIR or %s not set", gate)
+	}
+	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for l := range strings.Lines(string(b)) {
-		if f, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb * 1024
-		}
+	res, err := rewrite.Prepare(filepath.Join(dir, component, "model.onnx"), rs, "")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no VmHWM")
-	return 0
+	return res
+}
+
+// unetInputs are random SD 1.5 UNet inputs at size pixels, batch 2.
+func unetInputs(size int64) []ort.Tensor {
+	lat := size / 8
+	r := rand.New(rand.NewPCG(3, 4))
+	return []ort.Tensor{
+		{Shape: []int64{2, 4, lat, lat}, Data: fill(r, 2*4*lat*lat)},
+		{Shape: []int64{2}, Data: []float32{501, 501}},
+		{Shape: []int64{2, 77, 768}, Data: fill(r, 2*77*768)},
+	}
 }
 
 func fill(r *rand.Rand, n int64) []float32 {
@@ -326,18 +341,8 @@ func TestPerfAttention(t *testing.T) {
 // 2048³ MatMul on 1 and 2 threads beside it.
 func TestPerfThreads(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" || os.Getenv("PERF_THREADS_AB") == "" {
-		t.Skip("SD_MODEL_DIR or PERF_THREADS_AB not set")
-	}
-	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := prepared(t, "PERF_THREADS_AB", "unet")
 	size := int64(envInt(t, "PERF_SIZE", 256))
-	res, err := rewrite.Prepare(filepath.Join(dir, "unet", "model.onnx"), rs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var sess [2]*ort.Session
 	var mms [2]func() float64
 	for i := range sess {
@@ -352,12 +357,7 @@ func TestPerfThreads(t *testing.T) {
 		mms[i] = mm
 	}
 	lat := size / 8
-	r := rand.New(rand.NewPCG(3, 4))
-	in := []ort.Tensor{
-		{Shape: []int64{2, 4, lat, lat}, Data: fill(r, 2*4*lat*lat)},
-		{Shape: []int64{2}, Data: []float32{501, 501}},
-		{Shape: []int64{2, 77, 768}, Data: fill(r, 2*77*768)},
-	}
+	in := unetInputs(size)
 	var unet, mm [2][]float64
 	for round := range 5 {
 		for i, s := range sess {
@@ -389,31 +389,16 @@ func TestPerfThreads(t *testing.T) {
 // by operator type and by node.
 func TestPerfProfile(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" || os.Getenv("PERF_PROFILE") == "" {
-		t.Skip("SD_MODEL_DIR or PERF_PROFILE not set")
-	}
-	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := prepared(t, "PERF_PROFILE", "unet")
 	size := int64(envInt(t, "PERF_SIZE", 512))
 	calls := envInt(t, "PERF_CALLS", 3)
-	res, err := rewrite.Prepare(filepath.Join(dir, "unet", "model.onnx"), rs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	prefix := filepath.Join(t.TempDir(), "unet")
 	s, err := res.Open(t.Context(), ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), ProfilePrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lat := size / 8
-	r := rand.New(rand.NewPCG(3, 4))
-	in := []ort.Tensor{
-		{Shape: []int64{2, 4, lat, lat}, Data: fill(r, 2*4*lat*lat)},
-		{Shape: []int64{2}, Data: []float32{501, 501}},
-		{Shape: []int64{2, 77, 768}, Data: fill(r, 2*77*768)},
-	}
+	in := unetInputs(size)
 	for range calls {
 		out := []ort.Tensor{{Shape: []int64{2, 4, lat, lat}}}
 		if err := s.Run(t.Context(), in, out); err != nil {
@@ -516,19 +501,9 @@ func readProfile(path string) (*profile, error) {
 // calls.
 func TestPerfVAE(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" || os.Getenv("PERF_VAE") == "" {
-		t.Skip("SD_MODEL_DIR or PERF_VAE not set")
-	}
-	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := prepared(t, "PERF_VAE", "vae_decoder")
 	size := int64(envInt(t, "PERF_SIZE", 512))
 	o := ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), DisableMemArena: os.Getenv("PERF_NO_ARENA") != "", DisableMemPattern: os.Getenv("PERF_NO_PATTERN") != ""}
-	res, err := rewrite.Prepare(filepath.Join(dir, "vae_decoder", "model.onnx"), rs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s, err := res.Open(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -562,19 +537,7 @@ func TestPerfOpenRSS(t *testing.T) {
 	if dir == "" || os.Getenv("PERF_OPEN_RSS") == "" {
 		t.Skip("SD_MODEL_DIR or PERF_OPEN_RSS not set")
 	}
-	rss := func() float64 {
-		b, err := os.ReadFile("/proc/self/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for l := range strings.Lines(string(b)) {
-			if f, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 64)
-				return kb * 1024
-			}
-		}
-		return 0
-	}
+	rss := func() float64 { return testenv.ProcStatus(t, "VmRSS") }
 	for _, c := range []string{"text_encoder", "unet", "vae_decoder"} {
 		p := filepath.Join(dir, c, "model.onnx")
 		ins, outs, err := ort.ReadIO(p)
