@@ -271,3 +271,23 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 		})
 	}
 }
+
+// TestRewritesSkipFloat16 opens a float16 model with the default rewrites:
+// their verification compares float32 outputs, so the graphs are loaded as
+// they are, and the report says why.
+func TestRewritesSkipFloat16(t *testing.T) {
+	testenv.RequireORT(t)
+	f, err := sd.OpenFolder(t.Context(), fp16Model(t), sd.WithRewriteCache(t.TempDir()), sd.WithThreads(sd.UNet, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for c, got := range f.Load().Rewrites {
+		if got != "skipped: outputs are not float32" {
+			t.Errorf("%s: rewrites %q", c, got)
+		}
+	}
+	if got := f.Load().Rewrites[sd.UNet]; got == "" {
+		t.Error("the UNet's rewrite report is empty")
+	}
+}

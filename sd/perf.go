@@ -12,6 +12,7 @@ import (
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 )
@@ -209,6 +210,17 @@ func (c *config) modelPath(ctx context.Context, f *Folder, k Component, lay *lay
 		return src
 	}
 	log := c.logger.With("component", k.String())
+	if io := lay.io[k]; io != nil {
+		for _, v := range io.Outputs {
+			if v.ElemType != onnxpb.Float {
+				// the verification compares float32 outputs only; without it
+				// no rewrite is used, so do not pay for one
+				log.Info("sd: graph not rewritten: its outputs are not float32, so a rewrite could not be verified", "output", v.Name)
+				f.load.rewrote(k, "skipped: outputs are not float32")
+				return src
+			}
+		}
+	}
 	var rs []rewrite.Rewrite
 	for _, r := range c.perf.rewrites {
 		if r == RewriteMHA && c.perf.defaults && o.Provider != ort.CPU && o.Provider != ort.CUDA {
