@@ -152,6 +152,16 @@ func (s *Server) build(c *common) (*spec, error) {
 }
 
 // images encodes the results as base64 PNGs with their infotexts.
+// runImages runs sp to the end and returns its images as base64 PNGs.
+func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, error) {
+	t, err := s.runSync(r, api, sp)
+	if err != nil {
+		return nil, err
+	}
+	b64, _, _, err := s.images(t.results)
+	return b64, err
+}
+
 func (s *Server) images(results []*sd.Result) (b64, infotexts []string, seeds []int64, err error) {
 	var buf bytes.Buffer
 	for _, res := range results {
@@ -369,12 +379,7 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 		sp.mode = one.mode
 		sp.reqs = append(sp.reqs, one.reqs...)
 	}
-	t, err := s.runSync(r, apiSageMaker, sp)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	b64, _, _, err := s.images(t.results)
+	b64, err := s.runImages(r, apiSageMaker, sp)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -434,12 +439,7 @@ func (s *Server) handleOpenAI(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	t, err := s.runSync(r, apiOpenAI, sp)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	b64, _, _, err := s.images(t.results)
+	b64, err := s.runImages(r, apiOpenAI, sp)
 	if err != nil {
 		writeError(w, err)
 		return

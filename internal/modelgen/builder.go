@@ -262,3 +262,15 @@ func halfBits(f float32) uint16 {
 	}
 	return sign
 }
+
+// newModelBuilder checks cfg and opt and starts a builder for one of their
+// components.
+func newModelBuilder(cfg Config, opt Options) (*Builder, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := opt.validate(); err != nil {
+		return nil, err
+	}
+	return NewBuilder(opt.Seed, opt.floatType()), nil
+}

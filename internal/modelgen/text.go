@@ -21,17 +21,14 @@ const maskValue = -1e4
 // argmax of input_ids, the end-of-text position, as CLIP does). vocab is
 // the number of token embeddings when cfg.Text.Vocab is zero.
 func BuildTextEncoder(cfg Config, opt Options, vocab int) (*onnxpb.Model, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if err := opt.validate(); err != nil {
+	b, err := newModelBuilder(cfg, opt)
+	if err != nil {
 		return nil, err
 	}
 	tc := cfg.Text
 	if tc.Vocab > 0 {
 		vocab = tc.Vocab
 	}
-	b := NewBuilder(opt.Seed, opt.floatType())
 	idsType := opt.IDs
 	if idsType == onnxpb.Undefined {
 		idsType = onnxpb.Int32

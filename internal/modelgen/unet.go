@@ -12,10 +12,8 @@ import (
 // out_sample [batch, 4, height, width]. height and width must be multiples
 // of 2^(levels-1).
 func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if err := opt.validate(); err != nil {
+	b, err := newModelBuilder(cfg, opt)
+	if err != nil {
 		return nil, err
 	}
 	u := cfg.UNet
@@ -23,7 +21,6 @@ func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
 	if crossDim == 0 {
 		crossDim = cfg.Text.Hidden
 	}
-	b := NewBuilder(opt.Seed, opt.floatType())
 	ft := b.Float()
 	batch := opt.batchDim()
 	sample := b.Input("sample", ft, batch, u.InChannels, "height", "width")

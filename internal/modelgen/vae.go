@@ -10,14 +10,11 @@ import (
 // included): latent_sample [batch, 4, height/8, width/8] → sample
 // [batch, 3, height, width].
 func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if err := opt.validate(); err != nil {
+	b, err := newModelBuilder(cfg, opt)
+	if err != nil {
 		return nil, err
 	}
 	v := cfg.VAE
-	b := NewBuilder(opt.Seed, opt.floatType())
 	ft := b.Float()
 	batch := opt.batchDim()
 	lc := v.LatentChannels
@@ -50,14 +47,11 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 // the posterior mean (deterministic), or with opt.LatentParameters
 // latent_parameters [batch, 8, height/8, width/8] (mean ‖ logvar).
 func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if err := opt.validate(); err != nil {
+	b, err := newModelBuilder(cfg, opt)
+	if err != nil {
 		return nil, err
 	}
 	v := cfg.VAE
-	b := NewBuilder(opt.Seed, opt.floatType())
 	ft := b.Float()
 	batch := opt.batchDim()
 	lc := v.LatentChannels
