@@ -12,30 +12,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
-// sharedDir returns the shared reference directory: $SDPIPE_SHARED, or
-// ../shared next to the module root. It skips the test when it is absent.
+// sharedDir returns ../shared beside the module root ($SDPIPE_SHARED
+// overrides), skipping the test when it is absent.
 func sharedDir(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("SDPIPE_SHARED"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("rng: module root (go.mod) not found; cannot locate ../shared reference data")
-		}
-		dir = parent
-	}
-	return filepath.Join(dir, "..", "shared")
+	return shareddir.Path(t, "")
 }
 
 // refStream is one generator's expected output in rng/randn.json.

@@ -7,34 +7,15 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
-// sharedDir returns ../shared next to the module root, or $SDPIPE_SHARED,
-// skipping the test when it is absent.
+// sharedDir returns ../shared beside the module root ($SDPIPE_SHARED
+// overrides), skipping the test when its CLIP vocabulary is absent.
 func sharedDir(tb testing.TB) string {
 	tb.Helper()
-	if d := os.Getenv("SDPIPE_SHARED"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			tb.Skip("go.mod not found; cannot locate ../shared")
-		}
-		dir = parent
-	}
-	d := filepath.Join(dir, "..", "shared")
-	if _, err := os.Stat(filepath.Join(d, "clip-tokenizer", "vocab.json")); err != nil {
-		tb.Skipf("reference data not found at %s (set SDPIPE_SHARED): %v", d, err)
-	}
-	return d
+	return shareddir.Path(tb, "clip-tokenizer/vocab.json")
 }
 
 var (

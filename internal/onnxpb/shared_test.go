@@ -4,34 +4,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
-// sharedDir returns ../shared relative to the module root (or
-// $SDPIPE_SHARED), skipping the test when it is absent.
+// sharedDir returns ../shared beside the module root ($SDPIPE_SHARED
+// overrides), skipping the test when it is absent.
 func sharedDir(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("SDPIPE_SHARED"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("go.mod not found above the test directory; cannot locate ../shared")
-		}
-		dir = parent
-	}
-	shared := filepath.Join(dir, "..", "shared")
-	if _, err := os.Stat(shared); err != nil {
-		t.Skipf("reference data not found at %s (set SDPIPE_SHARED): %v", shared, err)
-	}
-	return shared
+	return shareddir.Path(t, "")
 }
 
 // tinyModel returns the path of a component model of the reference tiny

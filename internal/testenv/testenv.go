@@ -5,48 +5,23 @@ package testenv
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // ModuleRoot returns the directory holding go.mod, walking up from the
 // working directory, or "" when there is none.
-func ModuleRoot() string {
-	d, err := os.Getwd()
-	if err != nil {
-		return ""
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-		p := filepath.Dir(d)
-		if p == d {
-			return ""
-		}
-		d = p
-	}
-}
+func ModuleRoot() string { return shareddir.ModuleRoot() }
 
 // SharedDir returns ../shared beside the module root ($SDPIPE_SHARED
-// overrides), or skips the test when it is absent.
+// overrides), or skips the test when it (or its reference/ folder) is
+// absent.
 func SharedDir(t testing.TB) string {
 	t.Helper()
-	d := os.Getenv("SDPIPE_SHARED")
-	if d == "" {
-		root := ModuleRoot()
-		if root == "" {
-			t.Skip("no go.mod above the working directory: cannot locate ../shared")
-		}
-		d = filepath.Join(root, "..", "shared")
-	}
-	if _, err := os.Stat(filepath.Join(d, "reference")); err != nil {
-		t.Skipf("reference data not found at %s (set SDPIPE_SHARED to the shared/ folder): %v", d, err)
-	}
-	return d
+	return shareddir.Path(t, "reference")
 }
 
 // TinyReferenceModel returns ../shared/reference/tiny-onnx-sd/model, or
