@@ -18,15 +18,7 @@ import (
 // working afterwards.
 func TestCancelInFlight(t *testing.T) {
 	testenv.RequireORT(t)
-	dir := t.TempDir()
-	if err := modelgen.Write(dir, modelgen.Tiny(), modelgen.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "unet", "model.onnx")
-	ins, outs, err := ort.ReadIO(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, ins, outs := generatedUNet(t)
 	s, err := ort.Open(t.Context(), path, ins, outs, ort.Options{IntraOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -59,4 +51,20 @@ func TestCancelInFlight(t *testing.T) {
 		t.Errorf("the session fails after a canceled call: %v", err)
 	}
 	t.Logf("full call %v, canceled after %v", full, took)
+}
+
+// generatedUNet writes a generated tiny model folder and returns its UNet's
+// path and signature.
+func generatedUNet(t *testing.T) (path string, ins, outs []ort.IOInfo) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := modelgen.Write(dir, modelgen.Tiny(), modelgen.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "unet", "model.onnx")
+	ins, outs, err := ort.ReadIO(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, ins, outs
 }

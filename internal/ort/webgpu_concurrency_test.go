@@ -1,12 +1,10 @@
 package ort_test
 
 import (
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
@@ -17,15 +15,7 @@ import (
 // the provider overlaps or serialises them (see BENCHMARKS.md).
 func TestWebGPUConcurrentRuns(t *testing.T) {
 	testenv.RequireWebGPU(t)
-	dir := t.TempDir()
-	if err := modelgen.Write(dir, modelgen.Tiny(), modelgen.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "unet", "model.onnx")
-	ins, outs, err := ort.ReadIO(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, ins, outs := generatedUNet(t)
 	s, err := ort.Open(t.Context(), path, ins, outs, ort.Options{Provider: ort.WebGPU})
 	if err != nil {
 		t.Fatal(err)
