@@ -13,13 +13,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 )
 
 //go:embed default
 var embedded embed.FS
 
 // CacheEnv names the environment variable that overrides the cache root.
-const CacheEnv = "SDPIPE_CACHE_DIR"
+const CacheEnv = cachedir.Env
 
 // DefaultName is the name of the default model, as image metadata shows it.
 const DefaultName = "sdpipe-shapes-64"
@@ -75,18 +77,7 @@ func Hash() string {
 // CacheDir returns the per-user cache root: $SDPIPE_CACHE_DIR, else
 // $XDG_CACHE_HOME/sdpipe, else ~/.cache/sdpipe (the same root
 // scripts/setup.sh installs ONNX Runtime under). Safe for concurrent use.
-func CacheDir() string {
-	if d := os.Getenv(CacheEnv); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "sdpipe")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".cache", "sdpipe")
-	}
-	return filepath.Join(os.TempDir(), "sdpipe-cache")
-}
+func CacheDir() string { return cachedir.Dir() }
 
 // ErrCorrupt reports a cached copy of the model whose files differ from the
 // embedded ones and that could not be replaced.

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	onnx "github.com/yalue/onnxruntime_go"
+
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 )
 
 // PinnedVersion is the ONNX Runtime release that scripts/setup.sh installs.
@@ -46,18 +48,7 @@ func (e *LibraryError) Unwrap() error { return ErrLibraryNotFound }
 // CacheDir returns the per-user folder where scripts/setup.sh installs the
 // library: $SDPIPE_CACHE_DIR, else $XDG_CACHE_HOME/sdpipe, else
 // ~/.cache/sdpipe.
-func CacheDir() string {
-	if d := os.Getenv("SDPIPE_CACHE_DIR"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "sdpipe")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".cache", "sdpipe")
-	}
-	return filepath.Join(os.TempDir(), "sdpipe-cache")
-}
+func CacheDir() string { return cachedir.Dir() }
 
 // CachedLibraryPath is where scripts/setup.sh puts the pinned library.
 func CachedLibraryPath() string {
