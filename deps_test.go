@@ -24,7 +24,8 @@ var allowed = map[string][]string{
 	"scheduler":          {},
 	"rng":                {},
 	"internal/onnxpb":    {},
-	"internal/ort":       {"internal/onnxpb"},
+	"internal/cachedir":  {},
+	"internal/ort":       {"internal/onnxpb", "internal/cachedir"},
 	"internal/modelgen":  {"internal/onnxpb", "tokenizer"},
 	"internal/rewrite":   {"internal/onnxpb", "internal/ort"},
 	"internal/shareddir": {},
@@ -33,7 +34,7 @@ var allowed = map[string][]string{
 	"unet":               {"internal/ort"},
 	"vae":                {"internal/ort"},
 	"pipeline":           {"tokenizer", "scheduler", "rng"},
-	"models":             {},
+	"models":             {"internal/cachedir"},
 	"sd":                 {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "internal/rewrite", "textenc", "unet", "vae", "pipeline"},
 }
 
