@@ -147,6 +147,11 @@ func editJSON(t *testing.T, dir, rel string, f func(map[string]any)) {
 	writeFile(t, dir, rel, string(b))
 }
 
+// isErr returns a check that an error matches target (errors.Is).
+func isErr(target error) func(error) bool {
+	return func(err error) bool { return errors.Is(err, target) }
+}
+
 func isType[E error](err error) bool {
 	_, ok := errors.AsType[E](err)
 	return ok
@@ -168,7 +173,7 @@ func TestOpenFolderBroken(t *testing.T) {
 			name:  "no model_index.json",
 			brk:   func(t *testing.T, d string) { remove(t, d, "model_index.json") },
 			file:  "model_index.json",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 			text:  "not a diffusers model folder",
 		},
 		{
@@ -193,7 +198,7 @@ func TestOpenFolderBroken(t *testing.T) {
 				})
 			},
 			file:  "model_index.json",
-			cause: func(err error) bool { return errors.Is(err, sd.ErrUnsupported) },
+			cause: isErr(sd.ErrUnsupported),
 			text:  "XL",
 		},
 		{
@@ -210,28 +215,28 @@ func TestOpenFolderBroken(t *testing.T) {
 				writeFile(t, d, "scheduler/scheduler_config.json", `{"beta_start": "low"}`)
 			},
 			file:  "scheduler/scheduler_config.json",
-			cause: func(err error) bool { return errors.Is(err, scheduler.ErrConfig) },
+			cause: isErr(scheduler.ErrConfig),
 			text:  "beta_start",
 		},
 		{
 			name:  "no scheduler folder",
 			brk:   func(t *testing.T, d string) { remove(t, d, "scheduler") },
 			file:  "scheduler/scheduler_config.json",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 			text:  "missing",
 		},
 		{
 			name:  "no unet",
 			brk:   func(t *testing.T, d string) { remove(t, d, "unet") },
 			file:  "unet",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 			text:  "missing folder",
 		},
 		{
 			name:  "no text encoder model",
 			brk:   func(t *testing.T, d string) { remove(t, d, "text_encoder/model.onnx") },
 			file:  "text_encoder/model.onnx",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 		},
 		{
 			name: "pytorch unet",
@@ -240,7 +245,7 @@ func TestOpenFolderBroken(t *testing.T) {
 				writeFile(t, d, "unet/diffusion_pytorch_model.safetensors", "")
 			},
 			file:  "unet/model.onnx",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 			text:  "PyTorch",
 		},
 		{
@@ -254,7 +259,7 @@ func TestOpenFolderBroken(t *testing.T) {
 			name:  "truncated vae encoder model",
 			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") },
 			file:  "vae_encoder/model.onnx",
-			cause: func(err error) bool { return errors.Is(err, onnxpb.ErrTruncated) },
+			cause: isErr(onnxpb.ErrTruncated),
 		},
 		{
 			name: "garbage vae decoder model",
@@ -274,27 +279,27 @@ func TestOpenFolderBroken(t *testing.T) {
 			name:  "no unet weights.pb",
 			brk:   func(t *testing.T, d string) { remove(t, d, "unet/weights.pb") },
 			file:  "unet/weights.pb",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 			text:  "external data of unet/model.onnx",
 		},
 		{
 			name:  "truncated unet weights.pb",
 			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "unet/weights.pb") },
 			file:  "unet/weights.pb",
-			cause: func(err error) bool { return errors.Is(err, onnxpb.ErrTruncated) },
+			cause: isErr(onnxpb.ErrTruncated),
 			text:  "truncated",
 		},
 		{
 			name:  "no tokenizer vocab",
 			brk:   func(t *testing.T, d string) { remove(t, d, "tokenizer/vocab.json") },
 			file:  "tokenizer/vocab.json",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 		},
 		{
 			name:  "no tokenizer",
 			brk:   func(t *testing.T, d string) { remove(t, d, "tokenizer") },
 			file:  "tokenizer",
-			cause: func(err error) bool { return errors.Is(err, fs.ErrNotExist) },
+			cause: isErr(fs.ErrNotExist),
 		},
 		{
 			name: "garbage tokenizer_config.json",
@@ -331,7 +336,7 @@ func TestOpenFolderBroken(t *testing.T) {
 				editJSON(t, d, "tokenizer/vocab.json", func(m map[string]any) { m["zqxjzqxj</w>"] = len(m) })
 			},
 			file:  "text_encoder/model.onnx",
-			cause: func(err error) bool { return errors.Is(err, sd.ErrMismatch) },
+			cause: isErr(sd.ErrMismatch),
 			text:  "vocab.json",
 		},
 		{
@@ -342,7 +347,7 @@ func TestOpenFolderBroken(t *testing.T) {
 				})
 			},
 			file:  "vae_decoder/model.onnx",
-			cause: func(err error) bool { return errors.Is(err, sd.ErrMismatch) },
+			cause: isErr(sd.ErrMismatch),
 			text:  "16 channels",
 		},
 	}
