@@ -208,13 +208,7 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 				dir := copyDir(t, legacyModel(t))
 				c := modelgen.Tiny()
 				c.VAE.LatentChannels = 8
-				m, err := modelgen.BuildVAEDecoder(c, modelgen.Options{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := onnxpb.WriteFile(filepath.Join(dir, "vae_decoder", "model.onnx"), m, nil); err != nil {
-					t.Fatal(err)
-				}
+				replaceModel(t, dir, "vae_decoder")(modelgen.BuildVAEDecoder(c, modelgen.Options{}))
 				return dir
 			},
 			file: "vae_decoder/model.onnx",
@@ -226,13 +220,7 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 				dir := copyDir(t, legacyModel(t))
 				c := modelgen.Tiny()
 				c.VAE.LatentChannels = 8
-				m, err := modelgen.BuildVAEEncoder(c, modelgen.Options{LatentParameters: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := onnxpb.WriteFile(filepath.Join(dir, "vae_encoder", "model.onnx"), m, nil); err != nil {
-					t.Fatal(err)
-				}
+				replaceModel(t, dir, "vae_encoder")(modelgen.BuildVAEEncoder(c, modelgen.Options{LatentParameters: true}))
 				return dir
 			},
 			file: "vae_encoder/model.onnx",
@@ -289,5 +277,19 @@ func TestRewritesSkipFloat16(t *testing.T) {
 	}
 	if got := f.Load().Rewrites[sd.UNet]; got == "" {
 		t.Error("the UNet's rewrite report is empty")
+	}
+}
+
+// replaceModel returns a function that writes a built model over dir's
+// component model.onnx, failing the test on any error.
+func replaceModel(t *testing.T, dir, component string) func(*onnxpb.Model, error) {
+	return func(m *onnxpb.Model, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := onnxpb.WriteFile(filepath.Join(dir, component, "model.onnx"), m, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
