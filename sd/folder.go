@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/scheduler"
@@ -103,52 +101,52 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 		ScalingFactor: lay.scaling,
 		sampleSize:    lay.sampleSize,
 	}
-	g, gctx := errgroup.WithContext(ctx)
 	// one component at a time: loading them side by side left 0.3 GiB more
 	// resident for SD 1.5 (4.76 against 4.48 GiB) to save 1.7 s of a
 	// 9.3 s open (BENCHMARKS.md)
-	g.SetLimit(1)
-	load := func(c Component, open func(context.Context, string, ort.Options) error) {
-		g.Go(func() error {
-			o := cfg.ortOptions(c)
-			start := time.Now()
-			p := cfg.modelPath(gctx, f, c, lay, o) // rewritten when asked (perf.go)
-			err := open(gctx, p, o)
-			var pe *ort.ProviderError
-			if err != nil && cfg.auto(c) && errors.As(err, &pe) {
-				// an explicit "auto" choice falls back to the CPU, said aloud
-				cfg.logger.Warn("sd: GPU unavailable, running on the CPU", "component", c.String(), "error", err)
-				o.Provider, o.ProviderOptions = ort.CPU, nil
-				err = open(gctx, p, o)
-			}
-			if err != nil {
-				return openError(dir, c, o.Provider, err)
-			}
-			cfg.logger.Info("sd: loaded", "component", c.String(), "path", p,
-				"device", string(o.Provider), "duration", time.Since(start))
-			f.load.opened(c, time.Since(start))
-			return nil
-		})
+	load := func(c Component, open func(context.Context, string, ort.Options) error) error {
+		o := cfg.ortOptions(c)
+		start := time.Now()
+		p := cfg.modelPath(ctx, f, c, lay, o) // rewritten unless told not to (perf.go)
+		err := open(ctx, p, o)
+		var pe *ort.ProviderError
+		if err != nil && cfg.auto(c) && errors.As(err, &pe) {
+			// an explicit "auto" choice falls back to the CPU, said aloud
+			cfg.logger.Warn("sd: GPU unavailable, running on the CPU", "component", c.String(), "error", err)
+			o.Provider, o.ProviderOptions = ort.CPU, nil
+			err = open(ctx, p, o)
+		}
+		if err != nil {
+			return openError(dir, c, o.Provider, err)
+		}
+		cfg.logger.Info("sd: loaded", "component", c.String(), "path", p,
+			"device", string(o.Provider), "duration", time.Since(start))
+		f.load.opened(c, time.Since(start))
+		return nil
 	}
-	load(TextEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
+	err = load(TextEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
 		f.TextEncoder, err = textenc.Open(ctx, p, o)
 		return err
 	})
-	load(UNet, func(ctx context.Context, p string, o ort.Options) (err error) {
-		f.UNet, err = unet.Open(ctx, p, o)
-		return err
-	})
-	load(VAEDecoder, func(ctx context.Context, p string, o ort.Options) (err error) {
-		f.VAEDecoder, err = vae.OpenDecoder(ctx, p, o)
-		return err
-	})
-	if lay.io[VAEEncoder] != nil {
-		load(VAEEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
+	if err == nil {
+		err = load(UNet, func(ctx context.Context, p string, o ort.Options) (err error) {
+			f.UNet, err = unet.Open(ctx, p, o)
+			return err
+		})
+	}
+	if err == nil {
+		err = load(VAEDecoder, func(ctx context.Context, p string, o ort.Options) (err error) {
+			f.VAEDecoder, err = vae.OpenDecoder(ctx, p, o)
+			return err
+		})
+	}
+	if err == nil && lay.io[VAEEncoder] != nil {
+		err = load(VAEEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
 			f.VAEEncoder, err = vae.OpenEncoder(ctx, p, o)
 			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return nil, errors.Join(err, f.closeModels())
 	}
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
