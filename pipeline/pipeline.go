@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"log/slog"
+	"math"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -45,7 +46,11 @@ type Options struct {
 	// DefaultWidth and DefaultHeight replace a Request's zero size; 0 means
 	// DefaultSize.
 	DefaultWidth, DefaultHeight int
-	Logger                      *slog.Logger // nil discards
+	// DefaultGuidance replaces a Request's zero GuidanceScale; 0 means
+	// the package's DefaultGuidance (7.5, diffusers' default). A model
+	// trained for another scale says so (models.DefaultGuidance).
+	DefaultGuidance float64
+	Logger          *slog.Logger // nil discards
 }
 
 // Pipeline is the staged engine. It is safe for concurrent use; the caller
@@ -86,6 +91,12 @@ func New(c Components, o Options) (*Pipeline, error) {
 	o.DenoiseWorkers = max(o.DenoiseWorkers, 1)
 	o.DecodeWorkers = max(o.DecodeWorkers, 1)
 	o.MaxBatch = max(o.MaxBatch, 1)
+	if g := o.DefaultGuidance; math.IsNaN(g) || g < 0 || g > MaxGuidance {
+		return nil, fmt.Errorf("pipeline: DefaultGuidance %v is not a number in [0, %d]", g, MaxGuidance)
+	}
+	if o.DefaultGuidance == 0 {
+		o.DefaultGuidance = DefaultGuidance
+	}
 	if o.DefaultWidth == 0 {
 		o.DefaultWidth = DefaultSize
 	}

@@ -71,6 +71,38 @@ func TestRequestValidation(t *testing.T) {
 	}
 }
 
+// TestDefaultGuidance checks that Options.DefaultGuidance fills a
+// request's zero GuidanceScale, leaves a set one alone, defaults to
+// DefaultGuidance, and is validated.
+func TestDefaultGuidance(t *testing.T) {
+	for _, tc := range []struct {
+		opt, req, want float64
+	}{
+		{0, 0, DefaultGuidance},
+		{3.5, 0, 3.5},
+		{3.5, 9, 9},
+		{3.5, 1, 1},
+	} {
+		p := newFake(t, &fakeUNet{}, 0, Options{DefaultGuidance: tc.opt})
+		h, err := p.Submit(t.Context(), Request{Steps: 2, GuidanceScale: tc.req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := h.Request().GuidanceScale; got != tc.want {
+			t.Errorf("DefaultGuidance %v, request %v: resolved to %v, want %v", tc.opt, tc.req, got, tc.want)
+		}
+		if _, err := h.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range []float64{-1, math.NaN(), MaxGuidance + 1} {
+		if p, err := New(fakeComponents(t, &fakeUNet{}, 0), Options{DefaultGuidance: g}); err == nil {
+			p.Close()
+			t.Errorf("New accepted DefaultGuidance %v", g)
+		}
+	}
+}
+
 func nanLatents() []float32 {
 	l := make([]float32, 4*8*8)
 	l[3] = float32(math.NaN())

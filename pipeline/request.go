@@ -43,7 +43,7 @@ type Request struct {
 
 	Width, Height int     // multiples of 8; 0 means DefaultSize
 	Steps         int     // 0 means DefaultSteps
-	GuidanceScale float64 // 0 means DefaultGuidance; <= 1 disables guidance
+	GuidanceScale float64 // 0 means the pipeline's default (Options.DefaultGuidance); <= 1 disables guidance
 	// GuidanceRescale is diffusers' guidance_rescale (0 = off).
 	GuidanceRescale float64
 	// Scheduler is a diffusers class name or an AUTOMATIC1111 sampler name
@@ -143,7 +143,7 @@ func (p *Pipeline) resolve(r Request) (Request, error) {
 		return r, invalid("GuidanceScale", "%v is not a number in [0, %d]", r.GuidanceScale, MaxGuidance)
 	}
 	if r.GuidanceScale == 0 {
-		r.GuidanceScale = DefaultGuidance
+		r.GuidanceScale = p.opts.DefaultGuidance
 	}
 	if math.IsNaN(r.GuidanceRescale) || r.GuidanceRescale < 0 || r.GuidanceRescale > 1 {
 		return r, invalid("GuidanceRescale", "%v is outside [0, 1]", r.GuidanceRescale)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -100,6 +101,13 @@ func WithDefaultSize(width, height int) Option {
 	return func(c *config) { c.pipe.DefaultWidth, c.pipe.DefaultHeight = width, height }
 }
 
+// WithDefaultGuidance sets the guidance scale of requests that leave
+// GuidanceScale 0 (default pipeline.DefaultGuidance, 7.5). The embedded
+// default model wants models.DefaultGuidance.
+func WithDefaultGuidance(g float64) Option {
+	return func(c *config) { c.pipe.DefaultGuidance = g }
+}
+
 func (c *config) checkEngine() []error {
 	var errs []error
 	p := c.pipe
@@ -111,6 +119,9 @@ func (c *config) checkEngine() []error {
 	}
 	if c.mode != Latency && c.mode != Throughput {
 		errs = append(errs, fmt.Errorf("sd: unknown mode %d", int(c.mode)))
+	}
+	if g := p.DefaultGuidance; math.IsNaN(g) || g < 0 || g > pipeline.MaxGuidance {
+		errs = append(errs, fmt.Errorf("sd: WithDefaultGuidance: %v is not a number in [0, %d]", g, pipeline.MaxGuidance))
 	}
 	if p.DefaultWidth < 0 || p.DefaultHeight < 0 || p.DefaultWidth%8 != 0 || p.DefaultHeight%8 != 0 {
 		errs = append(errs, fmt.Errorf("sd: WithDefaultSize: %dx%d is not a multiple of 8", p.DefaultWidth, p.DefaultHeight))

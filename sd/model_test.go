@@ -89,11 +89,11 @@ func TestOpenModesAndBatching(t *testing.T) {
 }
 
 func TestOpenRejectsBadEngineOptions(t *testing.T) {
-	_, err := Open(t.Context(), "nowhere", WithWorkers(Denoise, -1), WithBatching(-2, 0), WithMode(Mode(7)), WithDefaultSize(65, 64))
+	_, err := Open(t.Context(), "nowhere", WithWorkers(Denoise, -1), WithBatching(-2, 0), WithMode(Mode(7)), WithDefaultSize(65, 64), WithDefaultGuidance(-2))
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"WithWorkers", "WithBatching", "mode", "WithDefaultSize"} {
+	for _, want := range []string{"WithWorkers", "WithBatching", "mode", "WithDefaultSize", "WithDefaultGuidance"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
