@@ -1,6 +1,6 @@
 """Why PNDM fails at guidance 7.5 on the default model (training/README.md).
 
-Runs the trained UNet (training/work/unet_b.pt, or --checkpoint) in torch on one prompt and
+Runs the trained UNet (training/work/unet_c.pt, or --checkpoint) in torch on one prompt and
 seed at 20 steps, once with DDIM's update and once with PLMS's 2-, 3- and
 4-step noise extrapolation on that update, and prints at every step the
 norm of the guidance difference (cond - uncond), of the guided prediction,
@@ -25,7 +25,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("guidance", type=float, nargs="?", default=7.5)
     ap.add_argument("--work", default="training/work")
-    ap.add_argument("--checkpoint", default="unet_b.pt", help="UNet checkpoint in --work")
+    ap.add_argument("--checkpoint", default="unet_c.pt", help="UNet checkpoint in --work")
     ap.add_argument("--prompt", default="a red circle on a blue background")
     ap.add_argument("--seed", type=int, default=100)
     args = ap.parse_args()

@@ -138,8 +138,9 @@ def stage_latents(work, enc, imgs):
 
 
 def stage_unet(work, tok, attrs, lat, sf, steps, batch=64, name="unet.pt", init=None, lr=1e-3, seed=4):
-    """Phase A from scratch (one-cycle LR); phase B continues from the
-    phase A weights (init) with a fresh optimizer and a cosine LR."""
+    """Phase A from scratch (one-cycle LR); phases B and C each continue
+    from the previous phase's EMA weights (init) with a fresh optimizer and
+    a cosine LR."""
     path = os.path.join(work, name)
     torch.manual_seed(seed)
     te = nets.CLIPText(len(tok.encoder), d=HIDDEN)
@@ -285,6 +286,7 @@ def main():
     ap.add_argument("--vae-finetune-steps", type=int, default=2400, help="phase B")
     ap.add_argument("--unet-steps", type=int, default=5000)
     ap.add_argument("--unet-finetune-steps", type=int, default=1800, help="UNet phase B")
+    ap.add_argument("--unet-phase-c-steps", type=int, default=4000, help="UNet phase C (continues phase B)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--partial", action="store_true", help="export the last partial UNet checkpoint (to look at progress)")
     args = ap.parse_args()
@@ -308,6 +310,9 @@ def main():
         if args.unet_finetune_steps > 0:
             te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_finetune_steps,
                                 name="unet_b.pt", init=(te, un), lr=3e-4, seed=14)
+        if args.unet_phase_c_steps > 0:
+            te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_phase_c_steps,
+                                name="unet_c.pt", init=(te, un), lr=2e-4, seed=24)
     export(args.out, tok, te, un, enc, dec, lat["scaling_factor"])
     log(f"total {time.time() - t0:.0f}s")
 
