@@ -24,8 +24,9 @@ func gridPrompt(r, c int) string {
 }
 
 // TestGrid regenerates the README's prompt-grid picture with -update: one
-// row per shape, one column per colour, Euler a, 20 steps, guidance 7.5,
-// seed 1, each image shown at twice its size.
+// row per shape, one column per colour, the model's own scheduler (PNDM),
+// 20 steps, its guidance scale (DefaultGuidance), seed 1, each image shown
+// at twice its size.
 func TestGrid(t *testing.T) {
 	if !*update {
 		t.Skip("run with -update to regenerate docs/default-model-grid.png")
@@ -42,7 +43,7 @@ func TestGrid(t *testing.T) {
 			wg.Go(func() {
 				res, err := p.Generate(t.Context(), pipeline.Request{
 					Prompt: gridPrompt(r, c), Width: cell, Height: cell, Steps: 20,
-					GuidanceScale: 7.5, Scheduler: "Euler a", Seed: 1,
+					GuidanceScale: DefaultGuidance, Seed: 1,
 				})
 				if err != nil {
 					t.Error(err)

@@ -24,6 +24,12 @@ func openDefault(t testing.TB) *pipeline.Pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return openDir(t, dir)
+}
+
+// openDir is openDefault on the model folder dir.
+func openDir(t testing.TB, dir string) *pipeline.Pipeline {
+	t.Helper()
 	ctx := t.Context()
 	o := ort.Options{IntraOpThreads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
