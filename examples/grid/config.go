@@ -30,7 +30,7 @@ type Config struct {
 	Seed           int64    `json:"seed"`               // base seed; item seeds derive from it
 	NegativePrompt string   `json:"negative_prompt,omitempty"`
 	Steps          int      `json:"steps,omitempty"`    // 0 = pipeline.DefaultSteps
-	Guidance       float64  `json:"guidance,omitempty"` // 0 = pipeline.DefaultGuidance
+	Guidance       float64  `json:"guidance,omitempty"` // 0 = the model's default (7.5; the default model's own)
 	Scheduler      string   `json:"scheduler,omitempty"`
 	Width          int      `json:"width,omitempty"` // 0 = the model's default
 	Height         int      `json:"height,omitempty"`

@@ -106,7 +106,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Int64Var(&c.Seed, "seed", 0, "base seed; each item's seed derives from it, the subject, the style and the replica")
 	fs.StringVar(&c.NegativePrompt, "negative", "", "negative prompt")
 	fs.IntVar(&c.Steps, "steps", 0, "denoising steps (0 = 50)")
-	fs.Float64Var(&c.Guidance, "guidance", 0, "guidance scale (0 = 7.5)")
+	fs.Float64Var(&c.Guidance, "guidance", 0, "guidance scale (0 = the model's default: 7.5, the default model's own)")
 	fs.StringVar(&c.Scheduler, "scheduler", "", "scheduler (diffusers class or A1111 sampler name); empty = the model's")
 	fs.IntVar(&c.Width, "width", 0, "width (0 = the model's default)")
 	fs.IntVar(&c.Height, "height", 0, "height (0 = the model's default)")

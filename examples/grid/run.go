@@ -86,10 +86,12 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 	}
 	kind, _ := rng.ParseKind(c.Generator) // checked by Validate
 	dir := c.Model
+	openOpts := o.Open
 	if dir == "" {
 		if dir, err = cli.DefaultModel(); err != nil {
 			return sum, fmt.Errorf("grid: default model: %w", err)
 		}
+		openOpts = append(cli.DefaultModelOptions(), openOpts...)
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
@@ -127,7 +129,7 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
 	}
-	m, err := sd.Open(ctx, dir, o.Open...)
+	m, err := sd.Open(ctx, dir, openOpts...)
 	if err != nil {
 		return sum, err
 	}

@@ -38,7 +38,7 @@ func run() error {
 		height    = flag.Int("height", 0, "resize the image to this height (0 = its own, rounded down to 8)")
 		strength  = flag.Float64("strength", 0.75, "how much to change the image, in (0, 1]")
 		steps     = flag.Int("steps", 20, "denoising steps of the full schedule")
-		guidance  = flag.Float64("guidance", 7.5, "classifier-free guidance scale")
+		guidance  = flag.Float64("guidance", 0, "classifier-free guidance scale (<= 1 disables it; 0 = the model's default: 7.5, the default model's own)")
 		sched     = flag.String("scheduler", "", "scheduler (diffusers class or A1111 sampler name)")
 		legacy    = flag.Bool("legacy-timesteps", false, "use OnnxStableDiffusionImg2ImgPipeline's timestep logic instead of the current diffusers one")
 		seed      = flag.Int64("seed", -1, "seed (-1 = random)")
@@ -77,12 +77,14 @@ func run() error {
 		img = dst
 	}
 	dir := *model
+	var opts []sd.Option
 	if dir == "" {
 		if dir, err = cli.DefaultModel(); err != nil {
 			return fmt.Errorf("default model: %w", err)
 		}
+		opts = cli.DefaultModelOptions()
 	}
-	m, err := sd.Open(ctx, dir)
+	m, err := sd.Open(ctx, dir, opts...)
 	if err != nil {
 		return err
 	}

@@ -113,13 +113,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-mode: %q is not latency or throughput", *mode)
 	}
 	dir := *model
+	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
 	if dir == "" {
 		var err error
 		if dir, err = cli.DefaultModel(); err != nil {
 			return fmt.Errorf("default model: %w", err)
 		}
+		opts = append(opts, cli.DefaultModelOptions()...)
 	}
-	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // DefaultModel returns the folder of the default model: the small model
@@ -22,6 +23,13 @@ import (
 // to the per-user cache on first use (no download).
 func DefaultModel() (string, error) {
 	return models.DefaultDir()
+}
+
+// DefaultModelOptions are the settings the default model is meant for, to
+// pass to sd.Open with DefaultModel's folder: its guidance scale
+// (models.DefaultGuidance) as the default of requests that set none.
+func DefaultModelOptions() []sd.Option {
+	return []sd.Option{sd.WithDefaultGuidance(models.DefaultGuidance)}
 }
 
 // GeneratedTinyModel returns a generated tiny model with random weights,
