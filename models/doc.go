@@ -13,5 +13,9 @@
 // named after their content hash and returns its path; FS gives the files
 // without touching the disk.
 //
+// The model is meant for guidance scale DefaultGuidance (2.5), not
+// diffusers' 7.5: open it with sd.WithDefaultGuidance(models.DefaultGuidance)
+// so that requests which leave GuidanceScale 0 get it.
+//
 // The package imports nothing of the project.
 package models
