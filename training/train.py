@@ -301,10 +301,13 @@ def main():
     if args.partial:
         te = nets.CLIPText(len(tok.encoder), d=HIDDEN)
         un = nets.UNet(ctx=HIDDEN, ch=UNET_CH)
-        sd = torch.load(os.path.join(args.work, "unet.pt.partial"))
+        # The newest partial checkpoint of whichever UNet phase ran last.
+        parts = [os.path.join(args.work, n + ".partial") for n in ("unet.pt", "unet_b.pt", "unet_c.pt")]
+        path = max((p for p in parts if os.path.exists(p)), key=os.path.getmtime)
+        sd = torch.load(path)
         te.load_state_dict(sd["te"])
         un.load_state_dict(sd["un"])
-        log(f"partial checkpoint at step {sd['step'] + 1}")
+        log(f"partial checkpoint {os.path.basename(path)} at step {sd['step'] + 1}")
     else:
         te, un = stage_unet(args.work, tok, attrs, lat["latents"], lat["scaling_factor"], args.unet_steps)
         if args.unet_finetune_steps > 0:
