@@ -49,7 +49,7 @@ func TestClassifierOnTrainingLikeImages(t *testing.T) {
 // guidance scale: 50 is every colour with every shape once.
 const qualityGrid = 50
 
-// qualityPrompts is the fixed grid of n prompts, prompt i with seed 100+i:
+// qualityPrompts is the fixed grid of n prompts:
 // colour i mod 10 and shape (i + i/10) mod 5, so that the first 50 hold
 // every colour with every shape once, each on a background of another
 // colour.
@@ -71,24 +71,21 @@ func (a accuracy) String() string {
 	return fmt.Sprintf("colour %3.0f%%  background %3.0f%%  shape %3.0f%%  all three %3.0f%%", 100*a.color, 100*a.bg, 100*a.shape, 100*a.all)
 }
 
+// qualitySeed is the seed of the grid's first prompt; prompt i uses
+// qualitySeed+i.
+const qualitySeed = 100
+
 // measure generates the grid of n prompts under one scheduler and guidance
 // scale.
 func measure(t *testing.T, p *pipeline.Pipeline, n int, sched string, guidance float64) accuracy {
-	a, _ := measureImages(t, p, n, sched, guidance)
+	a, _ := measureImages(t, p, n, qualitySeed, sched, guidance)
 	return a
 }
 
-// measureImages is measure that also returns the images and, for each,
-// whether it is right in all three.
-func measureImages(t *testing.T, p *pipeline.Pipeline, n int, sched string, guidance float64) (accuracy, []sheetCell) {
+// measureImages is measure with prompt i seeded seedBase+i, which also
+// returns the images and, for each, whether it is right in all three.
+func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sched string, guidance float64) (accuracy, []sheetCell) {
 	t.Helper()
-	seedBase := int64(100)
-	if v := os.Getenv("SDPIPE_QUALITY_SEED"); v != "" {
-		var err error
-		if seedBase, err = strconv.ParseInt(v, 10, 64); err != nil {
-			t.Fatalf("SDPIPE_QUALITY_SEED=%q: %v", v, err)
-		}
-	}
 	want := qualityPrompts(n)
 	got := make([]verdict, len(want))
 	imgs := make([]sheetCell, len(want))
@@ -120,9 +117,7 @@ func measureImages(t *testing.T, p *pipeline.Pipeline, n int, sched string, guid
 		a.bg += b2f(g.bg == w.bg)
 		a.shape += b2f(g.shape == w.shape)
 		a.all += b2f(g == w)
-	}
-	for i, w := range want {
-		imgs[i].ok = got[i] == w
+		imgs[i].ok = g == w
 	}
 	nf := float64(len(want))
 	return accuracy{a.color / nf, a.bg / nf, a.shape / nf, a.all / nf}, imgs
@@ -216,7 +211,9 @@ func modelUnderTest(t *testing.T) string {
 // TestQualitySweep measures a model folder (SDPIPE_QUALITY_DIR, default the
 // embedded model) under every scheduler of TestQuality at the guidance
 // scales listed in SDPIPE_QUALITY_SWEEP (e.g. "1,3,7.5"), on a grid of
-// SDPIPE_QUALITY_N prompts (default 40). It checks nothing: it is the tool
+// SDPIPE_QUALITY_N prompts (default 40) seeded from SDPIPE_QUALITY_SEED
+// (default 100), and writes contact sheets of the images into
+// SDPIPE_QUALITY_DUMP when it is set. It checks nothing: it is the tool
 // for judging a newly trained model (training/README.md), and skips unless
 // SDPIPE_QUALITY_SWEEP is set.
 func TestQualitySweep(t *testing.T) {
@@ -239,11 +236,18 @@ func TestQualitySweep(t *testing.T) {
 			t.Fatalf("SDPIPE_QUALITY_N=%q: want a positive count", v)
 		}
 	}
+	seedBase := int64(qualitySeed)
+	if v := os.Getenv("SDPIPE_QUALITY_SEED"); v != "" {
+		var err error
+		if seedBase, err = strconv.ParseInt(v, 10, 64); err != nil {
+			t.Fatalf("SDPIPE_QUALITY_SEED=%q: %v", v, err)
+		}
+	}
 	testenv.RequireORT(t)
 	p := openDir(t, modelUnderTest(t))
 	for _, s := range []string{"PNDMScheduler", "Euler a", "DPM++ 2M", "DDIM"} {
 		for _, g := range scales {
-			a, imgs := measureImages(t, p, n, s, g)
+			a, imgs := measureImages(t, p, n, seedBase, s, g)
 			t.Logf("%-13s guidance %-4g %v", s, g, a)
 			if dump := os.Getenv("SDPIPE_QUALITY_DUMP"); dump != "" {
 				name := fmt.Sprintf("%s-%g.png", strings.ReplaceAll(s, " ", "_"), g)
