@@ -4,8 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"image"
-	"image/draw"
-	"image/png"
+	"image/color"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,32 +31,21 @@ func TestGrid(t *testing.T) {
 		t.Skip("run with -update to regenerate docs/default-model-grid.png")
 	}
 	p := openDefault(t)
-	const cell, gap, scale = 64, 4, 2
 	rows, cols := len(shapeNames), len(palette)
-	out := image.NewNRGBA(image.Rect(0, 0, cols*(scale*cell+gap)+gap, rows*(scale*cell+gap)+gap))
-	draw.Draw(out, out.Bounds(), image.White, image.Point{}, draw.Src)
+	cells := make([]sheetCell, rows*cols)
 	var wg sync.WaitGroup
-	var mu sync.Mutex
 	for r := range rows {
 		for c := range cols {
 			wg.Go(func() {
 				res, err := p.Generate(t.Context(), pipeline.Request{
-					Prompt: gridPrompt(r, c), Width: cell, Height: cell, Steps: 20,
+					Prompt: gridPrompt(r, c), Width: 64, Height: 64, Steps: 20,
 					GuidanceScale: DefaultGuidance, Seed: 1,
 				})
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				img := res.Images[0].(*image.NRGBA)
-				x0, y0 := gap+c*(scale*cell+gap), gap+r*(scale*cell+gap)
-				mu.Lock()
-				defer mu.Unlock()
-				for y := range scale * cell {
-					for x := range scale * cell {
-						out.SetNRGBA(x0+x, y0+y, img.NRGBAAt(x/scale, y/scale))
-					}
-				}
+				cells[r*cols+c] = sheetCell{img: res.Images[0].(*image.NRGBA), frame: color.NRGBA{255, 255, 255, 255}}
 			})
 		}
 	}
@@ -66,15 +54,6 @@ func TestGrid(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := png.Encode(f, out); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writePNG(t, path, contactSheet(cells, cols, 2))
 	t.Logf("wrote %s", path)
 }

@@ -30,6 +30,18 @@ func openDefault(t testing.TB) *pipeline.Pipeline {
 // openDir is openDefault on the model folder dir.
 func openDir(t testing.TB, dir string) *pipeline.Pipeline {
 	t.Helper()
+	p, err := pipeline.New(openComponents(t, dir), pipeline.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// openComponents opens the models of the folder dir, closed at the end of
+// the test.
+func openComponents(t testing.TB, dir string) pipeline.Components {
+	t.Helper()
 	ctx := t.Context()
 	o := ort.Options{IntraOpThreads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
@@ -69,14 +81,9 @@ func openDir(t testing.TB, dir string) *pipeline.Pipeline {
 	if vc.ScalingFactor <= 0 {
 		t.Fatalf("vae_decoder/config.json: scaling_factor %v", vc.ScalingFactor)
 	}
-	p, err := pipeline.New(pipeline.Components{
+	return pipeline.Components{
 		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
 		Scheduler: cfg, ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps(),
 		ModelName: DefaultName,
-	}, pipeline.Options{})
-	if err != nil {
-		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() })
-	return p
 }

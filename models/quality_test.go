@@ -83,7 +83,8 @@ func measure(t *testing.T, p *pipeline.Pipeline, n int, sched string, guidance f
 }
 
 // measureImages is measure with prompt i seeded seedBase+i, which also
-// returns the images and, for each, whether it is right in all three.
+// returns the images, framed green where they are right in all three and
+// red where not.
 func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sched string, guidance float64) (accuracy, []sheetCell) {
 	t.Helper()
 	want := qualityPrompts(n)
@@ -117,7 +118,10 @@ func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sc
 		a.bg += b2f(g.bg == w.bg)
 		a.shape += b2f(g.shape == w.shape)
 		a.all += b2f(g == w)
-		imgs[i].ok = g == w
+		imgs[i].frame = frameWrong
+		if g == w {
+			imgs[i].frame = frameRight
+		}
 	}
 	nf := float64(len(want))
 	return accuracy{a.color / nf, a.bg / nf, a.shape / nf, a.all / nf}, imgs
@@ -163,28 +167,31 @@ func TestQuality(t *testing.T) {
 	}
 }
 
-// sheetCell is one judged image of a contact sheet.
+// sheetCell is one 64×64 image of a contact sheet and the colour of its
+// frame.
 type sheetCell struct {
-	img *image.NRGBA
-	ok  bool // right in all three
+	img   *image.NRGBA // nil leaves the cell blank
+	frame color.NRGBA
 }
 
-// contactSheet lays the images out eight to a row at twice their size,
-// each framed green when it is right in all three and red when not.
-func contactSheet(cells []sheetCell) *image.NRGBA {
-	const cols, scale, pad = 8, 2, 3
+// Frames of judged images: right in all three, or not.
+var (
+	frameRight = color.NRGBA{0, 170, 0, 255}
+	frameWrong = color.NRGBA{200, 0, 0, 255}
+)
+
+// contactSheet lays the images out cols to a row at twice their size, each
+// in a frame pad pixels wide.
+func contactSheet(cells []sheetCell, cols, pad int) *image.NRGBA {
+	const scale = 2
 	cw := 64*scale + 2*pad
 	rows := (len(cells) + cols - 1) / cols
 	sheet := image.NewNRGBA(image.Rect(0, 0, cols*cw, rows*cw))
 	for i, c := range cells {
 		x0, y0 := (i%cols)*cw, (i/cols)*cw
-		frame := color.NRGBA{200, 0, 0, 255}
-		if c.ok {
-			frame = color.NRGBA{0, 170, 0, 255}
-		}
 		for y := range cw {
 			for x := range cw {
-				col := frame
+				col := c.frame
 				if x >= pad && y >= pad && x < cw-pad && y < cw-pad && c.img != nil {
 					col = c.img.NRGBAAt((x-pad)/scale, (y-pad)/scale)
 				}
@@ -251,7 +258,7 @@ func TestQualitySweep(t *testing.T) {
 			t.Logf("%-13s guidance %-4g %v", s, g, a)
 			if dump := os.Getenv("SDPIPE_QUALITY_DUMP"); dump != "" {
 				name := fmt.Sprintf("%s-%g.png", strings.ReplaceAll(s, " ", "_"), g)
-				writePNG(t, filepath.Join(dump, name), contactSheet(imgs))
+				writePNG(t, filepath.Join(dump, name), contactSheet(imgs, 8, 3))
 			}
 		}
 	}

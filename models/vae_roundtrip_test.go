@@ -13,9 +13,7 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
-	"github.com/sdpipe/sdpipe/vae"
 )
 
 // TestVAERoundTrip passes clean renders of every shape, size and colour
@@ -24,22 +22,13 @@ import (
 // losses are measured apart from the UNet's. Colours must survive, and the
 // shape of medium and large ones in at least 85% of renders; small shapes
 // (7-10 px half-extent, two latent pixels) are logged, not checked: the
-// committed VAE blurs most of them into blobs.
+// committed VAE blurs most of them into blobs. With SDPIPE_VAE_DUMP set to
+// a folder it writes each render whose shape is lost there, beside its
+// round trip.
 func TestVAERoundTrip(t *testing.T) {
 	testenv.RequireORT(t)
-	dir := modelUnderTest(t)
+	comp := openComponents(t, modelUnderTest(t))
 	ctx := t.Context()
-	o := ort.Options{IntraOpThreads: 1}
-	enc, err := vae.OpenEncoder(ctx, filepath.Join(dir, "vae_encoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer enc.Close()
-	dec, err := vae.OpenDecoder(ctx, filepath.Join(dir, "vae_decoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dec.Close()
 
 	r := rand.New(rand.NewPCG(3, 4))
 	sizes := []struct {
@@ -56,11 +45,11 @@ func TestVAERoundTrip(t *testing.T) {
 				cx := math.Max(rad+1, math.Min(64-rad-1, 12+r.Float64()*40))
 				cy := math.Max(rad+1, math.Min(64-rad-1, 12+r.Float64()*40))
 				img := render(s, c.rgb, palette[bi].rgb, cx, cy, rad)
-				lat, err := enc.Encode(ctx, nchw(img))
+				lat, err := comp.VAEEncoder.Encode(ctx, nchw(img))
 				if err != nil {
 					t.Fatal(err)
 				}
-				out, err := dec.Decode(ctx, lat)
+				out, err := comp.VAEDecoder.Decode(ctx, lat)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -154,8 +143,11 @@ func writePNG(t *testing.T, path string, img image.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	if err := png.Encode(f, img); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 }
