@@ -85,14 +85,11 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 		return sum, err
 	}
 	kind, _ := rng.ParseKind(c.Generator) // checked by Validate
-	dir := c.Model
-	openOpts := o.Open
-	if dir == "" {
-		if dir, err = cli.DefaultModel(); err != nil {
-			return sum, fmt.Errorf("grid: default model: %w", err)
-		}
-		openOpts = append(cli.DefaultModelOptions(), openOpts...)
+	dir, openOpts, err := cli.Model(c.Model)
+	if err != nil {
+		return sum, fmt.Errorf("grid: %w", err)
 	}
+	openOpts = append(openOpts, o.Open...)
 	if dir, err = filepath.Abs(dir); err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
 	}

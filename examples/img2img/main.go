@@ -76,13 +76,9 @@ func run() error {
 		draw.CatmullRom.Scale(dst, dst.Bounds(), img, img.Bounds(), draw.Src, nil)
 		img = dst
 	}
-	dir := *model
-	var opts []sd.Option
-	if dir == "" {
-		if dir, err = cli.DefaultModel(); err != nil {
-			return fmt.Errorf("default model: %w", err)
-		}
-		opts = cli.DefaultModelOptions()
+	dir, opts, err := cli.Model(*model)
+	if err != nil {
+		return err
 	}
 	m, err := sd.Open(ctx, dir, opts...)
 	if err != nil {

@@ -112,15 +112,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("-mode: %q is not latency or throughput", *mode)
 	}
-	dir := *model
-	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
-	if dir == "" {
-		var err error
-		if dir, err = cli.DefaultModel(); err != nil {
-			return fmt.Errorf("default model: %w", err)
-		}
-		opts = append(opts, cli.DefaultModelOptions()...)
+	dir, opts, err := cli.Model(*model)
+	if err != nil {
+		return err
 	}
+	opts = append(opts, sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log))
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}

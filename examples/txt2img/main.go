@@ -50,13 +50,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	dir := *model
-	var opts []sd.Option
-	if dir == "" {
-		if dir, err = cli.DefaultModel(); err != nil {
-			return fmt.Errorf("default model: %w", err)
-		}
-		opts = cli.DefaultModelOptions()
+	dir, opts, err := cli.Model(*model)
+	if err != nil {
+		return err
 	}
 	start := time.Now()
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder} {

@@ -25,11 +25,19 @@ func DefaultModel() (string, error) {
 	return models.DefaultDir()
 }
 
-// DefaultModelOptions are the settings the default model is meant for, to
-// pass to sd.Open with DefaultModel's folder: its guidance scale
-// (models.DefaultGuidance) as the default of requests that set none.
-func DefaultModelOptions() []sd.Option {
-	return []sd.Option{sd.WithDefaultGuidance(models.DefaultGuidance)}
+// Model resolves a -model flag: a folder is opened as it is, with no
+// options; "" means the default model, with the settings it is meant for
+// (its guidance scale, models.DefaultGuidance, as the default of requests
+// that set none) to pass to sd.Open.
+func Model(dir string) (string, []sd.Option, error) {
+	if dir != "" {
+		return dir, nil, nil
+	}
+	dir, err := DefaultModel()
+	if err != nil {
+		return "", nil, fmt.Errorf("default model: %w", err)
+	}
+	return dir, []sd.Option{sd.WithDefaultGuidance(models.DefaultGuidance)}, nil
 }
 
 // GeneratedTinyModel returns a generated tiny model with random weights,
