@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nets  # noqa: E402
+import plms_toy  # noqa: E402
 import train  # noqa: E402
 
 
@@ -58,12 +59,7 @@ def main():
             ee = e
             if mode == "plms":
                 ets = (ets + [e])[-4:]
-                if len(ets) == 2:
-                    ee = (3 * ets[-1] - ets[-2]) / 2
-                elif len(ets) == 3:
-                    ee = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
-                elif len(ets) == 4:
-                    ee = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
+                ee = plms_toy.plms_eps(ets)
             a = ac[t]
             ap_ = ac[t - 50] if t >= 50 else torch.tensor(1.0)
             x0 = (x - (1 - a).sqrt() * ee) / a.sqrt()

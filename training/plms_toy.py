@@ -29,6 +29,20 @@ K = 10
 MUS = np.linspace(-1.6, 1.6, K)
 
 
+def plms_eps(ets):
+    """The noise prediction PLMS steps with, from the last four model
+    predictions (oldest first; fewer at the start): the 2-, 3- and 4-step
+    Adams-Bashforth formulas of diffusers' PNDMScheduler. Works on floats,
+    numpy arrays and torch tensors alike."""
+    if len(ets) == 2:
+        return (3 * ets[-1] - ets[-2]) / 2
+    if len(ets) == 3:
+        return (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
+    if len(ets) == 4:
+        return (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
+    return ets[-1]
+
+
 def x0_pred(x, t, cls, spread, avg):
     """Posterior mean of the clean value given x_t; cls=None is unconditional."""
     a, b = np.sqrt(AC[t]), np.sqrt(1 - AC[t]) / avg
@@ -52,12 +66,7 @@ def sample(cls, x, w, plms, spread, avg, steps=20, trace=False):
         ee = e
         if plms:
             ets = (ets + [e])[-4:]
-            if len(ets) == 2:
-                ee = (3 * ets[-1] - ets[-2]) / 2
-            elif len(ets) == 3:
-                ee = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
-            elif len(ets) == 4:
-                ee = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
+            ee = plms_eps(ets)
         ap = AC[t - T // steps] if t >= T // steps else 1.0
         x0 = (x - b * ee) / a
         if trace:
