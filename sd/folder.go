@@ -124,27 +124,31 @@ func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
 		f.load.opened(c, time.Since(start))
 		return nil
 	}
-	err = load(TextEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
-		f.TextEncoder, err = textenc.Open(ctx, p, o)
-		return err
-	})
-	if err == nil {
-		err = load(UNet, func(ctx context.Context, p string, o ort.Options) (err error) {
+	opens := map[Component]func(context.Context, string, ort.Options) error{
+		TextEncoder: func(ctx context.Context, p string, o ort.Options) (err error) {
+			f.TextEncoder, err = textenc.Open(ctx, p, o)
+			return err
+		},
+		UNet: func(ctx context.Context, p string, o ort.Options) (err error) {
 			f.UNet, err = unet.Open(ctx, p, o)
 			return err
-		})
-	}
-	if err == nil {
-		err = load(VAEDecoder, func(ctx context.Context, p string, o ort.Options) (err error) {
+		},
+		VAEDecoder: func(ctx context.Context, p string, o ort.Options) (err error) {
 			f.VAEDecoder, err = vae.OpenDecoder(ctx, p, o)
 			return err
-		})
-	}
-	if err == nil && lay.io[VAEEncoder] != nil {
-		err = load(VAEEncoder, func(ctx context.Context, p string, o ort.Options) (err error) {
+		},
+		VAEEncoder: func(ctx context.Context, p string, o ort.Options) (err error) {
 			f.VAEEncoder, err = vae.OpenEncoder(ctx, p, o)
 			return err
-		})
+		},
+	}
+	for _, c := range []Component{TextEncoder, UNet, VAEDecoder, VAEEncoder} {
+		if c == VAEEncoder && lay.io[VAEEncoder] == nil {
+			continue
+		}
+		if err = load(c, opens[c]); err != nil {
+			break
+		}
 	}
 	if err != nil {
 		return nil, errors.Join(err, f.closeModels())

@@ -160,12 +160,7 @@ func WithThreads(c Component, intraOp int) Option {
 // 0.9 GiB (VAE decoder) more and brings no speed (see BENCHMARKS.md), and
 // on for the text encoder.
 func WithMemoryPattern(c Component, on bool) Option {
-	return func(cfg *config) {
-		cfg.comp(c).pattern = -1
-		if on {
-			cfg.comp(c).pattern = 1
-		}
-	}
+	return func(cfg *config) { cfg.comp(c).pattern = tristate(on) }
 }
 
 // WithMemoryArena turns ONNX Runtime's CPU memory arena on or off for
@@ -174,12 +169,15 @@ func WithMemoryPattern(c Component, on bool) Option {
 // memory goes back to the system when it ends, so that sessions that run
 // one after the other do not each hold their peak.
 func WithMemoryArena(c Component, on bool) Option {
-	return func(cfg *config) {
-		cfg.comp(c).arena = -1
-		if on {
-			cfg.comp(c).arena = 1
-		}
+	return func(cfg *config) { cfg.comp(c).arena = tristate(on) }
+}
+
+// tristate is a placement setting set on (1) or off (-1); 0 is unset.
+func tristate(on bool) int {
+	if on {
+		return 1
 	}
+	return -1
 }
 
 // WithSpinning sets whether the idle threads of every session's pool spin
