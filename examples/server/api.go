@@ -151,7 +151,6 @@ func (s *Server) build(c *common) (*spec, error) {
 	return sp, nil
 }
 
-// images encodes the results as base64 PNGs with their infotexts.
 // runImages runs sp to the end and returns its images as base64 PNGs.
 func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, error) {
 	t, err := s.runSync(r, api, sp)
@@ -162,6 +161,7 @@ func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, err
 	return b64, err
 }
 
+// images encodes the results as base64 PNGs with their infotexts.
 func (s *Server) images(results []*sd.Result) (b64, infotexts []string, seeds []int64, err error) {
 	var buf bytes.Buffer
 	for _, res := range results {
