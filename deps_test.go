@@ -37,6 +37,9 @@ var allowed = map[string][]string{
 	"pipeline":             {"tokenizer", "scheduler", "rng"},
 	"models":               {"internal/cachedir"},
 	"sd":                   {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "internal/rewrite", "textenc", "unet", "vae", "pipeline"},
+	// server is the HTTP service library; pipeline and scheduler go once sd
+	// owns the vocabulary it needs (#17)
+	"server": {"sd", "pipeline", "scheduler"},
 }
 
 // top lists prefixes of packages that sit on top: they may import anything

@@ -1,6 +1,6 @@
 package main
 
-// The -load mode: a bounded concurrent load against the image service that
+// The load: a bounded concurrent load against the image service that
 // reports throughput, latency percentiles, 429s, and whether every accepted
 // request completed. It only talks to loopback addresses.
 
@@ -25,7 +25,7 @@ import (
 
 // ErrNotLoopback is returned by Run for a URL whose host is not a loopback
 // address: the load generator never sends load over the network.
-var ErrNotLoopback = errors.New("server: load: only loopback addresses (127.0.0.1, ::1, localhost) are allowed")
+var ErrNotLoopback = errors.New("sdload: only loopback addresses (127.0.0.1, ::1, localhost) are allowed")
 
 // LoadConfig describes a load. The zero value of each field means its default.
 type LoadConfig struct {
@@ -97,7 +97,7 @@ func (r *LoadReport) String() string {
 func CheckLoopback(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("server: load: %w", err)
+		return fmt.Errorf("sdload: %w", err)
 	}
 	host := u.Hostname()
 	if host == "localhost" {
@@ -220,10 +220,10 @@ func sendOne(ctx context.Context, c *http.Client, target, token string, body []b
 		Data            []any    `json:"data"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
-		return resp.StatusCode, replica, 0, fmt.Errorf("server: load: bad response: %w", err)
+		return resp.StatusCode, replica, 0, fmt.Errorf("sdload: bad response: %w", err)
 	}
 	if len(out.Images)+len(out.GeneratedImages)+len(out.Data) == 0 {
-		return resp.StatusCode, replica, 0, errors.New("server: load: response has no images")
+		return resp.StatusCode, replica, 0, errors.New("sdload: response has no images")
 	}
 	return resp.StatusCode, replica, 0, nil
 }

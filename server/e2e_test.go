@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdpipe/sdpipe/examples/internal/cli"
+	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -125,7 +125,7 @@ func freePort(t *testing.T) int {
 func openSecondModel(t *testing.T) *sd.Model {
 	t.Helper()
 	openModel(t)
-	dir, err := cli.DefaultModel()
+	dir, err := models.DefaultDir()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,36 +262,4 @@ http {
 		}
 	}
 	t.Logf("served %v", served)
-}
-
-// TestLoad sends a bounded concurrent load to one replica with a small
-// queue: every request is answered once, either 200 or 429, and every
-// accepted request completes. SDPIPE_LOAD=1 runs a longer load.
-func TestLoad(t *testing.T) {
-	clients, requests, queue, limit := 12, 48, 4, 30*time.Second
-	if os.Getenv("SDPIPE_LOAD") != "" {
-		clients, requests, queue, limit = 64, 2000, 32, 3*time.Minute
-	}
-	s, ts := newServer(t, Config{MaxQueue: queue, FastSteps: 4})
-	rep, err := RunLoad(t.Context(), LoadConfig{
-		URL: ts.URL, Body: []byte(`{"prompt":"load","quality":"fast","seed":-1}`),
-		Clients: clients, Requests: requests, Duration: limit, Backoff: 100 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d clients, queue %d:\n%s", clients, queue, rep)
-	if rep.Sent != requests || rep.OK+rep.Rejected != rep.Sent || !rep.AllAcceptedCompleted() {
-		t.Errorf("sent %d of %d: %d ok + %d rejected, %d failed %v", rep.Sent, requests, rep.OK, rep.Rejected, rep.Failed, rep.Errors)
-	}
-	if rep.OK == 0 {
-		t.Errorf("nothing completed")
-	}
-	s.met.mu.Lock()
-	rejected := s.met.rejected
-	s.met.mu.Unlock()
-	if rejected != int64(rep.Rejected) {
-		t.Errorf("server counted %d 429s, client %d", rejected, rep.Rejected)
-	}
-	waitFor(t, "the queue to drain", func() bool { return admitted(s) == 0 })
 }

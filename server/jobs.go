@@ -1,7 +1,9 @@
-package main
+package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"time"
@@ -171,4 +173,10 @@ func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 	}
 	writeJSON(w, http.StatusOK, s.status(t))
+}
+
+var errNotFound = errors.New("server: no such job")
+
+func notFound(id string) error {
+	return &apiError{Status: http.StatusNotFound, Type: "not_found", Param: "id", Msg: fmt.Sprintf("%v %q (finished jobs expire)", errNotFound, id)}
 }

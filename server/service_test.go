@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -307,7 +307,7 @@ func TestErrors(t *testing.T) {
 }
 
 func TestRecover(t *testing.T) {
-	s := NewServer(openModel(t), Config{})
+	s := New(openModel(t), Config{})
 	h := s.recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") }))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
@@ -538,7 +538,7 @@ func TestJobQueueAndCancel(t *testing.T) {
 }
 
 func TestExpireJobs(t *testing.T) {
-	s := NewServer(openModel(t), Config{MaxJobs: 2, JobTTL: time.Minute})
+	s := New(openModel(t), Config{MaxJobs: 2, JobTTL: time.Minute})
 	now := time.Now()
 	for i, age := range []time.Duration{0, 10 * time.Second, 20 * time.Second, 2 * time.Minute} {
 		id := strconv.Itoa(i)

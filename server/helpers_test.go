@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdpipe/sdpipe/examples/internal/cli"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
@@ -44,7 +44,7 @@ func openModel(t testing.TB) *sd.Model {
 	t.Helper()
 	testenv.RequireORT(t)
 	shared.once.Do(func() {
-		dir, err := cli.DefaultModel()
+		dir, err := models.DefaultDir()
 		if err != nil {
 			shared.err = err
 			return
@@ -72,7 +72,7 @@ func newServerOn(t *testing.T, m Engine, cfg Config) (*Server, *httptest.Server)
 	if cfg.MaxSteps == 0 {
 		cfg.MaxSteps = 900
 	}
-	s := NewServer(m, cfg)
+	s := New(m, cfg)
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -1,0 +1,87 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// ---- SageMaker
+
+// promptList is a prompt given as a string or a list of strings; it keeps
+// the raw JSON to echo it back.
+type promptList struct {
+	list []string
+	raw  json.RawMessage
+}
+
+func (p *promptList) UnmarshalJSON(b []byte) error {
+	p.raw = append(json.RawMessage(nil), b...)
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		p.list = []string{one}
+		return nil
+	}
+	if err := json.Unmarshal(b, &p.list); err != nil {
+		return badRequest("prompt", "prompt: want a string or a list of strings")
+	}
+	return nil
+}
+
+type sageMakerRequest struct {
+	Prompt             promptList `json:"prompt"`
+	Width              int        `json:"width"`
+	Height             int        `json:"height"`
+	NumInferenceSteps  int        `json:"num_inference_steps"`
+	GuidanceScale      *float64   `json:"guidance_scale"`
+	NegativePrompt     string     `json:"negative_prompt"`
+	NumImagesPerPrompt int        `json:"num_images_per_prompt"`
+	Seed               *int64     `json:"seed"`
+	Scheduler          string     `json:"scheduler"`
+	Quality            string     `json:"quality"`
+}
+
+func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
+	var in sageMakerRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(in.Prompt.list) == 0 {
+		writeError(w, badRequest("prompt", "prompt is required"))
+		return
+	}
+	per := max(in.NumImagesPerPrompt, 1)
+	if in.NumImagesPerPrompt < 0 || per*len(in.Prompt.list) > s.cfg.MaxImages {
+		writeError(w, badRequest("num_images_per_prompt", "num_images_per_prompt: %d prompts × %d images, want 1 to %d in all", len(in.Prompt.list), in.NumImagesPerPrompt, s.cfg.MaxImages))
+		return
+	}
+	names := map[string]string{"steps": "num_inference_steps", "guidance": "guidance_scale", "sampler": "scheduler", "images": "num_images_per_prompt"}
+	sp := &spec{}
+	for k, p := range in.Prompt.list {
+		var seed *int64
+		if in.Seed != nil {
+			v := *in.Seed + int64(k*per)
+			if *in.Seed == -1 {
+				v = -1
+			}
+			seed = &v
+		}
+		one, err := s.build(&common{
+			prompt: p, negative: in.NegativePrompt, width: in.Width, height: in.Height,
+			steps: in.NumInferenceSteps, quality: in.Quality, guidance: in.GuidanceScale, sampler: in.Scheduler,
+			seed: seed, perRequest: in.NumImagesPerPrompt, names: names,
+		})
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		sp.mode = one.mode
+		sp.reqs = append(sp.reqs, one.reqs...)
+	}
+	b64, err := s.runImages(r, apiSageMaker, sp)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"generated_images": b64, "prompt": in.Prompt.raw})
+}

@@ -1,0 +1,176 @@
+package server
+
+import (
+	"bytes"
+	"encoding/base64"
+	"image"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/sd"
+)
+
+// The APIs a task came through, for /sdapi/v1/progress and the metrics.
+const (
+	apiA1111     = "a1111"
+	apiSageMaker = "sagemaker"
+	apiOpenAI    = "openai"
+	apiJobs      = "jobs"
+)
+
+// The modes of the fast/quality switch.
+const (
+	modeFast    = "fast"
+	modeQuality = "quality"
+	modeCustom  = "custom" // explicit steps
+)
+
+// spec is a validated generation: the engine requests it makes.
+type spec struct {
+	mode string
+	reqs []sd.Request
+	a11  *a1111Request // the parsed body, for A1111-shaped responses
+}
+
+// maxSeed is the largest seed of the default (numpy) generator.
+const maxSeed = math.MaxUint32
+
+// common holds the fields every API shares, after mapping its names.
+type common struct {
+	prompt, negative string
+	width, height    int
+	steps            int
+	quality          string
+	guidance         *float64
+	sampler          string
+	seed             *int64
+	perRequest       int // images per engine request
+	requests         int // engine requests
+	init             image.Image
+	strength         float64
+	names            map[string]string // our name → the API's field name
+}
+
+func (c *common) name(f string) string {
+	if n, ok := c.names[f]; ok {
+		return n
+	}
+	return f
+}
+
+// build validates c against the server's limits and returns its spec.
+func (s *Server) build(c *common) (*spec, error) {
+	for _, p := range []struct {
+		f, v string
+	}{{"prompt", c.prompt}, {"negative_prompt", c.negative}} {
+		if len(p.v) > maxPromptBytes {
+			return nil, badRequest(c.name(p.f), "%s: %d bytes, more than %d", c.name(p.f), len(p.v), maxPromptBytes)
+		}
+	}
+	for _, p := range []struct {
+		f string
+		v int
+	}{{"width", c.width}, {"height", c.height}} {
+		if p.v != 0 && (p.v < 8 || p.v > s.cfg.MaxSize || p.v%8 != 0) {
+			return nil, badRequest(c.name(p.f), "%s: %d is not a multiple of 8 in [8, %d]", c.name(p.f), p.v, s.cfg.MaxSize)
+		}
+	}
+	mode := modeCustom
+	switch strings.ToLower(c.quality) {
+	case "", "custom":
+		if c.steps == 0 {
+			mode = modeQuality // the engine's default is 50 steps
+		}
+	case modeFast, "standard", "low", "medium", "auto":
+		mode = modeFast
+		if c.steps == 0 {
+			c.steps = s.cfg.FastSteps
+		}
+	case modeQuality, "hd", "high":
+		mode = modeQuality
+		if c.steps == 0 {
+			c.steps = s.cfg.QualitySteps
+		}
+	default:
+		return nil, badRequest(c.name("quality"), "%s: unknown value %q (want fast or quality)", c.name("quality"), c.quality)
+	}
+	if c.steps < 0 || c.steps > s.cfg.MaxSteps {
+		return nil, badRequest(c.name("steps"), "%s: %d is outside [1, %d]", c.name("steps"), c.steps, s.cfg.MaxSteps)
+	}
+	if c.sampler != "" && !slices.Contains(s.samplers, c.sampler) {
+		return nil, badRequest(c.name("sampler"), "%s: unknown sampler %q (GET /sdapi/v1/samplers lists them)", c.name("sampler"), c.sampler)
+	}
+	var g float64
+	if c.guidance != nil {
+		g = *c.guidance
+		if math.IsNaN(g) || g < 0 || g > pipeline.MaxGuidance {
+			return nil, badRequest(c.name("guidance"), "%s: %v is outside [0, %d]", c.name("guidance"), g, pipeline.MaxGuidance)
+		}
+		if g == 0 {
+			g = 1 // an explicit 0 disables guidance, as <= 1 does
+		}
+	}
+	per, n := max(c.perRequest, 1), max(c.requests, 1)
+	if c.perRequest < 0 || c.requests < 0 || per*n > s.cfg.MaxImages {
+		return nil, badRequest(c.name("images"), "%s: %d×%d images, want 1 to %d in all", c.name("images"), c.perRequest, c.requests, s.cfg.MaxImages)
+	}
+	total := int64(per * n)
+	seed := int64(-1)
+	if c.seed != nil {
+		seed = *c.seed
+	}
+	switch {
+	case seed == -1:
+		seed = rand.Int64N(maxSeed - total + 2)
+	case seed < 0 || seed > maxSeed-total+1:
+		return nil, badRequest(c.name("seed"), "%s: %d is outside [0, %d] for %d images (or -1 for random)", c.name("seed"), seed, maxSeed-total+1, total)
+	}
+	if c.init != nil && (c.strength < 0 || c.strength > 1 || math.IsNaN(c.strength)) {
+		return nil, badRequest(c.name("strength"), "%s: %v is outside (0, 1]", c.name("strength"), c.strength)
+	}
+	sp := &spec{mode: mode}
+	for k := range n {
+		r := sd.Request{
+			Prompt: c.prompt, NegativePrompt: c.negative,
+			Width: c.width, Height: c.height, Steps: c.steps, GuidanceScale: g,
+			Scheduler: c.sampler, Seed: seed + int64(k*per), ImagesPerPrompt: per,
+		}
+		if c.init != nil {
+			r.InitImage, r.Strength = c.init, c.strength
+		}
+		sp.reqs = append(sp.reqs, r)
+	}
+	return sp, nil
+}
+
+// runImages runs sp to the end and returns its images as base64 PNGs.
+func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, error) {
+	t, err := s.runSync(r, api, sp)
+	if err != nil {
+		return nil, err
+	}
+	b64, _, _, err := s.images(t.results)
+	return b64, err
+}
+
+// images encodes the results as base64 PNGs with their infotexts.
+func (s *Server) images(results []*sd.Result) (b64, infotexts []string, seeds []int64, err error) {
+	var buf bytes.Buffer
+	for _, res := range results {
+		for i, img := range res.Images {
+			buf.Reset()
+			if err := pipeline.EncodePNG(&buf, img, res.Infotexts[i]); err != nil {
+				return nil, nil, nil, err
+			}
+			b64 = append(b64, base64.StdEncoding.EncodeToString(buf.Bytes()))
+			infotexts = append(infotexts, res.Infotexts[i])
+			seeds = append(seeds, res.Seeds[i])
+		}
+	}
+	s.met.served(len(b64))
+	return b64, infotexts, seeds, nil
+}

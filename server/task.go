@@ -1,0 +1,209 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sdpipe/sdpipe/sd"
+)
+
+var (
+	errShutdown    = errors.New("server: shutting down")
+	errInterrupted = errors.New("server: interrupted")
+	errCanceled    = errors.New("server: canceled by the client")
+)
+
+// Task states.
+const (
+	stateQueued   = "queued"
+	stateRunning  = "running"
+	stateDone     = "done"
+	stateFailed   = "failed"
+	stateCanceled = "canceled"
+)
+
+// task is one admitted generation: one or more engine requests.
+type task struct {
+	id      string
+	api     string
+	mode    string
+	created time.Time
+	spec    *spec
+	cancel  context.CancelCauseFunc
+
+	mu       sync.Mutex
+	state    string
+	started  time.Time
+	finished time.Time
+	step     []int // per engine request
+	total    []int
+	results  []*sd.Result
+	err      error
+	done     chan struct{}
+
+	cancelRequested bool // by the async API
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// admit takes a queue slot for sp, or fails with 429 or 503. The task's
+// context derives from parent; the caller must run execute with it.
+func (s *Server) admit(parent context.Context, api string, sp *spec) (*task, context.Context, error) {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		s.met.rejectedFull()
+		return nil, nil, &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit", Msg: fmt.Sprintf("queue full (%d requests admitted); retry later", s.cfg.MaxQueue), RetryAfter: s.retryAfter()}
+	}
+	t := &task{
+		id: newID(), api: api, mode: sp.mode, created: time.Now(), spec: sp,
+		state: stateQueued, done: make(chan struct{}),
+		step: make([]int, len(sp.reqs)), total: make([]int, len(sp.reqs)),
+	}
+	for i, r := range sp.reqs {
+		t.total[i] = r.Steps
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	t.cancel = cancel
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() { // checked under s.mu, so no Add races Shutdown's Wait
+		<-s.slots
+		cancel(nil)
+		return nil, nil, &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "server is shutting down", RetryAfter: 1}
+	}
+	s.waiting = append(s.waiting, t)
+	s.active[t] = true
+	s.tasks.Add(1)
+	return t, ctx, nil
+}
+
+// retryAfter estimates when a slot frees up, in whole seconds.
+func (s *Server) retryAfter() int {
+	lat := s.met.meanLatency()
+	return max(1, int(math.Ceil(lat.Seconds())))
+}
+
+func (s *Server) leaveQueue(t *task) {
+	s.mu.Lock()
+	if i := slices.Index(s.waiting, t); i >= 0 {
+		s.waiting = slices.Delete(s.waiting, i, i+1)
+	}
+	s.mu.Unlock()
+}
+
+// queuePosition returns t's 1-based place among the waiting tasks, or 0.
+func (s *Server) queuePosition(t *task) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Index(s.waiting, t) + 1
+}
+
+// execute runs an admitted task to the end under ctx, which the caller
+// derived with t.cancel; it releases the task's slot.
+func (s *Server) execute(ctx context.Context, t *task) {
+	start := time.Now()
+	defer func() {
+		s.leaveQueue(t)
+		s.mu.Lock()
+		delete(s.active, t)
+		s.mu.Unlock()
+		<-s.slots
+		t.cancel(nil) // frees the context
+		s.tasks.Done()
+		close(t.done)
+	}()
+	handles := make([]*sd.Handle, 0, len(t.spec.reqs))
+	var err error
+	for _, r := range t.spec.reqs {
+		var h *sd.Handle
+		h, err = s.eng.Submit(ctx, r)
+		if err != nil {
+			break
+		}
+		if len(handles) == 0 {
+			s.leaveQueue(t)
+			t.mu.Lock()
+			t.state, t.started = stateRunning, time.Now()
+			t.mu.Unlock()
+		}
+		handles = append(handles, h)
+	}
+	if err != nil {
+		t.cancel(err) // cancels the requests already submitted
+	}
+	var wg sync.WaitGroup
+	for i, h := range handles {
+		wg.Go(func() {
+			for ev := range h.Progress() {
+				t.mu.Lock()
+				t.step[i], t.total[i] = ev.Step, ev.Total
+				t.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait() // progress channels close when the requests finish
+	results := make([]*sd.Result, len(handles))
+	for i, h := range handles {
+		res, werr := h.Wait(context.WithoutCancel(ctx))
+		if werr != nil && err == nil {
+			err = werr
+		}
+		results[i] = res
+	}
+	if err != nil && ctx.Err() != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause // shutdown, interrupt, or the first submit's error
+		} else {
+			err = errCanceled
+		}
+	}
+	t.mu.Lock()
+	t.finished = time.Now()
+	switch {
+	case err == nil:
+		t.state, t.results = stateDone, results
+		for i := range t.step {
+			t.step[i] = t.total[i]
+		}
+	case errors.Is(err, errCanceled) || errors.Is(err, errInterrupted) || errors.Is(err, errShutdown):
+		t.state, t.err = stateCanceled, err
+	default:
+		t.state, t.err = stateFailed, err
+	}
+	t.mu.Unlock()
+	s.met.finished(t, time.Since(start), err)
+}
+
+// progress returns the steps done and in all over t's requests.
+func (t *task) progress() (step, total int, state string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range t.step {
+		step += t.step[i]
+		total += t.total[i]
+	}
+	return step, total, t.state
+}
+
+// runSync admits sp and runs it under the request's context.
+func (s *Server) runSync(r *http.Request, api string, sp *spec) (*task, error) {
+	t, ctx, err := s.admit(r.Context(), api, sp)
+	if err != nil {
+		return nil, err
+	}
+	s.execute(ctx, t)
+	return t, t.err
+}
