@@ -147,6 +147,20 @@ type Options struct {
 	Batch int
 	// Attention is the attention form of the UNet and VAE.
 	Attention AttentionForm
+	// Source supplies the weights; nil means RandomSource{Seed: Seed,
+	// Type: float16 with FP16, float32 otherwise}.
+	Source Source
+	// OnModule, when set, is called after each Linear and Conv module (see
+	// ModuleHook); nil changes nothing.
+	OnModule ModuleHook
+}
+
+// source returns the Source the options select.
+func (o Options) source() Source {
+	if o.Source != nil {
+		return o.Source
+	}
+	return RandomSource{Seed: o.Seed, Type: o.floatType()}
 }
 
 // floatType returns the float element type of weights and activations.

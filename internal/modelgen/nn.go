@@ -39,36 +39,73 @@ const (
 	normStd      = 0.05
 )
 
-// linear is x·W (+ b) with W of shape [in, out] (the layout exported
-// MatMuls use).
+// linear is torch.nn.Linear: x·Wᵀ (+ b) with W of PyTorch shape [out, in].
+// A weight held in memory is stored transposed, [in, out], the layout
+// exported MatMuls use; an external one is transposed in the graph.
 func (b *Builder) linear(x, name string, in, out int, bias bool, gain float64) string {
-	w := b.Param(name+".weight", []int64{int64(in), int64(out)}, Init{Std: gain / math.Sqrt(float64(in))})
+	w := b.linearWeight(name+".weight", in, out, Init{Std: gain / math.Sqrt(float64(in)), Transposed: true})
 	y := b.Op("MatMul", []string{x, w})
 	if bias {
 		y = b.Op("Add", []string{y, b.Param(name+".bias", []int64{int64(out)}, Init{Std: biasStd})})
 	}
-	return y
+	return b.hook(Module{Name: name, Kind: Linear, In: in, Out: out, Bias: bias}, x, y)
+}
+
+// linearWeight returns a Linear weight [out, in] as a graph value of shape
+// [in, out].
+func (b *Builder) linearWeight(name string, in, out int, init Init) string {
+	t, ok := b.source(name, []int64{int64(out), int64(in)}, init)
+	if !ok {
+		return name
+	}
+	if hasData(t) {
+		st := transposed(t)
+		b.g.Initializer = append(b.g.Initializer, st)
+		return b.castFloat(st)
+	}
+	b.g.Initializer = append(b.g.Initializer, t)
+	return b.Op("Transpose", []string{b.castFloat(t)}, AttrInts("perm", 1, 0))
+}
+
+// hook calls the module hook, if any, and returns the value replacing y.
+func (b *Builder) hook(m Module, x, y string) string {
+	if b.onModule == nil || b.err != nil {
+		return y
+	}
+	m.Component = b.comp
+	out, err := b.onModule(b, m, x, y)
+	if err != nil {
+		b.fail(fmt.Errorf("modelgen: %s module %s: %w", b.comp, m.Name, err))
+		return y
+	}
+	if out == "" {
+		b.fail(fmt.Errorf("modelgen: %s module %s: the hook returned no value", b.comp, m.Name))
+		return y
+	}
+	return out
 }
 
 // conv is a 2-d convolution with a k×k kernel, stride and symmetric padding.
 func (b *Builder) conv(x, name string, in, out, k, stride, pad int, gain float64) string {
-	w := b.Param(name+".weight", []int64{int64(out), int64(in), int64(k), int64(k)}, Init{Std: gain / math.Sqrt(float64(in*k*k))})
-	bias := b.Param(name+".bias", []int64{int64(out)}, Init{Std: biasStd})
 	p := int64(pad)
-	return b.Op("Conv", []string{x, w, bias},
-		AttrInts("kernel_shape", int64(k), int64(k)),
-		AttrInts("strides", int64(stride), int64(stride)),
-		AttrInts("pads", p, p, p, p))
+	return b.convPads(x, name, in, out, k, stride, []int64{p, p, p, p}, gain)
 }
 
 // convPads is conv with explicit pads [top, left, bottom, right].
 func (b *Builder) convPads(x, name string, in, out, k, stride int, pads []int64, gain float64) string {
 	w := b.Param(name+".weight", []int64{int64(out), int64(in), int64(k), int64(k)}, Init{Std: gain / math.Sqrt(float64(in*k*k))})
 	bias := b.Param(name+".bias", []int64{int64(out)}, Init{Std: biasStd})
-	return b.Op("Conv", []string{x, w, bias},
+	y := b.Op("Conv", []string{x, w, bias},
 		AttrInts("kernel_shape", int64(k), int64(k)),
 		AttrInts("strides", int64(stride), int64(stride)),
 		AttrInts("pads", pads...))
+	pad := int(pads[0])
+	for _, p := range pads[1:] {
+		if int(p) != pad {
+			pad = -1
+		}
+	}
+	return b.hook(Module{Name: name, Kind: Conv, In: in, Out: out, Bias: true, Kernel: k, Stride: stride, Pad: pad}, x, y)
 }
 
 // groupNorm is GroupNorm over [b, c, h, w], written as torch exports it:
@@ -83,8 +120,8 @@ func (b *Builder) groupNorm(x, name string, c, groups int, eps float32) string {
 	r := b.Op("Reshape", []string{x, b.Ints(0, int64(groups), -1)})
 	n := b.Op("InstanceNormalization", []string{r, ones, zeros}, AttrFloat("epsilon", eps))
 	y := b.Op("Reshape", []string{n, b.Op("Shape", []string{x})})
-	gamma := b.Param(name+".weight", []int64{int64(c), 1, 1}, Init{Mean: 1, Std: normStd})
-	beta := b.Param(name+".bias", []int64{int64(c), 1, 1}, Init{Std: normStd})
+	gamma := b.param(name+".weight", []int64{int64(c)}, []int64{int64(c), 1, 1}, Init{Mean: 1, Std: normStd})
+	beta := b.param(name+".bias", []int64{int64(c)}, []int64{int64(c), 1, 1}, Init{Std: normStd})
 	return b.Op("Add", []string{b.Op("Mul", []string{y, gamma}), beta})
 }
 

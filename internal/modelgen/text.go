@@ -21,7 +21,7 @@ const maskValue = -1e4
 // argmax of input_ids, the end-of-text position, as CLIP does). vocab is
 // the number of token embeddings when cfg.Text.Vocab is zero.
 func BuildTextEncoder(cfg Config, opt Options, vocab int) (*onnxpb.Model, error) {
-	b, err := newModelBuilder(cfg, opt)
+	b, err := newModelBuilder(cfg, opt, TextEncoder)
 	if err != nil {
 		return nil, err
 	}
@@ -79,5 +79,5 @@ func BuildTextEncoder(cfg Config, opt Options, vocab int) (*onnxpb.Model, error)
 
 	b.Output(last, "last_hidden_state", ft, batch, "sequence", d)
 	b.Output(pooled, "pooler_output", ft, batch, d)
-	return b.Model(opset), nil
+	return b.finish()
 }

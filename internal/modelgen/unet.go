@@ -12,7 +12,7 @@ import (
 // out_sample [batch, 4, height, width]. height and width must be multiples
 // of 2^(levels-1).
 func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
-	b, err := newModelBuilder(cfg, opt)
+	b, err := newModelBuilder(cfg, opt, UNet)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
 	// Gain 1/√E[silu(z)²] ≈ 1.68 makes the noise prediction roughly unit-scale.
 	out := b.conv(h, "conv_out", ch0, u.OutChannels, 3, 1, 1, 1.68)
 	b.Output(out, "out_sample", ft, batch, u.OutChannels, "height", "width")
-	return b.Model(opset), nil
+	return b.finish()
 }
 
 // crossAttnGain keeps the text conditioning's effect on the noise

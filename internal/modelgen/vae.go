@@ -10,7 +10,7 @@ import (
 // included): latent_sample [batch, 4, height/8, width/8] → sample
 // [batch, 3, height, width].
 func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
-	b, err := newModelBuilder(cfg, opt)
+	b, err := newModelBuilder(cfg, opt, VAE)
 	if err != nil {
 		return nil, err
 	}
@@ -39,7 +39,7 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 	h = b.silu(b.groupNorm(h, "decoder.conv_norm_out", ch0, 32, 1e-6))
 	out := b.conv(h, "decoder.conv_out", ch0, 3, 3, 1, 1, 1)
 	b.Output(out, "sample", ft, batch, 3, "height", "width")
-	return b.Model(opset), nil
+	return b.finish()
 }
 
 // BuildVAEEncoder returns the AutoencoderKL encoder with quant_conv: sample
@@ -47,7 +47,7 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 // the posterior mean (deterministic), or with opt.LatentParameters
 // latent_parameters [batch, 8, height/8, width/8] (mean ‖ logvar).
 func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
-	b, err := newModelBuilder(cfg, opt)
+	b, err := newModelBuilder(cfg, opt, VAE)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +81,7 @@ func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 		mean := b.Op("Slice", []string{moments, b.Ints(0), b.Ints(int64(lc)), b.Ints(1)})
 		b.Output(mean, "latent_sample", ft, batch, lc, "latent_height", "latent_width")
 	}
-	return b.Model(opset), nil
+	return b.finish()
 }
 
 // vaeMid is UNetMidBlock2D: ResNet, single-head self-attention with

@@ -6,7 +6,10 @@
 // a model to disk and can move large initializers into an external data file
 // (weights.pb as the legacy diffusers exporter names it, model.onnx_data as
 // optimum does), streaming each tensor so that multi-gigabyte models are never
-// held in memory at once. ReadIO and ExternalFiles read only what a loader
+// held in memory at once. ExternalRef makes a tensor whose bytes stay in an
+// existing file (offset and length), written as external data without a
+// copy; LinkFile puts a hard link to such a file in a model's folder, where
+// ONNX Runtime requires it. ReadIO and ExternalFiles read only what a loader
 // needs (opsets, graph inputs and outputs, initializer names and locations)
 // from a model file, seeking over tensor data.
 //

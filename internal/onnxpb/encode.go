@@ -86,6 +86,11 @@ func Marshal(m *Model) ([]byte, error) {
 	if m == nil {
 		return nil, fmt.Errorf("onnxpb: marshal nil model")
 	}
+	if m.Graph != nil {
+		if err := checkExternalRefs(m.Graph); err != nil {
+			return nil, fmt.Errorf("onnxpb: marshal: %w", err)
+		}
+	}
 	b := appendModelHead(nil, m)
 	if m.Graph != nil {
 		g := appendGraph(nil, m.Graph, true)

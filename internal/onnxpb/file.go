@@ -43,14 +43,19 @@ type ExternalData struct {
 // filepath.Join(filepath.Dir(path), ext.File) and referenced from the model
 // with data_location EXTERNAL and "location", "offset" and "length" entries.
 // Tensor data is produced and written one tensor at a time (see
-// Tensor.Fill), so the model's weights are never all in memory. m itself is
-// not modified. WriteFile is safe for concurrent use on distinct paths.
+// Tensor.Fill), so the model's weights are never all in memory. Tensors that
+// already are external (ExternalRef) keep their entries and their bytes are
+// not touched; their locations must be relative and inside the model's
+// folder. m itself is not modified. WriteFile is safe for concurrent use on distinct paths.
 func WriteFile(path string, m *Model, ext *ExternalData) (err error) {
 	if m == nil || m.Graph == nil {
 		return fmt.Errorf("onnxpb: %s: model has no graph", path)
 	}
 	if ext != nil && (ext.File == "" || filepath.Base(ext.File) != ext.File) {
 		return fmt.Errorf("onnxpb: %s: invalid external data file name %q", path, ext.File)
+	}
+	if err := checkExternalRefs(m.Graph); err != nil {
+		return fmt.Errorf("onnxpb: %s: %w", path, err)
 	}
 	type plan struct {
 		head   []byte // tensor fields except raw_data
