@@ -51,7 +51,7 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	per := max(in.NumImagesPerPrompt, 1)
-	if in.NumImagesPerPrompt < 0 || per*len(in.Prompt.list) > s.cfg.MaxImages {
+	if _, ok := product(s.cfg.MaxImages, in.NumImagesPerPrompt, len(in.Prompt.list)); !ok {
 		writeError(w, badRequest("num_images_per_prompt", "num_images_per_prompt: %d prompts × %d images, want 1 to %d in all", len(in.Prompt.list), in.NumImagesPerPrompt, s.cfg.MaxImages))
 		return
 	}
@@ -60,11 +60,11 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 	for k, p := range in.Prompt.list {
 		var seed *int64
 		if in.Seed != nil {
-			v := *in.Seed + int64(k*per)
-			if *in.Seed == -1 {
-				v = -1
+			v := *in.Seed
+			if v >= 0 && v <= maxSeed {
+				v += int64(k * per) // k*per < MaxImages: no overflow
 			}
-			seed = &v
+			seed = &v // build refuses the out-of-range ones
 		}
 		one, err := s.build(&common{
 			prompt: p, negative: in.NegativePrompt, width: in.Width, height: in.Height,

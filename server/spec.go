@@ -115,10 +115,10 @@ func (s *Server) build(c *common) (*spec, error) {
 		}
 	}
 	per, n := max(c.perRequest, 1), max(c.requests, 1)
-	if c.perRequest < 0 || c.requests < 0 || per*n > s.cfg.MaxImages {
+	if _, ok := product(s.cfg.MaxImages, c.perRequest, c.requests); !ok {
 		return nil, badRequest(c.name("images"), "%s: %d×%d images, want 1 to %d in all", c.name("images"), c.perRequest, c.requests, s.cfg.MaxImages)
 	}
-	total := int64(per * n)
+	total := int64(per * n) // at most MaxImages
 	seed := int64(-1)
 	if c.seed != nil {
 		seed = *c.seed
@@ -145,6 +145,24 @@ func (s *Server) build(c *common) (*spec, error) {
 		sp.reqs = append(sp.reqs, r)
 	}
 	return sp, nil
+}
+
+// product returns the product of counts, each 0 meaning 1, and whether
+// every count and the product are in [0, limit]. It checks each factor
+// before multiplying, so that no product wraps around: 4 ×
+// 4611686018427387904 is not 0.
+func product(limit int, counts ...int) (int, bool) {
+	p := 1
+	for _, c := range counts {
+		if c < 0 || c > limit {
+			return 0, false
+		}
+		p *= max(c, 1) // both factors are at most limit, which is small
+		if p > limit {
+			return 0, false
+		}
+	}
+	return p, true
 }
 
 // runImages runs sp to the end and returns its images as base64 PNGs.
