@@ -53,9 +53,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		rewrites  = fs.String("rewrites", "default", `graph rewrites at open: "default" (the library's), "none", or a comma-separated list (baddbmm, mha, foldscale)`)
 		spin      = fs.Bool("spin", true, "let ONNX Runtime's idle pool threads spin (sd.WithSpinning)")
 		scaling   = fs.Bool("scaling", true, "time a UNet call on half the cores (opens a second UNet)")
+		kernelsF  = fs.Bool("kernels", false, "only time the fp32 and int8 MatMul and Conv kernels (KernelLimits) and exit")
+		threads   = fs.Int("threads", 0, "intra-op threads of -kernels (0: ORT's default)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *kernelsF {
+		rs, errs, err := KernelLimits(ctx, KernelConfig{LibraryPath: *lib, Threads: *threads, Rounds: *rounds * 5})
+		if err != nil {
+			return err
+		}
+		WriteKernels(stdout, rs, errs)
+		return nil
 	}
 	cfg := Config{
 		ModelDir: *model, LibraryPath: *lib,
