@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"internal/onnxpb":      {},
 	"internal/cachedir":    {},
 	"internal/safetensors": {},
+	"internal/ckpt":        {"internal/safetensors"},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer"},
 	"internal/rewrite":     {"internal/onnxpb", "internal/ort"},
