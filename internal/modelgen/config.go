@@ -2,20 +2,29 @@ package modelgen
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
-// Config is a Stable-Diffusion architecture: text encoder, UNet and VAE
-// sizes. It is a plain value.
+// Config is a Stable-Diffusion architecture: text encoder(s), UNet and
+// VAE sizes and the scheduler the model is trained for, with the values
+// diffusers' and transformers' configs carry (so a loader can fill it from
+// a model's files). It is a plain value.
 type Config struct {
 	Name string
 	Text TextConfig
-	UNet UNetConfig
-	VAE  VAEConfig
+	// Text2 is SDXL's second text encoder (CLIPTextModelWithProjection),
+	// whose penultimate hidden states are concatenated after Text's and
+	// whose text_embeds feed the UNet; nil for one encoder.
+	Text2     *TextConfig
+	UNet      UNetConfig
+	VAE       VAEConfig
+	Scheduler SchedulerConfig
 }
 
-// TextConfig sizes a CLIP text transformer (transformers CLIPTextModel).
+// TextConfig sizes a CLIP text transformer (transformers CLIPTextModel, or
+// CLIPTextModelWithProjection when ProjectionDim is set).
 type TextConfig struct {
 	// Vocab is the number of token embeddings; zero means the size of the
 	// generated tokenizer's vocabulary.
@@ -25,20 +34,117 @@ type TextConfig struct {
 	Heads        int
 	Intermediate int
 	MaxPositions int
+	// Activation is hidden_act: "quick_gelu" (CLIP ViT-L, the default when
+	// empty) or "gelu" (OpenCLIP ViT-H and bigG).
+	Activation string
+	// ProjectionDim, when positive, adds text_projection (Linear, no bias)
+	// on the pooled output, written as output text_embeds in place of
+	// pooler_output (CLIPTextModelWithProjection, SDXL's text_encoder_2).
+	ProjectionDim int
+	// EOSTokenID is eos_token_id. The pooled output is taken at
+	// argmax(input_ids) when it is 0 or 2 (the legacy CLIP configs, as
+	// transformers does), else at the first occurrence of EOSTokenID.
+	EOSTokenID int
+}
+
+// activation returns hidden_act.
+func (t TextConfig) activation() string {
+	if t.Activation == "" {
+		return "quick_gelu"
+	}
+	return t.Activation
 }
 
 // UNetConfig sizes a diffusers UNet2DConditionModel.
 type UNetConfig struct {
-	BlockChannels  []int  // per resolution level, e.g. 320, 640, 1280, 1280
-	CrossAttention []bool // per down level (up levels mirror it)
+	BlockChannels []int // per resolution level, e.g. 320, 640, 1280, 1280
+	// CrossAttention tells, per down level, CrossAttnDownBlock2D (true) from
+	// DownBlock2D; up levels mirror it. The mid block always has
+	// cross-attention (UNetMidBlock2DCrossAttn).
+	CrossAttention []bool
 	LayersPerBlock int
-	Heads          int // attention heads (SD 1.x's "attention_head_dim")
-	CrossDim       int // encoder_hidden_states width; zero means Text.Hidden
-	InChannels     int
-	OutChannels    int
+	// Heads is the number of attention heads at every level (SD 1.x's
+	// "attention_head_dim", which diffusers uses as the head count).
+	// LevelHeads, when set, gives it per level instead, as the list form of
+	// attention_head_dim does (SD 2.x [5, 10, 20, 20], SDXL [5, 10, 20]:
+	// heads of 64 channels); the mid block uses the last level's.
+	Heads      int
+	LevelHeads []int
+	// TransformerLayers is transformer_layers_per_block per level (SDXL
+	// [1, 2, 10]); nil means 1 everywhere. The mid block uses the last
+	// level's; up levels mirror the list.
+	TransformerLayers []int
+	// LinearProjection is use_linear_projection: Linear proj_in/proj_out
+	// (SD 2.x, SDXL) instead of 1×1 convolutions (SD 1.x).
+	LinearProjection bool
+	// UpcastAttention is upcast_attention (SD 2.1): attention scores in
+	// float32. It changes nothing in a float32 graph; float16 graphs
+	// compute the scores and softmax in float32 when it is set.
+	UpcastAttention bool
+	CrossDim        int // encoder_hidden_states width; zero means Text.Hidden (+ Text2.Hidden)
+	InChannels      int // 4, or 9 for inpainting (latents ‖ mask ‖ masked-image latents)
+	OutChannels     int
 	// SampleSize is the latent size the model is meant for (written to
-	// unet/config.json, as optimum does; images are 8× larger).
+	// unet/config.json; images are 8× larger).
 	SampleSize int
+	// AdditionEmbed is addition_embed_type: "" or "text_time" (SDXL:
+	// inputs text_embeds and time_ids). AdditionTimeEmbedDim is
+	// addition_time_embed_dim (SDXL 256), ProjectionInputDim is
+	// projection_class_embeddings_input_dim (SDXL 2816 = 1280 + 6·256) and
+	// TimeIDs the number of time_ids (6; the SDXL refiner has 5).
+	AdditionEmbed        string
+	AdditionTimeEmbedDim int
+	ProjectionInputDim   int
+	TimeIDs              int
+	// TimeCondProjDim is time_cond_proj_dim (LCM: 256): input
+	// timestep_cond [batch, TimeCondProjDim] through time_embedding.cond_proj.
+	TimeCondProjDim int
+}
+
+// heads returns the attention heads of level i (the mid block is level
+// len-1).
+func (u UNetConfig) heads(i int) int {
+	if len(u.LevelHeads) > 0 {
+		return u.LevelHeads[i]
+	}
+	return u.Heads
+}
+
+// transformerLayers returns the transformer blocks of level i.
+func (u UNetConfig) transformerLayers(i int) int {
+	if len(u.TransformerLayers) > 0 {
+		return u.TransformerLayers[i]
+	}
+	return 1
+}
+
+// timeIDs returns the number of time_ids of a text_time UNet.
+func (u UNetConfig) timeIDs() int {
+	if u.TimeIDs > 0 {
+		return u.TimeIDs
+	}
+	return 6
+}
+
+// TextEmbedsDim returns the width of a text_time UNet's text_embeds input
+// (the pooled projection of text_encoder_2), or 0.
+func (u UNetConfig) TextEmbedsDim() int {
+	if u.AdditionEmbed != "text_time" {
+		return 0
+	}
+	return u.ProjectionInputDim - u.timeIDs()*u.AdditionTimeEmbedDim
+}
+
+// crossDim returns the UNet's encoder_hidden_states width.
+func (c Config) crossDim() int {
+	if c.UNet.CrossDim > 0 {
+		return c.UNet.CrossDim
+	}
+	d := c.Text.Hidden
+	if c.Text2 != nil {
+		d += c.Text2.Hidden
+	}
+	return d
 }
 
 // VAEConfig sizes a diffusers AutoencoderKL.
@@ -47,11 +153,31 @@ type VAEConfig struct {
 	LayersPerBlock int
 	LatentChannels int
 	ScalingFactor  float64
+	// ForceUpcast is force_upcast (SDXL's VAE overflows in float16).
+	ForceUpcast bool
+	// SampleSize is the image size written to the config (512, 768, 1024).
+	SampleSize int
 }
 
-// Tiny returns a few-megabyte configuration with the SD architecture that
-// runs in milliseconds: hidden 32, 2 text layers, UNet channels (32, 64) with
-// cross-attention at the first level, 4 heads, and a VAE with 8× scaling.
+// SchedulerConfig is the scheduler a model ships with
+// (scheduler/scheduler_config.json): a diffusers class with SD's
+// scaled_linear betas 0.00085–0.012 and the class's usual settings.
+type SchedulerConfig struct {
+	// Class is the diffusers class: PNDMScheduler (the zero value),
+	// DDIMScheduler, EulerDiscreteScheduler or LCMScheduler.
+	Class string
+	// Prediction is prediction_type: "epsilon" (the zero value) or
+	// "v_prediction".
+	Prediction string
+	// Spacing is timestep_spacing: "leading" (the zero value) or
+	// "trailing" (SD-Turbo, SDXL-Turbo).
+	Spacing string
+}
+
+// Tiny returns a few-megabyte configuration with the SD 1.x architecture
+// that runs in milliseconds: hidden 32, 2 text layers, UNet channels
+// (32, 64) with cross-attention at the first level, 4 heads, and a VAE with
+// 8× scaling.
 func Tiny() Config {
 	return Config{
 		Name: "tiny",
@@ -65,16 +191,17 @@ func Tiny() Config {
 			OutChannels:    4,
 			SampleSize:     8,
 		},
-		VAE: VAEConfig{BlockChannels: []int{32, 32, 64, 64}, LayersPerBlock: 1, LatentChannels: 4, ScalingFactor: 0.18215},
+		VAE: VAEConfig{BlockChannels: []int{32, 32, 64, 64}, LayersPerBlock: 1, LatentChannels: 4, ScalingFactor: 0.18215, SampleSize: 64},
 	}
 }
 
 // SD15 returns the Stable Diffusion 1.5 architecture: CLIP ViT-L/14 text
-// encoder (123.1M parameters), UNet (859.5M) and VAE (83.7M).
+// encoder (123,060,480 parameters), UNet (859,520,964) and VAE
+// (83,653,863), with the PNDM scheduler it ships with.
 func SD15() Config {
 	return Config{
 		Name: "sd15",
-		Text: TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77},
+		Text: TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, EOSTokenID: 2},
 		UNet: UNetConfig{
 			BlockChannels:  []int{320, 640, 1280, 1280},
 			CrossAttention: []bool{true, true, true, false},
@@ -85,19 +212,183 @@ func SD15() Config {
 			OutChannels:    4,
 			SampleSize:     64,
 		},
-		VAE: VAEConfig{BlockChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2, LatentChannels: 4, ScalingFactor: 0.18215},
+		VAE: sdVAE(0.18215, 512),
 	}
 }
 
-// ConfigByName returns Tiny() for "tiny" and SD15() for "sd15".
-func ConfigByName(name string) (Config, error) {
-	switch name {
-	case "tiny":
-		return Tiny(), nil
-	case "sd15":
-		return SD15(), nil
+// sdVAE is the AutoencoderKL of SD 1.x, SD 2.x and SDXL (83,653,863
+// parameters).
+func sdVAE(scaling float64, size int) VAEConfig {
+	return VAEConfig{BlockChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2, LatentChannels: 4, ScalingFactor: scaling, SampleSize: size}
+}
+
+// SD15Inpaint returns SD 1.5's inpainting architecture
+// (runwayml/stable-diffusion-inpainting): the SD 1.5 UNet with 9 input
+// channels (859,535,364 parameters).
+func SD15Inpaint() Config {
+	c := SD15()
+	c.Name = "sd15-inpaint"
+	c.UNet.InChannels = 9
+	return c
+}
+
+// TinyInpaint is Tiny with a 9-channel UNet.
+func TinyInpaint() Config {
+	c := Tiny()
+	c.Name = "tiny-inpaint"
+	c.UNet.InChannels = 9
+	return c
+}
+
+// SD21 returns the Stable Diffusion 2.1 (768-v) architecture: OpenCLIP
+// ViT-H/14 text encoder in transformers' CLIPTextModel form (23 layers of
+// 1024, gelu: 340,387,840 parameters), UNet with linear projections,
+// heads of 64 channels and 1024-wide cross-attention (865,910,724), the SD
+// VAE, and DDIM with v_prediction at 768×768.
+func SD21() Config {
+	return Config{
+		Name: "sd21",
+		Text: TextConfig{Vocab: 49408, Hidden: 1024, Layers: 23, Heads: 16, Intermediate: 4096, MaxPositions: 77, Activation: "gelu", EOSTokenID: 2},
+		UNet: UNetConfig{
+			BlockChannels:    []int{320, 640, 1280, 1280},
+			CrossAttention:   []bool{true, true, true, false},
+			LayersPerBlock:   2,
+			LevelHeads:       []int{5, 10, 20, 20},
+			LinearProjection: true,
+			UpcastAttention:  true,
+			CrossDim:         1024,
+			InChannels:       4,
+			OutChannels:      4,
+			SampleSize:       96,
+		},
+		VAE:       sdVAE(0.18215, 768),
+		Scheduler: SchedulerConfig{Class: "DDIMScheduler", Prediction: "v_prediction"},
 	}
-	return Config{}, fmt.Errorf("modelgen: unknown config %q (want tiny or sd15)", name)
+}
+
+// TinySD2 is a tiny SD 2.x: gelu text encoder, linear projections, heads
+// of 8 channels per level, v_prediction.
+func TinySD2() Config {
+	return Config{
+		Name: "tiny-sd2",
+		Text: TextConfig{Hidden: 48, Layers: 2, Heads: 4, Intermediate: 96, MaxPositions: 77, Activation: "gelu"},
+		UNet: UNetConfig{
+			BlockChannels:    []int{32, 64},
+			CrossAttention:   []bool{true, false},
+			LayersPerBlock:   1,
+			LevelHeads:       []int{4, 8},
+			LinearProjection: true,
+			UpcastAttention:  true,
+			InChannels:       4,
+			OutChannels:      4,
+			SampleSize:       12,
+		},
+		VAE:       VAEConfig{BlockChannels: []int{32, 32, 64, 64}, LayersPerBlock: 1, LatentChannels: 4, ScalingFactor: 0.18215, SampleSize: 96},
+		Scheduler: SchedulerConfig{Class: "DDIMScheduler", Prediction: "v_prediction"},
+	}
+}
+
+// SDXL returns the Stable Diffusion XL 1.0 base architecture: CLIP ViT-L
+// (123,060,480 parameters) and OpenCLIP bigG with projection
+// (694,659,840), UNet with transformer_layers_per_block (1, 2, 10), heads
+// of 64, 2048-wide cross-attention and text_time embeddings
+// (2,567,463,684), the SD VAE with scaling factor 0.13025 and
+// force_upcast, and the Euler scheduler, at 1024×1024.
+func SDXL() Config {
+	return Config{
+		Name:  "sdxl",
+		Text:  TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, EOSTokenID: 2},
+		Text2: &TextConfig{Vocab: 49408, Hidden: 1280, Layers: 32, Heads: 20, Intermediate: 5120, MaxPositions: 77, Activation: "gelu", ProjectionDim: 1280, EOSTokenID: 2},
+		UNet: UNetConfig{
+			BlockChannels:        []int{320, 640, 1280},
+			CrossAttention:       []bool{false, true, true},
+			LayersPerBlock:       2,
+			LevelHeads:           []int{5, 10, 20},
+			TransformerLayers:    []int{1, 2, 10},
+			LinearProjection:     true,
+			CrossDim:             2048,
+			InChannels:           4,
+			OutChannels:          4,
+			SampleSize:           128,
+			AdditionEmbed:        "text_time",
+			AdditionTimeEmbedDim: 256,
+			ProjectionInputDim:   2816,
+		},
+		VAE:       VAEConfig{BlockChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2, LatentChannels: 4, ScalingFactor: 0.13025, ForceUpcast: true, SampleSize: 1024},
+		Scheduler: SchedulerConfig{Class: "EulerDiscreteScheduler"},
+	}
+}
+
+// TinySDXL returns the architecture of ../shared/reference/tiny-sdxl: text
+// encoders of widths 32 (quick_gelu, 5 layers) and 48 (gelu, 3 layers,
+// projection 40), a UNet with blocks (32, 64), transformer layers (1, 2),
+// heads (2, 4), cross_attention_dim 80 and text_time embeddings of 8, and
+// the tiny VAE with scaling factor 0.13025.
+func TinySDXL() Config {
+	return Config{
+		Name:  "tiny-sdxl",
+		Text:  TextConfig{Vocab: 49408, Hidden: 32, Layers: 5, Heads: 4, Intermediate: 37, MaxPositions: 77, EOSTokenID: 2},
+		Text2: &TextConfig{Vocab: 49408, Hidden: 48, Layers: 3, Heads: 4, Intermediate: 61, MaxPositions: 77, Activation: "gelu", ProjectionDim: 40, EOSTokenID: 2},
+		UNet: UNetConfig{
+			BlockChannels:        []int{32, 64},
+			CrossAttention:       []bool{false, true},
+			LayersPerBlock:       2,
+			LevelHeads:           []int{2, 4},
+			TransformerLayers:    []int{1, 2},
+			LinearProjection:     true,
+			CrossDim:             80,
+			InChannels:           4,
+			OutChannels:          4,
+			SampleSize:           8,
+			AdditionEmbed:        "text_time",
+			AdditionTimeEmbedDim: 8,
+			ProjectionInputDim:   88,
+		},
+		VAE:       VAEConfig{BlockChannels: []int{32, 32, 64, 64}, LayersPerBlock: 1, LatentChannels: 4, ScalingFactor: 0.13025, ForceUpcast: true, SampleSize: 64},
+		Scheduler: SchedulerConfig{Class: "EulerDiscreteScheduler"},
+	}
+}
+
+// LCMSD15 returns the latent-consistency-distilled SD 1.5 architecture
+// (SimianLuo/LCM_Dreamshaper_v7): SD 1.5 with time_cond_proj_dim 256
+// (859,602,884 UNet parameters) and the LCM scheduler.
+func LCMSD15() Config {
+	c := SD15()
+	c.Name = "lcm-sd15"
+	c.UNet.TimeCondProjDim = 256
+	c.Scheduler = SchedulerConfig{Class: "LCMScheduler"}
+	return c
+}
+
+// TinyLCM is Tiny with a timestep_cond input of 16 and the LCM scheduler.
+func TinyLCM() Config {
+	c := Tiny()
+	c.Name = "tiny-lcm"
+	c.UNet.TimeCondProjDim = 16
+	c.Scheduler = SchedulerConfig{Class: "LCMScheduler"}
+	return c
+}
+
+// configs lists the configurations ConfigByName knows.
+var configs = []func() Config{Tiny, SD15, TinyInpaint, SD15Inpaint, TinySD2, SD21, TinySDXL, SDXL, TinyLCM, LCMSD15}
+
+// ConfigNames returns the names ConfigByName accepts.
+func ConfigNames() []string {
+	var names []string
+	for _, c := range configs {
+		names = append(names, c().Name)
+	}
+	return names
+}
+
+// ConfigByName returns the configuration of that name (see ConfigNames).
+func ConfigByName(name string) (Config, error) {
+	for _, c := range configs {
+		if cfg := c(); cfg.Name == name {
+			return cfg, nil
+		}
+	}
+	return Config{}, fmt.Errorf("modelgen: unknown config %q (want one of %s)", name, strings.Join(ConfigNames(), ", "))
 }
 
 // TimestepShape is the shape of the UNet's timestep input.
@@ -121,29 +412,82 @@ func (s TimestepShape) String() string {
 	return "batch"
 }
 
-// Options selects the variant written. The zero value is the common legacy
-// diffusers export: int32 input_ids, float32 weights and I/O, timestep
-// float32 [batch], weights.pb, symbolic batch, efficient attention, seed 0.
+// Layout is the folder layout and export convention Write follows.
+type Layout int
+
+// Layouts.
+const (
+	// LayoutAuto is Optimum for configurations with two text encoders
+	// (SDXL) or a timestep_cond input (LCM), which only optimum exports,
+	// and Legacy otherwise.
+	LayoutAuto Layout = iota
+	// Legacy is diffusers' own ONNX exporter
+	// (convert_stable_diffusion_checkpoint_to_onnx.py, OnnxStableDiffusion*
+	// pipelines): dims named batch, sequence, height, width; timestep
+	// float32 [batch]; the UNet's weights in weights.pb; the VAE encoder's
+	// output latent_sample (here the posterior mean).
+	Legacy
+	// Optimum is optimum's exporter (1.2x, ORTStableDiffusion*Pipeline):
+	// dims named batch_size, sequence_length, height_latent, …; text
+	// encoders with hidden_states.0 … hidden_states.L; timestep int64
+	// [steps]; input_ids int32 for text_encoder and int64 for
+	// text_encoder_2; the VAE encoder's output latent_parameters; a
+	// config.json in every component folder; model.onnx_data for
+	// components over 2 GB. Newer optimum versions (≥ 1.24) write a
+	// float32 scalar timestep and int64 ids: Options.Timestep,
+	// TimestepShape and IDs select them.
+	Optimum
+)
+
+// String returns "auto", "legacy" or "optimum".
+func (l Layout) String() string {
+	switch l {
+	case Legacy:
+		return "legacy"
+	case Optimum:
+		return "optimum"
+	}
+	return "auto"
+}
+
+// Options selects the variant written. The zero value is the common export
+// of the configuration's family (see LayoutAuto): for SD 1.x and 2.x the
+// legacy diffusers export with int32 input_ids, float32 weights and I/O,
+// timestep float32 [batch], weights.pb, symbolic batch, efficient
+// attention, seed 0.
 type Options struct {
 	Seed uint64
-	// IDs is the text encoder's input_ids type: onnxpb.Int32 (zero value)
-	// or onnxpb.Int64.
-	IDs onnxpb.DataType
+	// Layout is the export convention; zero means LayoutAuto.
+	Layout Layout
+	// IDs is the text encoder's input_ids type: onnxpb.Int32 (the zero
+	// value's meaning) or onnxpb.Int64. IDs2 is text_encoder_2's; zero
+	// means onnxpb.Int64 (as optimum writes it).
+	IDs  onnxpb.DataType
+	IDs2 onnxpb.DataType
+	// HiddenStates adds outputs hidden_states.0 … hidden_states.L to the
+	// text encoders (always on in the Optimum layout).
+	HiddenStates bool
 	// Timestep is the UNet timestep type: onnxpb.Float, onnxpb.Float16 or
-	// onnxpb.Int64; zero means Float (Float16 when FP16 is set).
+	// onnxpb.Int64; zero means Float (Float16 when FP16 is set) in the
+	// Legacy layout and Int64 in the Optimum one.
 	Timestep      onnxpb.DataType
 	TimestepShape TimestepShape
 	// FP16 stores all float weights and float inputs/outputs as float16 and
 	// computes in float16.
 	FP16 bool
 	// LatentParameters makes the VAE encoder output latent_parameters
-	// (mean ‖ logvar, 2·latent channels) instead of latent_sample (the mean).
+	// (mean ‖ logvar, 2·latent channels) instead of latent_sample (the
+	// mean); always on in the Optimum layout.
 	LatentParameters bool
-	// ExternalFile names the UNet's external data file; zero means
-	// onnxpb.LegacyExternalFile ("weights.pb").
+	// ExternalFile names the external data file. In the Legacy layout the
+	// UNet's weights always go there (zero means onnxpb.LegacyExternalFile,
+	// "weights.pb"); in the Optimum layout components over 2 GB go to
+	// model.onnx_data, and setting ExternalFile moves the UNet's and
+	// text_encoder_2's weights to that file whatever their size (as real
+	// SDXL exports store them).
 	ExternalFile string
 	// Batch fixes the batch dimension of every input and output; zero keeps
-	// it symbolic ("batch").
+	// it symbolic.
 	Batch int
 	// Attention is the attention form of the UNet and VAE.
 	Attention AttentionForm
@@ -153,6 +497,47 @@ type Options struct {
 	// OnModule, when set, is called after each Linear and Conv module (see
 	// ModuleHook); nil changes nothing.
 	OnModule ModuleHook
+}
+
+// resolve returns o with its layout decided for cfg.
+func (o Options) resolve(cfg Config) Options {
+	if o.Layout == LayoutAuto {
+		o.Layout = Legacy
+		if cfg.Text2 != nil || cfg.UNet.TimeCondProjDim > 0 {
+			o.Layout = Optimum
+		}
+	}
+	return o
+}
+
+// optimum reports whether the (resolved) layout is Optimum.
+func (o Options) optimum() bool { return o.Layout == Optimum }
+
+// dim returns the symbolic name of a dimension in the layout: "batch",
+// "sequence", "height", "width", "latent_height", "latent_width" or
+// "steps" (Legacy names; Optimum's are batch_size, sequence_length,
+// height_latent, width_latent, steps).
+func (o Options) dim(name string) any {
+	if name == "batch" && o.Batch > 0 {
+		return o.Batch
+	}
+	if !o.optimum() {
+		if name == "steps" {
+			return o.dim("batch")
+		}
+		return name
+	}
+	switch name {
+	case "batch":
+		return "batch_size"
+	case "sequence":
+		return "sequence_length"
+	case "latent_height":
+		return "height_latent"
+	case "latent_width":
+		return "width_latent"
+	}
+	return name
 }
 
 // source returns the Source the options select.
@@ -171,18 +556,15 @@ func (o Options) floatType() onnxpb.DataType {
 	return onnxpb.Float
 }
 
-func (o Options) batchDim() any {
-	if o.Batch > 0 {
-		return o.Batch
-	}
-	return "batch"
-}
+func (o Options) batchDim() any { return o.dim("batch") }
 
 func (o Options) validate() error {
-	switch o.IDs {
-	case onnxpb.Undefined, onnxpb.Int32, onnxpb.Int64:
-	default:
-		return fmt.Errorf("modelgen: input_ids type %v not supported (int32 or int64)", o.IDs)
+	for _, ids := range []onnxpb.DataType{o.IDs, o.IDs2} {
+		switch ids {
+		case onnxpb.Undefined, onnxpb.Int32, onnxpb.Int64:
+		default:
+			return fmt.Errorf("modelgen: input_ids type %v not supported (int32 or int64)", ids)
+		}
 	}
 	switch o.Timestep {
 	case onnxpb.Undefined, onnxpb.Float, onnxpb.Float16, onnxpb.Int64:
@@ -191,6 +573,9 @@ func (o Options) validate() error {
 	}
 	if o.TimestepShape < TimestepBatch || o.TimestepShape > TimestepOne {
 		return fmt.Errorf("modelgen: unknown timestep shape %d", o.TimestepShape)
+	}
+	if o.Layout < LayoutAuto || o.Layout > Optimum {
+		return fmt.Errorf("modelgen: unknown layout %d", o.Layout)
 	}
 	if o.Batch < 0 {
 		return fmt.Errorf("modelgen: negative batch %d", o.Batch)
@@ -203,18 +588,52 @@ func (o Options) validate() error {
 
 func (c Config) validate() error {
 	u, v := c.UNet, c.VAE
+	texts := []TextConfig{c.Text}
+	if c.Text2 != nil {
+		texts = append(texts, *c.Text2)
+	}
+	for _, t := range texts {
+		if t.Hidden <= 0 || t.Layers <= 0 || t.Heads <= 0 || t.Hidden%t.Heads != 0 || t.Intermediate <= 0 || t.MaxPositions <= 0 || t.ProjectionDim < 0 {
+			return fmt.Errorf("modelgen: config %q: bad text encoder sizes %+v", c.Name, t)
+		}
+		if a := t.activation(); a != "quick_gelu" && a != "gelu" {
+			return fmt.Errorf("modelgen: config %q: text activation %q not supported (quick_gelu or gelu)", c.Name, a)
+		}
+	}
+	n := len(u.BlockChannels)
 	switch {
-	case c.Text.Hidden <= 0 || c.Text.Layers <= 0 || c.Text.Heads <= 0 || c.Text.Hidden%c.Text.Heads != 0 || c.Text.Intermediate <= 0 || c.Text.MaxPositions <= 0:
-		return fmt.Errorf("modelgen: config %q: bad text encoder sizes %+v", c.Name, c.Text)
-	case len(u.BlockChannels) == 0 || len(u.CrossAttention) != len(u.BlockChannels) || u.LayersPerBlock <= 0 || u.Heads <= 0 || u.InChannels <= 0 || u.OutChannels <= 0:
+	case n == 0 || len(u.CrossAttention) != n || u.LayersPerBlock <= 0 || u.InChannels <= 0 || u.OutChannels <= 0:
 		return fmt.Errorf("modelgen: config %q: bad UNet sizes %+v", c.Name, u)
+	case len(u.LevelHeads) == 0 && u.Heads <= 0, len(u.LevelHeads) > 0 && len(u.LevelHeads) != n:
+		return fmt.Errorf("modelgen: config %q: UNet heads %d / %v for %d levels", c.Name, u.Heads, u.LevelHeads, n)
+	case len(u.TransformerLayers) > 0 && len(u.TransformerLayers) != n:
+		return fmt.Errorf("modelgen: config %q: transformer layers %v for %d levels", c.Name, u.TransformerLayers, n)
+	case u.AdditionEmbed != "" && u.AdditionEmbed != "text_time":
+		return fmt.Errorf("modelgen: config %q: addition_embed_type %q not supported (text_time)", c.Name, u.AdditionEmbed)
+	case u.AdditionEmbed == "text_time" && (u.AdditionTimeEmbedDim <= 0 || u.AdditionTimeEmbedDim%2 != 0 || u.TextEmbedsDim() <= 0):
+		return fmt.Errorf("modelgen: config %q: text_time embedding needs an even addition_time_embed_dim and projection_class_embeddings_input_dim above %d·it, got %d and %d", c.Name, u.timeIDs(), u.AdditionTimeEmbedDim, u.ProjectionInputDim)
+	case u.TimeCondProjDim < 0:
+		return fmt.Errorf("modelgen: config %q: negative time_cond_proj_dim", c.Name)
 	case len(v.BlockChannels) != 4 || v.LayersPerBlock <= 0 || v.LatentChannels <= 0:
 		return fmt.Errorf("modelgen: config %q: VAE needs 4 levels (8× scaling), got %+v", c.Name, v)
 	}
-	for _, ch := range append(append([]int{}, u.BlockChannels...), v.BlockChannels...) {
-		if ch%32 != 0 || ch%u.Heads != 0 {
-			return fmt.Errorf("modelgen: config %q: %d channels not a multiple of 32 groups and %d heads", c.Name, ch, u.Heads)
+	for i, ch := range u.BlockChannels {
+		if ch%32 != 0 || u.heads(i) <= 0 || ch%u.heads(i) != 0 || u.transformerLayers(i) <= 0 {
+			return fmt.Errorf("modelgen: config %q: UNet level %d: %d channels not a multiple of 32 groups and %d heads (or %d transformer layers)", c.Name, i, ch, u.heads(i), u.transformerLayers(i))
 		}
+	}
+	for _, ch := range v.BlockChannels {
+		if ch%32 != 0 {
+			return fmt.Errorf("modelgen: config %q: VAE: %d channels not a multiple of 32 groups", c.Name, ch)
+		}
+	}
+	if u.AdditionEmbed == "text_time" && (c.Text2 == nil || c.Text2.ProjectionDim != u.TextEmbedsDim()) {
+		return fmt.Errorf("modelgen: config %q: text_time UNet wants text_embeds of %d, which needs text_encoder_2 with that projection_dim", c.Name, u.TextEmbedsDim())
+	}
+	switch c.Scheduler.Class {
+	case "", "PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LCMScheduler":
+	default:
+		return fmt.Errorf("modelgen: config %q: scheduler %q not supported", c.Name, c.Scheduler.Class)
 	}
 	return nil
 }

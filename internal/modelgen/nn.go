@@ -168,6 +168,7 @@ type attnSpec struct {
 	mask               string // additive mask broadcast over the scores, or ""
 	form               AttentionForm
 	outGain            float64 // gain of the output projection; 0 means residualGain
+	upcast             bool    // float32 scores and softmax in a float16 graph
 }
 
 // attention projects x (queries) and ctx (keys and values), both
@@ -180,17 +181,34 @@ func (b *Builder) attention(x, ctx string, s attnSpec) string {
 	v := b.linear(ctx, s.name+"."+s.v, s.ctxDim, s.dim, s.qkvBias, 1)
 	split := b.Ints(0, 0, int64(s.heads), int64(dh))
 	scale := b.Scalar(float32(1 / math.Sqrt(float64(dh))))
+	// upcast_attention in a float16 graph: scores and softmax in float32.
+	up := s.upcast && b.float != onnxpb.Float
+	toF32 := func(x string) string {
+		if !up {
+			return x
+		}
+		return b.Op("Cast", []string{x}, AttrInt("to", int64(onnxpb.Float)))
+	}
+	back := func(x string) string {
+		if !up {
+			return x
+		}
+		return b.Op("Cast", []string{x}, AttrInt("to", int64(b.float)))
+	}
+	if up {
+		scale = b.scalar32(float32(1 / math.Sqrt(float64(dh))))
+	}
 	var o string
 	switch s.form {
 	case Efficient:
 		qh := b.Op("Transpose", []string{b.Op("Reshape", []string{q, split})}, AttrInts("perm", 0, 2, 1, 3))
 		kh := b.Op("Transpose", []string{b.Op("Reshape", []string{k, split})}, AttrInts("perm", 0, 2, 3, 1))
 		vh := b.Op("Transpose", []string{b.Op("Reshape", []string{v, split})}, AttrInts("perm", 0, 2, 1, 3))
-		scores := b.Op("MatMul", []string{b.Op("Mul", []string{qh, scale}), kh})
+		scores := b.Op("MatMul", []string{b.Op("Mul", []string{toF32(qh), scale}), toF32(kh)})
 		if s.mask != "" {
-			scores = b.Op("Add", []string{scores, s.mask})
+			scores = b.Op("Add", []string{scores, toF32(s.mask)})
 		}
-		p := b.Op("Softmax", []string{scores}, AttrInt("axis", -1))
+		p := back(b.Op("Softmax", []string{scores}, AttrInt("axis", -1)))
 		o = b.Op("Transpose", []string{b.Op("MatMul", []string{p, vh})}, AttrInts("perm", 0, 2, 1, 3))
 	case Baddbmm:
 		// [b, n, dim] → [b, n, h, d] → [b, h, n, d] → [b·h, n, d]
@@ -204,17 +222,23 @@ func (b *Builder) attention(x, ctx string, s attnSpec) string {
 		k3, m := fold(k)
 		v3, _ := fold(v)
 		bh := b.Op("Shape", []string{q3}, AttrInt("start", 0), AttrInt("end", 1))
+		zero := b.zeroTensor()
+		zeroScalar := b.Scalar(0)
+		if up {
+			zero = &onnxpb.Tensor{Dims: []int64{1}, DataType: onnxpb.Float, RawData: make([]byte, 4)}
+			zeroScalar = b.scalar32(0)
+		}
 		empty := b.Op("ConstantOfShape", []string{b.Op("Concat", []string{bh, n, m}, AttrInt("axis", 0))},
-			AttrTensor("value", b.zeroTensor()))
+			AttrTensor("value", zero))
 		kt := b.Op("Transpose", []string{k3}, AttrInts("perm", 0, 2, 1))
 		scores := b.Op("Add", []string{
-			b.Op("Mul", []string{empty, b.Scalar(0)}),
-			b.Op("Mul", []string{b.Op("MatMul", []string{q3, kt}), scale}),
+			b.Op("Mul", []string{empty, zeroScalar}),
+			b.Op("Mul", []string{b.Op("MatMul", []string{toF32(q3), toF32(kt)}), scale}),
 		})
 		if s.mask != "" {
-			scores = b.Op("Add", []string{scores, s.mask})
+			scores = b.Op("Add", []string{scores, toF32(s.mask)})
 		}
-		p := b.Op("Softmax", []string{scores}, AttrInt("axis", -1))
+		p := back(b.Op("Softmax", []string{scores}, AttrInt("axis", -1)))
 		o3 := b.Op("MatMul", []string{p, v3}) // [b·h, n, d]
 		unfold := b.Op("Concat", []string{b.Ints(-1, int64(s.heads)), n, b.Ints(int64(dh))}, AttrInt("axis", 0))
 		o = b.Op("Transpose", []string{b.Op("Reshape", []string{o3, unfold})}, AttrInts("perm", 0, 2, 1, 3))
@@ -227,6 +251,18 @@ func (b *Builder) attention(x, ctx string, s attnSpec) string {
 		gain = residualGain
 	}
 	return b.linear(o, s.name+"."+s.out, s.dim, s.dim, true, gain)
+}
+
+// scalar32 returns a 0-d float32 constant whatever the builder's float
+// type (shared between uses).
+func (b *Builder) scalar32(v float32) string {
+	key := fmt.Sprintf("f32:%v", v)
+	if n, ok := b.consts[key]; ok {
+		return n
+	}
+	name := fmt.Sprintf("const/%d", len(b.consts))
+	b.consts[key] = name
+	return b.float32Tensor(name, nil, []float32{v})
 }
 
 // zeroTensor is a one-element zero of the builder's float type, for

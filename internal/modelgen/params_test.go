@@ -4,41 +4,56 @@ import (
 	"testing"
 )
 
-// TestSD15ParamCounts checks the SD 1.5 configuration against the published
-// parameter counts of the diffusers/transformers modules, by summing
-// initializer sizes (no tensor data is generated).
-func TestSD15ParamCounts(t *testing.T) {
-	cfg := SD15()
-	var opt Options
-	te, err := BuildTextEncoder(cfg, opt, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	un, err := BuildUNet(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec, err := BuildVAEDecoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc, err := BuildVAEEncoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestParamCounts checks the full-size configurations against the
+// parameter counts of the real diffusers/transformers modules, by summing
+// initializer sizes (no tensor data is generated). The counts are those of
+// the published checkpoints: SD 1.5 (runwayml), its inpainting UNet, SD 2.1
+// (stabilityai, 768-v), SDXL base 1.0 and LCM Dreamshaper v7.
+func TestParamCounts(t *testing.T) {
 	tests := []struct {
-		name string
-		got  int64
-		want int64
+		cfg                  Config
+		text, text2, un, vae int64
 	}{
-		{"text encoder (CLIPTextModel)", CountParams(te), 123_060_480},
-		{"unet (UNet2DConditionModel)", CountParams(un), 859_520_964},
-		{"vae (AutoencoderKL, encoder+decoder)", CountParams(enc) + CountParams(dec), 83_653_863},
+		{SD15(), 123_060_480, 0, 859_520_964, 83_653_863},
+		{SD15Inpaint(), 123_060_480, 0, 859_535_364, 83_653_863},
+		{SD21(), 340_387_840, 0, 865_910_724, 83_653_863},
+		{SDXL(), 123_060_480, 694_659_840, 2_567_463_684, 83_653_863},
+		{LCMSD15(), 123_060_480, 0, 859_602_884, 83_653_863},
 	}
 	for _, tt := range tests {
-		if tt.got != tt.want {
-			t.Errorf("%s: %d parameters, want %d", tt.name, tt.got, tt.want)
-		}
+		t.Run(tt.cfg.Name, func(t *testing.T) {
+			var opt Options
+			te, err := BuildTextEncoder(tt.cfg, opt, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			un, err := BuildUNet(tt.cfg, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec, err := BuildVAEDecoder(tt.cfg, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc, err := BuildVAEEncoder(tt.cfg, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := func(what string, got, want int64) {
+				if got != want {
+					t.Errorf("%s: %d parameters, want %d", what, got, want)
+				}
+			}
+			check("text encoder", CountParams(te), tt.text)
+			check("unet", CountParams(un), tt.un)
+			check("vae (encoder+decoder)", CountParams(enc)+CountParams(dec), tt.vae)
+			if tt.text2 > 0 {
+				te2, err := BuildTextEncoder2(tt.cfg, opt, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				check("text encoder 2", CountParams(te2), tt.text2)
+			}
+		})
 	}
-	t.Logf("vae decoder %d, encoder %d", CountParams(dec), CountParams(enc))
 }

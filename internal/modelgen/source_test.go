@@ -183,7 +183,7 @@ func TestSourceErrors(t *testing.T) {
 	if err == nil || !errors.Is(err, ErrNoParam) || !strings.Contains(err.Error(), missing) {
 		t.Errorf("missing parameter: %v", err)
 	}
-	if _, err := BuildTextEncoder(cfg, Options{Source: full}, 0); err == nil || !strings.Contains(err.Error(), "text_model.embeddings.token_embedding.weight") {
+	if _, err := BuildTextEncoder(cfg, Options{Source: full}, 100); err == nil || !strings.Contains(err.Error(), "text_model.embeddings.token_embedding.weight") {
 		t.Errorf("text encoder from a UNet-only source: %v", err)
 	}
 
@@ -267,7 +267,7 @@ func TestOnModule(t *testing.T) {
 	}
 	opt := Options{OnModule: hook}
 	models := map[Component][]*onnxpb.Model{}
-	te, err := BuildTextEncoder(cfg, opt, 0)
+	te, err := BuildTextEncoder(cfg, opt, GenerateVocabulary(0).Size())
 	if err != nil {
 		t.Fatal(err)
 	}

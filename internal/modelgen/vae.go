@@ -10,6 +10,7 @@ import (
 // included): latent_sample [batch, 4, height/8, width/8] → sample
 // [batch, 3, height, width].
 func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
+	opt = opt.resolve(cfg)
 	b, err := newModelBuilder(cfg, opt, VAE)
 	if err != nil {
 		return nil, err
@@ -18,7 +19,7 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 	ft := b.Float()
 	batch := opt.batchDim()
 	lc := v.LatentChannels
-	z := b.Input("latent_sample", ft, batch, lc, "latent_height", "latent_width")
+	z := b.Input("latent_sample", ft, batch, lc, opt.dim("latent_height"), opt.dim("latent_width"))
 	z = b.conv(z, "post_quant_conv", lc, lc, 1, 1, 0, 1)
 	n := len(v.BlockChannels)
 	top := v.BlockChannels[n-1]
@@ -44,9 +45,11 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 
 // BuildVAEEncoder returns the AutoencoderKL encoder with quant_conv: sample
 // [batch, 3, height, width] → latent_sample [batch, 4, height/8, width/8],
-// the posterior mean (deterministic), or with opt.LatentParameters
-// latent_parameters [batch, 8, height/8, width/8] (mean ‖ logvar).
+// the posterior mean (deterministic), or with opt.LatentParameters and in
+// the Optimum layout latent_parameters [batch, 8, height/8, width/8]
+// (mean ‖ logvar).
 func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
+	opt = opt.resolve(cfg)
 	b, err := newModelBuilder(cfg, opt, VAE)
 	if err != nil {
 		return nil, err
@@ -75,11 +78,11 @@ func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 	h = b.silu(b.groupNorm(h, "encoder.conv_norm_out", top, 32, 1e-6))
 	h = b.conv(h, "encoder.conv_out", top, 2*lc, 3, 1, 1, 1)
 	moments := b.conv(h, "quant_conv", 2*lc, 2*lc, 1, 1, 0, 1)
-	if opt.LatentParameters {
-		b.Output(moments, "latent_parameters", ft, batch, 2*lc, "latent_height", "latent_width")
+	if opt.LatentParameters || opt.optimum() {
+		b.Output(moments, "latent_parameters", ft, batch, 2*lc, opt.dim("latent_height"), opt.dim("latent_width"))
 	} else {
 		mean := b.Op("Slice", []string{moments, b.Ints(0), b.Ints(int64(lc)), b.Ints(1)})
-		b.Output(mean, "latent_sample", ft, batch, lc, "latent_height", "latent_width")
+		b.Output(mean, "latent_sample", ft, batch, lc, opt.dim("latent_height"), opt.dim("latent_width"))
 	}
 	return b.finish()
 }

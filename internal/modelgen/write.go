@@ -36,6 +36,9 @@ func Write(dir string, cfg Config, opt Options) error {
 	if err := opt.validate(); err != nil {
 		return err
 	}
+	if cfg.Text2 != nil {
+		return fmt.Errorf("modelgen: config %q: writing two-text-encoder folders is not supported yet", cfg.Name)
+	}
 	for _, d := range []string{TextEncoderDir, UNetDir, VAEDecoderDir, VAEEncoderDir, TokenizerDir, SchedulerDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return fmt.Errorf("modelgen: %w", err)
