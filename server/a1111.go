@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -27,6 +28,23 @@ type a1111Request struct {
 	// Quality is this service's fast/quality switch ("fast" or
 	// "quality"), used when Steps is 0.
 	Quality string `json:"quality,omitempty"`
+	// ForceTaskID names the task, as AUTOMATIC1111's UI does, so that
+	// /sdapi/v1/interrupt and /sdapi/v1/progress can name it (id_task).
+	ForceTaskID string `json:"force_task_id,omitempty"`
+}
+
+// validTaskID reports whether id can name a task: 1 to 64 of the
+// characters AUTOMATIC1111's "task(…)" ids use.
+func validTaskID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.()", c)) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) a1111Spec(in *a1111Request, img2img bool) (*spec, error) {
@@ -45,6 +63,7 @@ func (s *Server) a1111Spec(in *a1111Request, img2img bool) (*spec, error) {
 			return nil, err
 		}
 		c.init = img
+		in.InitImages = nil // the decoded image is what the task keeps
 		c.width, c.height = img.Bounds().Dx(), img.Bounds().Dy()
 		if c.strength == 0 {
 			c.strength = 0.75 // AUTOMATIC1111's default
@@ -52,11 +71,14 @@ func (s *Server) a1111Spec(in *a1111Request, img2img bool) (*spec, error) {
 	} else if len(in.InitImages) > 0 {
 		return nil, badRequest("init_images", "init_images: use /sdapi/v1/img2img")
 	}
+	if in.ForceTaskID != "" && !validTaskID(in.ForceTaskID) {
+		return nil, badRequest("force_task_id", "force_task_id: want 1 to 64 letters, digits or -_.()")
+	}
 	sp, err := s.build(c)
 	if err != nil {
 		return nil, err
 	}
-	sp.a11 = in
+	sp.a11, sp.id = in, in.ForceTaskID
 	return sp, nil
 }
 
@@ -66,10 +88,11 @@ type a1111Response struct {
 	Info       string        `json:"info"`
 }
 
-func (s *Server) a1111Result(t *task) (*a1111Response, error) {
+// a1111Result is t's response, with the number of images in it.
+func (s *Server) a1111Result(t *task) (*a1111Response, int, error) {
 	b64, infotexts, seeds, err := s.images(t.results)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	in := t.spec.a11
 	r := t.results[0].Request
@@ -100,37 +123,37 @@ func (s *Server) a1111Result(t *task) (*a1111Response, error) {
 	}
 	b, err := json.Marshal(info)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	// echo the parameters without the (large) init images
-	p := *in
-	p.InitImages = nil
-	return &a1111Response{Images: b64, Parameters: &p, Info: string(b)}, nil
+	return &a1111Response{Images: b64, Parameters: in, Info: string(b)}, n, nil
 }
 
 func (s *Server) handleA1111(img2img bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var in a1111Request
-		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
-			writeError(w, err)
+		release, err := s.decode(w, r, &in)
+		if err != nil {
+			s.writeError(w, err)
 			return
 		}
 		sp, err := s.a1111Spec(&in, img2img)
+		release()
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, err)
 			return
 		}
 		t, err := s.runSync(r, apiA1111, sp)
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, err)
 			return
 		}
-		out, err := s.a1111Result(t)
+		out, n, err := s.a1111Result(t)
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, out)
+		s.met.served(n)
 	}
 }
 
@@ -147,22 +170,34 @@ func (s *Server) handleSamplers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
+// callerTasks returns the caller's admitted A1111 tasks: only its own work
+// is its business on a shared service. id, when set, picks one task.
+func (s *Server) callerTasks(r *http.Request, id string) []*task {
+	me := identity(r)
 	s.mu.Lock()
-	var cur *task
-	count := 0
+	defer s.mu.Unlock()
+	var out []*task
 	for t := range s.active {
-		if t.api != apiA1111 {
-			continue
+		if t.api == apiA1111 && t.owner == me && (id == "" || t.id == id) {
+			out = append(out, t)
 		}
-		count++
+	}
+	return out
+}
+
+// handleProgress reports the caller's oldest running A1111 task, or the one
+// ?id_task= names.
+func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
+	tasks := s.callerTasks(r, r.URL.Query().Get("id_task"))
+	var cur *task
+	for _, t := range tasks {
 		t.mu.Lock()
 		if t.state == stateRunning && (cur == nil || t.started.Before(cur.started)) {
 			cur = t
 		}
 		t.mu.Unlock()
 	}
-	s.mu.Unlock()
+	count := len(tasks)
 	type state struct {
 		Skipped       bool   `json:"skipped"`
 		Interrupted   bool   `json:"interrupted"`
@@ -199,17 +234,27 @@ func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// handleInterrupt interrupts the caller's A1111 tasks, or the one its
+// id_task names (?id_task= or a JSON body {"id_task": …}); never another
+// identity's.
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) {
-	n := 0
-	s.mu.Lock()
-	for t := range s.active {
-		if t.api == apiA1111 {
-			t.cancel(errInterrupted)
-			n++
+	id := r.URL.Query().Get("id_task")
+	if id == "" && r.ContentLength != 0 {
+		var in struct {
+			IDTask string `json:"id_task"`
 		}
+		release, err := s.decode(w, r, &in)
+		if err != nil {
+			s.writeError(w, err)
+			return
+		}
+		release()
+		id = in.IDTask
 	}
-	s.mu.Unlock()
+	n := 0
+	for _, t := range s.callerTasks(r, id) {
+		t.cancel(errInterrupted)
+		n++
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"interrupted": n})
 }
-
-// parseSize parses "WxH".

@@ -64,10 +64,10 @@ func chromium(t *testing.T, bin, url string, flags ...string) []byte {
 // must hold the PNGs.
 func TestWebPageChromium(t *testing.T) {
 	bin := lookTool(t, "chromium", "chromium", "chromium-browser", "google-chrome")
-	s, ts := newServer(t, Config{Token: "page-token", ModelName: "generated-tiny-v2"})
+	s, ts := newServer(t, Config{ModelName: "generated-tiny-v2"})
 	q := url.Values{
 		"prompt": {"a red circle on a blue background"}, "negative_prompt": {"blurry"}, "seed": {"7"},
-		"steps": {"6"}, "sampler": {"Euler a"}, "autorun": {"2"}, "token": {"page-token"},
+		"steps": {"6"}, "sampler": {"Euler a"}, "autorun": {"2"},
 	}
 	dom := string(chromium(t, bin, ts.URL+"/?"+q.Encode(), "--dump-dom"))
 	if !strings.Contains(dom, `data-state="done"`) {

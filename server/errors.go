@@ -21,6 +21,9 @@ type apiError struct {
 	Param      string // the offending field, when one is
 	Msg        string
 	RetryAfter int // seconds, for 429 and 503
+	// cause is the error behind a 500, for the log: its message may hold
+	// paths and library internals, so the client never sees it.
+	cause error
 }
 
 func (e *apiError) Error() string { return e.Msg }
@@ -41,10 +44,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-func writeError(w http.ResponseWriter, err error) {
+// writeError writes err in the JSON error shape. A 500's cause goes to the
+// log under a reference the client gets instead.
+func (s *Server) writeError(w http.ResponseWriter, err error) {
 	e := asAPIError(err)
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	msg := e.Msg
+	if e.cause != nil {
+		ref := newID()[:12]
+		s.log.Error("server: internal error", "ref", ref, "err", e.cause)
+		msg = fmt.Sprintf("%s (reference %s in the server's log)", msg, ref)
 	}
 	type body struct {
 		Message string `json:"message"`
@@ -52,7 +63,7 @@ func writeError(w http.ResponseWriter, err error) {
 		Param   string `json:"param,omitempty"`
 		Code    int    `json:"code"`
 	}
-	writeJSON(w, e.Status, map[string]body{"error": {Message: e.Msg, Type: e.Type, Param: e.Param, Code: e.Status}})
+	writeJSON(w, e.Status, map[string]body{"error": {Message: msg, Type: e.Type, Param: e.Param, Code: e.Status}})
 }
 
 // asAPIError maps any error of a request to its status and message.
@@ -73,7 +84,7 @@ func asAPIError(err error) *apiError {
 	case errors.As(err, &re):
 		return badRequest(re.Field, "%s: %s", re.Field, re.Reason)
 	case errors.Is(err, errShutdown):
-		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "canceled: the server is shutting down", RetryAfter: 1}
+		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "canceled: the server is shutting down; send the request again (another replica takes it)", RetryAfter: 1}
 	case errors.Is(err, pipeline.ErrClosed):
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "the engine is closed", RetryAfter: 1}
 	case errors.Is(err, errInterrupted):
@@ -81,31 +92,54 @@ func asAPIError(err error) *apiError {
 	case errors.Is(err, errCanceled):
 		// nobody reads it when the client left; an async job's result says so
 		return &apiError{Status: http.StatusConflict, Type: "canceled", Msg: "canceled"}
+	case errors.Is(err, pipeline.ErrNaN):
+		return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "the model's output is not finite (NaN or infinity)", cause: err}
 	}
-	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: err.Error()}
+	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "internal error", cause: err}
 }
 
-// decodeJSON reads r's body (at most limit bytes) into v, which must be a
-// pointer to a struct, and reports what is wrong with it in terms a client
-// can act on.
-func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body := http.MaxBytesReader(w, r.Body, limit)
-	b, err := io.ReadAll(body)
+// decode reads r's body under the server's limits (see readBody) into v,
+// which must be a pointer to a struct, and reports what is wrong with it
+// in terms a client can act on. release gives the body's memory back to
+// the budget; call it once the decoded value no longer holds large parts
+// of the body.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) (release func(), err error) {
+	b, release, err := s.readBody(w, r)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Msg: fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)}
-		}
-		return badRequest("", "reading the request body: %v", err)
+		return nil, err
 	}
-	if len(bytes.TrimSpace(b)) == 0 {
+	if err := unmarshal(b, v); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
+// unmarshal decodes one JSON object into v.
+func unmarshal(b []byte, v any) error {
+	var first byte
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			first = c
+			break
+		}
+	}
+	switch first {
+	case 0:
 		return badRequest("", "empty request body: send a JSON object")
+	case 'n':
+		if string(bytes.TrimSpace(b)) == "null" {
+			return badRequest("", "the body must be a JSON object, not null")
+		}
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}
 	if dec.More() {
+		return badRequest("", "malformed JSON: data after the object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
 		return badRequest("", "malformed JSON: data after the object")
 	}
 	return nil

@@ -1,18 +1,23 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,7 +77,10 @@ func newServerOn(t *testing.T, m Engine, cfg Config) (*Server, *httptest.Server)
 	if cfg.MaxSteps == 0 {
 		cfg.MaxSteps = 900
 	}
-	s := New(m, cfg)
+	s, err := New(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -122,6 +130,9 @@ func do(t *testing.T, ctx context.Context, method, url, body string, hdr ...stri
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method == http.MethodPost && body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
@@ -134,9 +145,10 @@ func do(t *testing.T, ctx context.Context, method, url, body string, hdr ...stri
 	return response{code: resp.StatusCode, header: resp.Header, body: b}
 }
 
+// post sends a JSON body (hdr may name another Content-Type).
 func post(t *testing.T, url, body string, hdr ...string) response {
 	t.Helper()
-	return do(t, t.Context(), http.MethodPost, url, body, hdr...)
+	return do(t, t.Context(), http.MethodPost, url, body, append([]string{"Content-Type", "application/json"}, hdr...)...)
 }
 
 func get(t *testing.T, url string, hdr ...string) response {
@@ -193,4 +205,123 @@ func admitted(s *Server) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.active)
+}
+
+// rawConn is a client connection that writes requests by hand, for the
+// probes that a well-behaved client library does not send.
+type rawConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, base string) *rawConn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{Conn: c, br: bufio.NewReader(c)}
+}
+
+// send writes a request head for method and path with the headers and a
+// Content-Length of declared bytes (negative: none), then the first bytes
+// of the body.
+func (c *rawConn) send(t *testing.T, method, path string, declared int, body string, hdr ...string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: test\r\n", method, path)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		fmt.Fprintf(&b, "%s: %s\r\n", hdr[i], hdr[i+1])
+	}
+	if declared >= 0 {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", declared)
+	}
+	b.WriteString("\r\n")
+	b.WriteString(body)
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// response reads a response within d; code -1 means none came.
+func (c *rawConn) response(t *testing.T, d time.Duration) response {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return response{code: -1, body: []byte(err.Error())}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{code: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// closed reports whether the server closed the connection within d.
+func (c *rawConn) closed(d time.Duration) bool {
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	_, err := c.br.ReadByte()
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// serveOn runs s.Serve on a fresh loopback listener until the test ends;
+// stop ends it and returns Serve's error.
+func serveOn(t *testing.T, s *Server) (base string, stop func() error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ctx, ln) }()
+	var once sync.Once
+	var serveErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case serveErr = <-errc:
+			case <-time.After(60 * time.Second):
+				serveErr = errors.New("Serve did not return within 60s")
+			}
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return "http://" + ln.Addr().String(), stop
+}
+
+// newUnstarted returns a Server on the shared model, for Serve.
+func newUnstarted(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = "test"
+	}
+	if cfg.MaxSteps == 0 {
+		cfg.MaxSteps = 900
+	}
+	s, err := New(openModel(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// syncBuffer is a strings.Builder safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

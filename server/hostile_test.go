@@ -1,11 +1,25 @@
 package server
 
 import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/crc32"
+	"image"
+	"image/png"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // The hostile-input suite: each probe is what a careless or hostile client
@@ -31,11 +45,7 @@ func runProbes(t *testing.T, ts *httptest.Server, probes []probe) {
 			if method == "" {
 				method = http.MethodPost
 			}
-			hdr := p.hdr
-			if method == http.MethodPost && p.body != "" && !hasHeader(hdr, "Content-Type") {
-				hdr = append([]string{"Content-Type", "application/json"}, hdr...)
-			}
-			r := do(t, t.Context(), method, ts.URL+p.path, p.body, hdr...)
+			r := do(t, t.Context(), method, ts.URL+p.path, p.body, p.hdr...) // JSON unless hdr says otherwise
 			if r.code != p.code {
 				t.Fatalf("status %d, want %d: %.300s", r.code, p.code, r.body)
 			}
@@ -49,15 +59,6 @@ func runProbes(t *testing.T, ts *httptest.Server, probes []probe) {
 			}
 		})
 	}
-}
-
-func hasHeader(hdr []string, name string) bool {
-	for i := 0; i < len(hdr); i += 2 {
-		if strings.EqualFold(hdr[i], name) {
-			return true
-		}
-	}
-	return false
 }
 
 // TestHostileCounts is #16 defect 1: counts whose product wraps around
@@ -75,4 +76,166 @@ func TestHostileCounts(t *testing.T) {
 		{name: "sagemaker huge seed", path: "/invocations", body: `{"prompt":["a","b"],"num_images_per_prompt":2,"seed":9223372036854775807}`, code: 400, msg: "seed"},
 		{name: "openai huge n", path: "/v1/images/generations", body: `{"prompt":"x","n":` + big + `}`, code: 400, msg: "n"},
 	})
+}
+
+// fakeEngine is an Engine whose Submit does what the test says.
+type fakeEngine struct {
+	submit func(ctx context.Context, r sd.Request) (*sd.Handle, error)
+}
+
+func (f fakeEngine) Submit(ctx context.Context, r sd.Request) (*sd.Handle, error) {
+	return f.submit(ctx, r)
+}
+
+func (fakeEngine) Metrics() sd.Metrics { return sd.Metrics{} }
+
+// TestInternalErrorHidesPaths is #16 defect 9: a 500 carried the engine's
+// error, with absolute model and ONNX Runtime source paths in it. The
+// client now gets a reference; the log gets the error.
+func TestInternalErrorHidesPaths(t *testing.T) {
+	var log syncBuffer
+	eng := fakeEngine{submit: func(context.Context, sd.Request) (*sd.Handle, error) {
+		return nil, errors.New("ort: /home/alice/models/sd15/unet/model.onnx: /onnxruntime_src/onnxruntime/core/session/inference_session.cc:1234 failed")
+	}}
+	_, ts := newServerOn(t, eng, Config{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	for _, path := range []string{"/sdapi/v1/txt2img", "/v1/images/generations", "/invocations"} {
+		r := post(t, ts.URL+path, `{"prompt":"x"}`)
+		if r.code != http.StatusInternalServerError {
+			t.Fatalf("%s: %d %s", path, r.code, r.body)
+		}
+		msg, typ, _ := r.apiErr(t)
+		if strings.Contains(string(r.body), "/home") || strings.Contains(string(r.body), "onnxruntime_src") || typ != "server_error" {
+			t.Errorf("%s: the 500 body leaks paths: %s", path, r.body)
+		}
+		ref := regexp.MustCompile(`reference ([0-9a-f]+)`).FindStringSubmatch(msg)
+		if ref == nil || !strings.Contains(log.String(), "ref="+ref[1]) || !strings.Contains(log.String(), "/home/alice") {
+			t.Errorf("%s: message %q: the log lacks its reference and the error:\n%s", path, msg, log.String())
+		}
+	}
+}
+
+// TestAsyncPanicGuarded is #16 defect 9: the async job's goroutine ran
+// outside the panic guard, so a panic in a job ended the process.
+func TestAsyncPanicGuarded(t *testing.T) {
+	eng := fakeEngine{submit: func(context.Context, sd.Request) (*sd.Handle, error) { panic("boom in the engine") }}
+	_, ts := newServerOn(t, eng, Config{})
+	r := post(t, ts.URL+"/v1/jobs", `{"prompt":"x"}`)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", r.code, r.body)
+	}
+	var st jobStatus
+	r.json(t, &st)
+	waitFor(t, "the job to fail", func() bool {
+		get(t, ts.URL+"/v1/jobs/"+st.ID).json(t, &st)
+		return st.Finished != nil
+	})
+	if st.Status != stateFailed || !strings.Contains(st.Error, "internal error") || strings.Contains(st.Error, "boom") {
+		t.Errorf("job after a panic: %+v", st)
+	}
+	if r := post(t, ts.URL+"/sdapi/v1/txt2img", `{"prompt":"x"}`); r.code != http.StatusInternalServerError {
+		t.Errorf("sync request after a panic: %d %s", r.code, r.body)
+	}
+}
+
+// TestJobsExpireOnTimer is #16 defect 9: finished jobs expired only when a
+// new job was submitted.
+func TestJobsExpireOnTimer(t *testing.T) {
+	_, ts := newServer(t, Config{JobTTL: 200 * time.Millisecond})
+	r := post(t, ts.URL+"/v1/jobs", `{"prompt":"x","steps":1}`)
+	var st jobStatus
+	r.json(t, &st)
+	waitFor(t, "the job", func() bool {
+		get(t, ts.URL+"/v1/jobs/"+st.ID).json(t, &st)
+		return st.Finished != nil
+	})
+	if st.Status != stateDone {
+		t.Fatalf("job %+v", st)
+	}
+	waitFor(t, "the job to expire with nothing else happening", func() bool {
+		return get(t, ts.URL+"/v1/jobs/"+st.ID).code == http.StatusNotFound
+	})
+	if d := time.Since(*st.Finished); d < 200*time.Millisecond {
+		t.Errorf("expired %v after finishing, before its TTL", d)
+	}
+}
+
+// TestWebPageIgnoresURLToken is #16 defect 9: the page took ?token= from
+// its URL, where tokens end up in logs, histories and Referer headers.
+func TestWebPageIgnoresURLToken(t *testing.T) {
+	if regexp.MustCompile(`get\(\s*["']token["']\s*\)`).Match(indexHTML) {
+		t.Errorf("the page reads a token from its URL")
+	}
+	bin := lookTool(t, "chromium", "chromium", "chromium-browser", "google-chrome")
+	_, ts := newServer(t, Config{Token: "page-token"})
+	dom := string(chromium(t, bin, ts.URL+"/?prompt=x&steps=1&autorun=1&token=page-token", "--dump-dom"))
+	if !strings.Contains(dom, `data-state="error"`) || !strings.Contains(dom, "bearer token") {
+		st := regexp.MustCompile(`id="status"[^>]*>([^<]*)`).FindStringSubmatch(dom)
+		t.Errorf("the page with ?token= in its URL ran (status %q): it must ask for the token instead", st)
+	}
+}
+
+// TestHostileSmall is the rest of #16 defect 9, and the probes that already
+// passed: malformed JSON, wrong types, decompression bombs, bad ids.
+func TestHostileSmall(t *testing.T) {
+	_, ts := newServer(t, Config{})
+	bomb := func(w, h int) string { // a PNG header that declares w×h pixels
+		var b bytes.Buffer
+		_ = png.Encode(&b, image.NewGray(image.Rect(0, 0, 8, 8)))
+		raw := b.Bytes()
+		binary.BigEndian.PutUint32(raw[16:], uint32(w))
+		binary.BigEndian.PutUint32(raw[20:], uint32(h))
+		binary.BigEndian.PutUint32(raw[29:], crc32.ChecksumIEEE(raw[12:29])) // IHDR's CRC
+		return base64.StdEncoding.EncodeToString(raw)
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(`{"prompt":"` + strings.Repeat("a", 1<<20) + `"}`))
+	_ = zw.Close()
+	runProbes(t, ts, []probe{
+		{name: "text/plain", path: "/sdapi/v1/txt2img", body: goodRequest, hdr: []string{"Content-Type", "text/plain"}, code: 415, msg: "application/json"},
+		{name: "form", path: "/v1/jobs", body: "prompt=x", hdr: []string{"Content-Type", "application/x-www-form-urlencoded"}, code: 415, msg: "application/json"},
+		{name: "no content type", path: "/v1/images/generations", body: `{"prompt":"x"}`, hdr: []string{"Content-Type", ""}, code: 415, msg: "Content-Type none"},
+		{name: "gzip", path: "/sdapi/v1/txt2img", body: gz.String(), hdr: []string{"Content-Encoding", "gzip"}, code: 415, msg: "uncompressed"},
+		{name: "null", path: "/sdapi/v1/txt2img", body: `null`, code: 400, msg: "not null"},
+		{name: "null jobs", path: "/v1/jobs", body: ` null `, code: 400, msg: "not null"},
+		{name: "null openai", path: "/v1/images/generations", body: `null`, code: 400, msg: "not null"},
+		{name: "malformed", path: "/sdapi/v1/txt2img", body: `{"prompt":`, code: 400, msg: "malformed JSON"},
+		{name: "two objects", path: "/invocations", body: `{"prompt":"x"}{"prompt":"y"}`, code: 400, msg: "after the object"},
+		{name: "string", path: "/v1/jobs", body: `"x"`, code: 400, msg: "JSON object"},
+		{name: "wrong type", path: "/sdapi/v1/txt2img", body: `{"prompt":["x"]}`, code: 400, msg: "wrong type"},
+		{name: "nested depth", path: "/sdapi/v1/txt2img", body: `{"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`, code: 400, msg: "malformed JSON"},
+		{name: "png bomb", path: "/sdapi/v1/img2img", body: fmt.Sprintf(`{"init_images":[%q]}`, bomb(100000, 100000)), code: 400, msg: "100000x100000"},
+		{name: "png bomb jobs", path: "/v1/jobs", body: fmt.Sprintf(`{"init_images":[%q]}`, bomb(1<<30, 8)), code: 400, msg: "want sides"},
+		{name: "404 json", method: "GET", path: "/nope", code: 404, msg: "no such endpoint"},
+		{name: "405 json", method: "GET", path: "/sdapi/v1/txt2img", code: 405, msg: "not allowed"},
+		{name: "405 delete", method: "DELETE", path: "/v1/images/generations", code: 405, msg: "POST"},
+		{name: "unknown job", method: "GET", path: "/v1/jobs/nope", code: 404, msg: "no such job"},
+		{name: "long job id", method: "GET", path: "/v1/jobs/" + strings.Repeat("a", 10000), code: 404, msg: "no such job"},
+		{name: "nul job id", method: "GET", path: "/v1/jobs/%00", code: 404, msg: "no such job"},
+		{name: "dotted job id", method: "GET", path: "/v1/jobs/..%2F..%2Fetc%2Fpasswd/result", code: 404, msg: "no such job"},
+		{name: "cancel unknown", method: "DELETE", path: "/v1/jobs/nope", code: 404, msg: "no such job"},
+		{name: "bad task id", path: "/sdapi/v1/txt2img", body: `{"force_task_id":"a b"}`, code: 400, msg: "force_task_id"},
+	})
+	r := get(t, ts.URL+"/sdapi/v1/txt2img")
+	if allow := r.header.Get("Allow"); allow != "POST" {
+		t.Errorf("405 Allow %q, want POST", allow)
+	}
+	if typ := r.header.Get("Content-Type"); typ != "application/json" {
+		t.Errorf("405 Content-Type %q", typ)
+	}
+}
+
+// TestHugeHeaders: a header past MaxHeaderBytes gets 431, and the service
+// goes on.
+func TestHugeHeaders(t *testing.T) {
+	s := newUnstarted(t, Config{MaxHeaderBytes: 16 << 10})
+	base, _ := serveOn(t, s)
+	c := dialRaw(t, base)
+	c.send(t, "GET", "/healthz", -1, "", "X-Big", strings.Repeat("a", 64<<10))
+	if r := c.response(t, 5*time.Second); r.code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 64 KB header: %d, want 431", r.code)
+	}
+	if g := post(t, base+"/sdapi/v1/txt2img", goodRequest); g.code != http.StatusOK {
+		t.Errorf("good request after: %d %s", g.code, g.body)
+	}
 }

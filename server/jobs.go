@@ -2,10 +2,10 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"time"
 )
 
@@ -34,6 +34,7 @@ type jobProgress struct {
 	Fraction float64 `json:"fraction"`
 }
 
+// status describes a job of this server that has not finished.
 func (s *Server) status(t *task) jobStatus {
 	step, total, state := t.progress()
 	st := jobStatus{
@@ -64,100 +65,189 @@ func (s *Server) status(t *task) jobStatus {
 	return st
 }
 
+// recordStatus describes a job from its record.
+func recordStatus(rec *JobRecord) jobStatus {
+	st := jobStatus{
+		ID: rec.ID, Status: rec.Status, Mode: rec.Mode, Created: rec.Created, Replica: rec.Replica,
+		Progress:  jobProgress{Step: rec.Step, Total: rec.Total},
+		StatusURL: "/v1/jobs/" + rec.ID, ResultURL: "/v1/jobs/" + rec.ID + "/result",
+	}
+	if rec.Total > 0 {
+		st.Progress.Fraction = float64(rec.Step) / float64(rec.Total)
+	}
+	if !rec.Started.IsZero() {
+		v := rec.Started
+		st.Started = &v
+	}
+	if !rec.Finished.IsZero() {
+		v := rec.Finished
+		st.Finished = &v
+	}
+	if rec.Error != nil {
+		st.Error = rec.Error.Message
+	}
+	return st
+}
+
+// record is t's record for the store; results is the body of its result,
+// when it is done.
+func (s *Server) record(t *task, result []byte, images int) JobRecord {
+	step, total, state := t.progress()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rec := JobRecord{
+		ID: t.id, Owner: t.owner, Status: state, Mode: t.mode, Replica: s.cfg.ReplicaID,
+		Created: t.created, Started: t.started, Finished: t.finished,
+		Step: step, Total: total, Result: result, Images: images,
+	}
+	if t.err != nil {
+		e := asAPIError(t.err)
+		rec.Error = &JobError{Status: e.Status, Type: e.Type, Message: e.Msg, RetryAfter: e.RetryAfter}
+	}
+	return rec
+}
+
 func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 	var in a1111Request
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
-		writeError(w, err)
+	release, err := s.decode(w, r, &in)
+	if err != nil {
+		s.writeError(w, err)
 		return
 	}
 	sp, err := s.a1111Spec(&in, len(in.InitImages) > 0)
+	release()
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
+	if sp.id != "" {
+		if _, err := s.jobs.Get(r.Context(), sp.id); err == nil {
+			s.writeError(w, badRequest("force_task_id", "force_task_id: a job %q exists", sp.id))
+			return
+		}
+	}
 	// the job outlives the request that submitted it
-	t, ctx, err := s.admit(context.WithoutCancel(r.Context()), apiJobs, sp)
+	t, ctx, err := s.admit(context.WithoutCancel(r.Context()), identity(r), apiJobs, sp)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	s.mu.Lock()
-	s.expireJobs(time.Now())
-	s.jobs[t.id] = t
+	s.live[t.id] = t
 	s.mu.Unlock()
-	go s.execute(ctx, t)
+	if err := s.jobs.Put(r.Context(), s.record(t, nil, 0)); err != nil {
+		s.log.Error("server: job store", "job", t.id, "err", err)
+	}
+	go s.runJob(ctx, t)
 	w.Header().Set("Location", "/v1/jobs/"+t.id)
 	writeJSON(w, http.StatusAccepted, s.status(t))
 }
 
-// expireJobs forgets finished jobs past their TTL, and the oldest finished
-// ones beyond MaxJobs. s.mu must be held.
-func (s *Server) expireJobs(now time.Time) {
-	var finished []*task
-	for id, t := range s.jobs {
-		t.mu.Lock()
-		end := t.finished
-		t.mu.Unlock()
-		if end.IsZero() {
-			continue
+// runJob runs an async job to its end and stores its record with its
+// result. Its panics are caught by execute and by the guard here.
+func (s *Server) runJob(ctx context.Context, t *task) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("server: panic storing a job", "job", t.id, "panic", v)
 		}
-		if now.Sub(end) > s.cfg.JobTTL {
-			delete(s.jobs, id)
-			continue
+		close(t.stored)
+	}()
+	s.execute(ctx, t)
+	var body []byte
+	var images int
+	if t.err == nil {
+		out, n, err := s.a1111Result(t)
+		if err == nil {
+			body, err = json.Marshal(out)
 		}
-		finished = append(finished, t)
+		if err != nil {
+			t.mu.Lock()
+			t.state, t.err = stateFailed, err
+			t.mu.Unlock()
+		}
+		images = n
+		t.results = nil // the store holds the encoded images now
 	}
-	if extra := len(finished) - s.cfg.MaxJobs + 1; extra > 0 {
-		slices.SortFunc(finished, func(a, b *task) int { return a.created.Compare(b.created) })
-		for _, t := range finished[:extra] {
-			delete(s.jobs, t.id)
-		}
+	if err := s.jobs.Put(context.WithoutCancel(ctx), s.record(t, body, images)); err != nil {
+		s.log.Error("server: job store", "job", t.id, "err", err)
 	}
+	s.mu.Lock()
+	delete(s.live, t.id)
+	if s.draining.Load() {
+		s.unread[t.id] = true
+	}
+	s.mu.Unlock()
 }
 
-func (s *Server) job(w http.ResponseWriter, r *http.Request) *task {
+// job returns the live task or the record of the request's job, or writes
+// a 404.
+func (s *Server) job(w http.ResponseWriter, r *http.Request) (*task, *JobRecord) {
 	id := r.PathValue("id")
 	s.mu.Lock()
-	t := s.jobs[id]
+	t := s.live[id]
 	s.mu.Unlock()
-	if t == nil {
-		writeError(w, notFound(id))
+	if t != nil {
+		select {
+		case <-t.done: // executed: its record is about to be stored
+			<-t.stored
+		default:
+			return t, nil
+		}
 	}
-	return t
+	rec, err := s.jobs.Get(r.Context(), id)
+	if err != nil {
+		if errors.Is(err, ErrJobNotFound) {
+			s.writeError(w, &apiError{Status: http.StatusNotFound, Type: "not_found", Param: "id", Msg: fmt.Sprintf("no such job %q (finished jobs expire after %v)", id, s.cfg.JobTTL)})
+		} else {
+			s.writeError(w, err)
+		}
+		return nil, nil
+	}
+	if rec.Finished.IsZero() || !s.draining.Load() {
+		return nil, &rec
+	}
+	s.mu.Lock()
+	delete(s.unread, id) // its client has seen how it ended
+	s.mu.Unlock()
+	return nil, &rec
 }
 
 func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
-	if t := s.job(w, r); t != nil {
+	t, rec := s.job(w, r)
+	switch {
+	case t != nil:
 		writeJSON(w, http.StatusOK, s.status(t))
+	case rec != nil:
+		writeJSON(w, http.StatusOK, recordStatus(rec))
 	}
 }
 
 func (s *Server) handleJobResult(w http.ResponseWriter, r *http.Request) {
-	t := s.job(w, r)
-	if t == nil {
-		return
-	}
-	select {
-	case <-t.done:
-	default:
+	t, rec := s.job(w, r)
+	switch {
+	case t != nil:
 		writeJSON(w, http.StatusAccepted, s.status(t)) // not ready: poll again
-		return
+	case rec == nil:
+	case rec.Finished.IsZero():
+		writeJSON(w, http.StatusAccepted, recordStatus(rec))
+	case rec.Error != nil:
+		e := rec.Error
+		s.writeError(w, &apiError{Status: e.Status, Type: e.Type, Msg: e.Message, RetryAfter: e.RetryAfter})
+	default:
+		s.met.served(rec.Images)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(rec.Result)
 	}
-	if t.err != nil {
-		writeError(w, t.err)
-		return
-	}
-	out, err := s.a1111Result(t)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // handleJobCancel cancels a job and waits a little for it to stop.
 func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
-	t := s.job(w, r)
+	t, rec := s.job(w, r)
+	if rec != nil {
+		writeJSON(w, http.StatusOK, recordStatus(rec)) // finished, or on another replica
+		return
+	}
 	if t == nil {
 		return
 	}
@@ -173,10 +263,4 @@ func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 	}
 	writeJSON(w, http.StatusOK, s.status(t))
-}
-
-var errNotFound = errors.New("server: no such job")
-
-func notFound(id string) error {
-	return &apiError{Status: http.StatusNotFound, Type: "not_found", Param: "id", Msg: fmt.Sprintf("%v %q (finished jobs expire)", errNotFound, id)}
 }

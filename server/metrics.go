@@ -30,7 +30,8 @@ type histogram struct {
 type collector struct {
 	mu        sync.Mutex
 	requests  map[[2]string]int64 // route, code
-	rejected  int64               // 429s
+	rejected  int64               // 429s: queue full
+	bodies    int64               // 429s: body memory full
 	images    int64               // images sent to clients
 	outcomes  map[[2]string]int64 // api, outcome
 	modes     map[string]int64
@@ -55,6 +56,12 @@ func (c *collector) request(route string, code int) {
 func (c *collector) rejectedFull() {
 	c.mu.Lock()
 	c.rejected++
+	c.mu.Unlock()
+}
+
+func (c *collector) rejectedBodies() {
+	c.mu.Lock()
+	c.bodies++
 	c.mu.Unlock()
 }
 
@@ -139,8 +146,11 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.mu.Lock()
-	queued, admitted, jobs := len(s.waiting), len(s.active), len(s.jobs)
+	queued, admitted, jobs := len(s.waiting), len(s.active), len(s.live)
 	s.mu.Unlock()
+	if m, ok := s.jobs.(interface{ Len() int }); ok {
+		jobs = m.Len() // the records of running jobs included
+	}
 	em := s.eng.Metrics()
 	draining := 0.0
 	if s.draining.Load() {
@@ -152,7 +162,16 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	gauge("sdpipe_admitted", "Generations admitted and not finished (waiting or running).", float64(admitted))
 	gauge("sdpipe_inflight_requests", "Engine requests accepted and not yet finished.", float64(em.InFlight))
 	gauge("sdpipe_async_jobs", "Async jobs kept (running or finished, until they expire).", float64(jobs))
+	gauge("sdpipe_body_bytes_reading", "Bytes of request bodies being read (reserved from the body memory).", float64(s.bodies.inUse()))
+	gauge("sdpipe_body_memory_bytes", "The most bytes of request bodies read at once; past it requests get 429.", float64(s.cfg.MaxBodyMemory))
 	gauge("sdpipe_draining", "1 while the server shuts down.", draining)
+	s.mu.Lock()
+	lim := s.conns
+	s.mu.Unlock()
+	if lim != nil {
+		gauge("sdpipe_open_connections", "Connections open (Serve only).", float64(lim.open.Load()))
+		counter("sdpipe_rejected_connections_total", "Connections answered 503 and closed because MaxConns were open.", float64(lim.refused.Load()))
+	}
 
 	c := &s.met
 	c.mu.Lock()
@@ -161,6 +180,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 		sample("sdpipe_http_requests_total", float64(c.requests[k]), "route", k[0], "code", k[1])
 	}
 	counter("sdpipe_rejected_queue_full_total", "Requests refused with 429 because the queue was full.", float64(c.rejected))
+	counter("sdpipe_rejected_body_memory_total", "Requests refused with 429 because the bodies being read filled the body memory.", float64(c.bodies))
 	counter("sdpipe_images_served_total", "Images sent to clients.", float64(c.images))
 	metric("sdpipe_generations_total", "counter", "Finished generations by API and outcome.")
 	for _, k := range slices.SortedFunc(maps.Keys(c.outcomes), cmpPair) {

@@ -2,28 +2,42 @@ package server
 
 import (
 	"cmp"
+	"context"
 	"crypto/subtle"
+	"net"
 	"net/http"
 	"runtime/debug"
+	"strings"
+	"time"
 )
 
+// statusWriter keeps a response's status, and gives the response
+// writeTimeout from its first byte: a client that stops reading cannot
+// hold its handler for ever (a generation before it is not counted).
 type statusWriter struct {
 	http.ResponseWriter
-	code    int
-	written bool
+	code         int
+	written      bool
+	writeTimeout time.Duration
+}
+
+func (w *statusWriter) start(code int) {
+	if w.written {
+		return
+	}
+	w.code, w.written = code, true
+	if w.writeTimeout > 0 {
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
-	if !w.written {
-		w.code, w.written = code, true
-	}
+	w.start(code)
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
-	if !w.written {
-		w.code, w.written = http.StatusOK, true
-	}
+	w.start(http.StatusOK)
 	return w.ResponseWriter.Write(b)
 }
 
@@ -35,7 +49,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		if s.cfg.ReplicaID != "" {
 			w.Header().Set("X-Replica-ID", s.cfg.ReplicaID)
 		}
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK, writeTimeout: s.cfg.WriteTimeout}
 		next.ServeHTTP(sw, r)
 		s.met.request(cmp.Or(r.Pattern, "other"), sw.code)
 	})
@@ -51,26 +65,60 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.log.Error("server: panic", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
-				writeError(w, &apiError{Status: http.StatusInternalServerError, Msg: "internal error"})
+				s.writeError(w, &apiError{Status: http.StatusInternalServerError, Msg: "internal error"})
 			}
 		}()
 		next.ServeHTTP(w, r)
 	})
 }
 
-// auth checks the bearer token when one is configured.
+type identityKey struct{}
+
+// identity returns the identity auth gave r: the name of its bearer token,
+// or its client's IP address on a server without tokens.
+func identity(r *http.Request) string {
+	if id, ok := r.Context().Value(identityKey{}).(string); ok {
+		return id
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return "ip-" + host
+}
+
+// auth checks the bearer token when the server has tokens, before the body
+// is read, and records the caller's identity.
 func (s *Server) auth(next http.Handler) http.Handler {
-	if s.cfg.Token == "" {
+	if len(s.tokens) == 0 {
 		return next
 	}
-	want := []byte("Bearer " + s.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		id, ok := s.bearer(r.Header.Get("Authorization"))
+		if !ok {
+			refuseEarly(w, r)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sdpipe"`)
-			writeError(w, &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Msg: "missing or wrong bearer token"})
+			s.writeError(w, &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Msg: "missing or wrong bearer token"})
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
 	})
+}
+
+// bearer returns the identity of an Authorization header's token. The
+// scheme is case-insensitive (RFC 9110 §11.1); every token is compared in
+// constant time.
+func (s *Server) bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	found := ""
+	for t, id := range s.tokens {
+		if subtle.ConstantTimeCompare([]byte(tok), []byte(t)) == 1 {
+			found = id
+		}
+	}
+	return found, found != ""
 }

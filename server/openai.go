@@ -22,28 +22,30 @@ type openAIRequest struct {
 
 func (s *Server) handleOpenAI(w http.ResponseWriter, r *http.Request) {
 	var in openAIRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
-		writeError(w, err)
+	release, err := s.decode(w, r, &in)
+	if err != nil {
+		s.writeError(w, err)
 		return
 	}
+	release() // the decoded body holds no images
 	if in.Prompt == "" {
-		writeError(w, badRequest("prompt", "prompt is required"))
+		s.writeError(w, badRequest("prompt", "prompt is required"))
 		return
 	}
 	if f := in.ResponseFormat; f != "" && f != "b64_json" {
-		writeError(w, badRequest("response_format", "response_format: only b64_json is supported, not %q", f))
+		s.writeError(w, badRequest("response_format", "response_format: only b64_json is supported, not %q", f))
 		return
 	}
 	var width, height int
 	if in.Size != "" && in.Size != "auto" {
 		var ok bool
 		if width, height, ok = parseSize(in.Size); !ok {
-			writeError(w, badRequest("size", `size: %q is not "WIDTHxHEIGHT"`, in.Size))
+			s.writeError(w, badRequest("size", `size: %q is not "WIDTHxHEIGHT"`, in.Size))
 			return
 		}
 	}
 	if in.N < 0 {
-		writeError(w, badRequest("n", "n: %d is negative", in.N))
+		s.writeError(w, badRequest("n", "n: %d is negative", in.N))
 		return
 	}
 	quality := in.Quality
@@ -56,12 +58,12 @@ func (s *Server) handleOpenAI(w http.ResponseWriter, r *http.Request) {
 		names: map[string]string{"width": "size", "height": "size", "images": "n"},
 	})
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	b64, err := s.runImages(r, apiOpenAI, sp)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	type datum struct {

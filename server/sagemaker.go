@@ -42,17 +42,19 @@ type sageMakerRequest struct {
 
 func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 	var in sageMakerRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &in); err != nil {
-		writeError(w, err)
+	release, err := s.decode(w, r, &in)
+	if err != nil {
+		s.writeError(w, err)
 		return
 	}
+	release() // the decoded body holds no images
 	if len(in.Prompt.list) == 0 {
-		writeError(w, badRequest("prompt", "prompt is required"))
+		s.writeError(w, badRequest("prompt", "prompt is required"))
 		return
 	}
 	per := max(in.NumImagesPerPrompt, 1)
 	if _, ok := product(s.cfg.MaxImages, in.NumImagesPerPrompt, len(in.Prompt.list)); !ok {
-		writeError(w, badRequest("num_images_per_prompt", "num_images_per_prompt: %d prompts × %d images, want 1 to %d in all", len(in.Prompt.list), in.NumImagesPerPrompt, s.cfg.MaxImages))
+		s.writeError(w, badRequest("num_images_per_prompt", "num_images_per_prompt: %d prompts × %d images, want 1 to %d in all", len(in.Prompt.list), in.NumImagesPerPrompt, s.cfg.MaxImages))
 		return
 	}
 	names := map[string]string{"steps": "num_inference_steps", "guidance": "guidance_scale", "sampler": "scheduler", "images": "num_images_per_prompt"}
@@ -72,7 +74,7 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 			seed: seed, perRequest: in.NumImagesPerPrompt, names: names,
 		})
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, err)
 			return
 		}
 		sp.mode = one.mode
@@ -80,7 +82,7 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 	}
 	b64, err := s.runImages(r, apiSageMaker, sp)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"generated_images": b64, "prompt": in.Prompt.raw})

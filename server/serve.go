@@ -6,48 +6,88 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 )
 
-// Serve serves s on ln until ctx ends, then shuts down gracefully: it
-// stops accepting, lets the work in flight finish for up to Config.Grace,
-// cancels what is left, and returns. It does not close the Engine.
+// Serve serves s on ln until ctx ends, then shuts down gracefully, so that
+// every request it accepted ends with a status its client sees:
+//
+//  1. It drains: new generations get 503 with Retry-After and /healthz
+//     says 503, so that a load balancer sends work elsewhere; it goes on
+//     answering everything else (job status, results) meanwhile.
+//  2. It lets the work in flight finish for up to Config.Grace, then
+//     cancels what is left: a synchronous request gets 503 with
+//     Retry-After, an async job is marked failed (its result says 503).
+//  3. For up to Config.Linger it goes on answering until the clients of
+//     the async jobs that ended while draining have fetched how they ended.
+//  4. It closes the connections once their responses are written (at
+//     most 5 s more), and returns.
+//
+// It holds at most Config.MaxConns connections open, and times out slow
+// headers, bodies and responses (see Config). It does not close the
+// Engine.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	log := s.log
 	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
+	lim := &connLimiter{Listener: ln, max: int64(s.cfg.MaxConns)}
 	hs := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.cfg.HeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	s.mu.Lock()
+	s.conns = lim
+	s.mu.Unlock()
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	log.Info("listening", "url", "http://"+ln.Addr().String())
+	go func() { errc <- hs.Serve(lim) }()
+	log.Info("listening", "url", "http://"+ln.Addr().String(), "max_conns", s.cfg.MaxConns)
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
-	grace := s.cfg.Grace
-	log.Info("shutting down", "grace", grace)
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	log.Info("shutting down", "grace", s.cfg.Grace)
+	gctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
 	defer cancel()
-	var wg sync.WaitGroup
-	var svcErr error
-	wg.Go(func() { svcErr = s.Shutdown(sctx) }) // finishes or cancels the work
-	httpErr := hs.Shutdown(sctx)                // stops accepting, waits for responses
+	svcErr := s.Shutdown(gctx) // finishes or cancels the work
+	if errors.Is(svcErr, context.DeadlineExceeded) {
+		log.Warn("grace over: canceled the work left", "grace", s.cfg.Grace)
+		svcErr = nil // canceling at the end of the grace is the plan, not a failure
+	}
+	s.linger(s.cfg.Linger)
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	httpErr := hs.Shutdown(hctx) // stops accepting, waits for the responses
 	if httpErr != nil {
 		cancelBase()
 		httpErr = errors.Join(httpErr, hs.Close())
 	}
-	wg.Wait()
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}
 	return errors.Join(serveErr, svcErr, httpErr)
+}
+
+// linger waits up to d until no async job that ended while draining is
+// left unread by its client.
+func (s *Server) linger(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		s.mu.Lock()
+		n := len(s.unread) + len(s.live)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.log.Warn("linger over: async jobs whose end nobody fetched", "jobs", n)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -3,6 +3,8 @@ package server
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -21,51 +23,107 @@ type Engine interface {
 
 // Defaults for the zero fields of a Config.
 const (
-	DefaultMaxQueue     = 16
-	DefaultMaxBodyBytes = 16 << 20
-	DefaultMaxSize      = 1024
-	DefaultMaxSteps     = 150
-	DefaultMaxImages    = 8
-	DefaultFastSteps    = 25
-	DefaultQualitySteps = 50
-	DefaultJobTTL       = 10 * time.Minute
-	DefaultMaxJobs      = 256
-	DefaultGrace        = 30 * time.Second
-	maxPromptBytes      = 8 << 10
+	DefaultMaxQueue        = 16
+	DefaultMaxBodyBytes    = 16 << 20
+	DefaultMaxSize         = 1024
+	DefaultMaxSteps        = 150
+	DefaultMaxImages       = 8
+	DefaultFastSteps       = 25
+	DefaultQualitySteps    = 50
+	DefaultJobTTL          = 10 * time.Minute
+	DefaultMaxJobs         = 256
+	DefaultGrace           = 30 * time.Second
+	DefaultLinger          = 10 * time.Second
+	DefaultMaxConns        = 512
+	DefaultMaxHeaderBytes  = 64 << 10
+	DefaultHeaderTimeout   = 10 * time.Second
+	DefaultBodyTimeout     = 2 * time.Minute
+	DefaultBodyIdleTimeout = 30 * time.Second
+	DefaultIdleTimeout     = 75 * time.Second
+	DefaultWriteTimeout    = 2 * time.Minute
+	maxPromptBytes         = 8 << 10
+	maxImagesLimit         = 1 << 12 // MaxImages at most, so that counts never overflow
 )
 
-// Config configures a Server. The zero value means the defaults above, no
-// token and an empty replica id.
+// Config configures a Server. The zero value of a field means its default
+// above; the zero Config means no token and an empty replica id.
 type Config struct {
 	ReplicaID string // sent as the X-Replica-ID header of every response
 	ModelName string // reported in infotexts and /v1/config
 	// Token, when set, must come as "Authorization: Bearer <token>" on
-	// every API call (not on /, /healthz, /ping and /metrics).
-	Token string
+	// every API call (not on /, /healthz, /ping and /metrics). Tokens are
+	// more of them: each token is its own identity, whose work only it
+	// can interrupt. Without any, a client's identity is its IP address.
+	Token  string
+	Tokens []string
 	// MaxQueue is the most generations admitted at once, waiting or
 	// running; past it requests get 429.
-	MaxQueue     int
-	MaxBodyBytes int64 // request body limit
-	MaxSize      int   // largest width or height, also of init images
-	MaxSteps     int
-	MaxImages    int // images per request (batch_size × n_iter, n, …)
+	MaxQueue int
+	// MaxBodyBytes is one request body's limit; MaxBodyMemory the most
+	// bytes of bodies being read at once, over all requests (default 4 ×
+	// MaxBodyBytes). See the limits in limits.go.
+	MaxBodyBytes, MaxBodyMemory int64
+	MaxSize                     int // largest width or height, also of init images
+	MaxSteps                    int
+	MaxImages                   int // images per request (batch_size × n_iter, n, …)
 	// FastSteps and QualitySteps are the steps of the fast/quality switch
 	// when a request names a quality and no steps.
 	FastSteps, QualitySteps int
-	JobTTL                  time.Duration // how long finished async jobs are kept
-	MaxJobs                 int           // finished async jobs kept at most
-	Logger                  *slog.Logger  // nil discards
+	// Jobs keeps the async jobs; nil means an in-memory store that keeps
+	// finished jobs for JobTTL, MaxJobs of them at most.
+	Jobs    JobStore
+	JobTTL  time.Duration
+	MaxJobs int
+	Logger  *slog.Logger // nil discards
 	// Grace is how long Serve lets the work in flight finish after its
-	// context ends before it cancels that work.
-	Grace time.Duration
+	// context ends before it cancels that work; Linger how long it then
+	// keeps answering clients that have not yet fetched the jobs that
+	// ended meanwhile.
+	Grace, Linger time.Duration
+	// Connections (Serve only): at most MaxConns open, headers of at most
+	// MaxHeaderBytes within HeaderTimeout, a body within BodyTimeout with
+	// no pause longer than BodyIdleTimeout, a response written within
+	// WriteTimeout, and an idle keep-alive connection closed after
+	// IdleTimeout.
+	MaxConns, MaxHeaderBytes                                               int
+	HeaderTimeout, BodyTimeout, BodyIdleTimeout, IdleTimeout, WriteTimeout time.Duration
 	// Load, when set, is how the model was opened (Folder.Load): /metrics
 	// exports its open and warm-up times per component.
 	Load *sd.LoadReport
 }
 
-func (c *Config) fill() {
+func (c *Config) fill() error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxQueue", int64(c.MaxQueue)}, {"MaxBodyBytes", c.MaxBodyBytes}, {"MaxBodyMemory", c.MaxBodyMemory},
+		{"MaxSize", int64(c.MaxSize)}, {"MaxSteps", int64(c.MaxSteps)}, {"MaxImages", int64(c.MaxImages)},
+		{"FastSteps", int64(c.FastSteps)}, {"QualitySteps", int64(c.QualitySteps)}, {"MaxJobs", int64(c.MaxJobs)},
+		{"MaxConns", int64(c.MaxConns)}, {"MaxHeaderBytes", int64(c.MaxHeaderBytes)},
+		{"JobTTL", int64(c.JobTTL)}, {"Grace", int64(c.Grace)}, {"Linger", int64(c.Linger)},
+		{"HeaderTimeout", int64(c.HeaderTimeout)}, {"BodyTimeout", int64(c.BodyTimeout)}, {"BodyIdleTimeout", int64(c.BodyIdleTimeout)},
+		{"IdleTimeout", int64(c.IdleTimeout)}, {"WriteTimeout", int64(c.WriteTimeout)},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("server: Config.%s is negative (%d)", f.name, f.v))
+		}
+	}
+	if c.MaxImages > maxImagesLimit {
+		errs = append(errs, fmt.Errorf("server: Config.MaxImages %d is more than %d", c.MaxImages, maxImagesLimit))
+	}
+	for i, t := range append([]string{c.Token}, c.Tokens...) {
+		if i > 0 && t == "" {
+			errs = append(errs, errors.New("server: Config.Tokens holds an empty token"))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	c.MaxQueue = cmp.Or(c.MaxQueue, DefaultMaxQueue)
 	c.MaxBodyBytes = cmp.Or(c.MaxBodyBytes, DefaultMaxBodyBytes)
+	c.MaxBodyMemory = cmp.Or(c.MaxBodyMemory, 4*c.MaxBodyBytes)
 	c.MaxSize = cmp.Or(c.MaxSize, DefaultMaxSize)
 	c.MaxSteps = cmp.Or(c.MaxSteps, DefaultMaxSteps)
 	c.MaxImages = cmp.Or(c.MaxImages, DefaultMaxImages)
@@ -74,36 +132,55 @@ func (c *Config) fill() {
 	c.JobTTL = cmp.Or(c.JobTTL, DefaultJobTTL)
 	c.MaxJobs = cmp.Or(c.MaxJobs, DefaultMaxJobs)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
+	c.Linger = cmp.Or(c.Linger, DefaultLinger)
+	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
+	c.MaxHeaderBytes = cmp.Or(c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	c.HeaderTimeout = cmp.Or(c.HeaderTimeout, DefaultHeaderTimeout)
+	c.BodyTimeout = cmp.Or(c.BodyTimeout, DefaultBodyTimeout)
+	c.BodyIdleTimeout = cmp.Or(c.BodyIdleTimeout, DefaultBodyIdleTimeout)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
+	if c.MaxBodyMemory < c.MaxBodyBytes {
+		return fmt.Errorf("server: Config.MaxBodyMemory %d is less than MaxBodyBytes %d", c.MaxBodyMemory, c.MaxBodyBytes)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	return nil
 }
 
 // Server serves an Engine over HTTP. It is safe for concurrent use. Call
-// Shutdown to finish or cancel the work in flight; it does not close the
-// Engine.
+// Shutdown (or let Serve's context end) to finish or cancel the work in
+// flight; neither closes the Engine.
 type Server struct {
 	eng      Engine
 	cfg      Config
 	log      *slog.Logger
 	samplers []string
 	mux      *http.ServeMux
+	tokens   map[string]string // bearer token → identity
+	jobs     JobStore
 
 	slots    chan struct{} // the bounded queue: one token per admitted task
+	bodies   bodyBudget
 	draining atomic.Bool
 	tasks    sync.WaitGroup
 
 	mu      sync.Mutex
 	waiting []*task          // admitted, not yet accepted by the engine, in order
 	active  map[*task]bool   // admitted and not finished
-	jobs    map[string]*task // async jobs, finished ones until they expire
+	live    map[string]*task // async jobs of this server still running
+	unread  map[string]bool  // async jobs that ended while draining, not yet fetched
+	conns   *connLimiter     // Serve's listener, for the metrics
 
 	met collector
 }
 
-// New returns a Server for eng.
-func New(eng Engine, cfg Config) *Server {
-	cfg.fill()
+// New returns a Server for eng, or an error for an invalid Config.
+func New(eng Engine, cfg Config) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		eng:      eng,
 		cfg:      cfg,
@@ -111,16 +188,70 @@ func New(eng Engine, cfg Config) *Server {
 		samplers: scheduler.Names(),
 		slots:    make(chan struct{}, cfg.MaxQueue),
 		active:   map[*task]bool{},
-		jobs:     map[string]*task{},
+		live:     map[string]*task{},
+		unread:   map[string]bool{},
+		jobs:     cfg.Jobs,
+	}
+	s.bodies.size = cfg.MaxBodyMemory
+	if s.jobs == nil {
+		s.jobs = NewMemoryJobStore(cfg.JobTTL, cfg.MaxJobs)
+	}
+	s.tokens = map[string]string{}
+	for i, t := range append([]string{cfg.Token}, cfg.Tokens...) {
+		if t != "" {
+			s.tokens[t] = fmt.Sprintf("token-%d", i)
+		}
 	}
 	s.met.init()
 	s.routes()
-	return s
+	return s, nil
 }
 
 // Handler returns the service's HTTP handler.
 func (s *Server) Handler() http.Handler {
-	return s.recoverer(s.instrument(s.mux))
+	return s.recoverer(s.instrument(http.HandlerFunc(s.route)))
+}
+
+// route serves r with its route, and answers a path or method that has
+// none in the JSON error shape (the mux's own answers are plain text).
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	rec := &headRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	refuseEarly(w, r)
+	switch rec.code {
+	case http.StatusNotFound:
+		s.writeError(w, &apiError{Status: http.StatusNotFound, Type: "not_found", Msg: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
+	case http.StatusMethodNotAllowed:
+		w.Header().Set("Allow", rec.header.Get("Allow"))
+		s.writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Msg: fmt.Sprintf("%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow"))})
+	default: // a redirect to the cleaned path
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.code)
+	}
+}
+
+// headRecorder keeps the status and header a handler writes.
+type headRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (h *headRecorder) Header() http.Header { return h.header }
+func (h *headRecorder) WriteHeader(code int) {
+	if h.code == 0 {
+		h.code = code
+	}
+}
+func (h *headRecorder) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 func (s *Server) routes() {
@@ -201,6 +332,6 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
 		"max_size":      s.cfg.MaxSize,
 		"max_steps":     s.cfg.MaxSteps,
 		"max_images":    s.cfg.MaxImages,
-		"auth":          s.cfg.Token != "",
+		"auth":          len(s.tokens) > 0,
 	})
 }

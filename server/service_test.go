@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -307,7 +308,10 @@ func TestErrors(t *testing.T) {
 }
 
 func TestRecover(t *testing.T) {
-	s := New(openModel(t), Config{})
+	s, err := New(openModel(t), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := s.recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") }))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
@@ -327,6 +331,9 @@ func TestAuth(t *testing.T) {
 		{"wrong", "/sdapi/v1/samplers", []string{"Authorization", "Bearer nope"}, 401},
 		{"not bearer", "/v1/config", []string{"Authorization", "Basic czNjcmV0"}, 401},
 		{"right", "/sdapi/v1/samplers", []string{"Authorization", "Bearer s3cret"}, 200},
+		{"lower-case scheme", "/sdapi/v1/samplers", []string{"Authorization", "bearer s3cret"}, 200}, // #16 defect 9
+		{"upper-case scheme", "/v1/config", []string{"Authorization", "BEARER  s3cret"}, 200},
+		{"token as scheme", "/v1/config", []string{"Authorization", "s3cret"}, 401},
 		{"healthz open", "/healthz", nil, 200},
 		{"metrics open", "/metrics", nil, 200},
 		{"page open", "/", nil, 200},
@@ -537,22 +544,29 @@ func TestJobQueueAndCancel(t *testing.T) {
 	waitFor(t, "slots to free", func() bool { return admitted(s) == 0 })
 }
 
-func TestExpireJobs(t *testing.T) {
-	s := New(openModel(t), Config{MaxJobs: 2, JobTTL: time.Minute})
+func TestMemoryJobStoreMax(t *testing.T) {
+	m := NewMemoryJobStore(time.Minute, 2)
+	defer m.Close()
 	now := time.Now()
-	for i, age := range []time.Duration{0, 10 * time.Second, 20 * time.Second, 2 * time.Minute} {
+	for i, age := range []time.Duration{0, 10 * time.Second, 20 * time.Second} {
 		id := strconv.Itoa(i)
-		s.jobs[id] = &task{id: id, created: now.Add(-age), finished: now.Add(-age)}
+		if err := m.Put(t.Context(), JobRecord{ID: id, Created: now.Add(-age), Finished: now.Add(-age)}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s.jobs["running"] = &task{id: "running", created: now.Add(-time.Hour)}
-	s.expireJobs(now)
+	if err := m.Put(t.Context(), JobRecord{ID: "running", Created: now.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	var got []string
-	for id := range s.jobs {
-		got = append(got, id)
+	for _, id := range []string{"0", "1", "2", "running"} {
+		if _, err := m.Get(t.Context(), id); err == nil {
+			got = append(got, id)
+		} else if !errors.Is(err, ErrJobNotFound) {
+			t.Errorf("Get(%s): %v", id, err)
+		}
 	}
-	slices.Sort(got)
-	// the expired one goes, then the oldest finished ones to leave room for one more
-	if diff := cmp.Diff([]string{"0", "running"}, got); diff != "" {
+	// the oldest finished one goes; running ones stay
+	if diff := cmp.Diff([]string{"0", "1", "running"}, got); diff != "" {
 		t.Errorf("jobs kept (-want +got):\n%s", diff)
 	}
 }
@@ -670,7 +684,7 @@ func TestShutdownCancels(t *testing.T) {
 	var st jobStatus
 	job.json(t, &st)
 	get(t, ts.URL+"/v1/jobs/"+st.ID).json(t, &st)
-	if st.Status != stateCanceled {
+	if st.Status != stateFailed || !strings.Contains(st.Error, "shutting down") {
 		t.Errorf("async job after shutdown: %+v", st)
 	}
 	if admitted(s) != 0 {

@@ -31,6 +31,7 @@ const (
 
 // spec is a validated generation: the engine requests it makes.
 type spec struct {
+	id   string // the client's task id (A1111's force_task_id), or ""
 	mode string
 	reqs []sd.Request
 	a11  *a1111Request // the parsed body, for A1111-shaped responses
@@ -172,6 +173,9 @@ func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, err
 		return nil, err
 	}
 	b64, _, _, err := s.images(t.results)
+	if err == nil {
+		s.met.served(len(b64))
+	}
 	return b64, err
 }
 
@@ -189,6 +193,5 @@ func (s *Server) images(results []*sd.Result) (b64, infotexts []string, seeds []
 			seeds = append(seeds, res.Seeds[i])
 		}
 	}
-	s.met.served(len(b64))
 	return b64, infotexts, seeds, nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -33,6 +35,7 @@ const (
 // task is one admitted generation: one or more engine requests.
 type task struct {
 	id      string
+	owner   string // the identity that sent it
 	api     string
 	mode    string
 	created time.Time
@@ -48,6 +51,7 @@ type task struct {
 	results  []*sd.Result
 	err      error
 	done     chan struct{}
+	stored   chan struct{} // async jobs: closed once the record of its end is stored
 
 	cancelRequested bool // by the async API
 }
@@ -60,7 +64,7 @@ func newID() string {
 
 // admit takes a queue slot for sp, or fails with 429 or 503. The task's
 // context derives from parent; the caller must run execute with it.
-func (s *Server) admit(parent context.Context, api string, sp *spec) (*task, context.Context, error) {
+func (s *Server) admit(parent context.Context, owner, api string, sp *spec) (*task, context.Context, error) {
 	select {
 	case s.slots <- struct{}{}:
 	default:
@@ -68,8 +72,8 @@ func (s *Server) admit(parent context.Context, api string, sp *spec) (*task, con
 		return nil, nil, &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit", Msg: fmt.Sprintf("queue full (%d requests admitted); retry later", s.cfg.MaxQueue), RetryAfter: s.retryAfter()}
 	}
 	t := &task{
-		id: newID(), api: api, mode: sp.mode, created: time.Now(), spec: sp,
-		state: stateQueued, done: make(chan struct{}),
+		id: cmp.Or(sp.id, newID()), owner: owner, api: api, mode: sp.mode, created: time.Now(), spec: sp,
+		state: stateQueued, done: make(chan struct{}), stored: make(chan struct{}),
 		step: make([]int, len(sp.reqs)), total: make([]int, len(sp.reqs)),
 	}
 	for i, r := range sp.reqs {
@@ -113,9 +117,21 @@ func (s *Server) queuePosition(t *task) int {
 
 // execute runs an admitted task to the end under ctx, which the caller
 // derived with t.cancel; it releases the task's slot.
+//
+// A panic in it (the engine's, or the service's) fails the task with a 500
+// instead of ending the process: async jobs run it on their own goroutine,
+// outside any handler's recover.
 func (s *Server) execute(ctx context.Context, t *task) {
 	start := time.Now()
 	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("server: panic in a generation", "task", t.id, "panic", v, "stack", string(debug.Stack()))
+			t.mu.Lock()
+			t.finished = time.Now()
+			t.state, t.err = stateFailed, &apiError{Status: http.StatusInternalServerError, Msg: "internal error", cause: fmt.Errorf("panic: %v", v)}
+			t.mu.Unlock()
+			s.met.finished(t, time.Since(start), t.err)
+		}
 		s.leaveQueue(t)
 		s.mu.Lock()
 		delete(s.active, t)
@@ -147,6 +163,14 @@ func (s *Server) execute(ctx context.Context, t *task) {
 	var wg sync.WaitGroup
 	for i, h := range handles {
 		wg.Go(func() {
+			defer func() {
+				if v := recover(); v != nil {
+					s.log.Error("server: panic following progress", "task", t.id, "panic", v, "stack", string(debug.Stack()))
+					t.cancel(&apiError{Status: http.StatusInternalServerError, Msg: "internal error", cause: fmt.Errorf("panic: %v", v)})
+					for range h.Progress() { // let the request end
+					}
+				}
+			}()
 			for ev := range h.Progress() {
 				t.mu.Lock()
 				t.step[i], t.total[i] = ev.Step, ev.Total
@@ -178,7 +202,9 @@ func (s *Server) execute(ctx context.Context, t *task) {
 		for i := range t.step {
 			t.step[i] = t.total[i]
 		}
-	case errors.Is(err, errCanceled) || errors.Is(err, errInterrupted) || errors.Is(err, errShutdown):
+	case errors.Is(err, errShutdown):
+		t.state, t.err = stateFailed, err // the client did not ask for it
+	case errors.Is(err, errCanceled) || errors.Is(err, errInterrupted):
 		t.state, t.err = stateCanceled, err
 	default:
 		t.state, t.err = stateFailed, err
@@ -200,7 +226,7 @@ func (t *task) progress() (step, total int, state string) {
 
 // runSync admits sp and runs it under the request's context.
 func (s *Server) runSync(r *http.Request, api string, sp *spec) (*task, error) {
-	t, ctx, err := s.admit(r.Context(), api, sp)
+	t, ctx, err := s.admit(r.Context(), identity(r), api, sp)
 	if err != nil {
 		return nil, err
 	}

@@ -108,7 +108,10 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	srv := server.New(m, server.Config{MaxQueue: queue, FastSteps: 4})
+	srv, err := server.New(m, server.Config{MaxQueue: queue, FastSteps: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	rep, err := RunLoad(t.Context(), LoadConfig{

@@ -45,7 +45,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		token     = fs.String("token", os.Getenv("SDPIPE_TOKEN"), "bearer token the API requires (default $SDPIPE_TOKEN; empty = none)")
 		replica   = fs.String("replica", "", "replica id sent as X-Replica-ID (default host:port)")
 		queue     = fs.Int("queue", server.DefaultMaxQueue, "most generations admitted at once; past it 429")
-		maxBody   = fs.Int64("max-body", server.DefaultMaxBodyBytes, "request body limit in bytes")
+		maxBody   = fs.Int64("max-body", server.DefaultMaxBodyBytes, "request body limit in bytes (past it 413)")
+		bodyMem   = fs.Int64("max-body-memory", 0, "most bytes of request bodies read at once, over all requests (past it 429; default 4 × -max-body)")
+		maxConns  = fs.Int("max-conns", server.DefaultMaxConns, "most open connections (past it a new one gets 503)")
+		bodyTime  = fs.Duration("body-timeout", server.DefaultBodyTimeout, "a request body must arrive within this (else 408)")
+		bodyIdle  = fs.Duration("body-idle-timeout", server.DefaultBodyIdleTimeout, "a request body may pause at most this long (else 408)")
+		idle      = fs.Duration("idle-timeout", server.DefaultIdleTimeout, "an idle keep-alive connection is closed after this")
+		linger    = fs.Duration("linger", server.DefaultLinger, "after the grace, how long to wait for clients to fetch the async jobs that ended meanwhile")
 		maxSize   = fs.Int("max-size", server.DefaultMaxSize, "largest width or height")
 		maxSteps  = fs.Int("max-steps", server.DefaultMaxSteps, "most denoising steps per request")
 		maxImages = fs.Int("max-images", server.DefaultMaxImages, "most images per request")
@@ -105,12 +111,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		id = host + ":" + portOf(ln.Addr())
 	}
 	opened := mdl.Folder().Load()
-	srv := server.New(mdl, server.Config{
+	srv, err := server.New(mdl, server.Config{
 		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), Token: *token,
-		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxSize: *maxSize, MaxSteps: *maxSteps,
-		MaxImages: *maxImages, FastSteps: *fast, QualitySteps: *quality, Grace: *grace,
+		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxBodyMemory: *bodyMem, MaxConns: *maxConns,
+		BodyTimeout: *bodyTime, BodyIdleTimeout: *bodyIdle, IdleTimeout: *idle,
+		MaxSize: *maxSize, MaxSteps: *maxSteps, MaxImages: *maxImages,
+		FastSteps: *fast, QualitySteps: *quality, Grace: *grace, Linger: *linger,
 		Logger: log, Load: &opened,
 	})
+	if err != nil {
+		return errors.Join(err, ln.Close(), mdl.Close())
+	}
 	serveErr := srv.Serve(ctx, ln)
 	mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
