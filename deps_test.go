@@ -27,7 +27,7 @@ var allowed = map[string][]string{
 	"internal/cachedir":    {},
 	"internal/safetensors": {},
 	"internal/torchfile":   {"internal/safetensors"},
-	"internal/ckpt":        {"internal/safetensors", "internal/torchfile"},
+	"internal/ckpt":        {"internal/safetensors", "internal/torchfile", "internal/modelgen", "internal/onnxpb"},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer"},
 	"internal/rewrite":     {"internal/onnxpb", "internal/ort"},

@@ -1,0 +1,599 @@
+package ckpt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
+)
+
+// buildVersion changes whenever Build writes different graphs for the same
+// inputs, so that older cache entries are not reused.
+const buildVersion = "ckpt-build-1"
+
+// LoRASpec is a LoRA file to merge into the weights at build time, at a
+// multiplier.
+type LoRASpec struct {
+	Path       string
+	Multiplier float32
+}
+
+// BuildOptions configure Build. The zero value builds into
+// <cache>/checkpoints with the family defaults.
+type BuildOptions struct {
+	// CacheDir is the folder that holds built models, one sub-folder per
+	// checkpoint content and options; "" means <cachedir.Dir()>/checkpoints.
+	CacheDir string
+	// Config overrides the hyper-parameters the tensors cannot tell.
+	Config *Config
+	// TokenizerDir holds the CLIP tokenizer's vocab.json and merges.txt;
+	// "" means the checkpoint's folder's tokenizer/ sub-folder, then
+	// <CacheDir>/../tokenizer (see FindTokenizer).
+	TokenizerDir string
+	// VAE is a separate VAE file that replaces the checkpoint's VAE.
+	VAE string
+	// LoRAs are merged into the weights (and are part of the cache key).
+	LoRAs []LoRASpec
+	// SkipUnknownLoRAKeys applies the LoRA keys that fit and skips the
+	// rest (otherwise unknown keys are an error naming them).
+	SkipUnknownLoRAKeys bool
+	// Graph selects graph variants (FP16, HiddenStates, OnModule …); its
+	// Source is always the checkpoint's.
+	Graph modelgen.Options
+	// Logger receives progress messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Built is a checkpoint built into a diffusers ONNX folder.
+type Built struct {
+	Dir    string // the folder (legacy diffusers ONNX layout for SD 1.x/2.x)
+	Key    string // the cache key
+	Arch   *Arch
+	Config modelgen.Config
+	Cached bool          // found in the cache, nothing was built
+	Took   time.Duration // time Build took
+	// Copied tells that the checkpoint could not be hard-linked into the
+	// cache (another file system) and was copied.
+	Copied bool
+	// Skipped lists LoRA keys skipped (SkipUnknownLoRAKeys).
+	Skipped []string
+}
+
+// ModelConfig returns the modelgen configuration of architecture a.
+func ModelConfig(a *Arch) (modelgen.Config, error) {
+	text := func(t TextArch) modelgen.TextConfig {
+		return modelgen.TextConfig{Vocab: t.Vocab, Hidden: t.Hidden, Layers: t.Layers, Heads: t.Heads, Intermediate: t.Intermediate,
+			MaxPositions: t.MaxPositions, Activation: t.Act, ProjectionDim: t.Projection, EOSTokenID: 2}
+	}
+	u := a.UNet
+	c := modelgen.Config{Name: string(a.Family)}
+	for _, t := range a.Text {
+		if t.LayerNormEps != 1e-5 {
+			return c, fmt.Errorf("ckpt: %s: layer norm epsilon %g not supported (1e-5)", t.Component, t.LayerNormEps)
+		}
+		switch t.Component {
+		case TextEncoder:
+			c.Text = text(t)
+		case TextEncoder2:
+			t2 := text(t)
+			c.Text2 = &t2
+		}
+	}
+	if a.Family == SDXLRefiner {
+		return c, errors.New("ckpt: the SDXL refiner is detected but not built (no graph for a UNet conditioned on text_encoder_2 alone)")
+	}
+	layers := make([]int, len(u.BlockChannels))
+	for i, d := range u.TransformerDepth {
+		layers[i] = max(d, 1)
+	}
+	if layers[len(layers)-1] != u.MidDepth {
+		if u.CrossAttention[len(layers)-1] || u.MidDepth != 1 {
+			return c, fmt.Errorf("ckpt: a mid block of %d transformer blocks with %v per level is not supported", u.MidDepth, u.TransformerDepth)
+		}
+	}
+	if u.TimeEmbedDim != 4*u.BlockChannels[0] {
+		return c, fmt.Errorf("ckpt: time embedding of %d for %d channels is not supported (4×)", u.TimeEmbedDim, u.BlockChannels[0])
+	}
+	if a.VAE.InChannels != 3 || a.VAE.OutChannels != 3 {
+		return c, fmt.Errorf("ckpt: a VAE of %d→%d image channels is not supported", a.VAE.InChannels, a.VAE.OutChannels)
+	}
+	c.UNet = modelgen.UNetConfig{
+		BlockChannels: u.BlockChannels, CrossAttention: u.CrossAttention, LayersPerBlock: u.LayersPerBlock,
+		LevelHeads: u.Heads, TransformerLayers: layers, LinearProjection: u.LinearProjection, UpcastAttention: u.UpcastAttention,
+		CrossDim: u.CrossAttentionDim, InChannels: u.InChannels, OutChannels: u.OutChannels, SampleSize: a.ImageSize / 8,
+	}
+	if u.AdditionEmbedInputDim > 0 {
+		c.UNet.AdditionEmbed, c.UNet.AdditionTimeEmbedDim, c.UNet.ProjectionInputDim = "text_time", u.AdditionTimeEmbedDim, u.AdditionEmbedInputDim
+	}
+	v := a.VAE
+	c.VAE = modelgen.VAEConfig{BlockChannels: v.BlockChannels, LayersPerBlock: v.LayersPerBlock, LatentChannels: v.LatentChannels,
+		ScalingFactor: v.ScalingFactor, ForceUpcast: v.ForceUpcast, SampleSize: a.ImageSize}
+	c.Scheduler = modelgen.SchedulerConfig{Prediction: a.Prediction}
+	switch a.Family {
+	case SD2:
+		c.Scheduler.Class = "DDIMScheduler"
+	case SDXL:
+		c.Scheduler.Class = "EulerDiscreteScheduler"
+	}
+	return c, nil
+}
+
+// Build builds the graphs of the checkpoint at path into a diffusers ONNX
+// model folder in the cache and returns it, or returns the folder an
+// earlier Build made for the same content and options. The graphs refer to
+// the checkpoint's own bytes (a hard link to it in each component folder,
+// or a copy when the cache is on another file system), so building copies
+// no weights; the folder also gets the tokenizer, scheduler and configs of
+// the architecture. Build is safe for concurrent use, across processes too:
+// a folder is built under a temporary name and renamed into place.
+func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
+	start := time.Now()
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	a, err := Detect(f.Tensors, opt.Config)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s)", err, path)
+	}
+	m, err := Convert(f.Tensors, a)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s)", err, path)
+	}
+	var vaeFile *File
+	var vaeMap *Mapping
+	if opt.VAE != "" {
+		if vaeFile, err = Open(opt.VAE); err != nil {
+			return nil, err
+		}
+		defer vaeFile.Close()
+		var va *VAEArch
+		if va, vaeMap, err = ConvertVAE(vaeFile.Tensors); err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, opt.VAE)
+		}
+		if !slices.Equal(va.BlockChannels, a.VAE.BlockChannels) || va.LayersPerBlock != a.VAE.LayersPerBlock || va.LatentChannels != a.VAE.LatentChannels {
+			return nil, fmt.Errorf("ckpt: VAE %s (channels %v, %d latent) does not fit the model's (channels %v, %d latent)", opt.VAE, va.BlockChannels, va.LatentChannels, a.VAE.BlockChannels, a.VAE.LatentChannels)
+		}
+	}
+	cfg, err := ModelConfig(a)
+	if err != nil {
+		return nil, err
+	}
+	b := &Built{Arch: a, Config: cfg}
+	var applied []Applied
+	targets := m.LoRATargets()
+	for _, ls := range opt.LoRAs {
+		l, err := LoadLoRA(ls.Path, targets, opt.SkipUnknownLoRAKeys)
+		if err != nil {
+			return nil, err
+		}
+		b.Skipped = append(b.Skipped, l.Skipped...)
+		applied = append(applied, Applied{LoRA: l, Multiplier: ls.Multiplier})
+	}
+	tokDir, err := FindTokenizer(path, opt)
+	if err != nil {
+		return nil, err
+	}
+
+	root := opt.CacheDir
+	if root == "" {
+		root = filepath.Join(cacheRoot(), "checkpoints")
+	}
+	b.Key, err = buildKey(f, vaeFile, opt, a, tokDir)
+	if err != nil {
+		return nil, err
+	}
+	b.Dir = filepath.Join(root, b.Key)
+	if _, err := os.Stat(filepath.Join(b.Dir, doneFile)); err == nil {
+		b.Cached, b.Took = true, time.Since(start)
+		log.Info("ckpt: using built model", "checkpoint", path, "dir", b.Dir)
+		return b, nil
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("ckpt: %w", err)
+	}
+	tmp, err := os.MkdirTemp(root, ".build-"+b.Key[:12]+"-")
+	if err != nil {
+		return nil, fmt.Errorf("ckpt: %w", err)
+	}
+	defer os.RemoveAll(tmp) // a no-op once renamed
+	log.Info("ckpt: building graphs", "checkpoint", path, "family", a.Family, "dir", b.Dir)
+	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, opt.Graph); err != nil {
+		return nil, err
+	}
+	if b.Copied {
+		log.Warn("ckpt: the cache is on another file system than the checkpoint: its weights were copied (set SDPIPE_CACHE_DIR to a folder on the checkpoint's file system to avoid it)", "checkpoint", path)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, doneFile), []byte(path+"\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("ckpt: %w", err)
+	}
+	if err := os.Rename(tmp, b.Dir); err != nil {
+		if _, serr := os.Stat(filepath.Join(b.Dir, doneFile)); serr != nil { // not another process's finished build
+			return nil, fmt.Errorf("ckpt: %w", err)
+		}
+		b.Cached = true
+	}
+	b.Took = time.Since(start)
+	log.Info("ckpt: built graphs", "checkpoint", path, "took", b.Took)
+	return b, nil
+}
+
+// doneFile marks a completely built folder.
+const doneFile = "sdpipe-checkpoint.txt"
+
+// cacheRoot is the project's cache root ($SDPIPE_CACHE_DIR or the user
+// cache), without importing internal/cachedir's callers.
+func cacheRoot() string {
+	if d := os.Getenv("SDPIPE_CACHE_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "sdpipe")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "sdpipe")
+	}
+	return filepath.Join(os.TempDir(), "sdpipe-cache")
+}
+
+// FindTokenizer returns the folder holding the CLIP tokenizer files
+// (vocab.json and merges.txt) for the checkpoint at path: opt.TokenizerDir,
+// else tokenizer/ beside the checkpoint, else <cache>/tokenizer. No
+// tokenizer ships with the library (none is available from a package
+// registry) and nothing is downloaded; the error says what to put where.
+func FindTokenizer(path string, opt BuildOptions) (string, error) {
+	var tried []string
+	for _, d := range []string{opt.TokenizerDir, filepath.Join(filepath.Dir(path), "tokenizer"), filepath.Join(cacheRoot(), "tokenizer")} {
+		if d == "" {
+			continue
+		}
+		if hasTokenizer(d) {
+			return d, nil
+		}
+		tried = append(tried, d)
+		if d == opt.TokenizerDir {
+			return "", fmt.Errorf("ckpt: tokenizer folder %s lacks vocab.json or merges.txt", d)
+		}
+	}
+	return "", fmt.Errorf("ckpt: no CLIP tokenizer for %s: put vocab.json and merges.txt of openai/clip-vit-large-patch14 (the tokenizer/ folder of any Stable Diffusion diffusers model has them; SD 2.x and SDXL use the same files) in %s, or give their folder as an option (looked in %v)", path, filepath.Join(filepath.Dir(path), "tokenizer"), tried)
+}
+
+func hasTokenizer(d string) bool {
+	for _, n := range []string{"vocab.json", "merges.txt"} {
+		if st, err := os.Stat(filepath.Join(d, n)); err != nil || !st.Mode().IsRegular() {
+			return false
+		}
+	}
+	return true
+}
+
+// quickHash hashes a file cheaply: its size, modification time, the first
+// 4 MiB (the safetensors header, or the zip's first entries), the last
+// 1 MiB (a zip's directory) and 16 evenly spaced 64 KiB blocks.
+func quickHash(f *File) ([]byte, error) {
+	h := sha256.New()
+	st, err := os.Stat(f.Path())
+	if err != nil {
+		return nil, fmt.Errorf("ckpt: %w", err)
+	}
+	fmt.Fprintf(h, "%d %d\n", st.Size(), st.ModTime().UnixNano())
+	size := f.Size()
+	read := func(off, n int64) error {
+		off = max(0, min(off, size))
+		n = min(n, size-off)
+		_, err := io.Copy(h, io.NewSectionReader(f, off, n))
+		return err
+	}
+	if err := read(0, 4<<20); err != nil {
+		return nil, fmt.Errorf("ckpt: hashing %s: %w", f.Path(), err)
+	}
+	if err := read(size-1<<20, 1<<20); err != nil {
+		return nil, fmt.Errorf("ckpt: hashing %s: %w", f.Path(), err)
+	}
+	for i := int64(1); i <= 16; i++ {
+		if err := read(size*i/17, 64<<10); err != nil {
+			return nil, fmt.Errorf("ckpt: hashing %s: %w", f.Path(), err)
+		}
+	}
+	return h.Sum(nil), nil
+}
+
+// buildKey is the cache key of a build: the checkpoint's (and separate
+// VAE's) quick hash, the LoRAs' full SHA-256 and multipliers, the tokenizer
+// files, the architecture and the graph options.
+func buildKey(f, vae *File, opt BuildOptions, a *Arch, tokDir string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintln(h, buildVersion)
+	for _, x := range []*File{f, vae} {
+		if x == nil {
+			fmt.Fprintln(h, "-")
+			continue
+		}
+		q, err := quickHash(x)
+		if err != nil {
+			return "", err
+		}
+		h.Write(q)
+	}
+	for _, l := range opt.LoRAs {
+		s, err := FileSHA256(l.Path)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "lora %s %v\n", s, l.Multiplier)
+	}
+	for _, n := range []string{"vocab.json", "merges.txt"} {
+		s, err := FileSHA256(filepath.Join(tokDir, n))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintln(h, s)
+	}
+	js, _ := json.Marshal(a)
+	h.Write(js)
+	g := opt.Graph
+	fmt.Fprintf(h, "%v %v %v %v %v %v %v %v %v %d %v\n", g.Layout, g.IDs, g.IDs2, g.HiddenStates, g.Timestep, g.TimestepShape, g.FP16, g.LatentParameters, g.ExternalFile, g.Batch, g.Attention)
+	if g.OnModule != nil {
+		return "", errors.New("ckpt: Build does not cache graphs with a module hook")
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32], nil
+}
+
+// FileSHA256 returns the hex SHA-256 of the file at path.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("ckpt: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("ckpt: hashing %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// linkInto makes file reachable from dir: a hard link, or a copy when dir
+// is on another file system (copied reports it). Later components link to
+// the first component's copy.
+func linkInto(dir, file string, first string) (loc string, copied bool, err error) {
+	loc, err = onnxpb.LinkFile(dir, file)
+	if err == nil {
+		return loc, false, nil
+	}
+	if _, isLink := errors.AsType[*os.LinkError](err); !isLink {
+		return "", false, err
+	}
+	if first != "" { // a copy already made inside the build folder
+		loc, err = onnxpb.LinkFile(dir, first)
+		return loc, true, err
+	}
+	loc = filepath.Base(file)
+	if err := copyFile(filepath.Join(dir, loc), file); err != nil {
+		return "", false, err
+	}
+	return loc, true, nil
+}
+
+func copyFile(dst, src string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("ckpt: %w", err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("ckpt: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("ckpt: %w", cerr)
+		}
+	}()
+	if _, err := io.Copy(out, in); err != nil {
+		return fmt.Errorf("ckpt: copying %s: %w", src, err)
+	}
+	return nil
+}
+
+// writeFolder writes the model folder into dir.
+func writeFolder(ctx context.Context, dir string, f *File, m *Mapping, vae *File, vaeMap *Mapping, deltas map[Component]map[string][]ModuleDelta,
+	cfg modelgen.Config, a *Arch, tokDir string, gopt modelgen.Options) (copied bool, err error) {
+	folders := map[Component][]string{
+		TextEncoder: {modelgen.TextEncoderDir}, UNet: {modelgen.UNetDir},
+		VAE: {modelgen.VAEDecoderDir, modelgen.VAEEncoderDir},
+	}
+	if cfg.Text2 != nil {
+		folders[TextEncoder2] = []string{"text_encoder_2"}
+	}
+	link := map[Component]string{}
+	var firstCkpt, firstVAE string
+	for c, ds := range folders {
+		for _, d := range ds {
+			p := filepath.Join(dir, d)
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return false, fmt.Errorf("ckpt: %w", err)
+			}
+			src, first := f.Path(), &firstCkpt
+			if c == VAE && vae != nil {
+				src, first = vae.Path(), &firstVAE
+			}
+			loc, cp, err := linkInto(p, src, *first)
+			if err != nil {
+				return false, err
+			}
+			if *first == "" {
+				*first = filepath.Join(p, loc)
+			}
+			copied = copied || cp
+			if have, ok := link[c]; ok && have != loc {
+				return false, fmt.Errorf("ckpt: %s linked as %s and %s", c, have, loc)
+			}
+			link[c] = loc
+		}
+	}
+	src := NewSource(f, m, vae, vaeMap, deltas, link)
+	gopt.Source = src
+	type model struct {
+		dir   string
+		build func() (*onnxpb.Model, error)
+	}
+	vocab := cfg.Text.Vocab
+	models := []model{
+		{modelgen.TextEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder(cfg, gopt, vocab) }},
+		{modelgen.UNetDir, func() (*onnxpb.Model, error) { return modelgen.BuildUNet(cfg, gopt) }},
+		{modelgen.VAEDecoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEDecoder(cfg, gopt) }},
+		{modelgen.VAEEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEEncoder(cfg, gopt) }},
+	}
+	if cfg.Text2 != nil {
+		models = append(models, model{"text_encoder_2", func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder2(cfg, gopt, cfg.Text2.Vocab) }})
+	}
+	for _, md := range models {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		mo, err := md.build()
+		if err != nil {
+			return false, fmt.Errorf("ckpt: building %s from %s: %w", md.dir, f.Path(), err)
+		}
+		// Tensors held in memory (merged or transposed weights) go to
+		// weights.pb; references into the checkpoint stay as they are.
+		if err := onnxpb.WriteFile(filepath.Join(dir, md.dir, modelgen.ModelFile), mo, &onnxpb.ExternalData{File: onnxpb.LegacyExternalFile, Threshold: 1024}); err != nil {
+			return false, fmt.Errorf("ckpt: %w", err)
+		}
+	}
+	comps := []Component{TextEncoder, UNet, VAE}
+	if cfg.Text2 != nil {
+		comps = append(comps, TextEncoder2)
+	}
+	if unused := src.Unused(comps...); len(unused) > 0 {
+		return false, keysErr(fmt.Sprintf("%d converted parameters were not used by the %s graphs (a mapping error)", len(unused), a.Family), unused)
+	}
+	return copied, writeConfigs(dir, cfg, a, tokDir)
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("ckpt: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("ckpt: %w", err)
+	}
+	return nil
+}
+
+// writeConfigs writes model_index.json, the scheduler, tokenizer and
+// component configs of architecture a into dir.
+func writeConfigs(dir string, cfg modelgen.Config, a *Arch, tokDir string) error {
+	onnx := []any{"diffusers", "OnnxRuntimeModel"}
+	class := "OnnxStableDiffusionPipeline"
+	if a.Inpainting {
+		class = "OnnxStableDiffusionInpaintPipeline"
+	}
+	index := map[string]any{
+		"_class_name": class, "_diffusers_version": "0.35.2",
+		"feature_extractor": []any{nil, nil}, "requires_safety_checker": false, "safety_checker": []any{nil, nil},
+		"scheduler": []any{"diffusers", schedulerClass(a)}, "text_encoder": onnx, "tokenizer": []any{"transformers", "CLIPTokenizer"},
+		"unet": onnx, "vae_decoder": onnx, "vae_encoder": onnx,
+	}
+	if cfg.Text2 != nil {
+		index["_class_name"] = "ORTStableDiffusionXLPipeline"
+		index["text_encoder_2"] = onnx
+		index["tokenizer_2"] = []any{"transformers", "CLIPTokenizer"}
+	}
+	if err := writeJSON(filepath.Join(dir, "model_index.json"), index); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, modelgen.SchedulerDir), 0o755); err != nil {
+		return fmt.Errorf("ckpt: %w", err)
+	}
+	if err := writeJSON(filepath.Join(dir, modelgen.SchedulerDir, "scheduler_config.json"), SchedulerConfig(a)); err != nil {
+		return err
+	}
+	toks := map[string]TextArch{modelgen.TokenizerDir: a.Text[0]}
+	if len(a.Text) > 1 {
+		toks["tokenizer_2"] = a.Text[1]
+	}
+	for d, t := range toks {
+		p := filepath.Join(dir, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return fmt.Errorf("ckpt: %w", err)
+		}
+		for _, n := range []string{"vocab.json", "merges.txt"} {
+			if err := copyFile(filepath.Join(p, n), filepath.Join(tokDir, n)); err != nil {
+				return err
+			}
+		}
+		special := map[string]any{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": t.PadToken, "unk_token": "<|endoftext|>"}
+		if err := writeJSON(filepath.Join(p, "special_tokens_map.json"), special); err != nil {
+			return err
+		}
+		tc := map[string]any{"tokenizer_class": "CLIPTokenizer", "model_max_length": t.MaxPositions, "do_lower_case": true,
+			"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": t.PadToken, "unk_token": "<|endoftext|>"}
+		if err := writeJSON(filepath.Join(p, "tokenizer_config.json"), tc); err != nil {
+			return err
+		}
+	}
+	vae := map[string]any{
+		"_class_name": "AutoencoderKL", "block_out_channels": cfg.VAE.BlockChannels, "in_channels": 3, "out_channels": 3,
+		"latent_channels": cfg.VAE.LatentChannels, "layers_per_block": cfg.VAE.LayersPerBlock, "norm_num_groups": 32,
+		"scaling_factor": cfg.VAE.ScalingFactor, "force_upcast": cfg.VAE.ForceUpcast, "sample_size": cfg.VAE.SampleSize,
+	}
+	for _, d := range []string{modelgen.VAEDecoderDir, modelgen.VAEEncoderDir} {
+		if err := writeJSON(filepath.Join(dir, d, "config.json"), vae); err != nil {
+			return err
+		}
+	}
+	uc := map[string]any{"sample_size": cfg.UNet.SampleSize, "in_channels": cfg.UNet.InChannels, "out_channels": cfg.UNet.OutChannels}
+	return writeJSON(filepath.Join(dir, modelgen.UNetDir, "config.json"), uc)
+}
+
+func schedulerClass(a *Arch) string {
+	switch a.Family {
+	case SD2:
+		if !a.Inpainting {
+			return "DDIMScheduler"
+		}
+	case SDXL, SDXLRefiner:
+		return "EulerDiscreteScheduler"
+	}
+	return "PNDMScheduler"
+}
+
+// SchedulerConfig returns the scheduler_config.json the released models of
+// a's family ship with (SD 1.x and SD 2 inpainting: PNDM; SD 2.x: DDIM;
+// SDXL: Euler), with a's prediction type.
+func SchedulerConfig(a *Arch) map[string]any {
+	c := map[string]any{
+		"_class_name": schedulerClass(a), "_diffusers_version": "0.35.2",
+		"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+		"prediction_type": a.Prediction, "set_alpha_to_one": false, "steps_offset": 1, "timestep_spacing": "leading",
+		"trained_betas": nil,
+	}
+	switch c["_class_name"] {
+	case "PNDMScheduler":
+		c["clip_sample"], c["skip_prk_steps"] = false, true
+	case "DDIMScheduler":
+		c["clip_sample"], c["skip_prk_steps"] = false, true
+	case "EulerDiscreteScheduler":
+		c["interpolation_type"], c["use_karras_sigmas"], c["sample_max_value"] = "linear", false, 1.0
+	}
+	return c
+}

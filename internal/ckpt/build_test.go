@@ -1,0 +1,141 @@
+package ckpt
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
+	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/textenc"
+)
+
+// tinyBuild builds a tiny checkpoint into a fresh cache.
+func tinyBuild(t *testing.T, name string, opt BuildOptions) *Built {
+	t.Helper()
+	if opt.CacheDir == "" {
+		opt.CacheDir = t.TempDir()
+	}
+	if opt.Config == nil {
+		opt.Config = tinyConfig
+	}
+	opt.TokenizerDir = filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")
+	b, err := Build(t.Context(), filepath.Join(tinyDir(t), name), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestBuildFolder builds the tiny checkpoint: every weight is a reference
+// into the checkpoint (no copy), the folder has what a diffusers ONNX
+// folder has, and a second Build finds it in the cache.
+func TestBuildFolder(t *testing.T) {
+	cache := t.TempDir()
+	b := tinyBuild(t, "tiny-sd.safetensors", BuildOptions{CacheDir: cache})
+	if b.Cached {
+		t.Error("first build reported cached")
+	}
+	for _, p := range []string{"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+		"tokenizer/tokenizer_config.json", "text_encoder/model.onnx", "unet/model.onnx", "unet/config.json",
+		"vae_decoder/model.onnx", "vae_decoder/config.json", "vae_encoder/model.onnx"} {
+		if _, err := os.Stat(filepath.Join(b.Dir, p)); err != nil {
+			t.Error(err)
+		}
+	}
+	st, _ := os.Stat(filepath.Join(tinyDir(t), "tiny-sd.safetensors"))
+	var external, inline int64
+	for _, c := range []string{"text_encoder", "unet", "vae_decoder", "vae_encoder"} {
+		data, err := os.ReadFile(filepath.Join(b.Dir, c, "model.onnx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := onnxpb.Unmarshal(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range m.Graph.Initializer {
+			if loc, _, n, ok := in.ExternalRange(); ok {
+				switch {
+				case loc == "tiny-sd.safetensors":
+					external += n
+				case loc == onnxpb.LegacyExternalFile && strings.HasPrefix(in.Name, "const/"):
+					inline += n // graph constants (the causal mask)
+				default:
+					t.Errorf("%s %s: location %s", c, in.Name, loc)
+				}
+			} else {
+				inline += int64(len(in.RawData))
+			}
+		}
+		link, err := os.Stat(filepath.Join(b.Dir, c, "tiny-sd.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !b.Copied && !os.SameFile(link, st) {
+			t.Errorf("%s: the checkpoint in the folder is not a link to it", c)
+		}
+	}
+	if inline > 64<<10 {
+		t.Errorf("%d bytes of weights were copied into the graphs", inline)
+	}
+	t.Logf("%d bytes referenced in the checkpoint, %d bytes inline (constants), copied=%v", external, inline, b.Copied)
+	again := tinyBuild(t, "tiny-sd.safetensors", BuildOptions{CacheDir: cache})
+	if !again.Cached || again.Dir != b.Dir {
+		t.Errorf("second build: cached %v, dir %s (first %s)", again.Cached, again.Dir, b.Dir)
+	}
+	fp16 := tinyBuild(t, "tiny-sd-fp16.safetensors", BuildOptions{CacheDir: cache})
+	if fp16.Dir == b.Dir {
+		t.Error("the fp16 checkpoint has the fp32 one's cache key")
+	}
+}
+
+// TestBuildTextEncoder runs the built text encoder on the reference ids.
+func TestBuildTextEncoder(t *testing.T) {
+	testenv.RequireORT(t)
+	ref := testenv.LoadTinyReference(t)
+	for _, tc := range []struct {
+		file string
+		tol  float64
+	}{{"tiny-sd.safetensors", 1e-4}, {"tiny-sd-fp16.safetensors", 5e-2}} {
+		b := tinyBuild(t, tc.file, BuildOptions{})
+		te, err := textenc.Open(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ort.Options{IntraOpThreads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, call := range ref.ORT.TextEncoderCalls {
+			out, err := te.Encode(t.Context(), call.InputIDs, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := testenv.MaxAbsDiff(out.Data().([]float32), call.LastHiddenState); d > tc.tol {
+				t.Errorf("%s call %d: last_hidden_state differs by %g", tc.file, i, d)
+			} else {
+				t.Logf("%s call %d: max |Δ| %.2g", tc.file, i, d)
+			}
+		}
+		te.Close()
+	}
+}
+
+func TestFindTokenizer(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("SDPIPE_CACHE_DIR", filepath.Join(dir, "cache"))
+	ck := filepath.Join(dir, "m.safetensors")
+	_, err := FindTokenizer(ck, BuildOptions{})
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "tokenizer")) || !strings.Contains(err.Error(), "vocab.json and merges.txt") {
+		t.Errorf("error %v does not say what to put where", err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tokenizer"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tokenizer", "vocab.json"), []byte("{}"), 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer", "merges.txt"), []byte(""), 0o644)
+	if d, err := FindTokenizer(ck, BuildOptions{}); err != nil || d != filepath.Join(dir, "tokenizer") {
+		t.Errorf("FindTokenizer = %s, %v", d, err)
+	}
+	if _, err := FindTokenizer(ck, BuildOptions{TokenizerDir: dir}); err == nil {
+		t.Error("a folder without the files was accepted")
+	}
+}

@@ -1,0 +1,100 @@
+package pipeline
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/ckpt"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
+	"github.com/sdpipe/sdpipe/internal/testenv"
+)
+
+// buildTinyCheckpoint builds ../shared/reference/tiny-ckpt/<name> (the
+// tiny-onnx-sd weights in the original single-file layout) into a folder.
+func buildTinyCheckpoint(t *testing.T, name string) string {
+	t.Helper()
+	shared := shareddir.Path(t, "reference/tiny-ckpt/"+name)
+	b, err := ckpt.Build(t.Context(), filepath.Join(shared, "reference", "tiny-ckpt", name), ckpt.BuildOptions{
+		CacheDir:     t.TempDir(),
+		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
+		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Dir
+}
+
+// referenceDiffs runs reference.json's request on comps and returns the
+// largest differences from diffusers' run: text embeddings, each step's
+// latents, the image.
+func referenceDiffs(t *testing.T, comps Components) (text float64, steps []float64, image float64) {
+	t.Helper()
+	ref := testenv.LoadTinyReference(t)
+	p, err := New(comps, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var mu sync.Mutex
+	steps = make([]float64, len(ref.ORT.Steps))
+	p.onEncoded = func(j *job) {
+		mu.Lock()
+		defer mu.Unlock()
+		text = max(testenv.MaxAbsDiff(j.cond, ref.ORT.TextEncoderCalls[0].LastHiddenState),
+			testenv.MaxAbsDiff(j.uncond, ref.ORT.TextEncoderCalls[1].LastHiddenState))
+	}
+	p.onStep = func(j *job, i int) {
+		mu.Lock()
+		defer mu.Unlock()
+		steps[i] = testenv.MaxAbsDiff(j.items[0].latents, ref.ORT.Steps[i].LatentsAfter)
+	}
+	res, err := p.Generate(t.Context(), Request{
+		Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
+		GuidanceScale: ref.Call.GuidanceScale, Latents: ref.InitialLatents,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Metrics.Steps != len(ref.ORT.Steps) {
+		t.Errorf("%d UNet calls, diffusers made %d", res.Metrics.Steps, len(ref.ORT.Steps))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return text, steps, testenv.MaxAbsDiff(res.Pixels.Data().([]float32), ref.ORT.Image)
+}
+
+// TestParityCheckpoint builds the graphs from the single-file checkpoint
+// tiny-sd.safetensors (internal/ckpt) and reproduces diffusers' run on the
+// exported model: text embeddings, every step's latents and the image
+// within 1e-4. The fp16 copy must stay within what widening its fp16
+// weights to fp32 gives (tiny-ckpt/README.md: latents up to 8e-3, image
+// 5.6e-4; 1e-4 of margin is allowed).
+func TestParityCheckpoint(t *testing.T) {
+	for _, tc := range []struct {
+		file               string
+		text, latents, img float64
+	}{
+		{"tiny-sd.safetensors", 1e-4, 1e-4, 1e-4},
+		{"tiny-sd-fp16.safetensors", 5e-2, 8e-3 + 1e-4, 5.6e-4 + 1e-4},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			text, steps, img := referenceDiffs(t, componentsFrom(t, buildTinyCheckpoint(t, tc.file)))
+			if text > tc.text {
+				t.Errorf("text embeddings differ from diffusers by %g", text)
+			}
+			var worst float64
+			for i, d := range steps {
+				worst = max(worst, d)
+				if d > tc.latents {
+					t.Errorf("step %d: latents differ from diffusers by %g", i, d)
+				}
+			}
+			if img > tc.img {
+				t.Errorf("image differs from diffusers by %g", img)
+			}
+			t.Logf("max |Δ|: text %.2g, latents %.2g, image %.2g", text, worst, img)
+		})
+	}
+}
