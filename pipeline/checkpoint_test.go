@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -12,13 +14,14 @@ import (
 
 // buildTinyCheckpoint builds ../shared/reference/tiny-ckpt/<name> (the
 // tiny-onnx-sd weights in the original single-file layout) into a folder.
-func buildTinyCheckpoint(t *testing.T, name string) string {
+func buildTinyCheckpoint(t *testing.T, name string, loras ...ckpt.LoRASpec) string {
 	t.Helper()
 	shared := shareddir.Path(t, "reference/tiny-ckpt/"+name)
 	b, err := ckpt.Build(t.Context(), filepath.Join(shared, "reference", "tiny-ckpt", name), ckpt.BuildOptions{
 		CacheDir:     t.TempDir(),
 		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
 		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
+		LoRAs:        loras,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -29,9 +32,8 @@ func buildTinyCheckpoint(t *testing.T, name string) string {
 // referenceDiffs runs reference.json's request on comps and returns the
 // largest differences from diffusers' run: text embeddings, each step's
 // latents, the image.
-func referenceDiffs(t *testing.T, comps Components) (text float64, steps []float64, image float64) {
+func referenceDiffs(t *testing.T, comps Components, ref *testenv.TinyReference) (text float64, steps []float64, image float64) {
 	t.Helper()
-	ref := testenv.LoadTinyReference(t)
 	p, err := New(comps, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +82,7 @@ func TestParityCheckpoint(t *testing.T) {
 		{"tiny-sd-fp16.safetensors", 5e-2, 8e-3 + 1e-4, 5.6e-4 + 1e-4},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			text, steps, img := referenceDiffs(t, componentsFrom(t, buildTinyCheckpoint(t, tc.file)))
+			text, steps, img := referenceDiffs(t, componentsFrom(t, buildTinyCheckpoint(t, tc.file)), testenv.LoadTinyReference(t))
 			if text > tc.text {
 				t.Errorf("text embeddings differ from diffusers by %g", text)
 			}
@@ -93,6 +95,56 @@ func TestParityCheckpoint(t *testing.T) {
 			}
 			if img > tc.img {
 				t.Errorf("image differs from diffusers by %g", img)
+			}
+			t.Logf("max |Δ|: text %.2g, latents %.2g, image %.2g", text, worst, img)
+		})
+	}
+}
+
+// loraReference reads ../shared/reference/tiny-lora/reference-m<mult>.json,
+// diffusers' run on the model merged with tiny-lora at that multiplier.
+func loraReference(t *testing.T, mult string) *testenv.TinyReference {
+	t.Helper()
+	path := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "reference-m"+mult+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r testenv.TinyReference
+	var res struct {
+		Results struct {
+			ORT testenv.TinyRun `json:"onnxruntime"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	r.ORT = res.Results.ORT
+	return &r
+}
+
+// TestParityLoRAAtOpen merges tiny-lora into the graphs' weights when the
+// checkpoint is built and reproduces diffusers' runs on the merged model at
+// multipliers 1.0 and 0.5 within 1e-4.
+func TestParityLoRAAtOpen(t *testing.T) {
+	lora := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "tiny-lora.safetensors")
+	for _, tc := range []struct {
+		mult string
+		m    float32
+	}{{"1.0", 1}, {"0.5", 0.5}} {
+		t.Run("m"+tc.mult, func(t *testing.T) {
+			ref := loraReference(t, tc.mult)
+			dir := buildTinyCheckpoint(t, "tiny-sd.safetensors", ckpt.LoRASpec{Path: lora, Multiplier: tc.m})
+			text, steps, img := referenceDiffs(t, componentsFrom(t, dir), ref)
+			var worst float64
+			for _, d := range steps {
+				worst = max(worst, d)
+			}
+			if text > 1e-4 || worst > 1e-4 || img > 1e-4 {
+				t.Errorf("differs from diffusers on the merged model: text %g, latents %g, image %g", text, worst, img)
 			}
 			t.Logf("max |Δ|: text %.2g, latents %.2g, image %.2g", text, worst, img)
 		})
