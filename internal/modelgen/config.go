@@ -297,7 +297,7 @@ func TinySD2() Config {
 func SDXL() Config {
 	return Config{
 		Name:  "sdxl",
-		Text:  TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, EOSTokenID: 2},
+		Text:  TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, Activation: "quick_gelu", EOSTokenID: 2},
 		Text2: &TextConfig{Vocab: 49408, Hidden: 1280, Layers: 32, Heads: 20, Intermediate: 5120, MaxPositions: 77, Activation: "gelu", ProjectionDim: 1280, EOSTokenID: 2},
 		UNet: UNetConfig{
 			BlockChannels:        []int{320, 640, 1280},
@@ -327,7 +327,7 @@ func SDXL() Config {
 func TinySDXL() Config {
 	return Config{
 		Name:  "tiny-sdxl",
-		Text:  TextConfig{Vocab: 49408, Hidden: 32, Layers: 5, Heads: 4, Intermediate: 37, MaxPositions: 77, EOSTokenID: 2},
+		Text:  TextConfig{Vocab: 49408, Hidden: 32, Layers: 5, Heads: 4, Intermediate: 37, MaxPositions: 77, Activation: "quick_gelu", EOSTokenID: 2},
 		Text2: &TextConfig{Vocab: 49408, Hidden: 48, Layers: 3, Heads: 4, Intermediate: 61, MaxPositions: 77, Activation: "gelu", ProjectionDim: 40, EOSTokenID: 2},
 		UNet: UNetConfig{
 			BlockChannels:        []int{32, 64},

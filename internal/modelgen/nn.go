@@ -93,9 +93,16 @@ func (b *Builder) conv(x, name string, in, out, k, stride, pad int, gain float64
 
 // convPads is conv with explicit pads [top, left, bottom, right].
 func (b *Builder) convPads(x, name string, in, out, k, stride int, pads []int64, gain float64) string {
-	w := b.Param(name+".weight", []int64{int64(out), int64(in), int64(k), int64(k)}, Init{Std: gain / math.Sqrt(float64(in*k*k))})
-	bias := b.Param(name+".bias", []int64{int64(out)}, Init{Std: biasStd})
-	y := b.Op("Conv", []string{x, w, bias},
+	return b.convFull(x, name, in, out, k, stride, pads, gain, true)
+}
+
+// convFull is convPads with or without a bias.
+func (b *Builder) convFull(x, name string, in, out, k, stride int, pads []int64, gain float64, bias bool) string {
+	inputs := []string{x, b.Param(name+".weight", []int64{int64(out), int64(in), int64(k), int64(k)}, Init{Std: gain / math.Sqrt(float64(in*k*k))})}
+	if bias {
+		inputs = append(inputs, b.Param(name+".bias", []int64{int64(out)}, Init{Std: biasStd}))
+	}
+	y := b.Op("Conv", inputs,
 		AttrInts("kernel_shape", int64(k), int64(k)),
 		AttrInts("strides", int64(stride), int64(stride)),
 		AttrInts("pads", pads...))
@@ -105,7 +112,7 @@ func (b *Builder) convPads(x, name string, in, out, k, stride int, pads []int64,
 			pad = -1
 		}
 	}
-	return b.hook(Module{Name: name, Kind: Conv, In: in, Out: out, Bias: true, Kernel: k, Stride: stride, Pad: pad}, x, y)
+	return b.hook(Module{Name: name, Kind: Conv, In: in, Out: out, Bias: bias, Kernel: k, Stride: stride, Pad: pad}, x, y)
 }
 
 // groupNorm is GroupNorm over [b, c, h, w], written as torch exports it:

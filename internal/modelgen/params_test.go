@@ -57,3 +57,24 @@ func TestParamCounts(t *testing.T) {
 		})
 	}
 }
+
+// TestTAESDParamCounts checks the TAESD architecture's size, counted from
+// diffusers' AutoencoderTiny with its default (released) configuration:
+// encoder 1792 + 110,784 + 3·(36,864 + 3·110,784) + 2308, decoder 2368 +
+// 3·(3·110,784 + 36,864) + 110,784 + 1731.
+func TestTAESDParamCounts(t *testing.T) {
+	enc, err := BuildTAESDEncoder(FullTAESD(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := BuildTAESDDecoder(FullTAESD(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := CountParams(enc); n != 1_222_532 {
+		t.Errorf("encoder: %d parameters, want 1,222,532", n)
+	}
+	if n := CountParams(dec); n != 1_222_531 {
+		t.Errorf("decoder: %d parameters, want 1,222,531", n)
+	}
+}

@@ -166,8 +166,16 @@ func GenerateVocabulary(maxMerges int) *Vocabulary {
 
 // WriteFiles writes vocab.json, merges.txt, tokenizer_config.json and
 // special_tokens_map.json into dir, in the format of the SD 1.x
-// CLIPTokenizer files.
+// CLIPTokenizer files (padding with EndOfText).
 func (v *Vocabulary) WriteFiles(dir string, maxLength int) error {
+	return v.WriteTokenizer(dir, maxLength, EndOfText)
+}
+
+// WriteTokenizer is WriteFiles with another padding token, which must be in
+// the vocabulary: SDXL's tokenizer_2 pads with "!" (id 0 of the CLIP
+// vocabulary and of the generated one), and lists it as an added special
+// token as transformers saves it.
+func (v *Vocabulary) WriteTokenizer(dir string, maxLength int, pad string) error {
 	ids := make(map[string]int, len(v.Tokens))
 	for i, t := range v.Tokens {
 		ids[t] = i
@@ -189,20 +197,28 @@ func (v *Vocabulary) WriteFiles(dir string, maxLength int) error {
 		t["special"] = true
 		return t
 	}
+	padID, ok := ids[pad]
+	if !ok {
+		return fmt.Errorf("modelgen: padding token %q is not in the vocabulary", pad)
+	}
 	n := len(v.Tokens)
+	decoder := map[string]any{
+		fmt.Sprint(n - 2): added(StartOfText, true),
+		fmt.Sprint(n - 1): added(EndOfText, false),
+	}
+	if pad != EndOfText && pad != StartOfText {
+		decoder[fmt.Sprint(padID)] = added(pad, false)
+	}
 	config, err := marshalJSON(map[string]any{
-		"add_prefix_space": false,
-		"added_tokens_decoder": map[string]any{
-			fmt.Sprint(n - 2): added(StartOfText, true),
-			fmt.Sprint(n - 1): added(EndOfText, false),
-		},
+		"add_prefix_space":             false,
+		"added_tokens_decoder":         decoder,
 		"bos_token":                    StartOfText,
 		"clean_up_tokenization_spaces": true,
 		"do_lower_case":                true,
 		"eos_token":                    EndOfText,
 		"errors":                       "replace",
 		"model_max_length":             maxLength,
-		"pad_token":                    EndOfText,
+		"pad_token":                    pad,
 		"tokenizer_class":              "CLIPTokenizer",
 		"unk_token":                    EndOfText,
 	})
@@ -212,7 +228,7 @@ func (v *Vocabulary) WriteFiles(dir string, maxLength int) error {
 	special, err := marshalJSON(map[string]any{
 		"bos_token": token(StartOfText, true),
 		"eos_token": token(EndOfText, false),
-		"pad_token": token(EndOfText, false),
+		"pad_token": token(pad, false),
 		"unk_token": token(EndOfText, false),
 	})
 	if err != nil {

@@ -217,16 +217,21 @@ func (b *Builder) resnet(x, tact, name string, in, out, tdim int, eps float32) s
 
 // upsample is nearest-neighbour ×2 followed by a 3×3 conv.
 func (b *Builder) upsample(x, name string, ch int) string {
+	r := b.Op("Resize", []string{x, "", b.upsampleScales()},
+		AttrString("mode", "nearest"),
+		AttrString("coordinate_transformation_mode", "asymmetric"),
+		AttrString("nearest_mode", "floor"))
+	return b.conv(r, name, ch, ch, 3, 1, 1, 1)
+}
+
+// upsampleScales returns the Resize scales of a ×2 upsampling of NCHW.
+func (b *Builder) upsampleScales() string {
 	scales, ok := b.consts["const/upsample_scales"]
 	if !ok {
 		scales = b.float32Tensor("const/upsample_scales", []int64{4}, []float32{1, 1, 2, 2})
 		b.consts["const/upsample_scales"] = scales
 	}
-	r := b.Op("Resize", []string{x, "", scales},
-		AttrString("mode", "nearest"),
-		AttrString("coordinate_transformation_mode", "asymmetric"),
-		AttrString("nearest_mode", "floor"))
-	return b.conv(r, name, ch, ch, 3, 1, 1, 1)
+	return scales
 }
 
 // toSequence turns [b, c, h, w] into [b, h·w, c]; it also returns the
