@@ -48,8 +48,13 @@ type BuildOptions struct {
 	// SkipUnknownLoRAKeys applies the LoRA keys that fit and skips the
 	// rest (otherwise unknown keys are an error naming them).
 	SkipUnknownLoRAKeys bool
-	// Graph selects graph variants (FP16, HiddenStates, OnModule …); its
-	// Source is always the checkpoint's.
+	// LoRABranches adds a LoRA branch to every Linear and Conv module of
+	// the UNet and text encoders (see Branch), so that LoRAs can be applied
+	// per call without rebuilding sessions.
+	LoRABranches bool
+	// Graph selects graph variants (FP16, HiddenStates …); its Source is
+	// always the checkpoint's and its OnModule must be nil (LoRABranches
+	// sets it).
 	Graph modelgen.Options
 	// Logger receives progress messages; nil discards them.
 	Logger *slog.Logger
@@ -214,7 +219,11 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 	}
 	defer os.RemoveAll(tmp) // a no-op once renamed
 	log.Info("ckpt: building graphs", "checkpoint", path, "family", a.Family, "dir", b.Dir)
-	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, opt.Graph); err != nil {
+	gopt := opt.Graph
+	if opt.LoRABranches {
+		gopt.OnModule = BranchHook(&Branches{})
+	}
+	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, gopt); err != nil {
 		return nil, err
 	}
 	if b.Copied {
@@ -348,9 +357,9 @@ func buildKey(f, vae *File, opt BuildOptions, a *Arch, tokDir string) (string, e
 	js, _ := json.Marshal(a)
 	h.Write(js)
 	g := opt.Graph
-	fmt.Fprintf(h, "%v %v %v %v %v %v %v %v %v %d %v\n", g.Layout, g.IDs, g.IDs2, g.HiddenStates, g.Timestep, g.TimestepShape, g.FP16, g.LatentParameters, g.ExternalFile, g.Batch, g.Attention)
+	fmt.Fprintf(h, "%v %v %v %v %v %v %v %v %v %d %v branches=%v\n", g.Layout, g.IDs, g.IDs2, g.HiddenStates, g.Timestep, g.TimestepShape, g.FP16, g.LatentParameters, g.ExternalFile, g.Batch, g.Attention, opt.LoRABranches)
 	if g.OnModule != nil {
-		return "", errors.New("ckpt: Build does not cache graphs with a module hook")
+		return "", errors.New("ckpt: Build sets the module hook itself (LoRABranches)")
 	}
 	return hex.EncodeToString(h.Sum(nil))[:32], nil
 }
@@ -596,4 +605,30 @@ func SchedulerConfig(a *Arch) map[string]any {
 		c["interpolation_type"], c["use_karras_sigmas"], c["sample_max_value"] = "linear", false, 1.0
 	}
 	return c
+}
+
+// Branches returns the LoRA branches of the built graph of component c
+// (UNet, TextEncoder or TextEncoder2), read from its inputs; none when it
+// was built without LoRABranches.
+func (b *Built) Branches(c Component) (*Branches, error) {
+	dir := string(c)
+	if c == UNet {
+		dir = modelgen.UNetDir
+	}
+	io, err := onnxpb.ReadIO(filepath.Join(b.Dir, dir, modelgen.ModelFile))
+	if err != nil {
+		return nil, fmt.Errorf("ckpt: %w", err)
+	}
+	inputs := map[string][]int64{}
+	for _, v := range io.Inputs {
+		shape := make([]int64, len(v.Dims))
+		for i, d := range v.Dims {
+			shape[i] = d.Value
+			if d.Param != "" || d.Value <= 0 {
+				shape[i] = -1
+			}
+		}
+		inputs[v.Name] = shape
+	}
+	return BranchesFromInputs(c, inputs)
 }
