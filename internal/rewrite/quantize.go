@@ -111,19 +111,25 @@ type Quantized struct {
 	Model  *onnxpb.Model
 	Report QuantizeReport
 
+	fillErrors
+}
+
+// fillErrors collects the errors of Tensor.Fill functions, which cannot
+// return them.
+type fillErrors struct {
 	mu  sync.Mutex
 	err error
 }
 
 // Err reports the first error met while producing weight data (a weight
 // file that could not be read); a model written while it is set is broken.
-func (q *Quantized) Err() error {
+func (q *fillErrors) Err() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.err
 }
 
-func (q *Quantized) fail(err error) {
+func (q *fillErrors) fail(err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.err == nil {
@@ -338,13 +344,30 @@ func Quantize(m *onnxpb.Model, dir string, o QuantizeOptions) (*Quantized, error
 	for _, t := range m.Graph.Initializer {
 		q.Report.WeightBytesAfter += t.NumElements() * int64(t.DataType.Size())
 	}
-	// every external tensor left is copied into the new data file
+	selfContained(m, z.src, &q.fillErrors)
+	return q, nil
+}
+
+// selfContained makes every external tensor of m inline data produced
+// from the original file when written, so that the written model does not
+// depend on the original's data files.
+func selfContained(m *onnxpb.Model, src weightSource, sink *fillErrors) {
 	for _, t := range m.Graph.Initializer {
-		if t.DataLocation == onnxpb.LocationExternal {
-			z.rehome(t)
+		if t.DataLocation != onnxpb.LocationExternal {
+			continue
+		}
+		orig := *t
+		orig.ExternalData = slices.Clone(t.ExternalData)
+		t.DataLocation, t.ExternalData = onnxpb.LocationDefault, nil
+		t.Fill = func(dst []byte) {
+			b, err := src.raw(&orig)
+			if err != nil {
+				sink.fail(err)
+				return
+			}
+			copy(dst, b)
 		}
 	}
-	return q, nil
 }
 
 // counted reports whether name was an initializer read by a node when
@@ -358,23 +381,6 @@ func (z *quantizer) counted(name string) bool {
 func (z *quantizer) release(name string) {
 	if _, ok := z.used[name]; ok {
 		z.used[name]--
-	}
-}
-
-// rehome makes external tensor t inline data produced from the original
-// file when written, so that the rewritten model does not depend on the
-// original's data files.
-func (z *quantizer) rehome(t *onnxpb.Tensor) {
-	orig := *t
-	orig.ExternalData = slices.Clone(t.ExternalData)
-	t.DataLocation, t.ExternalData = onnxpb.LocationDefault, nil
-	t.Fill = func(dst []byte) {
-		b, err := z.src.raw(&orig)
-		if err != nil {
-			z.q.fail(err)
-			return
-		}
-		copy(dst, b)
 	}
 }
 

@@ -192,18 +192,18 @@ func TestQuantizeKeeps(t *testing.T) {
 	}
 }
 
-// TestPrepareInt8 quantizes the reference UNet and VAE decoder after the
+// TestBuildInt8 quantizes the reference UNet and VAE decoder after the
 // default rewrites, checks the entry is self-contained and cached, and
 // measures the outputs against the original.
-func TestPrepareInt8(t *testing.T) {
+func TestBuildInt8(t *testing.T) {
 	dir := testenv.TinyReferenceModel(t)
 	testenv.RequireORT(t)
 	cache := t.TempDir()
 	rs := []rewrite.Rewrite{rewrite.Baddbmm, rewrite.MHA}
-	q := rewrite.QuantizeOptions{MatMul: true, Conv: true, MinReduction: 32}
+	plan := rewrite.Plan{Rewrites: rs, Int8: &rewrite.QuantizeOptions{MatMul: true, Conv: true, MinReduction: 32}}
 	for _, c := range []string{"unet", "vae_decoder"} {
 		src := filepath.Join(dir, c, "model.onnx")
-		res, err := rewrite.PrepareInt8(src, rs, q, cache)
+		res, err := rewrite.Build(src, plan, cache)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,8 +219,8 @@ func TestPrepareInt8(t *testing.T) {
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		if got := strings.Join(names, " "); got != "int8.json model.onnx weights.int8" {
-			t.Errorf("%s: entry holds %q, want int8.json model.onnx weights.int8", c, got)
+		if got := strings.Join(names, " "); got != "build.json model.onnx weights.bin" {
+			t.Errorf("%s: entry holds %q, want build.json model.onnx weights.bin", c, got)
 		}
 		e, err := rewrite.Compare(t.Context(), src, res.Path, randomInputs(t, src), ort.Options{IntraOpThreads: 1})
 		if err != nil {
@@ -235,14 +235,14 @@ func TestPrepareInt8(t *testing.T) {
 		if err := res.MarkChecked(map[string]float64{"rel_rms": e.RelRMS}); err != nil {
 			t.Fatal(err)
 		}
-		again, err := rewrite.PrepareInt8(src, rs, q, cache)
+		again, err := rewrite.Build(src, plan, cache)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !again.Cached || again.Path != res.Path || again.Checked["rel_rms"] != e.RelRMS || again.Int8.String() != res.Int8.String() {
-			t.Errorf("%s: second PrepareInt8: cached %v, path %s, checked %v", c, again.Cached, again.Path, again.Checked)
+			t.Errorf("%s: second Build: cached %v, path %s, checked %v", c, again.Cached, again.Path, again.Checked)
 		}
-		other, err := rewrite.PrepareInt8(src, rs, rewrite.QuantizeOptions{MatMul: true, MinReduction: 32}, cache)
+		other, err := rewrite.Build(src, rewrite.Plan{Rewrites: rs, Int8: &rewrite.QuantizeOptions{MatMul: true, MinReduction: 32}}, cache)
 		if err != nil {
 			t.Fatal(err)
 		}
