@@ -205,7 +205,13 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) error {
 	sample := tensor.New(tensor.WithShape(k*n, p.c.LatentChannels, j0.latH, j0.latW), tensor.WithBacking(b.x))
 	ctx, cancel := callContext(b.jobs)
 	t0 := time.Now()
-	pred, err := p.c.UNet.Predict(ctx, sample, []float64{t}, b.cond)
+	var pred *tensor.Dense
+	var err error
+	if rows := b.loraRows(); rows != nil {
+		pred, err = p.c.UNet.(LoRADenoiser).PredictLoRA(ctx, sample, []float64{t}, b.cond, rows)
+	} else {
+		pred, err = p.c.UNet.Predict(ctx, sample, []float64{t}, b.cond)
+	}
 	cancel()
 	d := time.Since(t0)
 	b.model += d

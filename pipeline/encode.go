@@ -117,7 +117,7 @@ func (p *Pipeline) encodePrompts(j *job) error {
 	var weights [][]float32
 	k := 1 // chunks per prompt
 	if weighted && !r.LiteralPrompt {
-		cond, err := wt.EncodeWeighted(r.Prompt)
+		cond, err := wt.EncodeWeighted(stripLoRAs(r.Prompt))
 		if err != nil {
 			return invalid("Prompt", "%v", err)
 		}
@@ -139,7 +139,7 @@ func (p *Pipeline) encodePrompts(j *job) error {
 		if j.cfg {
 			chunks = append(chunks, p.c.Tokenizer.Encode(r.NegativePrompt))
 		}
-		chunks = append(chunks, p.c.Tokenizer.Encode(r.Prompt))
+		chunks = append(chunks, p.c.Tokenizer.Encode(stripLoRAs(r.Prompt)))
 		weights = make([][]float32, len(chunks))
 	}
 	n := len(chunks[0])
@@ -151,7 +151,13 @@ func (p *Pipeline) encodePrompts(j *job) error {
 		ids = append(ids, c...)
 	}
 	t0 := time.Now()
-	emb, err := p.c.TextEncoder.Encode(j.ctx, ids, len(chunks))
+	var emb *tensor.Dense
+	var err error
+	if le, ok := p.c.TextEncoder.(LoRAEncoder); ok && len(r.LoRAs) > 0 {
+		emb, err = le.EncodeLoRA(j.ctx, ids, len(chunks), r.LoRAs)
+	} else {
+		emb, err = p.c.TextEncoder.Encode(j.ctx, ids, len(chunks))
+	}
 	j.metrics.EncodeModel += time.Since(t0)
 	if err != nil {
 		return err

@@ -77,6 +77,12 @@ type Request struct {
 	// Preview asks for a cheap RGB preview of the latents with each
 	// progress event.
 	Preview bool
+
+	// LoRAs are applied to this request only, with the prompt's
+	// <lora:name:multiplier> tags (AUTOMATIC1111's syntax, removed from
+	// the text before tokenizing); the model's components must implement
+	// LoRADenoiser and LoRAEncoder.
+	LoRAs []LoRA
 }
 
 // RequestError reports an invalid Request field. It is returned by Submit
@@ -125,8 +131,16 @@ func (p *Pipeline) resolve(r Request) (Request, error) {
 			return r, invalid(f.name, "%d is not a multiple of 8 in [8, %d]", f.v, MaxSize)
 		}
 	}
+	loras, err := requestLoRAs(&r)
+	if err != nil {
+		return r, err
+	}
+	if err := p.checkLoRAs(loras); err != nil {
+		return r, err
+	}
+	r.LoRAs = loras
 	if _, ok := p.c.Tokenizer.(WeightedTokenizer); ok && !r.LiteralPrompt {
-		if _, err := tokenizer.ParseWeighted(r.Prompt); err != nil {
+		if _, err := tokenizer.ParseWeighted(stripLoRAs(r.Prompt)); err != nil {
 			return r, invalid("Prompt", "%v", err)
 		}
 		if _, err := tokenizer.ParseWeighted(r.NegativePrompt); err != nil {
