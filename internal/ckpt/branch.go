@@ -2,10 +2,12 @@ package ckpt
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
 // Branch is one module's low-rank LoRA branch in a built graph: the
@@ -252,4 +254,76 @@ func BranchInputs(bs *Branches, c Component, rows [][]Applied) (map[string]Branc
 		out[b.Down], out[b.Up] = down, up
 	}
 	return out, nil
+}
+
+// ExtraTokensInput is the text-encoder input that holds the vectors of
+// token ids at and above the vocabulary size (textual-inversion
+// embeddings), [K, hidden] (K ≥ 1; zeros when unused).
+const ExtraTokensInput = "extra_token_embeddings"
+
+// addExtraTokens rewrites a built text encoder so that ids ≥ vocab index
+// the rows of input ExtraTokensInput instead of the token table:
+// Where(ids ≥ vocab, Gather(extra, ids−vocab), Gather(table, ids)).
+func addExtraTokens(m *onnxpb.Model, vocab int) error {
+	g := m.Graph
+	var idsType, floatType onnxpb.DataType
+	for _, in := range g.Input {
+		if in.Name == "input_ids" {
+			idsType = in.ElemType
+		}
+	}
+	for _, out := range g.Output {
+		if out.Name == "last_hidden_state" {
+			floatType = out.ElemType
+		}
+	}
+	at := -1
+	for i, n := range g.Nodes {
+		if n.OpType == "Gather" && len(n.Input) == 2 && n.Input[1] == "input_ids" {
+			at = i
+		}
+	}
+	if at < 0 || idsType == onnxpb.Undefined || floatType == onnxpb.Undefined {
+		return fmt.Errorf("ckpt: text encoder graph has no token-embedding Gather on input_ids")
+	}
+	hidden := int64(0)
+	for _, out := range g.Output {
+		if out.Name == "last_hidden_state" && len(out.Dims) == 3 {
+			hidden = out.Dims[2].Value
+		}
+	}
+	intConst := func(name string, v int64) string {
+		t := &onnxpb.Tensor{Name: name, DataType: idsType}
+		if idsType == onnxpb.Int64 {
+			t.Int64Data = []int64{v}
+		} else {
+			t.Int32Data = []int32{int32(v)}
+		}
+		g.Initializer = append(g.Initializer, t)
+		return name
+	}
+	vocabC, zero := intConst("const/ti_vocab", int64(vocab)), intConst("const/ti_zero", 0)
+	g.Initializer = append(g.Initializer, &onnxpb.Tensor{Name: "const/ti_axes", DataType: onnxpb.Int64, Dims: []int64{1}, Int64Data: []int64{-1}})
+	ext := onnxpb.ValueInfo{Name: ExtraTokensInput, ElemType: floatType, Dims: []onnxpb.Dim{{Param: "extra_tokens"}, {Value: hidden}}}
+	if hidden <= 0 {
+		ext.Dims[1] = onnxpb.Dim{Param: "hidden"}
+	}
+	g.Input = append(g.Input, ext)
+	gather := g.Nodes[at]
+	table, out := gather.Input[0], gather.Output[0]
+	node := func(op, name string, ins []string, attrs ...*onnxpb.Attribute) *onnxpb.Node {
+		return &onnxpb.Node{OpType: op, Name: "ti/" + name, Input: ins, Output: []string{"ti/" + name + "_out"}, Attribute: attrs}
+	}
+	isExtra := node("GreaterOrEqual", "is_extra", []string{"input_ids", vocabC})
+	base := node("Where", "base_ids", []string{isExtra.Output[0], zero, "input_ids"})
+	shifted := node("Sub", "shifted", []string{"input_ids", vocabC})
+	extraIDs := node("Where", "extra_ids", []string{isExtra.Output[0], shifted.Output[0], zero})
+	g1 := node("Gather", "table", []string{table, base.Output[0]})
+	g2 := node("Gather", "extra", []string{ExtraTokensInput, extraIDs.Output[0]})
+	mask := node("Unsqueeze", "mask", []string{isExtra.Output[0], "const/ti_axes"})
+	where := &onnxpb.Node{OpType: "Where", Name: "ti/select", Input: []string{mask.Output[0], g2.Output[0], g1.Output[0]}, Output: []string{out}}
+	nodes := slices.Clone(g.Nodes[:at])
+	nodes = append(nodes, isExtra, base, shifted, extraIDs, g1, g2, mask, where)
+	g.Nodes = append(nodes, g.Nodes[at+1:]...)
+	return nil
 }

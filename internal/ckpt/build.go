@@ -48,6 +48,10 @@ type BuildOptions struct {
 	// SkipUnknownLoRAKeys applies the LoRA keys that fit and skips the
 	// rest (otherwise unknown keys are an error naming them).
 	SkipUnknownLoRAKeys bool
+	// ExtraTokens gives the text encoders input ExtraTokensInput: the
+	// vectors of ids at and above the vocabulary size, fed per call
+	// (textual-inversion embeddings).
+	ExtraTokens bool
 	// LoRABranches adds a LoRA branch to every Linear and Conv module of
 	// the UNet and text encoders (see Branch), so that LoRAs can be applied
 	// per call without rebuilding sessions.
@@ -223,7 +227,7 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 	if opt.LoRABranches {
 		gopt.OnModule = BranchHook(&Branches{})
 	}
-	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, gopt); err != nil {
+	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, gopt, opt.ExtraTokens); err != nil {
 		return nil, err
 	}
 	if b.Copied {
@@ -357,7 +361,7 @@ func buildKey(f, vae *File, opt BuildOptions, a *Arch, tokDir string) (string, e
 	js, _ := json.Marshal(a)
 	h.Write(js)
 	g := opt.Graph
-	fmt.Fprintf(h, "%v %v %v %v %v %v %v %v %v %d %v branches=%v\n", g.Layout, g.IDs, g.IDs2, g.HiddenStates, g.Timestep, g.TimestepShape, g.FP16, g.LatentParameters, g.ExternalFile, g.Batch, g.Attention, opt.LoRABranches)
+	fmt.Fprintf(h, "%v %v %v %v %v %v %v %v %v %d %v branches=%v extra=%v\n", g.Layout, g.IDs, g.IDs2, g.HiddenStates, g.Timestep, g.TimestepShape, g.FP16, g.LatentParameters, g.ExternalFile, g.Batch, g.Attention, opt.LoRABranches, opt.ExtraTokens)
 	if g.OnModule != nil {
 		return "", errors.New("ckpt: Build sets the module hook itself (LoRABranches)")
 	}
@@ -423,7 +427,7 @@ func copyFile(dst, src string) (err error) {
 
 // writeFolder writes the model folder into dir.
 func writeFolder(ctx context.Context, dir string, f *File, m *Mapping, vae *File, vaeMap *Mapping, deltas map[Component]map[string][]ModuleDelta,
-	cfg modelgen.Config, a *Arch, tokDir string, gopt modelgen.Options) (copied bool, err error) {
+	cfg modelgen.Config, a *Arch, tokDir string, gopt modelgen.Options, extraTokens bool) (copied bool, err error) {
 	folders := map[Component][]string{
 		TextEncoder: {modelgen.TextEncoderDir}, UNet: {modelgen.UNetDir},
 		VAE: {modelgen.VAEDecoderDir, modelgen.VAEEncoderDir},
@@ -462,16 +466,17 @@ func writeFolder(ctx context.Context, dir string, f *File, m *Mapping, vae *File
 	type model struct {
 		dir   string
 		build func() (*onnxpb.Model, error)
+		vocab int // text encoders: the vocabulary size
 	}
 	vocab := cfg.Text.Vocab
 	models := []model{
-		{modelgen.TextEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder(cfg, gopt, vocab) }},
-		{modelgen.UNetDir, func() (*onnxpb.Model, error) { return modelgen.BuildUNet(cfg, gopt) }},
-		{modelgen.VAEDecoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEDecoder(cfg, gopt) }},
-		{modelgen.VAEEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEEncoder(cfg, gopt) }},
+		{modelgen.TextEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder(cfg, gopt, vocab) }, vocab},
+		{modelgen.UNetDir, func() (*onnxpb.Model, error) { return modelgen.BuildUNet(cfg, gopt) }, 0},
+		{modelgen.VAEDecoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEDecoder(cfg, gopt) }, 0},
+		{modelgen.VAEEncoderDir, func() (*onnxpb.Model, error) { return modelgen.BuildVAEEncoder(cfg, gopt) }, 0},
 	}
 	if cfg.Text2 != nil {
-		models = append(models, model{"text_encoder_2", func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder2(cfg, gopt, cfg.Text2.Vocab) }})
+		models = append(models, model{"text_encoder_2", func() (*onnxpb.Model, error) { return modelgen.BuildTextEncoder2(cfg, gopt, cfg.Text2.Vocab) }, cfg.Text2.Vocab})
 	}
 	for _, md := range models {
 		if err := ctx.Err(); err != nil {
@@ -480,6 +485,11 @@ func writeFolder(ctx context.Context, dir string, f *File, m *Mapping, vae *File
 		mo, err := md.build()
 		if err != nil {
 			return false, fmt.Errorf("ckpt: building %s from %s: %w", md.dir, f.Path(), err)
+		}
+		if extraTokens && md.vocab > 0 {
+			if err := addExtraTokens(mo, md.vocab); err != nil {
+				return false, err
+			}
 		}
 		// Tensors held in memory (merged or transposed weights) go to
 		// weights.pb; references into the checkpoint stay as they are.

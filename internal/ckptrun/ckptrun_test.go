@@ -1,4 +1,4 @@
-package lorarun
+package ckptrun
 
 import (
 	"encoding/json"
@@ -63,7 +63,7 @@ func open(t *testing.T) setup {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { un.Close() })
-	te, err := OpenTextEncoder(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ckpt.TextEncoder, 32, lib, o)
+	te, err := OpenTextEncoder(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ckpt.TextEncoder, 32, lib, nil, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package lorarun runs the UNet and text-encoder graphs that internal/ckpt
+// Package ckptrun runs the UNet and text-encoder graphs that internal/ckpt
 // builds with LoRA branches, applying LoRAs per call: a Library resolves
 // LoRA names from a folder (parsed once, then kept), and UNet and
 // TextEncoder feed each call the branch inputs of its rows' LoRAs (see
@@ -6,7 +6,7 @@
 // LoRA mix are prepared once and reused by every step. UNet implements
 // pipeline.LoRADenoiser and TextEncoder pipeline.LoRAEncoder. All types are
 // safe for concurrent use; the caller must Close UNet and TextEncoder.
-package lorarun
+package ckptrun
 
 import (
 	"container/list"
@@ -71,7 +71,7 @@ func (l *Library) Rescan() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("lorarun: LoRA folder: %w", err)
+		return fmt.Errorf("ckptrun: LoRA folder: %w", err)
 	}
 	l.mu.Lock()
 	l.files = files
@@ -112,7 +112,7 @@ func (l *Library) Load(name string) (*ckpt.LoRA, error) {
 	p, ok := l.files[name]
 	l.mu.Unlock()
 	if !ok {
-		return nil, fmt.Errorf("lorarun: %q: %w in %s", name, ErrUnknownLoRA, l.dir)
+		return nil, fmt.Errorf("ckptrun: %q: %w in %s", name, ErrUnknownLoRA, l.dir)
 	}
 	x, err := ckpt.LoadLoRA(p, l.targets, l.skipUnknown)
 	if err != nil {
@@ -158,30 +158,30 @@ type prepared struct {
 
 const cachedMixes = 8
 
-func openRunner(ctx context.Context, path string, c ckpt.Component, fixed []string, output string, lib *Library, o ort.Options) (*runner, error) {
+func openRunner(ctx context.Context, path string, c ckpt.Component, fixed, optional []string, output string, lib *Library, o ort.Options) (*runner, error) {
 	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
-		return nil, fmt.Errorf("lorarun: %w", err)
+		return nil, fmt.Errorf("ckptrun: %w", err)
 	}
 	r := &runner{ins: ins, fixed: map[string]int{}, component: c, lib: lib, order: list.New(), cache: map[string]*prepared{}}
 	shapes := map[string][]int64{}
 	for i, in := range ins {
-		if slices.Contains(fixed, in.Name) {
+		if slices.Contains(fixed, in.Name) || slices.Contains(optional, in.Name) {
 			r.fixed[in.Name] = i
 			continue
 		}
 		if !strings.HasPrefix(in.Name, "lora.") || in.DType != ort.Float32 {
-			return nil, fmt.Errorf("lorarun: %s: unexpected input %s (a graph built with LoRA branches in float32 is needed)", path, in)
+			return nil, fmt.Errorf("ckptrun: %s: unexpected input %s (a graph built with LoRA branches in float32 is needed)", path, in)
 		}
 		shapes[in.Name] = in.Shape
 	}
 	for _, n := range fixed {
 		if _, ok := r.fixed[n]; !ok {
-			return nil, fmt.Errorf("lorarun: %s: no input %s", path, n)
+			return nil, fmt.Errorf("ckptrun: %s: no input %s", path, n)
 		}
 	}
 	if r.branches, err = ckpt.BranchesFromInputs(c, shapes); err != nil {
-		return nil, fmt.Errorf("lorarun: %s: %w", path, err)
+		return nil, fmt.Errorf("ckptrun: %s: %w", path, err)
 	}
 	var out []ort.IOInfo
 	for _, v := range outs {
@@ -190,10 +190,10 @@ func openRunner(ctx context.Context, path string, c ckpt.Component, fixed []stri
 		}
 	}
 	if len(out) != 1 {
-		return nil, fmt.Errorf("lorarun: %s: no output %s", path, output)
+		return nil, fmt.Errorf("ckptrun: %s: no output %s", path, output)
 	}
 	if r.s, err = ort.Open(ctx, path, ins, out, o); err != nil {
-		return nil, fmt.Errorf("lorarun: %w", err)
+		return nil, fmt.Errorf("ckptrun: %w", err)
 	}
 	return r, nil
 }
@@ -249,6 +249,9 @@ func (r *runner) prepare(rows [][]pipeline.LoRA) ([]ort.Tensor, error) {
 	applied := make([][]ckpt.Applied, len(rows))
 	for i, row := range rows {
 		for _, l := range row {
+			if r.lib == nil {
+				return nil, fmt.Errorf("ckptrun: LoRA %q: the model was opened without a LoRA folder", l.Name)
+			}
 			x, err := r.lib.Load(l.Name)
 			if err != nil {
 				return nil, err
@@ -267,7 +270,7 @@ func (r *runner) prepare(rows [][]pipeline.LoRA) ([]ort.Tensor, error) {
 		}
 		t, ok := bi[in.Name]
 		if !ok {
-			return nil, fmt.Errorf("lorarun: no value for branch input %s", in.Name)
+			return nil, fmt.Errorf("ckptrun: no value for branch input %s", in.Name)
 		}
 		out[i] = ort.Tensor{Shape: t.Shape, Data: t.Data}
 	}
@@ -285,7 +288,7 @@ func (r *runner) run(ctx context.Context, fixed map[string]ort.Tensor, rows [][]
 		in[i] = fixed[name]
 	}
 	if err := r.s.Run(ctx, in, out); err != nil {
-		return fmt.Errorf("lorarun: %w", err)
+		return fmt.Errorf("ckptrun: %w", err)
 	}
 	return nil
 }
@@ -296,7 +299,7 @@ type UNet struct{ r *runner }
 
 // OpenUNet opens the branched UNet at path, with LoRAs from lib.
 func OpenUNet(ctx context.Context, path string, lib *Library, o ort.Options) (*UNet, error) {
-	r, err := openRunner(ctx, path, ckpt.UNet, []string{"sample", "timestep", "encoder_hidden_states"}, "out_sample", lib, o)
+	r, err := openRunner(ctx, path, ckpt.UNet, []string{"sample", "timestep", "encoder_hidden_states"}, nil, "out_sample", lib, o)
 	if err != nil {
 		return nil, err
 	}
@@ -312,14 +315,14 @@ func (u *UNet) Predict(ctx context.Context, sample *tensor.Dense, ts []float64, 
 func (u *UNet) PredictLoRA(ctx context.Context, sample *tensor.Dense, ts []float64, cond *tensor.Dense, rows [][]pipeline.LoRA) (*tensor.Dense, error) {
 	ss, cs := sample.Shape(), cond.Shape()
 	if len(ss) != 4 || len(cs) != 3 || ss[0] != cs[0] || (len(ts) != 1 && len(ts) != ss[0]) {
-		return nil, fmt.Errorf("lorarun: unet: sample %v, encoder_hidden_states %v, %d timesteps", ss, cs, len(ts))
+		return nil, fmt.Errorf("ckptrun: unet: sample %v, encoder_hidden_states %v, %d timesteps", ss, cs, len(ts))
 	}
 	b := ss[0]
 	if rows == nil {
 		rows = make([][]pipeline.LoRA, b)
 	}
 	if len(rows) != b {
-		return nil, fmt.Errorf("lorarun: unet: %d LoRA rows for batch %d", len(rows), b)
+		return nil, fmt.Errorf("ckptrun: unet: %d LoRA rows for batch %d", len(rows), b)
 	}
 	t := make([]float32, b)
 	for i := range t {
@@ -342,26 +345,45 @@ func (u *UNet) PredictLoRA(ctx context.Context, sample *tensor.Dense, ts []float
 }
 
 // CheckLoRA reports whether the LoRA named name can be applied.
-func (u *UNet) CheckLoRA(name string) error { return u.r.lib.Check(name) }
+func (u *UNet) CheckLoRA(name string) error {
+	if u.r.lib == nil {
+		return fmt.Errorf("ckptrun: LoRA %q: the model was opened without a LoRA folder", name)
+	}
+	return u.r.lib.Check(name)
+}
 
 // Close frees the session.
 func (u *UNet) Close() error { return u.r.s.Close() }
 
-// TextEncoder is a branched text-encoder graph (input_ids int32 →
-// last_hidden_state).
+// TextEncoder is a text-encoder graph built by ckpt (input_ids int32 →
+// last_hidden_state), with LoRA branches and the extra-token input for
+// textual-inversion embeddings when it has them.
 type TextEncoder struct {
 	r      *runner
 	hidden int
+	extra  *ort.Tensor // the embeddings' table, or nil
 }
 
-// OpenTextEncoder opens the branched text encoder at path of hidden size
-// hidden, with LoRAs from lib.
-func OpenTextEncoder(ctx context.Context, path string, c ckpt.Component, hidden int, lib *Library, o ort.Options) (*TextEncoder, error) {
-	r, err := openRunner(ctx, path, c, []string{"input_ids"}, "last_hidden_state", lib, o)
+// OpenTextEncoder opens the text encoder at path of hidden size hidden,
+// with LoRAs from lib (nil for none) and the vectors of emb (nil for none;
+// the graph must then have been built with ExtraTokens).
+func OpenTextEncoder(ctx context.Context, path string, c ckpt.Component, hidden int, lib *Library, emb *Embeddings, o ort.Options) (*TextEncoder, error) {
+	r, err := openRunner(ctx, path, c, []string{"input_ids"}, []string{ckpt.ExtraTokensInput}, "last_hidden_state", lib, o)
 	if err != nil {
 		return nil, err
 	}
-	return &TextEncoder{r: r, hidden: hidden}, nil
+	e := &TextEncoder{r: r, hidden: hidden}
+	if _, ok := r.fixed[ckpt.ExtraTokensInput]; ok {
+		if emb == nil {
+			emb = &Embeddings{}
+		}
+		t, k := emb.Table(hidden)
+		e.extra = &ort.Tensor{Shape: []int64{k, int64(hidden)}, Data: t}
+	} else if emb != nil && emb.total > 0 {
+		r.s.Close()
+		return nil, fmt.Errorf("ckptrun: %s has no %s input for textual-inversion embeddings", path, ckpt.ExtraTokensInput)
+	}
+	return e, nil
 }
 
 // Encode runs the encoder without LoRAs.
@@ -372,7 +394,7 @@ func (e *TextEncoder) Encode(ctx context.Context, ids []int32, batch int) (*tens
 // EncodeLoRA runs the encoder with loras on every row.
 func (e *TextEncoder) EncodeLoRA(ctx context.Context, ids []int32, batch int, loras []pipeline.LoRA) (*tensor.Dense, error) {
 	if batch <= 0 || len(ids) == 0 || len(ids)%batch != 0 {
-		return nil, fmt.Errorf("lorarun: text encoder: %d ids for batch %d", len(ids), batch)
+		return nil, fmt.Errorf("ckptrun: text encoder: %d ids for batch %d", len(ids), batch)
 	}
 	seq := len(ids) / batch
 	rows := make([][]pipeline.LoRA, batch)
@@ -380,7 +402,11 @@ func (e *TextEncoder) EncodeLoRA(ctx context.Context, ids []int32, batch int, lo
 		rows[i] = loras
 	}
 	out := []ort.Tensor{{Shape: []int64{int64(batch), int64(seq), int64(e.hidden)}}}
-	if err := e.r.run(ctx, map[string]ort.Tensor{"input_ids": {Shape: []int64{int64(batch), int64(seq)}, Data: ids}}, rows, out); err != nil {
+	fixed := map[string]ort.Tensor{"input_ids": {Shape: []int64{int64(batch), int64(seq)}, Data: ids}}
+	if e.extra != nil {
+		fixed[ckpt.ExtraTokensInput] = *e.extra
+	}
+	if err := e.r.run(ctx, fixed, rows, out); err != nil {
 		return nil, err
 	}
 	return tensor.New(tensor.WithShape(batch, seq, e.hidden), tensor.WithBacking(out[0].Data.([]float32))), nil
