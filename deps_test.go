@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"internal/safetensors": {},
 	"internal/torchfile":   {"internal/safetensors"},
 	"internal/ckpt":        {"internal/safetensors", "internal/torchfile", "internal/modelgen", "internal/onnxpb"},
+	"internal/modellib":    {},
 	"internal/ckptrun":     {"internal/ckpt", "internal/ort", "pipeline", "tokenizer"},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer"},

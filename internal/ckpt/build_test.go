@@ -1,6 +1,7 @@
 package ckpt
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/safetensors"
 	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/textenc"
@@ -137,5 +139,64 @@ func TestFindTokenizer(t *testing.T) {
 	}
 	if _, err := FindTokenizer(ck, BuildOptions{TokenizerDir: dir}); err == nil {
 		t.Error("a folder without the files was accepted")
+	}
+}
+
+// TestBuildSeparateVAE replaces the checkpoint's VAE with a separate VAE
+// file (original layout, no prefix) whose decoder.conv_out.bias is 0.5
+// larger: the built decoder's output moves by exactly 0.5, and the graphs
+// reference the VAE file.
+func TestBuildSeparateVAE(t *testing.T) {
+	testenv.RequireORT(t)
+	f := openTiny(t, "tiny-sd.safetensors")
+	var ws []safetensors.WriteTensor
+	for _, x := range f.Tensors {
+		name, ok := strings.CutPrefix(x.Name, "first_stage_model.")
+		if !ok {
+			continue
+		}
+		v, err := f.Float32s(x.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "decoder.conv_out.bias" {
+			for i := range v {
+				v[i] += 0.5
+			}
+		}
+		ws = append(ws, safetensors.WriteTensor{Name: name, DType: safetensors.F32, Shape: x.Shape, Data: safetensors.FromFloat32(safetensors.F32, v)})
+	}
+	vaePath := filepath.Join(t.TempDir(), "my-vae.safetensors")
+	if err := safetensors.WriteFile(vaePath, ws, nil); err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	base := tinyBuild(t, "tiny-sd.safetensors", BuildOptions{CacheDir: cache})
+	withVAE := tinyBuild(t, "tiny-sd.safetensors", BuildOptions{CacheDir: cache, VAE: vaePath})
+	if base.Dir == withVAE.Dir {
+		t.Fatal("the VAE file is not part of the cache key")
+	}
+	if _, err := os.Stat(filepath.Join(withVAE.Dir, "vae_decoder", "my-vae.safetensors")); err != nil {
+		t.Errorf("the VAE file is not linked into vae_decoder/: %v", err)
+	}
+	ref := testenv.LoadTinyReference(t)
+	decode := func(dir string) []float32 {
+		s, ins := openSession(t, dir, "vae_decoder")
+		out := []ort.Tensor{{Shape: []int64{1, 3, 64, 64}}}
+		if err := s.Run(t.Context(), feed(t, ins, map[string]ort.Tensor{"latent_sample": {Shape: []int64{1, 4, 8, 8}, Data: ref.ORT.VAEDecoderInput}}, nil), out); err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Data.([]float32)
+	}
+	a, b := decode(base.Dir), decode(withVAE.Dir)
+	var worst float64
+	for i := range a {
+		worst = max(worst, math.Abs(float64(b[i]-a[i])-0.5))
+	}
+	if worst > 1e-5 {
+		t.Errorf("decoder outputs differ by 0.5 ± %g", worst)
+	}
+	if d := testenv.MaxAbsDiff(a, ref.ORT.VAEDecoderOutput); d > 1e-4 {
+		t.Errorf("base decoder differs from diffusers' by %g", d)
 	}
 }
