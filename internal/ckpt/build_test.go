@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
@@ -198,5 +199,76 @@ func TestBuildSeparateVAE(t *testing.T) {
 	}
 	if d := testenv.MaxAbsDiff(a, ref.ORT.VAEDecoderOutput); d > 1e-4 {
 		t.Errorf("base decoder differs from diffusers' by %g", d)
+	}
+}
+
+// TestWriteOriginal writes a random-weight checkpoint of the tiny
+// architecture in the original layout and the model folder modelgen.Write
+// makes with the same seed: the graphs built from the checkpoint compute
+// what the folder's do (UNet, text encoder, VAE decoder).
+func TestWriteOriginal(t *testing.T) {
+	testenv.RequireORT(t)
+	f := openTiny(t, "tiny-sd.safetensors")
+	a, err := Detect(f.Tensors, tinyConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ModelConfig(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "random.safetensors")
+	if err := WriteOriginal(path, a, cfg, 7, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	g, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if got, want := len(g.Tensors), len(OriginalLayout(a, safetensors.F32, true)); got != want || got != 568+15 {
+		t.Errorf("%d tensors, want %d (568 + 15 extras)", got, want)
+	}
+	if v, _ := g.Float32s("alphas_cumprod"); len(v) != 1000 || math.Abs(float64(v[999])-0.0046) > 1e-4 {
+		t.Errorf("alphas_cumprod[999] = %v", v[len(v)-1])
+	}
+	folder := filepath.Join(dir, "folder")
+	if err := modelgen.Write(folder, cfg, modelgen.Options{Seed: 7}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: tinyConfig, TokenizerDir: filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := testenv.LoadTinyReference(t)
+	step := ref.ORT.Steps[5]
+	for _, tc := range []struct {
+		component string
+		in        map[string]ort.Tensor
+		out       []int64
+	}{
+		{"unet", map[string]ort.Tensor{
+			"sample":                {Shape: []int64{1, 4, 8, 8}, Data: step.SampleInput[:256]},
+			"timestep":              {Shape: []int64{1}, Data: step.TimestepInput[:1]},
+			"encoder_hidden_states": {Shape: []int64{1, 77, 32}, Data: ref.ORT.TextEncoderCalls[0].LastHiddenState},
+		}, []int64{1, 4, 8, 8}},
+		{"text_encoder", map[string]ort.Tensor{"input_ids": {Shape: []int64{1, 77}, Data: ref.ORT.TextEncoderCalls[0].InputIDs}}, []int64{1, 77, 32}},
+		{"vae_decoder", map[string]ort.Tensor{"latent_sample": {Shape: []int64{1, 4, 8, 8}, Data: ref.ORT.VAEDecoderInput}}, []int64{1, 3, 64, 64}},
+	} {
+		var outs [2][]float32
+		for i, d := range []string{b.Dir, folder} {
+			s, ins := openSession(t, d, tc.component)
+			o := []ort.Tensor{{Shape: tc.out}}
+			if err := s.Run(t.Context(), feed(t, ins, tc.in, nil), o); err != nil {
+				t.Fatal(err)
+			}
+			outs[i] = o[0].Data.([]float32)
+		}
+		if d := testenv.MaxAbsDiff(outs[0], outs[1]); d > 1e-5 {
+			t.Errorf("%s: the checkpoint's graph differs from modelgen's folder by %g", tc.component, d)
+		} else {
+			t.Logf("%s: max |Δ| %.2g", tc.component, d)
+		}
 	}
 }
