@@ -350,24 +350,33 @@ func TestDenoiseLoopStaysFinite(t *testing.T) {
 
 // TestFP16MatchesFP32 checks that the float16 variant computes the same
 // function as the float32 one (same seed: its weights are the float32 ones
-// rounded), within half-precision error.
+// rounded), within half-precision error, for SD 1.x and for SD 2.x, whose
+// upcast_attention computes the attention scores in float32 (both
+// attention forms).
 func TestFP16MatchesFP32(t *testing.T) {
 	testenv.RequireORT(t)
-	cfg := Tiny()
-	f32, f16 := t.TempDir(), t.TempDir()
-	if err := Write(f32, cfg, Options{Seed: 4}); err != nil {
-		t.Fatal(err)
-	}
-	if err := Write(f16, cfg, Options{Seed: 4, FP16: true}); err != nil {
-		t.Fatal(err)
-	}
-	sample := gauss(8, 2*4*16*16)
-	ehs := gauss(9, 2*7*32)
-	a := runUNet(t, openComponent(t, f32, UNetDir), sample, 301, ehs, 2, 16, 7, 32)
-	b := runUNet(t, openComponent(t, f16, UNetDir), sample, 301, ehs, 2, 16, 7, 32)
-	const tol = 0.05 // unit-scale outputs through ~40 layers of float16
-	if d := maxAbsDiff(a, b); d > tol || d == 0 {
-		t.Errorf("unet: float16 and float32 differ by %.3g (want (0, %g])", d, tol)
+	for _, tc := range []struct {
+		cfg  Config
+		form AttentionForm
+	}{{Tiny(), Efficient}, {TinySD2(), Efficient}, {TinySD2(), Baddbmm}} {
+		t.Run(tc.cfg.Name+"/"+tc.form.String(), func(t *testing.T) {
+			f32, f16 := t.TempDir(), t.TempDir()
+			if err := Write(f32, tc.cfg, Options{Seed: 4, Attention: tc.form}); err != nil {
+				t.Fatal(err)
+			}
+			if err := Write(f16, tc.cfg, Options{Seed: 4, FP16: true, Attention: tc.form}); err != nil {
+				t.Fatal(err)
+			}
+			cross := int64(tc.cfg.crossDim())
+			sample := gauss(8, 2*4*16*16)
+			ehs := gauss(9, int(2*7*cross))
+			a := runUNet(t, openComponent(t, f32, UNetDir), sample, 301, ehs, 2, 16, 7, cross)
+			b := runUNet(t, openComponent(t, f16, UNetDir), sample, 301, ehs, 2, 16, 7, cross)
+			const tol = 0.05 // unit-scale outputs through ~40 layers of float16
+			if d := maxAbsDiff(a, b); d > tol || d == 0 {
+				t.Errorf("unet: float16 and float32 differ by %.3g (want (0, %g])", d, tol)
+			}
+		})
 	}
 }
 
