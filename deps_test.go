@@ -29,7 +29,7 @@ var allowed = map[string][]string{
 	"internal/torchfile":   {"internal/safetensors"},
 	"internal/ckpt":        {"internal/safetensors", "internal/torchfile", "internal/modelgen", "internal/onnxpb"},
 	"internal/modellib":    {},
-	"internal/ckptrun":     {"internal/ckpt", "internal/ort", "pipeline", "tokenizer"},
+	"internal/ckptrun":     {"internal/ckpt", "internal/ort", "pipeline", "tokenizer", "scheduler", "vae"},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer"},
 	"internal/rewrite":     {"internal/onnxpb", "internal/ort"},

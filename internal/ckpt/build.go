@@ -77,6 +77,9 @@ type Built struct {
 	Copied bool
 	// Skipped lists LoRA keys skipped (SkipUnknownLoRAKeys).
 	Skipped []string
+	// Targets are the model's layers by kohya LoRA name (for LoRAs applied
+	// per request).
+	Targets Targets
 }
 
 // ModelConfig returns the modelgen configuration of architecture a.
@@ -184,9 +187,9 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Built{Arch: a, Config: cfg}
-	var applied []Applied
 	targets := m.LoRATargets()
+	b := &Built{Arch: a, Config: cfg, Targets: targets}
+	var applied []Applied
 	for _, ls := range opt.LoRAs {
 		l, err := LoadLoRA(ls.Path, targets, opt.SkipUnknownLoRAKeys)
 		if err != nil {

@@ -23,6 +23,8 @@ import (
 	"github.com/sdpipe/sdpipe/internal/ckpt"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/vae"
 	"gorgonia.org/tensor"
 )
 
@@ -420,3 +422,98 @@ var (
 	_ pipeline.LoRADenoiser = (*UNet)(nil)
 	_ pipeline.LoRAEncoder  = (*TextEncoder)(nil)
 )
+
+// Options configure Open.
+type Options struct {
+	// LoRADir is the folder of LoRAs requests may name ("" for none).
+	LoRADir             string
+	SkipUnknownLoRAKeys bool
+	// EmbeddingsDir is the folder of textual-inversion embeddings prompts
+	// may name ("" for none).
+	EmbeddingsDir string
+	// ORT gives the session options of a component ("text_encoder",
+	// "unet", "vae_decoder", "vae_encoder"); nil means the defaults.
+	ORT func(component string) ort.Options
+}
+
+// Components are the models of a folder built by ckpt.Build with
+// LoRABranches and ExtraTokens, ready for the pipeline. The caller must
+// Close them.
+type Components struct {
+	pipeline.Components
+	LoRAs      *Library    // nil without Options.LoRADir
+	Embeddings *Embeddings // empty without Options.EmbeddingsDir
+	closers    []func() error
+}
+
+// Close closes every session. It is idempotent.
+func (c *Components) Close() error {
+	var errs []error
+	for _, f := range c.closers {
+		errs = append(errs, f())
+	}
+	c.closers = nil
+	return errors.Join(errs...)
+}
+
+// Open opens the folder of b (built with LoRABranches and ExtraTokens for
+// SD 1.x or 2.x) with the LoRAs and embeddings of o.
+func Open(ctx context.Context, b *ckpt.Built, o Options) (_ *Components, err error) {
+	if len(b.Arch.Text) != 1 {
+		return nil, fmt.Errorf("ckptrun: %s models are not supported yet (one text encoder only)", b.Arch.Family)
+	}
+	opts := func(c string) ort.Options {
+		if o.ORT == nil {
+			return ort.Options{}
+		}
+		return o.ORT(c)
+	}
+	c := &Components{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.Close())
+		}
+	}()
+	if o.LoRADir != "" {
+		if c.LoRAs, err = NewLibrary(o.LoRADir, b.Targets, o.SkipUnknownLoRAKeys); err != nil {
+			return nil, err
+		}
+	}
+	t := b.Arch.Text[0]
+	if c.Embeddings, err = LoadEmbeddings(o.EmbeddingsDir, t.Vocab, []int{t.Hidden}); err != nil {
+		return nil, err
+	}
+	path := func(d string) string { return filepath.Join(b.Dir, d, "model.onnx") }
+	tok, err := NewTokenizer(filepath.Join(b.Dir, "tokenizer"), c.Embeddings)
+	if err != nil {
+		return nil, err
+	}
+	te, err := OpenTextEncoder(ctx, path("text_encoder"), ckpt.TextEncoder, t.Hidden, c.LoRAs, c.Embeddings, opts("text_encoder"))
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, te.Close)
+	un, err := OpenUNet(ctx, path("unet"), c.LoRAs, opts("unet"))
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, un.Close)
+	dec, err := vae.OpenDecoder(ctx, path("vae_decoder"), opts("vae_decoder"))
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, dec.Close)
+	enc, err := vae.OpenEncoder(ctx, path("vae_encoder"), opts("vae_encoder"))
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, enc.Close)
+	sc, err := scheduler.LoadConfig(filepath.Join(b.Dir, "scheduler", "scheduler_config.json"))
+	if err != nil {
+		return nil, err
+	}
+	c.Components = pipeline.Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
+		Scheduler: sc, ScalingFactor: b.Arch.VAE.ScalingFactor, LatentChannels: b.Arch.VAE.LatentChannels,
+		UNetTimestepPerItem: true}
+	return c, nil
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +15,6 @@ import (
 	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/scheduler"
-	"github.com/sdpipe/sdpipe/tokenizer"
-	"github.com/sdpipe/sdpipe/vae"
 )
 
 type setup struct {
@@ -36,16 +34,8 @@ func open(t *testing.T) setup {
 		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
 		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
 		LoRABranches: true,
+		ExtraTokens:  true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ckpt.Open(ckptPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	m, err := ckpt.Convert(f.Tensors, b.Arch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,35 +43,15 @@ func open(t *testing.T) setup {
 	if err := os.Symlink(filepath.Join(shared, "reference", "tiny-lora", "tiny-lora.safetensors"), filepath.Join(dir, "tiny-lora.safetensors")); err != nil {
 		t.Fatal(err)
 	}
-	lib, err := NewLibrary(dir, m.LoRATargets(), false)
+	c, err := Open(t.Context(), b, Options{LoRADir: dir, ORT: func(string) ort.Options { return ort.Options{IntraOpThreads: 1} }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := ort.Options{IntraOpThreads: 1}
-	un, err := OpenUNet(t.Context(), filepath.Join(b.Dir, "unet", "model.onnx"), lib, o)
-	if err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { c.Close() })
+	if !slices.Equal(c.LoRAs.Names(), []string{"tiny-lora"}) {
+		t.Errorf("LoRA names %v", c.LoRAs.Names())
 	}
-	t.Cleanup(func() { un.Close() })
-	te, err := OpenTextEncoder(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ckpt.TextEncoder, 32, lib, nil, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { te.Close() })
-	tok, err := tokenizer.Load(filepath.Join(b.Dir, "tokenizer"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec, err := vae.OpenDecoder(t.Context(), filepath.Join(b.Dir, "vae_decoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dec.Close() })
-	sc, err := scheduler.LoadConfig(filepath.Join(b.Dir, "scheduler", "scheduler_config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return setup{comps: pipeline.Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, Scheduler: sc, UNetTimestepPerItem: true}, loraIn: dir}
+	return setup{comps: c.Components, loraIn: dir}
 }
 
 // loraReference reads tiny-lora/reference-m<mult>.json.
