@@ -489,6 +489,12 @@ type Options struct {
 	// Batch fixes the batch dimension of every input and output; zero keeps
 	// it symbolic.
 	Batch int
+	// ChannelsDim writes the channel dimension of the UNet's sample and of
+	// the VAE decoder's and encoder's inputs as the symbolic "channels", as
+	// diffusers' legacy exporter does (a loader then has to learn a 9-channel
+	// inpainting UNet from elsewhere, e.g. conv_in's weight or
+	// unet/config.json). By default it is the fixed size.
+	ChannelsDim bool
 	// Attention is the attention form of the UNet and VAE.
 	Attention AttentionForm
 	// Source supplies the weights; nil means RandomSource{Seed: Seed,
@@ -538,6 +544,14 @@ func (o Options) dim(name string) any {
 		return "width_latent"
 	}
 	return name
+}
+
+// channels returns the channel dimension of an input with n channels.
+func (o Options) channels(n int) any {
+	if o.ChannelsDim {
+		return "channels"
+	}
+	return n
 }
 
 // source returns the Source the options select.

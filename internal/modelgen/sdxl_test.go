@@ -2,6 +2,7 @@ package modelgen
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -216,9 +217,25 @@ func onnxStateDict(t *testing.T, path string) map[string]*onnxpb.Tensor {
 	}
 	inits := map[string]*onnxpb.Tensor{}
 	for _, in := range m.Graph.Initializer {
-		if in.DataType == onnxpb.Float {
-			inits[in.Name] = in
+		if in.DataType != onnxpb.Float {
+			continue
 		}
+		if loc, off, n, ok := in.ExternalRange(); ok { // the legacy UNet's weights.pb
+			f, err := os.Open(filepath.Join(filepath.Dir(path), loc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := make([]byte, n)
+			_, err = f.ReadAt(raw, off)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := *in
+			c.DataLocation, c.ExternalData, c.RawData = onnxpb.LocationDefault, nil, raw
+			in = &c
+		}
+		inits[in.Name] = in
 	}
 	for _, n := range m.Graph.Nodes {
 		if n.OpType == "Identity" && inits[n.Input[0]] != nil {
@@ -466,6 +483,87 @@ func TestParitySDXL(t *testing.T) {
 	par := run(t, openModel(t, VAEEncoderDir, enc, ""), []ort.Tensor{{Shape: []int64{1, 3, 64, 64}, Data: x}}, []int64{1, 8, 8, 8})
 	check("vae encoder latent_parameters", par[0], ref.VAEEncoderCheck.Params)
 	t.Logf("largest difference to diffusers' PyTorch outputs: %.3g", worst)
+}
+
+// TestParityInpaint builds the 9-channel UNet of
+// ../shared/reference/tiny-inpaint (legacy layout, channels dim symbolic as
+// diffusers' exporter writes it) from its diffusers config and the weights
+// of its ONNX export, checks the signature against onnx_signatures.json,
+// and reproduces every UNet call of diffusers' PyTorch inpainting run
+// (latents ‖ mask ‖ masked-image latents). Its text encoder and VAE are
+// tiny-onnx-sd's, checked by TestParitySD1.
+func TestParityInpaint(t *testing.T) {
+	testenv.RequireORT(t)
+	root := filepath.Join(testenv.SharedDir(t), "reference", "tiny-inpaint")
+	var tc struct {
+		Full map[string]json.RawMessage `json:"full_configs"`
+	}
+	readJSON(t, filepath.Join(root, "torch_model_configs.json"), &tc)
+	un, err := ParseUNetConfig(tc.Full["unet"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := ParseTextConfig(tc.Full["text_encoder"], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if un.InChannels != 9 {
+		t.Fatalf("in_channels %d", un.InChannels)
+	}
+	cfg := Config{Name: "tiny-inpaint-reference", Text: text, UNet: un, VAE: TinyInpaint().VAE}
+	opt := Options{Source: MapSource{UNet: onnxStateDict(t, filepath.Join(root, "model", UNetDir, ModelFile))}, ChannelsDim: true}
+	m, err := BuildUNet(cfg, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sigs map[string]refSignature
+	readJSON(t, filepath.Join(root, "onnx_signatures.json"), &sigs)
+	got := append(signatureOf(m.Graph.Input, "in"), signatureOf(m.Graph.Output, "out")...)
+	want := sigs[UNetDir].lines()
+	// The exporter names output dims after torch's nodes
+	// ("Convout_sample_dim_0"): compare outputs by name, dtype and rank.
+	rank := func(l string) string { return l[:strings.Index(l, "[")] + strconv.Itoa(strings.Count(l, ",")) }
+	for i := range want {
+		if i >= len(got) || (strings.HasPrefix(want[i], "in ") && got[i] != want[i]) || rank(got[i]) != rank(want[i]) {
+			t.Errorf("signature (-legacy exporter +generated):\n%s", cmp.Diff(want, got))
+			break
+		}
+	}
+	var ref struct {
+		Results struct {
+			PyTorch struct {
+				TextEncoderCalls []struct {
+					Last []float32 `json:"last_hidden_state"`
+				} `json:"text_encoder_calls"`
+				Steps []struct {
+					Timestep []float32 `json:"unet_timestep_input"`
+					Sample   []float32 `json:"unet_sample_input"`
+					Output   []float32 `json:"unet_output"`
+				} `json:"steps"`
+				SampleShape []int64 `json:"unet_sample_input_shape"`
+				OutputShape []int64 `json:"unet_output_shape"`
+			} `json:"pytorch"`
+		} `json:"results"`
+	}
+	readJSON(t, filepath.Join(root, "reference.json"), &ref)
+	pt := ref.Results.PyTorch
+	ehs := append(append([]float32{}, pt.TextEncoderCalls[1].Last...), pt.TextEncoderCalls[0].Last...) // [uncond; cond]
+	s := openModel(t, UNetDir, m, "")
+	n := pt.SampleShape[0]
+	var worst float64
+	for i, st := range pt.Steps {
+		ts := make([]float32, n)
+		for j := range ts {
+			ts[j] = st.Timestep[0]
+		}
+		out := run(t, s, []ort.Tensor{
+			{Shape: pt.SampleShape, Data: st.Sample},
+			{Shape: []int64{n}, Data: ts},
+			{Shape: []int64{n, 77, int64(text.Hidden)}, Data: ehs},
+		}, pt.OutputShape)
+		worst = math.Max(worst, expectClose(t, fmt.Sprintf("unet step %d", i), out[0], st.Output, parityTol))
+	}
+	t.Logf("%d UNet calls, largest difference to diffusers' PyTorch outputs %.3g", len(pt.Steps), worst)
 }
 
 func toInt32(v []int64) []int32 {

@@ -24,7 +24,7 @@ func BuildUNet(cfg Config, opt Options) (*onnxpb.Model, error) {
 	crossDim := cfg.crossDim()
 	ft := b.Float()
 	batch := opt.batchDim()
-	sample := b.Input("sample", ft, batch, u.InChannels, "height", "width")
+	sample := b.Input("sample", ft, batch, opt.channels(u.InChannels), "height", "width")
 	tsType := opt.Timestep
 	if tsType == onnxpb.Undefined {
 		tsType = ft

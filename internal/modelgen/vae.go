@@ -19,7 +19,7 @@ func BuildVAEDecoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 	ft := b.Float()
 	batch := opt.batchDim()
 	lc := v.LatentChannels
-	z := b.Input("latent_sample", ft, batch, lc, opt.dim("latent_height"), opt.dim("latent_width"))
+	z := b.Input("latent_sample", ft, batch, opt.channels(lc), opt.dim("latent_height"), opt.dim("latent_width"))
 	z = b.conv(z, "post_quant_conv", lc, lc, 1, 1, 0, 1)
 	n := len(v.BlockChannels)
 	top := v.BlockChannels[n-1]
@@ -58,7 +58,7 @@ func BuildVAEEncoder(cfg Config, opt Options) (*onnxpb.Model, error) {
 	ft := b.Float()
 	batch := opt.batchDim()
 	lc := v.LatentChannels
-	x := b.Input("sample", ft, batch, 3, "height", "width")
+	x := b.Input("sample", ft, batch, opt.channels(3), "height", "width")
 	ch0 := v.BlockChannels[0]
 	h := b.conv(x, "encoder.conv_in", 3, ch0, 3, 1, 1, 1)
 	prev := ch0
