@@ -80,29 +80,34 @@ func manifests(dir string) ([]string, error) {
 	return names, err
 }
 
-// readManifest reads the records of one manifest. A torn last line (an
-// interrupted append) is ignored; a bad line elsewhere is an error.
+// readManifest reads the records of one manifest. A line that is not a
+// record (an append torn by a crash, or by a writer that did not hold the
+// lock) is skipped wherever it is: its item has no record, so a resumed
+// run makes it again.
 func readManifest(path string) ([]Record, error) {
+	recs, _, err := scanManifest(path)
+	return recs, err
+}
+
+// scanManifest is readManifest that also returns the numbers of the lines
+// it skipped.
+func scanManifest(path string) (recs []Record, torn []int, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var recs []Record
-	lines := bytes.Split(b, []byte("\n"))
-	for i, line := range lines {
+	for i, line := range bytes.Split(b, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
 		var r Record
-		if err := json.Unmarshal(line, &r); err != nil {
-			if i == len(lines)-1 { // no final newline: torn append
-				break
-			}
-			return recs, fmt.Errorf("grid: %s:%d: %w", path, i+1, err)
+		if err := json.Unmarshal(line, &r); err != nil || r.Key == "" {
+			torn = append(torn, i+1)
+			continue
 		}
 		recs = append(recs, r)
 	}
-	return recs, nil
+	return recs, torn, nil
 }
 
 // readDir reads every manifest in dir; for a key seen twice the newer
@@ -166,8 +171,9 @@ func verify(dir string, r Record) error {
 	return nil
 }
 
-// appender appends records to a manifest, one fsynced line each. It is
-// safe for concurrent use.
+// appender appends records to a manifest, one fsynced line each, written
+// in one O_APPEND write so that no two lines interleave. It is safe for
+// concurrent use; the manifest's lock keeps other processes out.
 type appender struct {
 	mu sync.Mutex
 	f  *os.File
@@ -176,16 +182,13 @@ type appender struct {
 // openAppender opens path for appending, first cutting a torn last line
 // so that the next record starts on a line of its own.
 func openAppender(path string) (*appender, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("grid: manifest: %w", err)
 	}
 	b, err := io.ReadAll(f)
 	if err == nil && len(b) > 0 && b[len(b)-1] != '\n' {
 		err = f.Truncate(int64(bytes.LastIndexByte(b, '\n') + 1))
-	}
-	if err == nil {
-		_, err = f.Seek(0, io.SeekEnd)
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("grid: manifest: %w", err), f.Close())

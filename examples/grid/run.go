@@ -101,9 +101,27 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 	log.Info("model hashed", "folder", dir, "sha256", modelHash, "took", time.Since(t0).Round(time.Millisecond))
 
 	all := c.Items()
-	existing, err := readAll(o.Out)
+	sum.Manifest = filepath.Join(o.Out, manifestName(o.Shard))
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return sum, fmt.Errorf("grid: %w", err)
+	}
+	unlock, err := lockManifest(sum.Manifest)
 	if err != nil {
 		return sum, err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	existing, err := readAll(o.Out, log)
+	if err != nil {
+		return sum, err
+	}
+	var mine []Item
+	for _, it := range all {
+		if o.Shard.Has(it.Index) {
+			mine = append(mine, it)
+		}
+	}
+	if n := cleanTemps(o.Out, mine); n > 0 {
+		log.Info("removed the temporary files of an interrupted run", "files", n)
 	}
 	var todo []Item
 	for _, it := range all {
@@ -117,15 +135,11 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 		}
 		todo = append(todo, it)
 	}
-	sum.Manifest = filepath.Join(o.Out, manifestName(o.Shard))
 	log.Info("grid", "items", len(all), "shard", o.Shard.String(), "in shard", sum.Items, "done", sum.Skipped, "to do", len(todo))
 	if len(todo) == 0 {
 		return sum, nil
 	}
 
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return sum, fmt.Errorf("grid: %w", err)
-	}
 	m, err := sd.Open(ctx, dir, openOpts...)
 	if err != nil {
 		return sum, err
@@ -143,6 +157,9 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 		conc = 4
 	}
 	sem := make(chan struct{}, conc)
+	// a full file system stops the run: every image left would fail too
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex // guards sum's counters, errs and OnRecord calls
@@ -156,12 +173,15 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 			errs = append(errs, fmt.Errorf("grid: item %d (%s): %w", it.Index, it.Prompt, err))
 		}
 		log.Error("item failed", "index", it.Index, "prompt", it.Prompt, "err", err)
+		if isNoSpace(err) {
+			stop(fmt.Errorf("grid: %w: stopped after %d new images (the finished ones are kept); free some space and run again to resume", err, sum.Generated))
+		}
 	}
 	finish := func(it Item, res *pipeline.Result) error {
 		r := record(&c, it, res, len(all), dir, modelHash, lib, o.Shard)
 		r.Params = itemParams(&c, it, modelHash).digest()
 		h := sha256.New()
-		err := writeFileAtomic(filepath.Join(o.Out, filepath.FromSlash(it.File)), func(w io.Writer) error {
+		err := writeImage(filepath.Join(o.Out, filepath.FromSlash(it.File)), func(w io.Writer) error {
 			return pipeline.EncodePNG(io.MultiWriter(w, h), res.Images[0], res.Infotexts[0])
 		})
 		if err != nil {
@@ -216,7 +236,7 @@ loop:
 		})
 	}
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	if err := context.Cause(ctx); err != nil {
 		return sum, err
 	}
 	if len(errs) > 0 {
@@ -236,17 +256,23 @@ func done(out string, recs []Record, digest string) bool {
 	return false
 }
 
+// writeImage writes an image file; tests replace it to fill the disk.
+var writeImage = writeFileAtomic
+
 // readAll reads every manifest in dir, keeping all records of each key.
-func readAll(dir string) (map[string][]Record, error) {
+func readAll(dir string, log *slog.Logger) (map[string][]Record, error) {
 	names, err := manifests(dir)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string][]Record{}
 	for _, name := range names {
-		recs, err := readManifest(name)
+		recs, torn, err := scanManifest(name)
 		if err != nil {
 			return nil, err
+		}
+		if len(torn) > 0 {
+			log.Warn("manifest lines that are not records were skipped: their items are made again", "manifest", name, "lines", torn)
 		}
 		for _, r := range recs {
 			out[r.Key] = append(out[r.Key], r)
