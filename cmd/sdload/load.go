@@ -80,8 +80,8 @@ func (r *LoadReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sent %d in %.2fs: %d ok, %d rejected (429), %d failed; %.2f req/s\n",
 		r.Sent, r.Elapsed.Seconds(), r.OK, r.Rejected, r.Failed, r.Throughput())
-	fmt.Fprintf(&b, "latency p50 %v, p90 %v, p99 %v, max %v\n",
-		r.Percentile(50).Round(time.Millisecond), r.Percentile(90).Round(time.Millisecond),
+	fmt.Fprintf(&b, "latency p50 %v, p90 %v, p95 %v, p99 %v, max %v\n",
+		r.Percentile(50).Round(time.Millisecond), r.Percentile(90).Round(time.Millisecond), r.Percentile(95).Round(time.Millisecond),
 		r.Percentile(99).Round(time.Millisecond), r.Percentile(100).Round(time.Millisecond))
 	if len(r.Replicas) > 0 {
 		fmt.Fprintf(&b, "replicas %v\n", r.Replicas)
