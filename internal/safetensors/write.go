@@ -97,7 +97,7 @@ func Write(w io.Writer, tensors []WriteTensor, metadata map[string]string) error
 }
 
 // WriteFile writes a safetensors file at path atomically (a temporary file
-// in the same folder, renamed into place).
+// in the same folder, renamed into place), readable by all (mode 0644).
 func WriteFile(path string, tensors []WriteTensor, metadata map[string]string) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -109,6 +109,9 @@ func WriteFile(path string, tensors []WriteTensor, metadata map[string]string) (
 			os.Remove(f.Name())
 		}
 	}()
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("safetensors: %w", err)
+	}
 	if err := Write(f, tensors, metadata); err != nil {
 		return err
 	}
