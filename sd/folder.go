@@ -79,6 +79,16 @@ func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error
 	if err != nil {
 		return nil, err
 	}
+	if path, isCkpt, err := checkpointPath(dir); err != nil || isCkpt { // checkpoint.go
+		if err != nil {
+			return nil, err
+		}
+		plain := *cfg // per-request LoRAs and embeddings need Open
+		plain.ckpt.loraDir, plain.ckpt.embeddings = "", ""
+		if dir, _, err = openCheckpoint(ctx, path, &plain); err != nil {
+			return nil, err
+		}
+	}
 	return openFolder(ctx, dir, cfg)
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
@@ -160,6 +159,7 @@ func (c *config) applyMode() {
 // concurrent use; the caller must Close it.
 type Model struct {
 	f    *Folder
+	rt   interface{ Close() error } // a checkpoint's runtime components instead of f (checkpoint.go)
 	p    *pipeline.Pipeline
 	once sync.Once
 	err  error
@@ -173,6 +173,10 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 		return nil, err
 	}
 	cfg.applyMode()
+	dir, name, m, err := resolveModel(ctx, dir, cfg) // single-file checkpoints (checkpoint.go)
+	if m != nil || err != nil {
+		return m, err
+	}
 	f, err := openFolder(ctx, dir, cfg)
 	if err != nil {
 		return nil, err
@@ -193,7 +197,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 		ScalingFactor:       f.ScalingFactor,
 		LatentChannels:      f.UNet.OutChannels(),
 		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
-		ModelName:           filepath.Base(filepath.Clean(dir)),
+		ModelName:           name,
 	}
 	if f.VAEEncoder != nil {
 		c.VAEEncoder = f.VAEEncoder
@@ -205,7 +209,9 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	return &Model{f: f, p: p}, nil
 }
 
-// Folder returns the opened folder and its models.
+// Folder returns the opened folder and its models. For a single-file
+// checkpoint opened with WithLoRADir or WithEmbeddingsDir, the folder's
+// models are nil: other sessions run it.
 func (m *Model) Folder() *Folder { return m.f }
 
 // Pipeline returns the running engine.
@@ -227,7 +233,12 @@ func (m *Model) Metrics() Metrics { return m.p.Metrics() }
 // Close cancels the requests in flight, stops the engine, then closes the
 // models. It is idempotent.
 func (m *Model) Close() error {
-	m.once.Do(func() { m.err = errors.Join(m.p.Close(), m.f.Close()) })
+	m.once.Do(func() {
+		m.err = errors.Join(m.p.Close(), m.f.Close())
+		if m.rt != nil {
+			m.err = errors.Join(m.err, m.rt.Close())
+		}
+	})
 	return m.err
 }
 

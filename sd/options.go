@@ -108,7 +108,8 @@ type config struct {
 	skipVAEEncoder bool
 	noSpin         bool
 	logger         *slog.Logger
-	perf           perfConfig // rewrites and warm-up (perf.go)
+	perf           perfConfig       // rewrites and warm-up (perf.go)
+	ckpt           checkpointConfig // single-file checkpoints (checkpoint.go)
 }
 
 func (c *config) comp(k Component) *placement {

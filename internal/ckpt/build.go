@@ -35,8 +35,13 @@ type BuildOptions struct {
 	// CacheDir is the folder that holds built models, one sub-folder per
 	// checkpoint content and options; "" means <cachedir.Dir()>/checkpoints.
 	CacheDir string
-	// Config overrides the hyper-parameters the tensors cannot tell.
+	// Config overrides the hyper-parameters the tensors cannot tell; nil
+	// means the config files beside the checkpoint, if any (ReadConfigDir
+	// of its folder), else the family defaults.
 	Config *Config
+	// Prediction, when set, overrides the prediction type ("epsilon" or
+	// "v_prediction") whatever Config says.
+	Prediction string
 	// TokenizerDir holds the CLIP tokenizer's vocab.json and merges.txt;
 	// "" means the checkpoint's folder's tokenizer/ sub-folder, then
 	// <CacheDir>/../tokenizer (see FindTokenizer).
@@ -160,7 +165,21 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 		return nil, err
 	}
 	defer f.Close()
-	a, err := Detect(f.Tensors, opt.Config)
+	conf := opt.Config
+	if conf == nil {
+		if conf, err = ReadConfigDir(filepath.Dir(path)); err != nil {
+			return nil, err
+		}
+	}
+	if opt.Prediction != "" {
+		c := Config{}
+		if conf != nil {
+			c = *conf
+		}
+		c.Prediction = opt.Prediction
+		conf = &c
+	}
+	a, err := Detect(f.Tensors, conf)
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s)", err, path)
 	}
@@ -389,6 +408,11 @@ func FileSHA256(path string) (string, error) {
 // is on another file system (copied reports it). Later components link to
 // the first component's copy.
 func linkInto(dir, file string, first string) (loc string, copied bool, err error) {
+	// A hard link to a symbolic link would be a symbolic link, which ONNX
+	// Runtime refuses to follow out of the folder: link the file itself.
+	if file, err = filepath.EvalSymlinks(file); err != nil {
+		return "", false, fmt.Errorf("ckpt: %w", err)
+	}
 	loc, err = onnxpb.LinkFile(dir, file)
 	if err == nil {
 		return loc, false, nil

@@ -443,6 +443,7 @@ type Components struct {
 	pipeline.Components
 	LoRAs      *Library    // nil without Options.LoRADir
 	Embeddings *Embeddings // empty without Options.EmbeddingsDir
+	ImageSize  int         // the image side the model was trained for
 	closers    []func() error
 }
 
@@ -512,6 +513,7 @@ func Open(ctx context.Context, b *ckpt.Built, o Options) (_ *Components, err err
 	if err != nil {
 		return nil, err
 	}
+	c.ImageSize = b.Arch.ImageSize
 	c.Components = pipeline.Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
 		Scheduler: sc, ScalingFactor: b.Arch.VAE.ScalingFactor, LatentChannels: b.Arch.VAE.LatentChannels,
 		UNetTimestepPerItem: true}
