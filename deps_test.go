@@ -40,7 +40,7 @@ var allowed = map[string][]string{
 	"vae":                  {"internal/ort"},
 	"pipeline":             {"tokenizer", "scheduler", "rng"},
 	"models":               {"internal/cachedir"},
-	"sd":                   {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "internal/rewrite", "textenc", "unet", "vae", "pipeline"},
+	"sd":                   {"tokenizer", "scheduler", "rng", "internal/ort", "internal/onnxpb", "internal/rewrite", "textenc", "unet", "vae", "pipeline", "internal/ckpt", "internal/ckptrun"},
 	// server is the HTTP service library; pipeline and scheduler go once sd
 	// owns the vocabulary it needs (#17)
 	"server": {"sd", "pipeline", "scheduler"},
