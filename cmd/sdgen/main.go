@@ -16,7 +16,7 @@
 // encoder), -ids2 int32|int64 (SDXL's text_encoder_2), -hidden-states,
 // -timestep float32|float16|int64, -timestep-shape batch|one|scalar, -fp16,
 // -latent-parameters, -external weights.pb|model.onnx_data, -batch N,
-// -attention efficient|baddbmm, -seed N.
+// -channels-dim, -attention efficient|baddbmm, -seed N.
 package main
 
 import (
@@ -57,6 +57,7 @@ func run(args []string, stdout io.Writer) error {
 		latParams = fs.Bool("latent-parameters", false, "VAE encoder outputs latent_parameters (mean ‖ logvar) instead of latent_sample (always in the optimum layout)")
 		external  = fs.String("external", "", "external data file name (default weights.pb for the legacy UNet; model.onnx_data, only for components over 2 GB, in the optimum layout; naming one moves SDXL's UNet and text_encoder_2 there)")
 		batch     = fs.Int("batch", 0, "fixed batch size (0 = symbolic)")
+		chanDim   = fs.Bool("channels-dim", false, "write the channel dim of the UNet's sample and the VAEs' inputs as the symbolic \"channels\", as diffusers' legacy exporter does")
 		attention = fs.String("attention", "efficient", "attention form: efficient or baddbmm")
 		seed      = fs.Uint64("seed", 0, "weight seed")
 	)
@@ -70,7 +71,7 @@ func run(args []string, stdout io.Writer) error {
 		fs.Usage()
 		return errors.New("-out or -inspect is required")
 	}
-	opt := modelgen.Options{Seed: *seed, FP16: *fp16, LatentParameters: *latParams, ExternalFile: *external, Batch: *batch, HiddenStates: *hidden}
+	opt := modelgen.Options{Seed: *seed, FP16: *fp16, LatentParameters: *latParams, ExternalFile: *external, Batch: *batch, HiddenStates: *hidden, ChannelsDim: *chanDim}
 	var err error
 	if opt.IDs, err = parseType(*ids, "int32", "int64"); err != nil {
 		return fmt.Errorf("-ids: %w", err)

@@ -43,6 +43,7 @@ func TestFamilies(t *testing.T) {
 			"in  timestep               float32[]", "in  input_ids              int64[batch_size,sequence_length]", "external data model.onnx_data"}},
 		{[]string{"-config", "tiny-lcm"}, []string{"in  timestep_cond          float32[batch_size,16]"}},
 		{[]string{"-config", "tiny-inpaint"}, []string{"in  sample                 float32[batch,9,height,width]"}},
+		{[]string{"-config", "tiny-inpaint", "-channels-dim"}, []string{"in  sample                 float32[batch,channels,height,width]"}},
 		{[]string{"-config", "tiny-sd2", "-hidden-states"}, []string{"out hidden_states.2", "float32[batch,sequence,48]"}},
 		{[]string{"-config", "tiny-taesd"}, []string{"vae_encoder: opset 17", "out latent_sample          float32[batch,4,latent_height,latent_width]"}},
 	} {

@@ -396,7 +396,7 @@ type TimestepShape int
 
 // Timestep shapes seen in real exports.
 const (
-	TimestepBatch  TimestepShape = iota // [batch] (the default)
+	TimestepBatch  TimestepShape = iota // [batch] (the default; optimum names it [steps])
 	TimestepScalar                      // [] (a 0-d tensor)
 	TimestepOne                         // [1], broadcast over the batch
 )

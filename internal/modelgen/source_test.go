@@ -164,6 +164,54 @@ func TestExternalSource(t *testing.T) {
 	}
 }
 
+// TestORTRefusesEscapingLinks records why LinkFile makes hard links: ONNX
+// Runtime 1.29 resolves a symbolic link in the model's folder and refuses
+// external data that lies outside it, while a hard link, or loading the
+// model from bytes with the file's own folder as the external-data folder,
+// works.
+func TestORTRefusesEscapingLinks(t *testing.T) {
+	testenv.RequireORT(t)
+	ckptDir, model := t.TempDir(), t.TempDir()
+	src := newCkptSource(3, onnxpb.Float, "tiny.ckpt")
+	m, err := BuildVAEDecoder(Tiny(), Options{Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpt := filepath.Join(ckptDir, "tiny.ckpt")
+	src.write(t, ckpt)
+	path := filepath.Join(model, ModelFile)
+	if err := onnxpb.WriteFile(path, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(ckpt, filepath.Join(model, "tiny.ckpt")); err != nil {
+		t.Skipf("no symbolic links: %v", err)
+	}
+	ins, outs, err := ort.ReadIO(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ort.Open(t.Context(), path, ins, outs, ort.Options{}); err == nil {
+		s.Close()
+		t.Error("ONNX Runtime accepted a symbolic link leaving the model's folder: LinkFile could use one")
+	} else {
+		t.Logf("symbolic link refused: %v", err)
+	}
+	// From bytes, with the checkpoint's folder as the external-data folder.
+	openModel(t, "from bytes", m, ckptDir)
+	// Through a hard link.
+	if err := os.Remove(filepath.Join(model, "tiny.ckpt")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := onnxpb.LinkFile(model, ckpt); err != nil {
+		t.Skipf("no hard links: %v", err)
+	}
+	s, err := ort.Open(t.Context(), path, ins, outs, ort.Options{})
+	if err != nil {
+		t.Fatalf("hard link refused: %v", err)
+	}
+	s.Close()
+}
+
 // TestSourceErrors checks that what a Source gets wrong is a build error
 // naming the parameter, never a panic.
 func TestSourceErrors(t *testing.T) {
