@@ -210,14 +210,31 @@ func BranchInputs(bs *Branches, c Component, rows [][]Applied) (map[string]Branc
 		r := max(rank[b.Module], 1)
 		kk := b.Kernel * b.Kernel
 		var down, up BranchTensor
+		// One LoRA module on the branch: its own Down (a Conv's is already
+		// [R, In, k, k]; a Linear's transposed once at load) is the input,
+		// shared, not copied.
+		single := len(slots[b.Module]) == 1
 		if b.Kind == modelgen.Linear {
-			down = BranchTensor{Shape: []int64{int64(b.In), int64(r)}, Data: make([]float32, b.In*r)}
+			down = BranchTensor{Shape: []int64{int64(b.In), int64(r)}}
+			if single {
+				down.Data = slots[b.Module][0].m.downT()
+			} else {
+				down.Data = make([]float32, b.In*r)
+			}
 			up = BranchTensor{Shape: []int64{int64(batch), int64(r), int64(b.Out)}, Data: make([]float32, batch*r*b.Out)}
 		} else {
-			down = BranchTensor{Shape: []int64{int64(r), int64(b.In), int64(b.Kernel), int64(b.Kernel)}, Data: make([]float32, r*b.In*kk)}
+			down = BranchTensor{Shape: []int64{int64(r), int64(b.In), int64(b.Kernel), int64(b.Kernel)}}
+			if single {
+				down.Data = slots[b.Module][0].m.Down
+			} else {
+				down.Data = make([]float32, r*b.In*kk)
+			}
 			up = BranchTensor{Shape: []int64{int64(batch), int64(b.Out), int64(r)}, Data: make([]float32, batch*b.Out*r)}
 		}
 		for _, s := range slots[b.Module] {
+			if single {
+				break
+			}
 			m := s.m
 			in := b.In * kk
 			for k := range m.Rank {
@@ -238,14 +255,21 @@ func BranchInputs(bs *Branches, c Component, rows [][]Applied) (map[string]Branc
 						continue
 					}
 					f := a.Multiplier * s.m.Scale()
-					for o := range b.Out {
-						for k := range s.m.Rank {
-							v := f * s.m.Up[o*s.m.Rank+k]
-							if b.Kind == modelgen.Linear { // Up [batch, R, Out]
-								up.Data[(i*r+s.offset+k)*b.Out+o] += v
-							} else { // Up [batch, Out, R]
-								up.Data[(i*b.Out+o)*r+s.offset+k] += v
+					rk := s.m.Rank
+					if b.Kind == modelgen.Linear { // Up [batch, R, Out]: rows of upᵀ
+						ut := s.m.upT()
+						for k := range rk {
+							dst := up.Data[(i*r+s.offset+k)*b.Out:][:b.Out]
+							for o, v := range ut[k*b.Out : (k+1)*b.Out] {
+								dst[o] += f * v
 							}
+						}
+						continue
+					}
+					for o := range b.Out { // Up [batch, Out, R]
+						dst := up.Data[(i*b.Out+o)*r+s.offset:][:rk]
+						for k, v := range s.m.Up[o*rk : (o+1)*rk] {
+							dst[k] += f * v
 						}
 					}
 				}
@@ -326,4 +350,33 @@ func addExtraTokens(m *onnxpb.Model, vocab int) error {
 	nodes = append(nodes, isExtra, base, shifted, extraIDs, g1, g2, mask, where)
 	g.Nodes = append(nodes, g.Nodes[at+1:]...)
 	return nil
+}
+
+// downT returns Down transposed, [in·k·k, Rank], and upT Up transposed,
+// [Rank, out], computed once.
+func (m *LoRAModule) downT() []float32 {
+	m.transpose()
+	return m.t
+}
+
+func (m *LoRAModule) upT() []float32 {
+	m.transpose()
+	return m.ut
+}
+
+func (m *LoRAModule) transpose() {
+	m.tOnce.Do(func() {
+		tr := func(x []float32, rows int) []float32 {
+			cols := len(x) / rows
+			t := make([]float32, len(x))
+			for r := range rows {
+				for c, v := range x[r*cols : (r+1)*cols] {
+					t[c*rows+r] = v
+				}
+			}
+			return t
+		}
+		m.t = tr(m.Down, m.Rank)
+		m.ut = tr(m.Up, len(m.Up)/m.Rank)
+	})
 }

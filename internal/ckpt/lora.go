@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // ModuleKind is the kind of layer a LoRA module adapts.
@@ -97,6 +98,9 @@ type LoRAModule struct {
 	Down, Up []float32
 	// Kernel is the down projection's kernel size (1 for Linear and 1×1).
 	Kernel int
+
+	tOnce *sync.Once // Down and Up transposed (downT, upT), for LoRA branches
+	t, ut []float32
 }
 
 // Scale returns Alpha/Rank, the factor kohya applies to up·down.
@@ -223,7 +227,7 @@ func loraModule(f *File, name string, tgt Target, downKey, upKey, alphaKey strin
 	if r <= 0 || up.Shape[1] != r {
 		return bad("lora_down %v and lora_up %v disagree on the rank", down.Shape, up.Shape)
 	}
-	m := LoRAModule{Name: name, Target: tgt, Rank: int(r), Alpha: float32(r), Kernel: 1}
+	m := LoRAModule{Name: name, Target: tgt, Rank: int(r), Alpha: float32(r), Kernel: 1, tOnce: new(sync.Once)}
 	var in, kernel int64 = down.Shape[1], 1
 	switch {
 	case len(down.Shape) == 2:
