@@ -44,6 +44,8 @@ var allowed = map[string][]string{
 	// server is the HTTP service library; pipeline and scheduler go once sd
 	// owns the vocabulary it needs (#17)
 	"server": {"sd", "pipeline", "scheduler"},
+	// the job queue and store of server on NATS JetStream
+	"server/natsqueue": {"server"},
 	// tests only: the container image's files
 	"deploy": {},
 }

@@ -126,6 +126,10 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if s.cfg.Queue != nil { // to the queue the replicas share (queue.go)
+		s.enqueueJob(w, r, &in, sp)
+		return
+	}
 	// the job outlives the request that submitted it
 	t, ctx, err := s.admit(context.WithoutCancel(r.Context()), identity(r), apiJobs, sp)
 	if err != nil {
@@ -218,7 +222,9 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 	case t != nil:
 		writeJSON(w, http.StatusOK, s.status(t))
 	case rec != nil:
-		writeJSON(w, http.StatusOK, recordStatus(rec))
+		st := recordStatus(rec)
+		s.sharedPosition(r.Context(), &st)
+		writeJSON(w, http.StatusOK, st)
 	}
 }
 
@@ -245,6 +251,12 @@ func (s *Server) handleJobResult(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
 	t, rec := s.job(w, r)
 	if rec != nil {
+		if s.cfg.Queue != nil { // waiting in the shared queue, or running on another replica
+			if err := s.cancelQueued(r.Context(), rec); err != nil {
+				s.writeError(w, err)
+				return
+			}
+		}
 		writeJSON(w, http.StatusOK, recordStatus(rec)) // finished, or on another replica
 		return
 	}

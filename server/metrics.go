@@ -165,6 +165,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	gauge("sdpipe_body_bytes_reading", "Bytes of request bodies being read (reserved from the body memory).", float64(s.bodies.inUse()))
 	gauge("sdpipe_body_memory_bytes", "The most bytes of request bodies read at once; past it requests get 429.", float64(s.cfg.MaxBodyMemory))
 	gauge("sdpipe_draining", "1 while the server shuts down.", draining)
+	s.writeQueueMetrics(r.Context(), gauge)
 	s.mu.Lock()
 	lim := s.conns
 	s.mu.Unlock()

@@ -45,6 +45,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(lim) }()
 	log.Info("listening", "url", "http://"+ln.Addr().String(), "max_conns", s.cfg.MaxConns)
+	stopQueue := s.startQueue(base) // pulls shared jobs, with Config.Queue
 
 	var serveErr error
 	select {
@@ -55,6 +56,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	gctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
 	defer cancel()
 	svcErr := s.Shutdown(gctx) // finishes or cancels the work
+	stopQueue()
 	if errors.Is(svcErr, context.DeadlineExceeded) {
 		log.Warn("grace over: canceled the work left", "grace", s.cfg.Grace)
 		svcErr = nil // canceling at the end of the grace is the plan, not a failure

@@ -74,7 +74,13 @@ type Config struct {
 	Jobs    JobStore
 	JobTTL  time.Duration
 	MaxJobs int
-	Logger  *slog.Logger // nil discards
+	// Queue, when set, is a job queue shared by replicas (see JobQueue):
+	// async jobs go through it, and Serve pulls QueueConcurrency of them
+	// at a time (default DefaultQueueConcurrency). Jobs must then be a
+	// store the replicas share.
+	Queue            JobQueue
+	QueueConcurrency int
+	Logger           *slog.Logger // nil discards
 	// Grace is how long Serve lets the work in flight finish after its
 	// context ends before it cancels that work; Linger how long it then
 	// keeps answering clients that have not yet fetched the jobs that
@@ -100,7 +106,7 @@ func (c *Config) fill() error {
 	}{
 		{"MaxQueue", int64(c.MaxQueue)}, {"MaxBodyBytes", c.MaxBodyBytes}, {"MaxBodyMemory", c.MaxBodyMemory},
 		{"MaxSize", int64(c.MaxSize)}, {"MaxSteps", int64(c.MaxSteps)}, {"MaxImages", int64(c.MaxImages)},
-		{"FastSteps", int64(c.FastSteps)}, {"QualitySteps", int64(c.QualitySteps)}, {"MaxJobs", int64(c.MaxJobs)},
+		{"FastSteps", int64(c.FastSteps)}, {"QualitySteps", int64(c.QualitySteps)}, {"MaxJobs", int64(c.MaxJobs)}, {"QueueConcurrency", int64(c.QueueConcurrency)},
 		{"MaxConns", int64(c.MaxConns)}, {"MaxHeaderBytes", int64(c.MaxHeaderBytes)},
 		{"JobTTL", int64(c.JobTTL)}, {"Grace", int64(c.Grace)}, {"Linger", int64(c.Linger)},
 		{"HeaderTimeout", int64(c.HeaderTimeout)}, {"BodyTimeout", int64(c.BodyTimeout)}, {"BodyIdleTimeout", int64(c.BodyIdleTimeout)},
@@ -131,6 +137,7 @@ func (c *Config) fill() error {
 	c.QualitySteps = cmp.Or(c.QualitySteps, DefaultQualitySteps)
 	c.JobTTL = cmp.Or(c.JobTTL, DefaultJobTTL)
 	c.MaxJobs = cmp.Or(c.MaxJobs, DefaultMaxJobs)
+	c.QueueConcurrency = cmp.Or(c.QueueConcurrency, DefaultQueueConcurrency)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
 	c.Linger = cmp.Or(c.Linger, DefaultLinger)
 	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)

@@ -64,7 +64,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		grace     = fs.Duration("grace", server.DefaultGrace, "on SIGTERM, how long in-flight work may finish before it is canceled")
 		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
 		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
+		bf        brokerFlags
 	)
+	fs.StringVar(&bf.url, "broker", "", "NATS URL of the job queue shared by replicas (nats://host:4222); empty = none, or the embedded one with -data")
+	fs.StringVar(&bf.data, "data", "", "folder of the embedded job queue and store (async jobs and results survive restarts); empty = jobs in memory")
+	fs.StringVar(&bf.listen, "broker-listen", "", "also serve the embedded broker at host:port, for other replicas")
+	fs.DurationVar(&bf.ackWait, "broker-ack-wait", 0, "how long a replica may hold a queued job without a heartbeat before another gets it (0 = 15s)")
+	fs.IntVar(&bf.pull, "pull", 0, "queued jobs a replica runs at once (0 = 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -111,14 +117,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		id = host + ":" + portOf(ln.Addr())
 	}
 	opened := mdl.Folder().Load()
-	srv, err := server.New(mdl, server.Config{
+	cfg := server.Config{
 		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), Token: *token,
 		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxBodyMemory: *bodyMem, MaxConns: *maxConns,
 		BodyTimeout: *bodyTime, BodyIdleTimeout: *bodyIdle, IdleTimeout: *idle,
 		MaxSize: *maxSize, MaxSteps: *maxSteps, MaxImages: *maxImages,
 		FastSteps: *fast, QualitySteps: *quality, Grace: *grace, Linger: *linger,
 		Logger: log, Load: &opened,
-	})
+	}
+	closeBroker, err := bf.open(ctx, &cfg) // broker.go
+	if err != nil {
+		return errors.Join(err, ln.Close(), mdl.Close())
+	}
+	defer closeBroker()
+	srv, err := server.New(mdl, cfg)
 	if err != nil {
 		return errors.Join(err, ln.Close(), mdl.Close())
 	}

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sdpipe/sdpipe/server"
+	"github.com/sdpipe/sdpipe/server/natsqueue"
+)
+
+// brokerFlags are the flags of the job queue shared by replicas.
+type brokerFlags struct {
+	url, data, listen string
+	ackWait           time.Duration
+	pull              int
+}
+
+// open returns the job store and queue the flags ask for: with -broker,
+// the NATS system the replicas share; with only -data, an embedded NATS
+// server whose files in that folder keep the async jobs and results
+// across restarts; with neither, nil (the in-memory store of one process).
+func (f *brokerFlags) open(ctx context.Context, cfg *server.Config) (closeFn func() error, err error) {
+	if f.url == "" && f.data == "" {
+		if f.listen != "" {
+			return nil, errors.New("-broker-listen needs -data (the embedded broker)")
+		}
+		return func() error { return nil }, nil
+	}
+	b, err := natsqueue.Open(ctx, natsqueue.Options{URL: f.url, Dir: f.data, Listen: f.listen, AckWait: f.ackWait})
+	if err != nil {
+		return nil, err
+	}
+	cfg.Jobs, cfg.Queue, cfg.QueueConcurrency = b, b, f.pull
+	return b.Close, nil
+}

@@ -1,0 +1,572 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
+)
+
+// These tests run real processes: a nats-server (Debian's), replicas of
+// this program (the test binary re-run as the server, see asMainEnv) that
+// share its job queue, and nginx in front of them.
+
+// asMainEnv makes the test binary this program: a replica is the test
+// binary run with it set and the server's flags.
+const asMainEnv = "SDPIPE_SERVER_AS_MAIN"
+
+func init() {
+	if os.Getenv(asMainEnv) == "1" {
+		main() // exits on an error, returns on success
+		os.Exit(0)
+	}
+}
+
+// requireServicesEnv makes these tests fail, rather than skip, when
+// nats-server or nginx is missing (CI sets it after installing them).
+const requireServicesEnv = "SDPIPE_REQUIRE_BROKER"
+
+func tool(t *testing.T, pkg, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if p := filepath.Join("/usr/sbin", name); fileExists(p) {
+		return p
+	}
+	msg := fmt.Sprintf("%s not found: install it (apt-get install -y %s, or scripts/services.sh install) to run this test", name, pkg)
+	if os.Getenv(requireServicesEnv) != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a child process whose end the test waits for.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    string
+}
+
+func start(t *testing.T, name, log string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	f, err := os.Create(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, exited: make(chan struct{}), log: log}
+	go func() { cmd.Wait(); f.Close(); close(p.exited) }()
+	t.Cleanup(func() { p.stop(t, 15*time.Second) })
+	return p
+}
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (p *proc) stop(t *testing.T, grace time.Duration) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		t.Logf("%s: no exit %v after SIGTERM; killing it", p.name, grace)
+		p.kill()
+	}
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
+
+// waitHTTP polls url until it answers 200.
+func waitHTTP(t *testing.T, p *proc, url string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		select {
+		case <-p.exited:
+			t.Fatalf("%s exited:\n%s", p.name, p.tail())
+		default:
+		}
+		if r, err := http.Get(url); err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s not up after %v:\n%s", p.name, url, limit, p.tail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startNATS runs Debian's nats-server with JetStream on a free loopback
+// port and returns its URL.
+func startNATS(t *testing.T, dir string) string {
+	t.Helper()
+	bin := tool(t, "nats-server", "nats-server")
+	port := freePort(t)
+	conf := filepath.Join(dir, "nats.conf")
+	err := os.WriteFile(conf, fmt.Appendf(nil, "server_name: sdpipe-test\nlisten: 127.0.0.1:%d\nmax_payload: 64MB\njetstream {\n  store_dir: %q\n}\n", port, filepath.Join(dir, "js")), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "nats-server", filepath.Join(dir, "nats.log"), exec.Command(bin, "-c", conf))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("nats-server exited:\n%s", p.tail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server not up:\n%s", p.tail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Sprintf("nats://127.0.0.1:%d", port)
+}
+
+// replica is one server process.
+type replica struct {
+	*proc
+	id, url string
+	port    int
+}
+
+func startReplica(t *testing.T, dir, id string, port int, flags ...string) *replica {
+	t.Helper()
+	testenv.RequireORT(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port == 0 {
+		port = freePort(t)
+	}
+	args := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-replica", id, "-warmup=false", "-grace", "3s", "-linger", "0s"}, flags...)
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	r := &replica{id: id, port: port, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	r.proc = start(t, id, filepath.Join(dir, id+"-"+strconv.Itoa(port)+".log"), cmd)
+	waitHTTP(t, r.proc, r.url+"/healthz", 60*time.Second)
+	return r
+}
+
+// startNginx puts nginx in front of the replicas' ports.
+func startNginx(t *testing.T, dir string, ports []int) string {
+	t.Helper()
+	bin := tool(t, "nginx", "nginx")
+	port := freePort(t)
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;"
+	}
+	var up strings.Builder
+	for _, p := range ports {
+		fmt.Fprintf(&up, "server 127.0.0.1:%d max_fails=1 fail_timeout=2s; ", p)
+	}
+	conf := fmt.Sprintf(`%s
+worker_processes 1;
+daemon off;
+pid %[2]s/nginx.pid;
+error_log %[2]s/nginx-error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path %[2]s/body;
+  proxy_temp_path %[2]s/proxy;
+  fastcgi_temp_path %[2]s/fastcgi;
+  uwsgi_temp_path %[2]s/uwsgi;
+  scgi_temp_path %[2]s/scgi;
+  upstream sdpipe { %[3]s}
+  server {
+    listen 127.0.0.1:%[4]d;
+    client_max_body_size 16m;
+    location / {
+      proxy_pass http://sdpipe;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_read_timeout 120s;
+      proxy_connect_timeout 2s;
+    }
+  }
+}
+`, user, dir, up.String(), port)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "nginx", filepath.Join(dir, "nginx.out"), exec.Command(bin, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "nginx-error.log")))
+	front := fmt.Sprintf("http://127.0.0.1:%d", port)
+	waitHTTP(t, p, front+"/healthz", 15*time.Second)
+	return front
+}
+
+// job is the status of an async job as the API returns it.
+type job struct {
+	ID            string `json:"id"`
+	Status        string `json:"status"`
+	QueuePosition int    `json:"queue_position"`
+	Progress      struct {
+		Step  int `json:"step"`
+		Total int `json:"total"`
+	} `json:"progress"`
+	Replica  string     `json:"replica"`
+	Error    string     `json:"error"`
+	Created  time.Time  `json:"created"`
+	Started  *time.Time `json:"started"`
+	Finished *time.Time `json:"finished"`
+}
+
+func httpJSON(t *testing.T, method, url, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, url, r.StatusCode, b, err)
+		}
+	}
+	return r.StatusCode
+}
+
+func submit(t *testing.T, base string, steps int, seed int64, extra ...string) job {
+	t.Helper()
+	var j job
+	code := httpJSON(t, "POST", base+"/v1/jobs", fmt.Sprintf(`{"prompt":"a red circle on a blue background","steps":%d,"seed":%d%s}`, steps, seed, strings.Join(extra, "")), &j)
+	if code != http.StatusAccepted || j.ID == "" {
+		t.Fatalf("submit: %d %+v", code, j)
+	}
+	return j
+}
+
+func status(t *testing.T, base, id string) job {
+	t.Helper()
+	var j job
+	if code := httpJSON(t, "GET", base+"/v1/jobs/"+id, "", &j); code != http.StatusOK {
+		t.Fatalf("GET job %s: %d %+v", id, code, j)
+	}
+	return j
+}
+
+// result returns a done job's result body.
+func result(t *testing.T, base, id string) []byte {
+	t.Helper()
+	r, err := http.Get(base + "/v1/jobs/" + id + "/result")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("result of %s: %d %s", id, r.StatusCode, b)
+	}
+	var out struct {
+		Images []string `json:"images"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil || len(out.Images) == 0 {
+		t.Fatalf("result of %s: %v, %d images", id, err, len(out.Images))
+	}
+	return b
+}
+
+// waitJob polls until the job is finished and returns it.
+func waitJob(t *testing.T, base, id string, limit time.Duration) job {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		j := status(t, base, id)
+		if j.Finished != nil {
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not finished after %v: %+v", id, limit, j)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func metric(t *testing.T, base, name string) float64 {
+	t.Helper()
+	r, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("/metrics has no %s", name)
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return v
+}
+
+// TestSharedQueue runs three replicas on one nats-server behind nginx:
+// positions are first come, first served across replicas and readable from
+// any replica, a job polled through another replica shows its progress, a
+// replica killed mid-job loses nothing (the job completes on another), the
+// queue is exported in /metrics, and the results survive a restart of
+// every replica.
+func TestSharedQueue(t *testing.T) {
+	dir := t.TempDir()
+	broker := startNATS(t, dir)
+	flags := []string{"-broker", broker, "-broker-ack-wait", "3s", "-pull", "1", "-threads", "1", "-batch", "1"}
+	var reps []*replica
+	for i := range 3 {
+		reps = append(reps, startReplica(t, dir, fmt.Sprintf("replica-%d", i), 0, flags...))
+	}
+	ports := []int{reps[0].port, reps[1].port, reps[2].port}
+	front := startNginx(t, dir, ports)
+
+	// busy every replica with a long job, then queue six short ones
+	// through the replicas in turn
+	var long []job
+	for i, r := range reps {
+		long = append(long, submit(t, r.url, 150, int64(1000+i), `,"n_iter":6`))
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for running := 0; running < 3; {
+		running = 0
+		for _, j := range long {
+			if st := status(t, front, j.ID); st.Status == "running" {
+				running++
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the three long jobs did not all start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// progress of the long jobs, each read through a replica that does not run it
+	for _, j := range long {
+		saw := false
+		for !saw && time.Now().Before(deadline) {
+			runner := status(t, front, j.ID).Replica
+			other := reps[0]
+			if other.id == runner {
+				other = reps[1]
+			}
+			st := status(t, other.url, j.ID)
+			saw = st.Replica == runner && st.Status == "running" && st.Progress.Step > 0 && st.Progress.Total >= 6*150
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !saw {
+			t.Errorf("job %s: no progress seen through a replica that does not run it", j.ID)
+		}
+	}
+	var short []job
+	for i := range 6 {
+		short = append(short, submit(t, reps[i%3].url, 4, int64(i)))
+	}
+	// positions, read through the replica after the one that took it
+	for i, j := range short {
+		st := status(t, reps[(i+1)%3].url, j.ID)
+		if st.Status != "queued" || st.QueuePosition != i+1 {
+			t.Errorf("short job %d from replica %d: status %s, position %d, want queued at %d", i, i%3, st.Status, st.QueuePosition, i+1)
+		}
+	}
+	if w := metric(t, reps[2].url, "sdpipe_job_queue_waiting"); w != 6 {
+		t.Errorf("sdpipe_job_queue_waiting %v, want 6", w)
+	}
+	if a := metric(t, reps[0].url, "sdpipe_job_queue_oldest_age_seconds"); a <= 0 {
+		t.Errorf("sdpipe_job_queue_oldest_age_seconds %v, want > 0", a)
+	}
+	results := map[string][]byte{}
+	var starts []time.Time
+	for _, j := range append(long, short...) {
+		st := waitJob(t, front, j.ID, 5*time.Minute)
+		if st.Status != "done" || st.Started == nil {
+			t.Fatalf("job %s: %+v", j.ID, st)
+		}
+		results[j.ID] = result(t, front, j.ID)
+		starts = append(starts, *st.Started)
+	}
+	if !slices.IsSortedFunc(starts[3:], func(a, b time.Time) int { return a.Compare(b) }) {
+		t.Errorf("the queued jobs started out of order: %v", starts[3:])
+	}
+
+	// kill the replica that runs a job, mid-job
+	victim := submit(t, front, 150, 77, `,"n_iter":4`)
+	var runner *replica
+	deadline = time.Now().Add(60 * time.Second)
+	for runner == nil {
+		st := status(t, front, victim.ID)
+		if st.Status == "running" && st.Progress.Step > 2 {
+			for _, r := range reps {
+				if r.id == st.Replica {
+					runner = r
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the victim job did not start: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	runner.kill()
+	killed := time.Now()
+	var moved time.Duration
+	for {
+		st := status(t, front, victim.ID)
+		if st.Replica != runner.id && st.Status == "running" && moved == 0 {
+			moved = time.Since(killed)
+		}
+		if st.Finished != nil {
+			if st.Status != "done" || st.Replica == runner.id {
+				t.Fatalf("the killed replica's job ended %s on %s", st.Status, st.Replica)
+			}
+			break
+		}
+		if time.Since(killed) > 2*time.Minute {
+			t.Fatalf("the killed replica's job did not complete elsewhere: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	results[victim.ID] = result(t, front, victim.ID)
+	t.Logf("killed %s mid-job: the job ran again on another replica %.1fs later (ack wait 3s) and completed %.1fs after the kill", runner.id, moved.Seconds(), time.Since(killed).Seconds())
+
+	// restart every replica (on the same ports, behind the same nginx)
+	for _, r := range reps {
+		r.stop(t, 15*time.Second)
+	}
+	for i, r := range reps {
+		reps[i] = startReplica(t, dir, r.id, r.port, flags...)
+	}
+	for id, want := range results {
+		if got := result(t, front, id); !bytes.Equal(got, want) {
+			t.Errorf("job %s: result differs after the restart", id)
+		}
+	}
+}
+
+// TestEmbeddedQueueSurvivesRestart runs one replica with the embedded
+// broker (-data): an async job's result is there after a restart.
+func TestEmbeddedQueueSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	r := startReplica(t, dir, "solo", 0, "-data", data, "-threads", "1")
+	j := submit(t, r.url, 4, 5)
+	if st := waitJob(t, r.url, j.ID, 2*time.Minute); st.Status != "done" {
+		t.Fatalf("job %+v", st)
+	}
+	want := result(t, r.url, j.ID)
+	r.stop(t, 15*time.Second)
+	r = startReplica(t, dir, "solo", r.port, "-data", data, "-threads", "1")
+	if got := result(t, r.url, j.ID); !bytes.Equal(got, want) {
+		t.Error("the result differs after the restart")
+	}
+}
+
+// TestQueueThroughput measures images/min and latency with 1, 2 and 3
+// replicas sharing one nats-server behind nginx, on the default model. Set
+// SDPIPE_SCALE_BENCH=N (jobs per round) to run it; the replicas share this
+// machine's cores.
+func TestQueueThroughput(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SDPIPE_SCALE_BENCH"))
+	if n <= 0 {
+		t.Skip("set SDPIPE_SCALE_BENCH to the jobs per round to measure throughput")
+	}
+	steps := 25
+	dir := t.TempDir()
+	broker := startNATS(t, dir)
+	for round := range 2 { // two rounds, 1-2-3 then 3-2-1
+		for _, k := range []int{1, 2, 3} {
+			if round == 1 {
+				k = 4 - k
+			}
+			var reps []*replica
+			var ports []int
+			for i := range k {
+				r := startReplica(t, dir, fmt.Sprintf("bench-%d-%d-%d", round, k, i), 0, "-broker", broker, "-pull", "2")
+				reps = append(reps, r)
+				ports = append(ports, r.port)
+			}
+			front := startNginx(t, t.TempDir(), ports)
+			t0 := time.Now()
+			ids := make([]string, n)
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() { ids[i] = submit(t, front, steps, int64(i)).ID })
+			}
+			wg.Wait()
+			var lat []float64
+			for _, id := range ids {
+				st := waitJob(t, front, id, 30*time.Minute)
+				if st.Status != "done" {
+					t.Fatalf("job %s: %+v", id, st)
+				}
+				lat = append(lat, st.Finished.Sub(st.Created).Seconds())
+			}
+			wall := time.Since(t0)
+			slices.Sort(lat)
+			q := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+			t.Logf("round %d, %d replica(s): %d jobs of %d steps in %.1fs: %.1f images/min, latency p50 %.2fs p95 %.2fs",
+				round+1, k, n, steps, wall.Seconds(), float64(n)/wall.Minutes(), q(0.5), q(0.95))
+			for _, r := range reps {
+				r.stop(t, 15*time.Second)
+			}
+		}
+	}
+}
