@@ -10,8 +10,10 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +25,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sdpipe/sdpipe/server/natsqueue"
 )
 
 // stubs makes a folder of programs named like the image's that print
@@ -401,5 +406,52 @@ func TestImageGridAndTxt2img(t *testing.T) {
 	defer f.Close()
 	if _, err := png.Decode(f); err != nil {
 		t.Errorf("txt2img's PNG: %v", err)
+	}
+}
+
+// TestServiceManifest checks that deploy/kubernetes/service.yaml scales
+// on the queue the replicas really use, and starts them with the broker.
+func TestServiceManifest(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("kubernetes", "service.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	kinds := map[string]map[string]any{}
+	for {
+		var o map[string]any
+		if err := dec.Decode(&o); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		kinds[o["kind"].(string)] = o
+	}
+	get := func(v any, path ...any) any {
+		for _, p := range path {
+			switch k := p.(type) {
+			case string:
+				m, _ := v.(map[string]any)
+				v = m[k]
+			case int:
+				l, _ := v.([]any)
+				if k >= len(l) {
+					return nil
+				}
+				v = l[k]
+			}
+		}
+		return v
+	}
+	trig := get(kinds["ScaledObject"], "spec", "triggers", 0, "metadata")
+	if get(trig, "stream") != natsqueue.Stream || get(trig, "consumer") != natsqueue.Consumer {
+		t.Errorf("KEDA trigger %v: want stream %s, consumer %s", trig, natsqueue.Stream, natsqueue.Consumer)
+	}
+	if get(kinds["ScaledObject"], "spec", "scaleTargetRef", "name") != get(kinds["Deployment"], "metadata", "name") {
+		t.Error("the ScaledObject does not scale the Deployment")
+	}
+	args := fmt.Sprint(get(kinds["Deployment"], "spec", "template", "spec", "containers", 0, "args"))
+	if !strings.HasPrefix(args, "[serve -broker nats://") {
+		t.Errorf("the replicas run %s, want serve with -broker", args)
 	}
 }
