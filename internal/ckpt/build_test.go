@@ -272,3 +272,78 @@ func TestWriteOriginal(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteOriginalSD2 does TestWriteOriginal for a tiny SD 2.x (OpenCLIP
+// text encoder: fused in_proj split into q/k/v rows, an unused last layer
+// and projection in the file; linear projections; heads per level): the
+// checkpoint's graphs compute what modelgen's TinySD2 folder does.
+func TestWriteOriginalSD2(t *testing.T) {
+	testenv.RequireORT(t)
+	cfg := modelgen.TinySD2()
+	cfg.Text.Vocab, cfg.Text.EOSTokenID = 49408, 2
+	a := &Arch{Family: SD2, Prediction: "v_prediction", ImageSize: 8 * cfg.UNet.SampleSize,
+		UNet: UNetArch{InChannels: 4, OutChannels: 4, BlockChannels: cfg.UNet.BlockChannels, LayersPerBlock: cfg.UNet.LayersPerBlock,
+			CrossAttention: cfg.UNet.CrossAttention, TransformerDepth: []int{1, 0}, MidDepth: 1, Heads: cfg.UNet.LevelHeads,
+			CrossAttentionDim: cfg.Text.Hidden, LinearProjection: true, UpcastAttention: true, TimeEmbedDim: 4 * cfg.UNet.BlockChannels[0]},
+		VAE: VAEArch{InChannels: 3, OutChannels: 3, LatentChannels: 4, BlockChannels: cfg.VAE.BlockChannels, LayersPerBlock: cfg.VAE.LayersPerBlock, ScalingFactor: cfg.VAE.ScalingFactor},
+		Text: []TextArch{{Component: TextEncoder, Vocab: 49408, Hidden: cfg.Text.Hidden, Layers: cfg.Text.Layers, Heads: cfg.Text.Heads,
+			Intermediate: cfg.Text.Intermediate, MaxPositions: 77, Act: "gelu", LayerNormEps: 1e-5, PadToken: "!"}},
+	}
+	if _, err := ModelConfig(a); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sd2.safetensors")
+	if err := WriteOriginal(path, a, cfg, 3, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	folder := filepath.Join(dir, "folder")
+	if err := modelgen.Write(folder, cfg, modelgen.Options{Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	conf := &Config{UNetHeads: cfg.UNet.LevelHeads, TextHeads: map[Component]int{TextEncoder: cfg.Text.Heads}}
+	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: conf, TokenizerDir: filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Arch.Family != SD2 || b.Arch.Text[0].Layers != cfg.Text.Layers {
+		t.Fatalf("detected %s with %d text layers", b.Arch.Family, b.Arch.Text[0].Layers)
+	}
+	ids := make([]int32, 77)
+	ids[0], ids[1], ids[2], ids[3] = 49406, 320, 1125, 49407
+	sample := make([]float32, 4*12*12)
+	for i := range sample {
+		sample[i] = float32(math.Sin(float64(i)))
+	}
+	ehs := make([]float32, 77*cfg.Text.Hidden)
+	for i := range ehs {
+		ehs[i] = float32(math.Cos(float64(i) / 7))
+	}
+	for _, tc := range []struct {
+		component string
+		in        map[string]ort.Tensor
+		out       []int64
+	}{
+		{"text_encoder", map[string]ort.Tensor{"input_ids": {Shape: []int64{1, 77}, Data: ids}}, []int64{1, 77, int64(cfg.Text.Hidden)}},
+		{"unet", map[string]ort.Tensor{
+			"sample":                {Shape: []int64{1, 4, 12, 12}, Data: sample},
+			"timestep":              {Shape: []int64{1}, Data: []float32{601}},
+			"encoder_hidden_states": {Shape: []int64{1, 77, int64(cfg.Text.Hidden)}, Data: ehs},
+		}, []int64{1, 4, 12, 12}},
+	} {
+		var outs [2][]float32
+		for i, d := range []string{b.Dir, folder} {
+			s, ins := openSession(t, d, tc.component)
+			o := []ort.Tensor{{Shape: tc.out}}
+			if err := s.Run(t.Context(), feed(t, ins, tc.in, nil), o); err != nil {
+				t.Fatal(err)
+			}
+			outs[i] = o[0].Data.([]float32)
+		}
+		if d := testenv.MaxAbsDiff(outs[0], outs[1]); d > 1e-5 {
+			t.Errorf("%s: the checkpoint's graph differs from modelgen's folder by %g", tc.component, d)
+		} else {
+			t.Logf("%s: max |Δ| %.2g", tc.component, d)
+		}
+	}
+}

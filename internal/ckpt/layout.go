@@ -92,7 +92,7 @@ func OriginalLayout(a *Arch, float safetensors.DType, extras bool) []TensorSpec 
 			}
 		case a.Family == SD2:
 			t.Layers++ // the file holds the last layer, which SD 2.x does not use
-			t.Projection = 1024
+			t.Projection = t.Hidden
 			layoutOpenCLIP(add, openCLIPSD2, t)
 			if extras {
 				add(openCLIPSD2 + "logit_scale")
