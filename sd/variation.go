@@ -18,7 +18,7 @@ import (
 // of each channel over the rows, and when the mean cosine of those
 // columns is above 0.9995 it blends linearly instead (with the weights as
 // A1111 has them, strength on seed's noise).
-func VariationNoise(g Generator, seed, subseed int64, strength float64, channels, width, height int) ([]float32, error) {
+func VariationNoise(g rng.Kind, seed, subseed int64, strength float64, channels, width, height int) ([]float32, error) {
 	switch {
 	case channels < 1 || width < 8 || height < 8 || width%8 != 0 || height%8 != 0:
 		return nil, fmt.Errorf("sd: variation noise: %d channels at %dx%d: want channels ≥ 1 and multiples of 8", channels, width, height)
@@ -28,12 +28,12 @@ func VariationNoise(g Generator, seed, subseed int64, strength float64, channels
 		return nil, fmt.Errorf("sd: variation noise: negative seed %d or subseed %d", seed, subseed)
 	}
 	if g == 0 {
-		g = GeneratorNumpy
+		g = rng.KindNumpy // Request.Generator's default
 	}
 	h, w := height/8, width/8
 	n := channels * h * w
 	draw := func(s int64) ([]float32, error) {
-		src, err := rng.New(rng.Kind(g), uint64(s))
+		src, err := rng.New(g, uint64(s))
 		if err != nil {
 			return nil, fmt.Errorf("sd: variation noise: %w", err)
 		}

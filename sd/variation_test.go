@@ -22,7 +22,7 @@ func TestVariationNoise(t *testing.T) {
 		strength float64
 		want     []float32
 	}{{0, low}, {1, high}} {
-		got, err := VariationNoise(GeneratorTorchCPU, 1, 2, tc.strength, 4, 64, 64)
+		got, err := VariationNoise(rng.KindTorchCPU, 1, 2, tc.strength, 4, 64, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +34,7 @@ func TestVariationNoise(t *testing.T) {
 	}
 	// halfway: each (channel, column) vector over the rows keeps about
 	// the norm of its ends (a slerp, not a lerp, which shrinks it)
-	mid, err := VariationNoise(GeneratorTorchCPU, 1, 2, 0.5, 4, 64, 64)
+	mid, err := VariationNoise(rng.KindTorchCPU, 1, 2, 0.5, 4, 64, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestVariationNoise(t *testing.T) {
 	if r := math.Sqrt(nm / nl); r < 0.85 || r > 1.15 {
 		t.Errorf("norm ratio %v at strength 0.5, want about 1", r)
 	}
-	if _, err := VariationNoise(GeneratorTorchCPU, 1, 2, 1.5, 4, 64, 64); err == nil {
+	if _, err := VariationNoise(rng.KindTorchCPU, 1, 2, 1.5, 4, 64, 64); err == nil {
 		t.Error("strength 1.5 accepted")
 	}
 }

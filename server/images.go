@@ -29,6 +29,11 @@ func (s *Server) decodeImage(param, b64 string, width, height int) (image.Image,
 			return nil, badRequest(param, "%s: bad base64: %v", param, err)
 		}
 	}
+	return s.decodeImageBytes(param, raw, width, height)
+}
+
+// decodeImageBytes is decodeImage for an image's bytes.
+func (s *Server) decodeImageBytes(param string, raw []byte, width, height int) (image.Image, error) {
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(raw))
 	if err != nil {
 		return nil, badRequest(param, "%s: not a PNG, JPEG or GIF image: %v", param, err)

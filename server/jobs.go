@@ -114,7 +114,7 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	sp, err := s.a1111Spec(&in, len(in.InitImages) > 0)
+	sp, err := s.a1111Spec(r, &in, len(in.InitImages) > 0)
 	release()
 	if err != nil {
 		s.writeError(w, err)

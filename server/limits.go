@@ -91,7 +91,12 @@ func requireJSON(r *http.Request) error {
 // readBody reads r's body under the limits above. release gives its bytes
 // back to the budget.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (b []byte, release func(), err error) {
-	if err := requireJSON(r); err != nil {
+	return s.readBodyOf(w, r, requireJSON)
+}
+
+// readBodyOf is readBody for a body that check accepts (its media type).
+func (s *Server) readBodyOf(w http.ResponseWriter, r *http.Request, check func(*http.Request) error) (b []byte, release func(), err error) {
+	if err := check(r); err != nil {
 		refuseEarly(w, r)
 		return nil, nil, err
 	}

@@ -219,7 +219,7 @@ func (s *Server) runDelivery(pullCtx context.Context, d Delivery) {
 		fail(badRequest("", "queued request: %v", err))
 		return
 	}
-	sp, err := s.a1111Spec(&in, len(in.InitImages) > 0)
+	sp, err := s.a1111Spec(nil, &in, len(in.InitImages) > 0) // checked when it was submitted
 	if err != nil {
 		fail(err)
 		return

@@ -2,7 +2,11 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
+	"mime"
 	"net/http"
+	"strconv"
+	"strings"
 )
 
 // ---- SageMaker
@@ -80,10 +84,81 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 		sp.mode = one.mode
 		sp.reqs = append(sp.reqs, one.reqs...)
 	}
-	b64, err := s.runImages(r, apiSageMaker, sp)
+	format, err := sageMakerAccept(r.Header.Get("Accept"))
 	if err != nil {
 		s.writeError(w, err)
 		return
 	}
+	if format != "" && len(in.Prompt.list)*per != 1 {
+		s.writeError(w, &apiError{Status: http.StatusNotAcceptable, Type: "invalid_request_error", Param: "num_images_per_prompt",
+			Msg: fmt.Sprintf("Accept %s returns one image, and this request makes %d: ask for application/json", format, len(in.Prompt.list)*per)})
+		return
+	}
+	t, err := s.runSync(r, apiSageMaker, sp)
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
+	if format != "" { // the raw image
+		ii := s.imageInfos(t)[0]
+		b, ctype, err := encodeImage(ii.img, &openAIOutput{format: strings.TrimPrefix(format, "image/"), compression: 95}, ii.infotext())
+		if err != nil {
+			s.writeError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", ctype)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, _ = w.Write(b)
+		s.met.served(1)
+		return
+	}
+	b64, _, _, err := s.images(t)
+	if err != nil {
+		s.writeError(w, err)
+		return
+	}
+	s.met.served(len(b64))
 	writeJSON(w, http.StatusOK, map[string]any{"generated_images": b64, "prompt": in.Prompt.raw})
+}
+
+// sageMakerAccept negotiates the response: "" for JSON (application/json,
+// */* or none), or image/png or image/jpeg for the raw bytes of one image.
+func sageMakerAccept(accept string) (string, error) {
+	if strings.TrimSpace(accept) == "" {
+		return "", nil
+	}
+	best, bestQ := "", -1.0
+	for _, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		q := 1.0
+		if v, ok := params["q"]; ok {
+			if q, err = strconv.ParseFloat(v, 64); err != nil {
+				continue
+			}
+		}
+		var f string
+		switch mt {
+		case "application/json", "*/*", "application/*":
+			f = "json"
+		case "image/png", "image/*":
+			f = "image/png"
+		case "image/jpeg":
+			f = "image/jpeg"
+		default:
+			continue
+		}
+		if q > bestQ && q > 0 {
+			best, bestQ = f, q
+		}
+	}
+	switch best {
+	case "":
+		return "", &apiError{Status: http.StatusNotAcceptable, Type: "invalid_request_error", Msg: fmt.Sprintf("Accept %q: this endpoint returns application/json, image/png or image/jpeg", accept)}
+	case "json":
+		return "", nil
+	}
+	return best, nil
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -50,6 +49,20 @@ const (
 type Config struct {
 	ReplicaID string // sent as the X-Replica-ID header of every response
 	ModelName string // reported in infotexts and /v1/config
+	// ModelSHA256 is the model's SHA-256 in hex (HashModel), from which
+	// infotexts and /sdapi/v1/sd-models give A1111's "Model hash"; ""
+	// leaves the hash out.
+	ModelSHA256 string
+	// Lenient makes the A1111 endpoints ignore the request fields they
+	// cannot honour, listing them as warnings, instead of refusing them
+	// with 400 (see a1111_fields.go).
+	Lenient bool
+	// SlackSigningSecret turns on POST /slack/command, Slack's slash
+	// command, verified with this secret (see slack.go); SlackBotToken,
+	// when set, uploads the images with the bot instead of posting links
+	// to the command's response_url; SlackAPIURL is Slack's Web API
+	// (default DefaultSlackAPI).
+	SlackSigningSecret, SlackBotToken, SlackAPIURL string
 	// Token, when set, must come as "Authorization: Bearer <token>" on
 	// every API call (not on /, /healthz, /ping and /metrics). Tokens are
 	// more of them: each token is its own identity, whose work only it
@@ -160,13 +173,15 @@ func (c *Config) fill() error {
 // Shutdown (or let Serve's context end) to finish or cancel the work in
 // flight; neither closes the Engine.
 type Server struct {
-	eng      Engine
-	cfg      Config
-	log      *slog.Logger
-	samplers []string
-	mux      *http.ServeMux
-	tokens   map[string]string // bearer token → identity
-	jobs     JobStore
+	eng       Engine
+	cfg       Config
+	log       *slog.Logger
+	samplers  []string
+	mux       *http.ServeMux
+	tokens    map[string]string // bearer token → identity
+	jobs      JobStore
+	files     fileStore // images served by URL (OpenAI's response_format url)
+	slackSeen slackReplay
 
 	slots    chan struct{} // the bounded queue: one token per admitted task
 	bodies   bodyBudget
@@ -192,7 +207,7 @@ func New(eng Engine, cfg Config) (*Server, error) {
 		eng:      eng,
 		cfg:      cfg,
 		log:      cfg.Logger,
-		samplers: scheduler.Names(),
+		samplers: schedulers(),
 		slots:    make(chan struct{}, cfg.MaxQueue),
 		active:   map[*task]bool{},
 		live:     map[string]*task{},
@@ -270,12 +285,12 @@ func (s *Server) routes() {
 	open("GET /healthz", s.handleHealth)
 	open("GET /ping", s.handlePing)
 	open("GET /metrics", s.handleMetrics)
+	open("GET /favicon.ico", s.handleFavicon) // web.go
 
 	api("POST /sdapi/v1/txt2img", s.handleA1111(false))
 	api("POST /sdapi/v1/img2img", s.handleA1111(true))
 	api("GET /sdapi/v1/progress", s.handleProgress)
 	api("POST /sdapi/v1/interrupt", s.handleInterrupt)
-	api("GET /sdapi/v1/samplers", s.handleSamplers)
 	api("POST /invocations", s.handleSageMaker)
 	api("POST /v1/images/generations", s.handleOpenAI)
 	api("GET /v1/config", s.handleConfig)
@@ -284,6 +299,8 @@ func (s *Server) routes() {
 	api("GET /v1/jobs/{id}/result", s.handleJobResult)
 	api("DELETE /v1/jobs/{id}", s.handleJobCancel)
 	api("POST /v1/jobs/{id}/cancel", s.handleJobCancel)
+	s.a1111Routes(api)        // a1111_info.go
+	s.clientRoutes(open, api) // openai_images.go
 	s.mux = m
 }
 
@@ -330,10 +347,13 @@ func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
+	dw, dh := engineDefaults(s.eng) // the model's default size, when the engine tells it
 	writeJSON(w, http.StatusOK, map[string]any{
+		"default_width": dw, "default_height": dh,
 		"model":         s.cfg.ModelName,
 		"replica":       s.cfg.ReplicaID,
-		"samplers":      s.samplers,
+		"samplers":      a1111SamplerNames(), // A1111's names; the engine's own are accepted too
+		"schedulers":    []string{"Automatic", "Karras"},
 		"fast_steps":    s.cfg.FastSteps,
 		"quality_steps": s.cfg.QualitySteps,
 		"max_size":      s.cfg.MaxSize,

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -215,8 +214,15 @@ func TestSamplersHealthIndex(t *testing.T) {
 	for _, s := range samplers {
 		names = append(names, s.Name)
 	}
-	if diff := cmp.Diff(scheduler.Names(), names); diff != "" {
+	// A1111's names of the samplers the engine runs, each a name sd takes
+	want := []string{"DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC", "LCM", "DDPM", "DEIS", "DPMSolverSDEScheduler"}
+	if diff := cmp.Diff(want, names); diff != "" {
 		t.Errorf("samplers (-want +got):\n%s", diff)
+	}
+	for _, n := range names {
+		if !slices.Contains(schedulers(), n) {
+			t.Errorf("sampler %q is not a name sd.Schedulers has", n)
+		}
 	}
 	var h map[string]string
 	if r := get(t, ts.URL+"/healthz"); r.code != http.StatusOK {
@@ -257,7 +263,7 @@ func TestErrors(t *testing.T) {
 		{"wrong type", "/sdapi/v1/txt2img", `{"steps":"ten"}`, 400, "steps", "wrong type"},
 		{"float for int", "/sdapi/v1/txt2img", `{"width":64.5}`, 400, "width", "wrong type"},
 		{"overflow", "/sdapi/v1/txt2img", `{"seed":1e40}`, 400, "seed", "wrong type"},
-		{"huge width", "/sdapi/v1/txt2img", `{"width":1000000,"height":64}`, 400, "width", "multiple of 8"},
+		{"huge width", "/sdapi/v1/txt2img", `{"width":1000000,"height":64}`, 400, "width", "largest size it serves is 256x256"},
 		{"odd height", "/sdapi/v1/txt2img", `{"height":65}`, 400, "height", "multiple of 8"},
 		{"huge steps", "/sdapi/v1/txt2img", `{"steps":100000}`, 400, "steps", "outside"},
 		{"negative steps", "/sdapi/v1/txt2img", `{"steps":-1}`, 400, "steps", "outside"},
@@ -278,9 +284,12 @@ func TestErrors(t *testing.T) {
 		{"sagemaker prompt type", "/invocations", `{"prompt":{"a":1}}`, 400, "prompt", "string or a list"},
 		{"sagemaker too many", "/invocations", `{"prompt":["a","b","c"],"num_images_per_prompt":2}`, 400, "num_images_per_prompt", "want 1 to 4"},
 		{"openai no prompt", "/v1/images/generations", `{"n":1}`, 400, "prompt", "required"},
-		{"openai url", "/v1/images/generations", `{"prompt":"x","response_format":"url"}`, 400, "response_format", "b64_json"},
+		{"openai response format", "/v1/images/generations", `{"prompt":"x","response_format":"gif"}`, 400, "response_format", "b64_json or url"},
+		{"openai webp", "/v1/images/generations", `{"prompt":"x","output_format":"webp"}`, 400, "output_format", "no WebP encoder"},
+		{"openai quality", "/v1/images/generations", `{"prompt":"x","quality":"ultra"}`, 400, "quality", "medium"},
+		{"openai odd size", "/v1/images/generations", `{"prompt":"x","size":"100x100"}`, 400, "size", "multiple of 8"},
 		{"openai size", "/v1/images/generations", `{"prompt":"x","size":"big"}`, 400, "size", "WIDTHxHEIGHT"},
-		{"openai huge size", "/v1/images/generations", `{"prompt":"x","size":"4096x4096"}`, 400, "size", "multiple of 8"},
+		{"openai huge size", "/v1/images/generations", `{"prompt":"x","size":"1024x1024"}`, 400, "size", "limit of 256 pixels per side"},
 		{"openai n", "/v1/images/generations", `{"prompt":"x","n":99}`, 400, "n", "images"},
 		{"job malformed", "/v1/jobs", `{"prompt":1}`, 400, "prompt", "wrong type"},
 	}
@@ -377,15 +386,32 @@ func TestProgressInterrupt(t *testing.T) {
 	if jobs != 1 {
 		t.Errorf("job_count %d, want 1", jobs)
 	}
+	waitFor(t, "the first step", func() bool { step, _, _ := a1111Progress(t, ts.URL); return step >= 1 })
 	if r := post(t, ts.URL+"/sdapi/v1/interrupt", ""); r.code != http.StatusOK {
 		t.Fatalf("interrupt: %d", r.code)
 	}
+	// as A1111 does, the interrupted request answers 200 with what it has
 	r := <-done
-	if r.code != http.StatusConflict {
+	if r.code != http.StatusOK {
 		t.Fatalf("interrupted request: %d %s", r.code, r.body)
 	}
-	if _, typ, _ := r.apiErr(t); typ != "interrupted" {
-		t.Errorf("type %q", typ)
+	var out struct {
+		Images []string
+		Info   string
+	}
+	r.json(t, &out)
+	var info struct {
+		Interrupted bool
+		Infotexts   []string
+	}
+	if err := json.Unmarshal([]byte(out.Info), &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Images) != 1 || !info.Interrupted || !strings.Contains(info.Infotexts[0], "Interrupted: preview") {
+		t.Errorf("interrupted: %d images, info %+v", len(out.Images), info)
+	}
+	if img, _ := decodePNG(t, out.Images[0]); img.Bounds().Dx() != 64 {
+		t.Errorf("partial image is %v, want the request's 64x64", img.Bounds())
 	}
 	if _, total, _ := a1111Progress(t, ts.URL); total != 0 {
 		t.Errorf("progress after the interrupt shows a job")

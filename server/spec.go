@@ -6,11 +6,9 @@ import (
 	"image"
 	"math"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strings"
 
-	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -20,6 +18,7 @@ const (
 	apiSageMaker = "sagemaker"
 	apiOpenAI    = "openai"
 	apiJobs      = "jobs"
+	apiSlack     = "slack"
 )
 
 // The modes of the fast/quality switch.
@@ -35,6 +34,13 @@ type spec struct {
 	mode string
 	reqs []sd.Request
 	a11  *a1111Request // the parsed body, for A1111-shaped responses
+	// names are A1111's names of the sampler, for the infotexts;
+	// warnings the fields a lenient request ignored; subseed and
+	// subseedStrength A1111's variation seed.
+	names           samplerChoice
+	warnings        []string
+	subseed         int64
+	subseedStrength float64
 }
 
 // maxSeed is the largest seed of the default (numpy) generator.
@@ -53,6 +59,11 @@ type common struct {
 	requests         int // engine requests
 	init             image.Image
 	strength         float64
+	eta              float64
+	latents          func(seed int64, per int) ([]float32, error) // the initial noise, when not the seed's
+	baseSeed         int64                                        // the resolved seed, for latents
+	subseed          int64
+	subseedStrength  float64
 	names            map[string]string // our name → the API's field name
 }
 
@@ -76,8 +87,14 @@ func (s *Server) build(c *common) (*spec, error) {
 		f string
 		v int
 	}{{"width", c.width}, {"height", c.height}} {
-		if p.v != 0 && (p.v < 8 || p.v > s.cfg.MaxSize || p.v%8 != 0) {
-			return nil, badRequest(c.name(p.f), "%s: %d is not a multiple of 8 in [8, %d]", c.name(p.f), p.v, s.cfg.MaxSize)
+		switch {
+		case p.v == 0:
+		case p.v > s.cfg.MaxSize:
+			return nil, badRequest(c.name(p.f), "%s: %d is larger than this server's limit of %d pixels per side (the largest size it serves is %dx%d)", c.name(p.f), p.v, s.cfg.MaxSize, s.cfg.MaxSize, s.cfg.MaxSize)
+		case p.v < 8:
+			return nil, badRequest(c.name(p.f), "%s: %d is smaller than the smallest side, 8 pixels", c.name(p.f), p.v)
+		case p.v%8 != 0:
+			return nil, badRequest(c.name(p.f), "%s: %d is not a multiple of 8 (try %d)", c.name(p.f), p.v, max(8, p.v/8*8))
 		}
 	}
 	mode := modeCustom
@@ -97,7 +114,7 @@ func (s *Server) build(c *common) (*spec, error) {
 			c.steps = s.cfg.QualitySteps
 		}
 	default:
-		return nil, badRequest(c.name("quality"), "%s: unknown value %q (want fast or quality)", c.name("quality"), c.quality)
+		return nil, badRequest(c.name("quality"), "%s: unknown value %q (want fast, standard, low, medium or auto for %d steps; quality, hd or high for %d steps; or custom)", c.name("quality"), c.quality, s.cfg.FastSteps, s.cfg.QualitySteps)
 	}
 	if c.steps < 0 || c.steps > s.cfg.MaxSteps {
 		return nil, badRequest(c.name("steps"), "%s: %d is outside [1, %d]", c.name("steps"), c.steps, s.cfg.MaxSteps)
@@ -108,8 +125,8 @@ func (s *Server) build(c *common) (*spec, error) {
 	var g float64
 	if c.guidance != nil {
 		g = *c.guidance
-		if math.IsNaN(g) || g < 0 || g > pipeline.MaxGuidance {
-			return nil, badRequest(c.name("guidance"), "%s: %v is outside [0, %d]", c.name("guidance"), g, pipeline.MaxGuidance)
+		if math.IsNaN(g) || g < 0 || g > maxGuidance {
+			return nil, badRequest(c.name("guidance"), "%s: %v is outside [0, %d]", c.name("guidance"), g, maxGuidance)
 		}
 		if g == 0 {
 			g = 1 // an explicit 0 disables guidance, as <= 1 does
@@ -133,12 +150,25 @@ func (s *Server) build(c *common) (*spec, error) {
 	if c.init != nil && (c.strength < 0 || c.strength > 1 || math.IsNaN(c.strength)) {
 		return nil, badRequest(c.name("strength"), "%s: %v is outside (0, 1]", c.name("strength"), c.strength)
 	}
-	sp := &spec{mode: mode}
+	c.baseSeed = seed
+	sp := &spec{mode: mode, subseed: c.subseed, subseedStrength: c.subseedStrength}
+	sp.names.sampler, sp.names.schedule = a1111Names(c.sampler)
+	sp.names.engine = c.sampler
 	for k := range n {
 		r := sd.Request{
 			Prompt: c.prompt, NegativePrompt: c.negative,
 			Width: c.width, Height: c.height, Steps: c.steps, GuidanceScale: g,
-			Scheduler: c.sampler, Seed: seed + int64(k*per), ImagesPerPrompt: per,
+			Scheduler: c.sampler, Seed: seed + int64(k*per), ImagesPerPrompt: per, Eta: c.eta,
+			// noise as A1111 draws it with its CPU source, so that a seed
+			// gives A1111's initial latents; previews for the progress
+			// endpoints and streams
+			Generator: torchCPU, Preview: true,
+		}
+		if c.latents != nil {
+			var err error
+			if r.Latents, err = c.latents(r.Seed, per); err != nil {
+				return nil, err
+			}
 		}
 		if c.init != nil {
 			r.InitImage, r.Strength = c.init, c.strength
@@ -166,32 +196,18 @@ func product(limit int, counts ...int) (int, bool) {
 	return p, true
 }
 
-// runImages runs sp to the end and returns its images as base64 PNGs.
-func (s *Server) runImages(r *http.Request, api string, sp *spec) ([]string, error) {
-	t, err := s.runSync(r, api, sp)
-	if err != nil {
-		return nil, err
-	}
-	b64, _, _, err := s.images(t.results)
-	if err == nil {
-		s.met.served(len(b64))
-	}
-	return b64, err
-}
-
-// images encodes the results as base64 PNGs with their infotexts.
-func (s *Server) images(results []*sd.Result) (b64, infotexts []string, seeds []int64, err error) {
+// images encodes t's results as base64 PNGs with their infotexts.
+func (s *Server) images(t *task) (b64, infotexts []string, seeds []int64, err error) {
 	var buf bytes.Buffer
-	for _, res := range results {
-		for i, img := range res.Images {
-			buf.Reset()
-			if err := pipeline.EncodePNG(&buf, img, res.Infotexts[i]); err != nil {
-				return nil, nil, nil, err
-			}
-			b64 = append(b64, base64.StdEncoding.EncodeToString(buf.Bytes()))
-			infotexts = append(infotexts, res.Infotexts[i])
-			seeds = append(seeds, res.Seeds[i])
+	for _, ii := range s.imageInfos(t) {
+		buf.Reset()
+		text := ii.infotext()
+		if err := encodePNG(&buf, ii.img, text); err != nil {
+			return nil, nil, nil, err
 		}
+		b64 = append(b64, base64.StdEncoding.EncodeToString(buf.Bytes()))
+		infotexts = append(infotexts, text)
+		seeds = append(seeds, ii.seed)
 	}
 	return b64, infotexts, seeds, nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"image"
 	"math"
 	"net/http"
 	"runtime/debug"
@@ -50,8 +51,18 @@ type task struct {
 	total    []int
 	results  []*sd.Result
 	err      error
-	done     chan struct{}
-	stored   chan struct{} // async jobs: closed once the record of its end is stored
+	// previews are the latest progress preview of each engine request;
+	// partial marks the results of an interrupted task that are such a
+	// preview (A1111 returns what an interrupted request has).
+	previews    []image.Image
+	resolved    []sd.Request // each engine request as resolved at Submit
+	partial     []bool
+	interrupted bool
+	// onStep, when set before execute, sees each progress event of
+	// engine request req (OpenAI streams take their partial images there).
+	onStep func(req int, ev sd.Progress)
+	done   chan struct{}
+	stored chan struct{} // async jobs: closed once the record of its end is stored
 
 	cancelRequested bool // by the async API
 }
@@ -75,6 +86,7 @@ func (s *Server) admit(parent context.Context, owner, api string, sp *spec) (*ta
 		id: cmp.Or(sp.id, newID()), owner: owner, api: api, mode: sp.mode, created: time.Now(), spec: sp,
 		state: stateQueued, done: make(chan struct{}), stored: make(chan struct{}),
 		step: make([]int, len(sp.reqs)), total: make([]int, len(sp.reqs)),
+		previews: make([]image.Image, len(sp.reqs)), resolved: make([]sd.Request, len(sp.reqs)),
 	}
 	for i, r := range sp.reqs {
 		t.total[i] = r.Steps
@@ -155,6 +167,9 @@ func (s *Server) execute(ctx context.Context, t *task) {
 			t.state, t.started = stateRunning, time.Now()
 			t.mu.Unlock()
 		}
+		t.mu.Lock()
+		t.resolved[len(handles)] = h.Request()
+		t.mu.Unlock()
 		handles = append(handles, h)
 	}
 	if err != nil {
@@ -174,7 +189,13 @@ func (s *Server) execute(ctx context.Context, t *task) {
 			for ev := range h.Progress() {
 				t.mu.Lock()
 				t.step[i], t.total[i] = ev.Step, ev.Total
+				if ev.Preview != nil {
+					t.previews[i] = ev.Preview
+				}
 				t.mu.Unlock()
+				if t.onStep != nil {
+					t.onStep(i, ev)
+				}
 			}
 		})
 	}
@@ -204,7 +225,10 @@ func (s *Server) execute(ctx context.Context, t *task) {
 		}
 	case errors.Is(err, errShutdown):
 		t.state, t.err = stateFailed, err // the client did not ask for it
-	case errors.Is(err, errCanceled) || errors.Is(err, errInterrupted):
+	case errors.Is(err, errInterrupted):
+		t.state, t.err = stateCanceled, err
+		t.partialResults(results)
+	case errors.Is(err, errCanceled):
 		t.state, t.err = stateCanceled, err
 	default:
 		t.state, t.err = stateFailed, err
@@ -232,4 +256,25 @@ func (s *Server) runSync(r *http.Request, api string, sp *spec) (*task, error) {
 	}
 	s.execute(ctx, t)
 	return t, t.err
+}
+
+// partialResults keeps what an interrupted task has, as A1111 does: the
+// requests that finished, and the latest preview of the others (scaled to
+// the image size), marked partial. Called with t.mu held.
+func (t *task) partialResults(results []*sd.Result) {
+	t.results, t.partial = nil, nil
+	for i, res := range results {
+		if res != nil {
+			t.results, t.partial = append(t.results, res), append(t.partial, false)
+			continue
+		}
+		r, p := t.resolved[i], t.previews[i]
+		if p == nil || r.Width == 0 {
+			continue // interrupted before its first step: nothing to show
+		}
+		// the preview is of the request's first image
+		t.results = append(t.results, &sd.Result{Images: []image.Image{scaled(p, r.Width, r.Height)}, Seeds: []int64{r.Seed}, Request: r})
+		t.partial = append(t.partial, true)
+	}
+	t.interrupted = len(t.results) > 0
 }

@@ -37,6 +37,7 @@ func main() {
 
 // run is the command; ctx ending starts the graceful shutdown.
 func run(ctx context.Context, args []string, stderr io.Writer) error {
+	sageMaker, args := sageMakerArgs(args) // "serve": SageMaker's container contract
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -64,6 +65,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		grace     = fs.Duration("grace", server.DefaultGrace, "on SIGTERM, how long in-flight work may finish before it is canceled")
 		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
 		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
+		lenient   = fs.Bool("lenient", false, "A1111 endpoints: ignore the request fields the server cannot honour (listed as warnings) instead of refusing them with 400")
+		slackSig  = fs.String("slack-signing-secret", os.Getenv("SLACK_SIGNING_SECRET"), "turns on POST /slack/command, verified with this Slack signing secret (default $SLACK_SIGNING_SECRET)")
+		slackBot  = fs.String("slack-bot-token", os.Getenv("SLACK_BOT_TOKEN"), "Slack bot token: upload images to the channel instead of posting links (default $SLACK_BOT_TOKEN)")
+		slackAPI  = fs.String("slack-api", server.DefaultSlackAPI, "Slack's Web API URL")
 		bf        brokerFlags
 	)
 	fs.StringVar(&bf.url, "broker", "", "NATS URL of the job queue shared by replicas (nats://host:4222); empty = none, or the embedded one with -data")
@@ -73,6 +78,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&bf.pull, "pull", 0, "queued jobs a replica runs at once (0 = 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if sageMaker {
+		sageMakerDefaults(fs, addr, model)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var m sd.Mode
@@ -117,8 +125,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		id = host + ":" + portOf(ln.Addr())
 	}
 	opened := mdl.Folder().Load()
+	hashStart := time.Now()
+	sum, err := server.HashModel(dir)
+	if err != nil {
+		return errors.Join(err, ln.Close(), mdl.Close())
+	}
+	log.Info("model hashed", "sha256", sum, "seconds", time.Since(hashStart).Seconds())
 	cfg := server.Config{
-		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), Token: *token,
+		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), ModelSHA256: sum, Token: *token, Lenient: *lenient,
+		SlackSigningSecret: *slackSig, SlackBotToken: *slackBot, SlackAPIURL: *slackAPI,
 		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxBodyMemory: *bodyMem, MaxConns: *maxConns,
 		BodyTimeout: *bodyTime, BodyIdleTimeout: *bodyIdle, IdleTimeout: *idle,
 		MaxSize: *maxSize, MaxSteps: *maxSteps, MaxImages: *maxImages,
