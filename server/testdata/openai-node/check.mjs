@@ -1,0 +1,58 @@
+// Drives an sdpipe server with the official OpenAI Node SDK, unchanged but
+// for the base URL, and exits non-zero saying what failed:
+//   node check.mjs http://127.0.0.1:7860
+import OpenAI, { toFile } from "openai";
+
+const base = process.argv[2];
+const client = new OpenAI({ baseURL: base + "/v1", apiKey: "sk-test", maxRetries: 0 });
+const fail = (msg) => { console.error("openai-node: " + msg); process.exit(1); };
+const png = (b64) => Buffer.from(b64, "base64").subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+
+// generate: n, size, quality
+let res = await client.images.generate({ prompt: "a lighthouse at dusk", model: "gpt-image-1", n: 2, size: "64x64", quality: "low" });
+if (res.data.length !== 2 || !res.data.every((d) => png(d.b64_json))) fail("generate: want 2 PNGs, got " + JSON.stringify(res).slice(0, 200));
+
+// jpeg
+res = await client.images.generate({ prompt: "a red fox", size: "64x64", output_format: "jpeg", output_compression: 60 });
+if (!Buffer.from(res.data[0].b64_json, "base64").subarray(0, 2).equals(Buffer.from([0xff, 0xd8]))) fail("jpeg: not a JPEG");
+
+// url
+res = await client.images.generate({ prompt: "a cat", size: "64x64", response_format: "url" });
+const got = await fetch(res.data[0].url);
+if (!got.ok || got.headers.get("content-type") !== "image/png") fail("url: " + got.status);
+
+// stream with partial images
+const stream = await client.images.generate({ prompt: "a blue square", size: "64x64", quality: "high", stream: true, partial_images: 2 });
+let partials = 0, completed = 0;
+for await (const ev of stream) {
+  if (ev.type === "image_generation.partial_image") partials++;
+  else if (ev.type === "image_generation.completed" && png(ev.b64_json)) completed++;
+}
+if (partials !== 2 || completed !== 1) fail(`stream: ${partials} partial and ${completed} completed events, want 2 and 1`);
+
+// edit: one image, no mask
+const first = await client.images.generate({ prompt: "a tree", size: "64x64" });
+const image = await toFile(Buffer.from(first.data[0].b64_json, "base64"), "in.png", { type: "image/png" });
+res = await client.images.edit({ prompt: "make it autumn", image, size: "64x64" });
+if (!png(res.data[0].b64_json)) fail("edit: not a PNG");
+
+// an edit with a mask: a clear refusal (the engine does not inpaint yet)
+try {
+  await client.images.edit({ prompt: "x", image: await toFile(Buffer.from(first.data[0].b64_json, "base64"), "in.png", { type: "image/png" }), mask: await toFile(Buffer.from(first.data[0].b64_json, "base64"), "mask.png", { type: "image/png" }) });
+  fail("edit with a mask: no error");
+} catch (e) {
+  if (!(e instanceof OpenAI.APIError) || e.status !== 501 || !/inpainting/.test(e.message)) fail("edit with a mask: " + e);
+}
+
+// the error envelope, and a size error naming the limit
+try {
+  await client.images.generate({ prompt: "x", size: "1024x1024" });
+  fail("1024x1024: no error");
+} catch (e) {
+  if (!(e instanceof OpenAI.BadRequestError) || e.param !== "size" || !/limit/.test(e.message)) fail("1024x1024: " + e);
+}
+
+// models
+const models = await client.models.list();
+if (models.data.length !== 1) fail("models: " + JSON.stringify(models.data));
+console.log("openai-node: all checks passed");
