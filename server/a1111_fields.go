@@ -198,13 +198,15 @@ func a1111Problems(in *a1111Request, img2img bool) []string {
 }
 
 // checkA1111Fields refuses in's unsupported fields, or returns them as
-// warnings when the request or the server is lenient.
+// warnings when the request (nil: one checked before) or the server is
+// lenient.
 func (s *Server) checkA1111Fields(r *http.Request, in *a1111Request, img2img bool) ([]string, error) {
 	problems := a1111Problems(in, img2img)
 	if len(problems) == 0 {
 		return nil, nil
 	}
-	if s.cfg.Lenient || strings.EqualFold(r.Header.Get(lenientHeader), "true") {
+	// r is nil for a job from the shared queue, checked when it was submitted
+	if s.cfg.Lenient || r == nil || strings.EqualFold(r.Header.Get(lenientHeader), "true") {
 		for i := range problems {
 			problems[i] += " (ignored)"
 		}
