@@ -7,18 +7,20 @@ import (
 	"github.com/sdpipe/sdpipe/rng"
 )
 
-// VariationNoise returns the initial noise of one image with
+// VariationNoise returns the initial noise of one image of r with
 // AUTOMATIC1111's variation seed: the noise of seed and the noise of
-// subseed, each drawn by g as Request.Seed draws it, spherically
-// interpolated by strength (0 gives seed's noise, 1 subseed's) as A1111's
-// slerp does it, for a latent of channels × height/8 × width/8 values. Set
-// the result (one image after another) as Request.Latents.
+// subseed, each drawn by r's generator as Request.Seed draws it,
+// spherically interpolated by strength (0 gives seed's noise, 1
+// subseed's) as A1111's slerp does it, for a latent of channels ×
+// r.Height/8 × r.Width/8 values. Set the result (one image after another)
+// as r.Latents.
 //
 // A1111 interpolates along the latent's rows: it normalises each column
 // of each channel over the rows, and when the mean cosine of those
 // columns is above 0.9995 it blends linearly instead (with the weights as
 // A1111 has them, strength on seed's noise).
-func VariationNoise(g rng.Kind, seed, subseed int64, strength float64, channels, width, height int) ([]float32, error) {
+func VariationNoise(r Request, seed, subseed int64, strength float64, channels int) ([]float32, error) {
+	g, width, height := rng.Kind(r.Generator), r.Width, r.Height
 	switch {
 	case channels < 1 || width < 8 || height < 8 || width%8 != 0 || height%8 != 0:
 		return nil, fmt.Errorf("sd: variation noise: %d channels at %dx%d: want channels ≥ 1 and multiples of 8", channels, width, height)
@@ -88,3 +90,13 @@ func VariationNoise(g rng.Kind, seed, subseed int64, strength float64, channels,
 	}
 	return out, nil
 }
+
+// UseA1111Noise makes r draw its noise as AUTOMATIC1111's "CPU" random
+// source does (torch.randn on the CPU), so that a seed gives A1111's
+// initial latents.
+func UseA1111Noise(r *Request) { r.Generator = asKind(r.Generator, rng.KindTorchCPU) }
+
+// IsA1111Noise reports whether r draws its noise as A1111's "CPU" source.
+func IsA1111Noise(r Request) bool { return rng.Kind(r.Generator) == rng.KindTorchCPU }
+
+func asKind[G ~int](_ G, k rng.Kind) G { return G(k) }

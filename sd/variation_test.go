@@ -18,11 +18,16 @@ func TestVariationNoise(t *testing.T) {
 		return d
 	}
 	low, high := draw(1), draw(2)
+	req := Request{Width: 64, Height: 64}
+	UseA1111Noise(&req)
+	if !IsA1111Noise(req) {
+		t.Fatal("UseA1111Noise did not set the torch CPU generator")
+	}
 	for _, tc := range []struct {
 		strength float64
 		want     []float32
 	}{{0, low}, {1, high}} {
-		got, err := VariationNoise(rng.KindTorchCPU, 1, 2, tc.strength, 4, 64, 64)
+		got, err := VariationNoise(req, 1, 2, tc.strength, 4)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +39,7 @@ func TestVariationNoise(t *testing.T) {
 	}
 	// halfway: each (channel, column) vector over the rows keeps about
 	// the norm of its ends (a slerp, not a lerp, which shrinks it)
-	mid, err := VariationNoise(rng.KindTorchCPU, 1, 2, 0.5, 4, 64, 64)
+	mid, err := VariationNoise(req, 1, 2, 0.5, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +51,7 @@ func TestVariationNoise(t *testing.T) {
 	if r := math.Sqrt(nm / nl); r < 0.85 || r > 1.15 {
 		t.Errorf("norm ratio %v at strength 0.5, want about 1", r)
 	}
-	if _, err := VariationNoise(rng.KindTorchCPU, 1, 2, 1.5, 4, 64, 64); err == nil {
+	if _, err := VariationNoise(req, 1, 2, 1.5, 4); err == nil {
 		t.Error("strength 1.5 accepted")
 	}
 }

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/sdpipe/sdpipe/rng"
-
 	xdraw "golang.org/x/image/draw"
 
 	"github.com/sdpipe/sdpipe/sd"
@@ -113,7 +111,7 @@ func (ii imageInfo) infotext() string {
 	if r.GuidanceRescale != 0 {
 		f = append(f, infoField{"CFG Rescale", pyFloat(r.GuidanceRescale)})
 	}
-	f = append(f, infoField{"RNG", rngName(r.Generator)})
+	f = append(f, infoField{"RNG", rngName(r)})
 	if ii.interrupted {
 		f = append(f, infoField{"Interrupted", "preview"})
 	}
@@ -135,11 +133,11 @@ func (ii imageInfo) infotext() string {
 
 // rngName is A1111's name of a generator's random number source ("CPU":
 // torch.randn on the CPU), or the engine's for numpy, which A1111 lacks.
-func rngName(g rng.Kind) string {
-	if g == torchCPU {
+func rngName(r sd.Request) string {
+	if sd.IsA1111Noise(r) {
 		return "CPU"
 	}
-	return g.String()
+	return r.Generator.String()
 }
 
 // A1111's infotext grammar: the last line holds "Key: value" pairs, a

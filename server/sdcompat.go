@@ -2,23 +2,19 @@ package server
 
 import (
 	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/scheduler"
 )
 
 // The few names the service needs that package sd does not own yet on
 // main: sd's own Request, generators, PNG writer and scheduler list are on
 // their way (the "edge" reshaping of sd); when they land, these become
-// sd.EncodePNG, torchCPU, sd.Schedulers and maxGuidance,
+// sd.EncodePNG, sd.Schedulers and sd.MaxGuidance,
 // and this file goes away.
 
 var (
 	encodePNG  = pipeline.EncodePNG
 	schedulers = scheduler.Names
 )
-
-// torchCPU is torch.randn's generator on the CPU, A1111's "CPU" source.
-const torchCPU = rng.KindTorchCPU
 
 const maxGuidance = pipeline.MaxGuidance
 

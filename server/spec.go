@@ -162,8 +162,9 @@ func (s *Server) build(c *common) (*spec, error) {
 			// noise as A1111 draws it with its CPU source, so that a seed
 			// gives A1111's initial latents; previews for the progress
 			// endpoints and streams
-			Generator: torchCPU, Preview: true,
+			Preview: true,
 		}
+		sd.UseA1111Noise(&r)
 		if c.latents != nil {
 			var err error
 			if r.Latents, err = c.latents(r.Seed, per); err != nil {

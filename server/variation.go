@@ -53,7 +53,9 @@ func (s *Server) variation(c *common, in *a1111Request) error {
 		}
 		var out []float32
 		for range images {
-			noise, err := sd.VariationNoise(torchCPU, c.baseSeed, next, st, latentChannels, w, h)
+			r := sd.Request{Width: w, Height: h}
+			sd.UseA1111Noise(&r)
+			noise, err := sd.VariationNoise(r, c.baseSeed, next, st, latentChannels)
 			if err != nil {
 				return nil, badRequest("subseed", "subseed: %v", err)
 			}
