@@ -41,16 +41,22 @@ nofile=$(($(ulimit -Hn) / 2))
 nproc=$(($(ulimit -Hu 2>/dev/null || echo 8192) / 2))
 [ "$nproc" -gt 0 ] && [ "$nproc" -le 16384 ] || nproc=16384
 
+# runc where it is installed: crun refuses hybrid cgroup hierarchies
+runtime=()
+if command -v runc >/dev/null; then
+	runtime=(--runtime runc)
+fi
+
 pod() {
 	podman --root "$store/storage" --runroot "$store/run" --storage-driver vfs \
-		--cgroup-manager cgroupfs --events-backend file "$@"
+		--cgroup-manager cgroupfs --events-backend file "${runtime[@]}" "$@"
 }
 
 runflags=(--network host --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 buildflags=(--network host --isolation chroot --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 
 install() {
-	if command -v podman >/dev/null && command -v debootstrap >/dev/null; then
+	if command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null; then
 		say "podman and debootstrap already installed"
 		return
 	fi
@@ -59,7 +65,7 @@ install() {
 	say "installing podman and debootstrap with apt-get"
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-		podman crun conmon netavark uidmap debootstrap ca-certificates >/dev/null
+		podman runc crun conmon netavark uidmap debootstrap ca-certificates >/dev/null
 }
 
 check() {
@@ -91,6 +97,7 @@ bases_debian() {
 			die "debootstrap failed; see $store/debootstrap.log"
 		}
 	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+	chmod 0755 "$root" # mktemp made it 0700: the image's / must let every user in
 	tar -C "$root" -c . | pod import --change 'CMD ["/bin/bash"]' - "$base/debian:bookworm" >/dev/null
 	rm -rf "$root"
 }
@@ -153,11 +160,10 @@ podman)
 	# "run" gets the flags that let a container start here
 	if [ "${1:-}" = run ]; then
 		shift
-		exec podman --root "$store/storage" --runroot "$store/run" --storage-driver vfs \
-			--cgroup-manager cgroupfs --events-backend file run "${runflags[@]}" "$@"
+		pod run "${runflags[@]}" "$@"
+		exit
 	fi
-	exec podman --root "$store/storage" --runroot "$store/run" --storage-driver vfs \
-		--cgroup-manager cgroupfs --events-backend file "$@"
+	pod "$@"
 	;;
 *) die "usage: image.sh install | check | bases | build [TAG] | podman ARGS…" ;;
 esac
