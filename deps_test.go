@@ -55,6 +55,16 @@ var allowed = map[string][]string{
 // examples/internal/...).
 var top = []string{"examples/", "bench", "cmd/"}
 
+// programs lists the example programs that show what a program needs of
+// the library: they may import only sd and models (and the examples'
+// shared helpers). examples/server and examples/grid join them once the
+// service and grid libraries they use live outside package main.
+var programs = map[string][]string{
+	"examples/txt2img":      {"sd", "models", "examples/internal/cli"},
+	"examples/img2img":      {"sd", "models", "examples/internal/cli"},
+	"examples/internal/cli": {"sd", "models"},
+}
+
 func isTop(p string) bool {
 	for _, t := range top {
 		if strings.HasPrefix(p, t) {
@@ -110,6 +120,13 @@ func TestImportLayering(t *testing.T) {
 				t.Errorf("%s imports %s, which sits on top of the layering", pkg, imp)
 			}
 		}
+		if ok, isProgram := programs[pkg]; isProgram {
+			for _, imp := range imps {
+				if !slices.Contains(ok, imp) {
+					t.Errorf("%s imports %s; a program needs only %v", pkg, imp, ok)
+				}
+			}
+		}
 		if isTop(pkg) {
 			continue
 		}
@@ -124,7 +141,7 @@ func TestImportLayering(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"tokenizer", "scheduler", "pipeline", "internal/ort"} {
+	for _, p := range []string{"tokenizer", "scheduler", "pipeline", "internal/ort", "examples/txt2img", "examples/internal/cli"} {
 		if _, ok := pkgs[p]; !ok {
 			t.Errorf("package %s not found: is the test running at the module root?", p)
 		}

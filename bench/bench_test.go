@@ -13,6 +13,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -80,12 +81,16 @@ func tinyModel(t *testing.T) string {
 // work as the engine: the same request gives the same image.
 func TestSequentialMatchesEngine(t *testing.T) {
 	dir := tinyModel(t)
-	m, err := sd.Open(t.Context(), dir, sd.WithoutVAEEncoder())
+	f, err := sd.OpenFolder(t.Context(), dir, sd.WithoutVAEEncoder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	m, err := pipeline.New(engineComponents(f), pipeline.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	f := m.Folder()
 	s := &sequential{f: f, enc: f.TextEncoder, den: f.UNet, dec: f.VAEDecoder}
 	cfg := Config{Width: 64, Height: 64, Steps: 4}
 	if err := cfg.defaults(); err != nil {

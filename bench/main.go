@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out       = fs.String("out", "bench-out", "folder for report.json, report.md and timeline.svg")
 		quiet     = fs.Bool("q", false, "no progress on stderr")
 		rewrites  = fs.String("rewrites", "default", `graph rewrites at open: "default" (the library's), "none", or a comma-separated list (baddbmm, mha, foldscale)`)
-		spin      = fs.Bool("spin", true, "let ONNX Runtime's idle pool threads spin (sd.WithSpinning)")
+		spin      = fs.Bool("spin", true, "let ONNX Runtime's idle pool threads spin (sd.SessionOptions.Spinning)")
 		scaling   = fs.Bool("scaling", true, "time a UNet call on half the cores (opens a second UNet)")
 		kernelsF  = fs.Bool("kernels", false, "only time the fp32 and int8 MatMul and Conv kernels (KernelLimits) and exit")
 		threads   = fs.Int("threads", 0, "intra-op threads of -kernels (0: ORT's default)")

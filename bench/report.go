@@ -43,7 +43,7 @@ type Report struct {
 	// Rewrites says what each component's graph rewriting did (nil: the
 	// files as they are).
 	Rewrites map[string]string `json:"rewrites,omitempty"`
-	// NoSpinning: the sessions' idle threads sleep at once (sd.WithSpinning).
+	// NoSpinning: the sessions' idle threads sleep at once (sd.SessionOptions.Spinning).
 	NoSpinning bool `json:"no_spinning,omitempty"`
 	SeqLen     int  `json:"seq_len"`
 

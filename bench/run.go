@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"image"
 	"log/slog"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -112,7 +111,7 @@ type Config struct {
 	Rewrites []sd.Rewrite
 	// NoRewrites opens the files as they are (sd.WithoutRewrites).
 	NoRewrites bool
-	// NoSpinning opens every session with sd.WithSpinning(false).
+	// NoSpinning opens every session with sd.SessionOptions{Spinning: sd.Off}.
 	NoSpinning bool
 
 	Logger *slog.Logger // progress; nil discards
@@ -228,15 +227,15 @@ func (t *RequestTiming) fill(i int, origin time.Time) {
 // harness holds what the runs share.
 type harness struct {
 	cfg   Config
-	model *sd.Model
 	f     *sd.Folder
-	half  *unet.Model // UNet session with NumCPU/2 threads, for Pipelined
-	// halfModel owns half
-	halfModel *sd.Model
-	rec       *callRecorder
-	seq       *sequential
-	engines   map[Mode]*pipeline.Pipeline
-	stats     map[string]*ort.Session
+	model *pipeline.Pipeline // f's models as sd.Open runs them: latency mode, no call recorder
+	half  *unet.Model        // UNet session with NumCPU/2 threads, for Pipelined
+	// halfFolder owns half
+	halfFolder *sd.Folder
+	rec        *callRecorder
+	seq        *sequential
+	engines    map[Mode]*pipeline.Pipeline
+	stats      map[string]*ort.Session
 }
 
 func (h *harness) close() error {
@@ -244,27 +243,38 @@ func (h *harness) close() error {
 	for _, p := range h.engines {
 		errs = append(errs, p.Close())
 	}
-	if h.halfModel != nil {
-		errs = append(errs, h.halfModel.Close())
-	}
 	if h.model != nil {
 		errs = append(errs, h.model.Close())
+	}
+	if h.halfFolder != nil {
+		errs = append(errs, h.halfFolder.Close())
+	}
+	if h.f != nil {
+		errs = append(errs, h.f.Close())
 	}
 	return errors.Join(errs...)
 }
 
+// components are h's models with the call recorder, the UNet u.
 func (h *harness) components(u pipeline.Denoiser) pipeline.Components {
-	f := h.f
+	c := engineComponents(h.f)
+	c.TextEncoder = h.rec.encoder(c.TextEncoder)
+	c.UNet = h.rec.denoiser(u)
+	c.VAEDecoder = h.rec.decoder(c.VAEDecoder)
+	return c
+}
+
+// engineComponents are f's models as sd.Open hands them to the engine.
+func engineComponents(f *sd.Folder) pipeline.Components {
 	return pipeline.Components{
 		Tokenizer:           f.Tokenizer,
-		TextEncoder:         h.rec.encoder(f.TextEncoder),
-		UNet:                h.rec.denoiser(u),
-		VAEDecoder:          h.rec.decoder(f.VAEDecoder),
+		TextEncoder:         f.TextEncoder,
+		UNet:                f.UNet,
+		VAEDecoder:          f.VAEDecoder,
 		Scheduler:           f.Scheduler,
 		ScalingFactor:       f.ScalingFactor,
 		LatentChannels:      f.UNet.OutChannels(),
 		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
-		ModelName:           filepath.Base(filepath.Clean(f.Dir)),
 	}
 }
 
@@ -337,7 +347,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	h := &harness{cfg: cfg, rec: newCallRecorder(), engines: map[Mode]*pipeline.Pipeline{}}
 	defer func() { err = errors.Join(err, h.close()) }()
 	t0 := time.Now()
-	opts := []sd.Option{sd.WithoutVAEEncoder()}
+	opts := []sd.LoadOption{sd.WithoutVAEEncoder()}
 	if cfg.LibraryPath != "" {
 		opts = append(opts, sd.WithLibraryPath(cfg.LibraryPath))
 	}
@@ -348,12 +358,16 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		opts = append(opts, sd.WithRewrites(cfg.Rewrites...))
 	}
 	if cfg.NoSpinning {
-		opts = append(opts, sd.WithSpinning(false))
+		for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder} {
+			opts = append(opts, sd.WithSessionOptions(c, sd.SessionOptions{Spinning: sd.Off}))
+		}
 	}
-	if h.model, err = sd.Open(ctx, cfg.ModelDir, opts...); err != nil {
+	if h.f, err = sd.OpenFolder(ctx, cfg.ModelDir, opts...); err != nil {
 		return nil, err
 	}
-	h.f = h.model.Folder()
+	if h.model, err = pipeline.New(engineComponents(h.f), pipeline.Options{}); err != nil {
+		return nil, err
+	}
 	rep.LoadS = time.Since(t0).Seconds()
 	if !cfg.NoRewrites {
 		rep.Rewrites = map[string]string{}
@@ -377,10 +391,10 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		// a second model whose UNet has half the threads, rewritten alike
 		// (from the rewrite cache the first open filled)
 		halfOpts := append(slices.Clone(opts), sd.WithThreads(sd.UNet, halfThreads))
-		if h.halfModel, err = sd.Open(ctx, cfg.ModelDir, halfOpts...); err != nil {
+		if h.halfFolder, err = sd.OpenFolder(ctx, cfg.ModelDir, halfOpts...); err != nil {
 			return nil, err
 		}
-		h.half = h.halfModel.Folder().UNet
+		h.half = h.halfFolder.UNet
 		h.stats["unet_half"] = h.half.Session()
 	}
 	h.seq = &sequential{f: h.f, enc: h.rec.encoder(h.f.TextEncoder), den: h.rec.denoiser(h.f.UNet), dec: h.rec.decoder(h.f.VAEDecoder)}

@@ -84,6 +84,5 @@ func openComponents(t testing.TB, dir string) pipeline.Components {
 	return pipeline.Components{
 		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
 		Scheduler: cfg, ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps(),
-		ModelName: DefaultName,
 	}
 }

@@ -105,8 +105,6 @@ type Components struct {
 	// item; when false, only requests at the same timestep share a call
 	// (they always do: batched requests run in lockstep).
 	UNetTimestepPerItem bool
-	// ModelName names the model in image metadata (the folder's base name).
-	ModelName string
 }
 
 func (c *Components) check() error {

@@ -54,7 +54,6 @@ func (p *Pipeline) decode(j *job) error {
 		}
 		res.Images = append(res.Images, toNRGBA(px, h, w))
 		res.Seeds = append(res.Seeds, it.seed)
-		res.Infotexts = append(res.Infotexts, Infotext(r, it.seed, p.c.ModelName))
 	}
 	j.metrics.Decode = time.Since(start)
 	j.metrics.Total = time.Since(j.start)

@@ -60,7 +60,7 @@ func (p *Pipeline) denoiseStage(in <-chan *job, out chan<- *job) {
 
 // compatible reports whether two jobs can share UNet calls in lockstep.
 func compatible(a, b *job) bool {
-	return a.size == b.size && a.latH == b.latH && a.cfg == b.cfg && a.seq == b.seq && a.hidden == b.hidden &&
+	return a.size == b.size && a.latH == b.latH && a.guided == b.guided && a.seq == b.seq && a.hidden == b.hidden &&
 		slices.Equal(a.steps, b.steps)
 }
 
@@ -74,6 +74,7 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 	}
 	live := batch
 	var b *unetBatch
+	var model time.Duration // inside UNet calls
 	for i, t := range batch[0].steps {
 		// drop jobs that were canceled
 		kept := live[:0:0]
@@ -91,7 +92,11 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 			}
 			b = p.newUNetBatch(live)
 		}
-		err := p.guard("denoise", live[0], func(*job) error { return p.step(b, i, t) })
+		err := p.guard("denoise", live[0], func(*job) error {
+			d, err := p.step(b, i, t)
+			model += d
+			return err
+		})
 		if err != nil {
 			for _, j := range live {
 				if je := j.err(); je != nil {
@@ -101,19 +106,29 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 			}
 			return nil
 		}
+		kept = live[:0:0]
 		for _, j := range live {
 			ev := Progress{Step: i + 1, Total: len(j.steps), Elapsed: time.Since(j.start)}
 			if j.req.Preview {
 				ev.Preview = preview(j.items[0].latents, p.c.LatentChannels, j.latH, j.latW)
 			}
 			j.emit(ev)
+			if f := j.req.OnStep; f != nil {
+				if err := p.guard("denoise", j, func(j *job) error { f(j.stepState(i, t)); return nil }); err != nil {
+					p.finishDenoise(j, start, fmt.Errorf("OnStep: %w", err))
+					b = nil // rebuilt without j
+					continue
+				}
+			}
+			kept = append(kept, j)
 		}
+		live = kept
 	}
 	now := time.Now()
 	for _, j := range live {
 		j.metrics.Denoise = now.Sub(start)
 		j.metrics.Steps = len(j.steps)
-		j.metrics.DenoiseModel = b.model
+		j.metrics.DenoiseModel = model
 	}
 	return live
 }
@@ -128,17 +143,16 @@ func (p *Pipeline) finishDenoise(j *job, start time.Time, err error) {
 // the order [uncond of every image..., cond of every image...] when
 // guidance is on, as diffusers batches [uncond, text].
 type unetBatch struct {
-	jobs  []*job
-	items []*item
-	job   []*job // job of each item
-	x     []float32
-	cond  *tensor.Dense
-	cfg   bool
-	model time.Duration
+	jobs   []*job
+	items  []*item
+	job    []*job // job of each item
+	x      []float32
+	cond   *tensor.Dense
+	guided bool
 }
 
 func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {
-	b := &unetBatch{jobs: jobs, cfg: jobs[0].cfg}
+	b := &unetBatch{jobs: jobs, guided: jobs[0].guided}
 	for _, j := range jobs {
 		for _, it := range j.items {
 			b.items = append(b.items, it)
@@ -148,12 +162,12 @@ func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {
 	n, size := len(b.items), jobs[0].size
 	seq, hidden := jobs[0].seq, jobs[0].hidden
 	k := 1
-	if b.cfg {
+	if b.guided {
 		k = 2
 	}
 	b.x = make([]float32, k*n*size)
 	e := make([]float32, 0, k*n*seq*hidden)
-	if b.cfg {
+	if b.guided {
 		for m := range b.items {
 			e = append(e, b.job[m].uncond...)
 		}
@@ -191,12 +205,12 @@ func callContext(jobs []*job) (context.Context, context.CancelFunc) {
 }
 
 // step runs model call i at timestep t for the batch and advances every
-// item's scheduler.
-func (p *Pipeline) step(b *unetBatch, i int, t float64) error {
+// item's scheduler. It returns the time spent in the UNet.
+func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 	n, size := len(b.items), b.jobs[0].size
 	for m, it := range b.items {
 		it.sched.ScaleModelInput(b.x[m*size:(m+1)*size], it.latents, i)
-		if b.cfg {
+		if b.guided {
 			copy(b.x[(n+m)*size:(n+m+1)*size], b.x[m*size:(m+1)*size])
 		}
 	}
@@ -214,18 +228,17 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) error {
 	}
 	cancel()
 	d := time.Since(t0)
-	b.model += d
 	p.m.unetCall(k*n, d)
 	if err != nil {
-		return fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
+		return d, fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
 	}
 	e := pred.Data().([]float32)
 	if len(e) != len(b.x) {
-		return fmt.Errorf("step %d/%d: unet returned %d values, want %d", i+1, len(j0.steps), len(e), len(b.x))
+		return d, fmt.Errorf("step %d/%d: unet returned %d values, want %d", i+1, len(j0.steps), len(e), len(b.x))
 	}
 	for m, it := range b.items {
 		var eps []float32
-		if b.cfg {
+		if b.guided {
 			u, c := e[m*size:(m+1)*size], e[(n+m)*size:(n+m+1)*size]
 			guide(u, c, float32(b.job[m].req.GuidanceScale))
 			if r := b.job[m].req.GuidanceRescale; r > 0 {
@@ -236,15 +249,10 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) error {
 			eps = e[m*size : (m+1)*size]
 		}
 		if err := it.sched.Step(eps, it.latents, i); err != nil {
-			return fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
+			return d, fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
 		}
 	}
-	if p.onStep != nil {
-		for _, j := range b.jobs {
-			p.onStep(j, i)
-		}
-	}
-	return nil
+	return d, nil
 }
 
 // guide writes uncond + g·(cond − uncond) into uncond, in float32 as

@@ -122,7 +122,7 @@ func (p *Pipeline) encodePrompts(j *job) error {
 			return invalid("Prompt", "%v", err)
 		}
 		var uncond *tokenizer.Prompt
-		if j.cfg {
+		if j.guided {
 			if uncond, err = wt.EncodeWeighted(r.NegativePrompt); err != nil {
 				return invalid("NegativePrompt", "%v", err)
 			}
@@ -136,7 +136,7 @@ func (p *Pipeline) encodePrompts(j *job) error {
 		}
 		k = len(cond.Chunks)
 	} else {
-		if j.cfg {
+		if j.guided {
 			chunks = append(chunks, p.c.Tokenizer.Encode(r.NegativePrompt))
 		}
 		chunks = append(chunks, p.c.Tokenizer.Encode(stripLoRAs(r.Prompt)))
@@ -175,7 +175,7 @@ func (p *Pipeline) encodePrompts(j *job) error {
 	// each prompt's chunks are consecutive, so concatenation along the
 	// sequence is a plain slice
 	j.seq = k * n
-	if j.cfg {
+	if j.guided {
 		j.uncond, j.cond = d[:k*per], d[k*per:2*k*per]
 	} else {
 		j.cond = d[:k*per]

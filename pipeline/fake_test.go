@@ -164,7 +164,6 @@ func fakeComponents(t testing.TB, u *fakeUNet, delay time.Duration) Components {
 		VAEDecoder:  fakeDecoder(delay),
 		VAEEncoder:  fakeImageEncoder(),
 		Scheduler:   cfg,
-		ModelName:   "fake",
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"gorgonia.org/tensor"
+
 	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/scheduler"
 )
@@ -18,7 +20,7 @@ type job struct {
 	cancel    context.CancelCauseFunc
 	stopAbort func() bool
 	req       Request
-	cfg       bool // classifier-free guidance on
+	guided    bool // classifier-free guidance on: the UNet gets an unconditional row per image
 
 	// encode results
 	seq, hidden  int
@@ -52,7 +54,7 @@ func (p *Pipeline) newJob(ctx context.Context, r Request) *job {
 		ctx:      jctx,
 		cancel:   cancel,
 		req:      r,
-		cfg:      r.GuidanceScale > 1,
+		guided:   r.GuidanceScale > 1,
 		latH:     r.Height / 8,
 		latW:     r.Width / 8,
 		progress: make(chan Progress, r.Steps*2+2), // one event per model call at most
@@ -108,5 +110,26 @@ func (j *job) emit(ev Progress) {
 	select {
 	case j.progress <- ev:
 	default:
+	}
+}
+
+// stepState is what Request.OnStep sees after model call i at timestep t.
+func (j *job) stepState(i int, t float64) Step {
+	n := len(j.items)
+	lat := make([]float32, 0, n*j.size)
+	for _, it := range j.items {
+		lat = append(lat, it.latents...)
+	}
+	rows := 1
+	emb := make([]float32, 0, 2*len(j.cond))
+	if j.guided {
+		rows = 2
+		emb = append(emb, j.uncond...)
+	}
+	emb = append(emb, j.cond...)
+	return Step{
+		Step: i + 1, Total: len(j.steps), Timestep: t,
+		Latents:        tensor.New(tensor.WithShape(n, len(lat)/(n*j.latH*j.latW), j.latH, j.latW), tensor.WithBacking(lat)),
+		TextEmbeddings: tensor.New(tensor.WithShape(rows, j.seq, j.hidden), tensor.WithBacking(emb)),
 	}
 }

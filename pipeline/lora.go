@@ -116,7 +116,7 @@ func (b *unetBatch) loraRows() [][]LoRA {
 	}
 	var rows [][]LoRA
 	k := 1
-	if b.cfg {
+	if b.guided {
 		k = 2
 	}
 	for range k {

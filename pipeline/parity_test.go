@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"math"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -53,13 +54,14 @@ func componentsFrom(t *testing.T, dir string) Components {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc, Scheduler: cfg, ModelName: filepath.Base(dir),
+	return Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc, Scheduler: cfg,
 		UNetTimestepPerItem: un.PerItemTimesteps()}
 }
 
 // TestParityWithDiffusers runs the reference request through the pipeline
 // and compares the text embeddings, every step's latents and the final
-// image with diffusers' own OnnxStableDiffusionPipeline run.
+// image with diffusers' own OnnxStableDiffusionPipeline run. It sees the
+// embeddings and latents through the public Request.OnStep hook.
 func TestParityWithDiffusers(t *testing.T) {
 	ref := testenv.LoadTinyReference(t)
 	p, err := New(referenceComponents(t), Options{})
@@ -71,18 +73,23 @@ func TestParityWithDiffusers(t *testing.T) {
 	var mu sync.Mutex
 	stepDiff := make([]float64, len(ref.ORT.Steps))
 	var condDiff, uncondDiff float64
-	p.onEncoded = func(j *job) {
+	onStep := func(s Step) {
 		mu.Lock()
 		defer mu.Unlock()
-		condDiff = testenv.MaxAbsDiff(j.cond, ref.ORT.TextEncoderCalls[0].LastHiddenState)
-		uncondDiff = testenv.MaxAbsDiff(j.uncond, ref.ORT.TextEncoderCalls[1].LastHiddenState)
-	}
-	p.onStep = func(j *job, i int) {
-		mu.Lock()
-		defer mu.Unlock()
-		stepDiff[i] = testenv.MaxAbsDiff(j.items[0].latents, ref.ORT.Steps[i].LatentsAfter)
+		if s.Step == 1 { // [uncond, cond]
+			emb := s.TextEmbeddings.Data().([]float32)
+			n := len(emb) / 2
+			uncondDiff = testenv.MaxAbsDiff(emb[:n], ref.ORT.TextEncoderCalls[1].LastHiddenState)
+			condDiff = testenv.MaxAbsDiff(emb[n:], ref.ORT.TextEncoderCalls[0].LastHiddenState)
+		}
+		if s.Timestep != ref.ORT.Steps[s.Step-1].T {
+			stepDiff[s.Step-1] = math.Inf(1)
+			return
+		}
+		stepDiff[s.Step-1] = testenv.MaxAbsDiff(s.Latents.Data().([]float32), ref.ORT.Steps[s.Step-1].LatentsAfter)
 	}
 	res, err := p.Generate(t.Context(), Request{
+		OnStep:        onStep,
 		Prompt:        ref.Call.Prompt,
 		Width:         ref.Call.Width,
 		Height:        ref.Call.Height,

@@ -74,9 +74,8 @@ type Pipeline struct {
 	nextID atomic.Uint64
 	m      metricsCollector
 
-	// test hooks, called from stage goroutines when set
+	// test hook, called from the encode stage when set
 	onEncoded func(j *job)
-	onStep    func(j *job, i int)
 }
 
 // New starts a pipeline on c. The stages' goroutines run until Close.
@@ -147,12 +146,11 @@ type Progress struct {
 
 // Result is a finished request.
 type Result struct {
-	Images    []image.Image // one per image, *image.NRGBA
-	Pixels    *tensor.Dense // [images, height, width, 3] float32 in [0, 1], before 8-bit rounding
-	Seeds     []int64       // the seed of each image
-	Infotexts []string      // AUTOMATIC1111 "parameters" text of each image
-	Request   Request       // the request as resolved (defaults filled in)
-	Metrics   RequestMetrics
+	Images  []image.Image // one per image, *image.NRGBA
+	Pixels  *tensor.Dense // [images, height, width, 3] float32 in [0, 1], before 8-bit rounding
+	Seeds   []int64       // the seed of each image
+	Request Request       // the request as resolved (defaults filled in)
+	Metrics RequestMetrics
 }
 
 type outcome struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"image"
-	"io"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -86,21 +85,6 @@ func BenchmarkImageTensor(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				imageTensor(img)
-			}
-		})
-	}
-}
-
-func BenchmarkEncodePNG(b *testing.B) {
-	for _, side := range benchSides {
-		b.Run(fmt.Sprintf("%dx%d", side, side), func(b *testing.B) {
-			img := benchImage(side)
-			params := Infotext(Request{Prompt: "a lighthouse at dusk", Steps: 20, GuidanceScale: 7.5, Width: side, Height: side, Scheduler: "PNDM"}, 1, "bench")
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := EncodePNG(io.Discard, img, params); err != nil {
-					b.Fatal(err)
-				}
 			}
 		})
 	}

@@ -8,6 +8,8 @@ import (
 	"image"
 	"math"
 
+	"gorgonia.org/tensor"
+
 	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/tokenizer"
@@ -83,6 +85,20 @@ type Request struct {
 	// the text before tokenizing); the model's components must implement
 	// LoRADenoiser and LoRAEncoder.
 	LoRAs []LoRA
+
+	// OnStep, when set, is called after each denoising step (each UNet
+	// call) from the denoise stage's goroutine, which waits for it. A
+	// panic in it fails this request alone.
+	OnStep func(Step)
+}
+
+// Step is what Request.OnStep sees after one denoising step. The tensors
+// are copies made for the call.
+type Step struct {
+	Step, Total    int           // UNet calls made, and in all
+	Timestep       float64       // the model timestep of the call
+	Latents        *tensor.Dense // [images, channels, h, w] after the step
+	TextEmbeddings *tensor.Dense // [rows, sequence, hidden]: uncond (when guided), then cond
 }
 
 // RequestError reports an invalid Request field. It is returned by Submit

@@ -30,22 +30,22 @@ type checkpointConfig struct {
 // (vocab.json, merges.txt) for a single-file checkpoint; by default they
 // are looked for in tokenizer/ beside the checkpoint, then in the cache's
 // tokenizer/ folder.
-func WithTokenizer(dir string) Option {
-	return func(c *config) { c.ckpt.tokenizer = dir }
+func WithTokenizer(dir string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.tokenizer = dir }
 }
 
 // WithVAEFile replaces a single-file checkpoint's VAE with the VAE file at
 // path (original layout, first_stage_model.* or without prefix, or diffusers
 // layout).
-func WithVAEFile(path string) Option {
-	return func(c *config) { c.ckpt.vae = path }
+func WithVAEFile(path string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.vae = path }
 }
 
 // WithLoRA merges the LoRA file at path into a single-file checkpoint's
 // weights at open, at multiplier (several may be given). For LoRAs chosen
 // per request, use WithLoRADir.
-func WithLoRA(path string, multiplier float64) Option {
-	return func(c *config) {
+func WithLoRA(path string, multiplier float64) LoadOption {
+	return func(c *loadConfig) {
 		c.ckpt.loras = append(c.ckpt.loras, ckpt.LoRASpec{Path: path, Multiplier: float32(multiplier)})
 	}
 }
@@ -54,21 +54,21 @@ func WithLoRA(path string, multiplier float64) Option {
 // (Request.LoRAs, or <lora:name:multiplier> in the prompt) without
 // rebuilding anything; requests with different LoRAs still share UNet
 // calls. Single-file checkpoints only.
-func WithLoRADir(dir string) Option {
-	return func(c *config) { c.ckpt.loraDir = dir }
+func WithLoRADir(dir string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.loraDir = dir }
 }
 
 // WithEmbeddingsDir lets prompts use the textual-inversion embeddings of
 // folder dir by file name, with weighting, in negative prompts too.
 // Single-file checkpoints only.
-func WithEmbeddingsDir(dir string) Option {
-	return func(c *config) { c.ckpt.embeddings = dir }
+func WithEmbeddingsDir(dir string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.embeddings = dir }
 }
 
 // WithSkipUnknownLoRAKeys applies the keys of a LoRA that fit the model and
 // skips the rest, instead of refusing the LoRA with an error naming them.
-func WithSkipUnknownLoRAKeys() Option {
-	return func(c *config) { c.ckpt.skipUnknown = true }
+func WithSkipUnknownLoRAKeys() LoadOption {
+	return func(c *loadConfig) { c.ckpt.skipUnknown = true }
 }
 
 // WithCheckpointCache builds single-file checkpoints into dir instead of
@@ -76,16 +76,16 @@ func WithSkipUnknownLoRAKeys() Option {
 // refer to the checkpoint through hard links, so dir should be on the
 // checkpoints' file system (otherwise the weights are copied, with a
 // warning).
-func WithCheckpointCache(dir string) Option {
-	return func(c *config) { c.ckpt.cache = dir }
+func WithCheckpointCache(dir string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.cache = dir }
 }
 
 // WithPrediction overrides a single-file checkpoint's prediction type
 // ("epsilon" or "v_prediction"), which the file does not record: SD 2.x
 // checkpoints are taken as v_prediction (the 768-pixel models), as
 // diffusers does; the 512-pixel SD 2.x base models need "epsilon".
-func WithPrediction(p string) Option {
-	return func(c *config) { c.ckpt.prediction = p }
+func WithPrediction(p string) LoadOption {
+	return func(c *loadConfig) { c.ckpt.prediction = p }
 }
 
 // checkpointExts are the extensions of single-file checkpoints.
@@ -128,7 +128,7 @@ func checkpointPath(path string) (string, bool, error) {
 // folder in the cache and returns it; with per-request LoRAs or embeddings
 // it also opens the runtime components, which Open uses instead of the
 // folder's.
-func openCheckpoint(ctx context.Context, path string, cfg *config) (string, *ckptrun.Components, error) {
+func openCheckpoint(ctx context.Context, path string, cfg *loadConfig) (string, *ckptrun.Components, error) {
 	perRequest := cfg.ckpt.loraDir != "" || cfg.ckpt.embeddings != ""
 	b, err := ckpt.Build(ctx, path, ckpt.BuildOptions{
 		CacheDir: cfg.ckpt.cache, Prediction: cfg.ckpt.prediction, TokenizerDir: cfg.ckpt.tokenizer, VAE: cfg.ckpt.vae,
@@ -165,7 +165,7 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 		return dir, filepath.Base(filepath.Clean(dir)), nil, err
 	}
 	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-	built, rt, err := openCheckpoint(ctx, path, cfg)
+	built, rt, err := openCheckpoint(ctx, path, &cfg.load)
 	if err != nil || rt == nil {
 		return built, name, nil, err
 	}
@@ -183,16 +183,11 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 
 // openRuntime starts the engine on a checkpoint's runtime components.
 func openRuntime(rt *ckptrun.Components, name string, cfg *config) (*Model, error) {
-	c := rt.Components
-	c.ModelName = name
-	po := cfg.pipe
-	po.Logger = cfg.logger
-	if po.DefaultWidth == 0 && po.DefaultHeight == 0 {
-		po.DefaultWidth, po.DefaultHeight = rt.ImageSize, rt.ImageSize
-	}
-	p, err := pipeline.New(c, po)
+	f := &Folder{sampleSize: rt.ImageSize / 8}
+	d := f.defaults(cfg.engine.defaults)
+	p, err := pipeline.New(rt.Components, cfg.engine.pipelineOptions(d, cfg.load.logger))
 	if err != nil {
 		return nil, errors.Join(err, rt.Close())
 	}
-	return &Model{p: p, rt: rt}, nil
+	return &Model{p: p, rt: rt, name: name, defaults: d}, nil
 }

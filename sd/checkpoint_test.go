@@ -92,10 +92,7 @@ func TestOpenCheckpointPerRequest(t *testing.T) {
 	if _, err := m.Generate(t.Context(), req); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("unknown LoRA: %v", err)
 	}
-	if m.Folder() == nil || m.Folder().Dir == "" {
-		t.Error("no folder")
-	}
-	_ = m.Folder().Load()
+	_ = m.Load()
 }
 
 func TestOpenCheckpointErrors(t *testing.T) {

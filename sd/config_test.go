@@ -2,50 +2,51 @@ package sd
 
 import "testing"
 
-func TestSpinningOption(t *testing.T) {
-	for _, allow := range []bool{true, false} {
-		c, err := newConfig([]Option{WithSpinning(allow)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range components {
-			if got := c.ortOptions(k).NoSpinning; got == allow {
-				t.Errorf("WithSpinning(%v): %v's session has NoSpinning %v", allow, k, got)
-			}
-		}
-	}
-	c, err := newConfig(nil)
+func loadConfigOf(t *testing.T, opts ...LoadOption) *loadConfig {
+	t.Helper()
+	c, err := newLoadConfig(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ortOptions(UNet).NoSpinning {
+	return c
+}
+
+func TestSpinningOption(t *testing.T) {
+	for _, s := range []Switch{On, Off} {
+		var opts []LoadOption
+		for _, k := range components {
+			opts = append(opts, WithSessionOptions(k, SessionOptions{Spinning: s}))
+		}
+		c := loadConfigOf(t, opts...)
+		for _, k := range components {
+			if got := c.ortOptions(k).NoSpinning; got != (s == Off) {
+				t.Errorf("Spinning %v: %v's session has NoSpinning %v", s, k, got)
+			}
+		}
+	}
+	if loadConfigOf(t).ortOptions(UNet).NoSpinning {
 		t.Error("spinning is off by default")
 	}
 }
 
 func TestMemoryPatternOption(t *testing.T) {
-	c, err := newConfig(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := loadConfigOf(t)
 	for _, k := range components {
 		want := k != TextEncoder
 		if got := c.ortOptions(k).DisableMemPattern; got != want {
 			t.Errorf("default: %v's memory pattern disabled %v, want %v", k, got, want)
 		}
 	}
-	c, err = newConfig([]Option{WithMemoryPattern(VAEDecoder, true), WithMemoryPattern(TextEncoder, false)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryPattern: On}), WithSessionOptions(TextEncoder, SessionOptions{MemoryPattern: Off}))
 	if c.ortOptions(VAEDecoder).DisableMemPattern || !c.ortOptions(TextEncoder).DisableMemPattern || !c.ortOptions(VAEEncoder).DisableMemPattern {
-		t.Errorf("WithMemoryPattern not applied: decoder %+v, text encoder %+v", c.ortOptions(VAEDecoder), c.ortOptions(TextEncoder))
+		t.Errorf("MemoryPattern not applied: decoder %+v, text encoder %+v", c.ortOptions(VAEDecoder), c.ortOptions(TextEncoder))
 	}
-	c, err = newConfig([]Option{WithMemoryArena(VAEDecoder, false)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: Off}))
 	if !c.ortOptions(VAEDecoder).DisableMemArena || c.ortOptions(UNet).DisableMemArena {
-		t.Errorf("WithMemoryArena not applied: decoder %+v, unet %+v", c.ortOptions(VAEDecoder), c.ortOptions(UNet))
+		t.Errorf("MemoryArena not applied: decoder %+v, unet %+v", c.ortOptions(VAEDecoder), c.ortOptions(UNet))
+	}
+	c = loadConfigOf(t, WithSessionOptions(UNet, SessionOptions{ProviderOptions: map[string]string{"device_id": "1"}}), WithThreads(UNet, 3))
+	if o := c.ortOptions(UNet); o.ProviderOptions["device_id"] != "1" || o.IntraOpThreads != 3 {
+		t.Errorf("ProviderOptions or threads not applied: %+v", o)
 	}
 }

@@ -1,8 +1,12 @@
 package sd
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+
+	"github.com/sdpipe/sdpipe/pipeline"
 )
 
 // ErrMismatch is matched (errors.Is) by a *FolderError whose components do
@@ -56,3 +60,77 @@ type problem struct {
 
 func (p *problem) Error() string { return p.msg }
 func (p *problem) Unwrap() error { return p.err }
+
+// ErrClosed is returned by Submit and Generate after Close, and matched by
+// the error of a request that Close canceled.
+var ErrClosed = errors.New("sd: model closed")
+
+// ErrNaN is matched by the error of a request whose model output was not
+// finite (NaN or infinite), the known failure of float16 VAE decoders on
+// some latents.
+var ErrNaN = errors.New("sd: model output is not finite")
+
+// ErrInvalidRequest is matched (errors.Is) by every *RequestError.
+var ErrInvalidRequest = errors.New("sd: invalid request")
+
+// RequestError reports an invalid Request field. Submit and Generate
+// return it before anything is queued.
+type RequestError struct {
+	Field  string // the Request field, e.g. "Width"
+	Reason string
+}
+
+// Error returns "sd: invalid request: <field>: <reason>".
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("sd: invalid request: %s: %s", e.Field, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrInvalidRequest) true for a RequestError.
+func (e *RequestError) Is(target error) bool { return target == ErrInvalidRequest }
+
+// engineError returns err, an error of the engine, in this package's
+// terms: its sentinels and a *RequestError replace the engine's, and
+// context errors stay as they are.
+func engineError(err error) error {
+	if re, ok := errors.AsType[*pipeline.RequestError](err); ok && error(re) == err {
+		return &RequestError{Field: re.Field, Reason: re.Reason}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case err == pipeline.ErrClosed:
+		return ErrClosed
+	case err == context.Canceled || err == context.DeadlineExceeded:
+		return err
+	}
+	return &wrapped{err}
+}
+
+// wrapped is an engine error that also matches this package's sentinels
+// and error types.
+type wrapped struct{ err error }
+
+func (w *wrapped) Error() string { return w.err.Error() }
+func (w *wrapped) Unwrap() error { return w.err }
+
+func (w *wrapped) Is(target error) bool {
+	switch target {
+	case ErrClosed:
+		return errors.Is(w.err, pipeline.ErrClosed)
+	case ErrNaN:
+		return errors.Is(w.err, pipeline.ErrNaN)
+	case ErrInvalidRequest:
+		return errors.Is(w.err, pipeline.ErrInvalidRequest)
+	}
+	return false
+}
+
+func (w *wrapped) As(target any) bool {
+	if t, ok := target.(**RequestError); ok {
+		if re, ok := errors.AsType[*pipeline.RequestError](w.err); ok {
+			*t = &RequestError{Field: re.Field, Reason: re.Reason}
+			return true
+		}
+	}
+	return false
+}

@@ -1,58 +1,177 @@
 package sd_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"os"
+	"strings"
 
+	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
-// Open a diffusers ONNX folder, generate an image, and save it with its
-// parameters embedded.
+// Open the embedded default model, generate an image, and write it as PNG
+// with its parameters embedded, as AUTOMATIC1111 does.
 func Example() {
 	ctx := context.Background()
-	m, err := sd.Open(ctx, "models/sd15-onnx", sd.WithWorkers(sd.Denoise, 1))
+	dir, err := models.DefaultDir() // written to the user's cache on first use
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, err := sd.Open(ctx, dir)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer m.Close()
-	res, err := m.Generate(ctx, sd.Request{Prompt: "a lighthouse at dusk", Steps: 25, Seed: 7})
+	res, err := m.Generate(ctx, sd.Request{Prompt: "a red circle on a blue background", Steps: 20, Seed: 7})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	f, err := os.Create("lighthouse.png")
+	var png bytes.Buffer // an *os.File in a real program
+	if err := res.EncodePNG(&png, 0); err != nil {
+		fmt.Println(err)
+		return
+	}
+	params, err := sd.ReadPNGParameters(&png)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer f.Close()
-	_ = res.Images[0] // an image.Image; pipeline.EncodePNG writes it with res.Infotexts[0]
+	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0])
+	fmt.Println(strings.Split(params, "\n")[0])
+	// Output:
+	// (64,64) seed 7
+	// a red circle on a blue background
 }
 
-// Submit returns at once; progress events arrive on a channel.
+// Submit returns at once; the progress events arrive on a channel.
 func ExampleModel_Submit() {
 	ctx := context.Background()
-	m, err := sd.Open(ctx, "models/sd15-onnx", sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
+	dir, err := models.DefaultDir()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, err := sd.Open(ctx, dir, sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer m.Close()
-	h, err := m.Submit(ctx, sd.Request{Prompt: "a red fox", Steps: 20, Seed: -1})
+	h, err := m.Submit(ctx, sd.Request{Prompt: "a yellow square on a black background", Steps: 10, Seed: 3})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
+	var last sd.Progress
 	for ev := range h.Progress() {
-		fmt.Printf("\rstep %d/%d", ev.Step, ev.Total)
+		last = ev // a program would draw a progress bar
 	}
 	res, err := h.Wait(ctx)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println("seed", res.Seeds[0])
+	// PNDM, the model's scheduler, makes one UNet call more than its steps
+	fmt.Printf("step %d/%d, seed %d\n", last.Step, last.Total, res.Seeds[0])
+	// Output: step 11/11, seed 3
+}
+
+// Cancel stops a request within one UNet call; Wait then returns an error
+// matching context.Canceled.
+func ExampleHandle_Cancel() {
+	ctx := context.Background()
+	dir, err := models.DefaultDir()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, err := sd.Open(ctx, dir)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	h, err := m.Submit(ctx, sd.Request{Prompt: "a green triangle", Steps: 200, Seed: 1})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	<-h.Progress() // the first step is done
+	h.Cancel()
+	_, err = h.Wait(ctx)
+	fmt.Println(errors.Is(err, context.Canceled))
+	// Output: true
+}
+
+// Image-to-image: InitImage is the starting point, Strength how much of it
+// changes.
+func ExampleRequest_img2img() {
+	ctx := context.Background()
+	dir, err := models.DefaultDir()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, err := sd.Open(ctx, dir)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	first, err := m.Generate(ctx, sd.Request{Prompt: "a blue circle on a white background", Steps: 20, Seed: 2})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	res, err := m.Generate(ctx, sd.Request{
+		Prompt:    "a red circle on a white background",
+		InitImage: first.Images[0], // any image.Image of the request's size
+		Strength:  0.6,             // 60 % of the schedule: 12 of 20 steps
+		Steps:     20,
+		Seed:      2,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(res.Images[0].Bounds().Size(), res.Metrics.Steps, "UNet calls")
+	// Output: (64,64) 13 UNet calls
+}
+
+// OnStep sees every step's latents and the text embeddings, as diffusers'
+// callback_on_step_end does.
+func ExampleRequest_onStep() {
+	ctx := context.Background()
+	dir, err := models.DefaultDir()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, err := sd.Open(ctx, dir)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	var shapes []string
+	_, err = m.Generate(ctx, sd.Request{
+		Prompt: "a white cross on a purple background", Steps: 2, Seed: 5, Scheduler: "Euler",
+		OnStep: func(s sd.Step) {
+			shapes = append(shapes, fmt.Sprintf("step %d/%d at t=%.0f: latents %v, text %v",
+				s.Step, s.Total, s.Timestep, s.Latents.Shape(), s.TextEmbeddings.Shape()))
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(strings.Join(shapes, "\n"))
+	// Output:
+	// step 1/2 at t=501: latents (1, 4, 8, 8), text (2, 77, 64)
+	// step 2/2 at t=1: latents (1, 4, 8, 8), text (2, 77, 64)
 }

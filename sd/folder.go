@@ -74,8 +74,8 @@ type Folder struct {
 // gives an error matching ort.ErrLibraryNotFound, an unavailable device one
 // wrapping *ort.ProviderError, a canceled ctx one matching ctx.Err(). The
 // caller must Close the Folder. OpenFolder is safe for concurrent use.
-func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error) {
-	cfg, err := newConfig(opts)
+func OpenFolder(ctx context.Context, dir string, opts ...LoadOption) (*Folder, error) {
+	cfg, err := newLoadConfig(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func OpenFolder(ctx context.Context, dir string, opts ...Option) (*Folder, error
 	return openFolder(ctx, dir, cfg)
 }
 
-func openFolder(ctx context.Context, dir string, cfg *config) (*Folder, error) {
+func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -257,7 +257,7 @@ func (l *layout) modelPath(c Component) string {
 // inspector collects the problems of one folder.
 type inspector struct {
 	dir  string
-	cfg  *config
+	cfg  *loadConfig
 	errs []error
 }
 
@@ -271,7 +271,7 @@ func (in *inspector) path(file string) string {
 }
 
 // inspect runs every check that needs no ONNX Runtime session.
-func inspect(dir string, cfg *config) (*layout, error) {
+func inspect(dir string, cfg *loadConfig) (*layout, error) {
 	in := &inspector{dir: dir, cfg: cfg}
 	lay := &layout{dir: dir}
 	st, err := os.Stat(dir)

@@ -574,14 +574,14 @@ func TestOpenFolderVariants(t *testing.T) {
 	tests := []struct {
 		name      string
 		edit      func(t *testing.T, dir string)
-		opts      []sd.Option
+		opts      []sd.LoadOption
 		encoder   bool
 		scaling   float64
 		className string
 	}{
-		{"without vae encoder option", nil, []sd.Option{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
+		{"without vae encoder option", nil, []sd.LoadOption{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
 		{"no vae encoder folder", func(t *testing.T, d string) { remove(t, d, "vae_encoder") }, nil, false, 0.18215, "OnnxStableDiffusionPipeline"},
-		{"broken vae encoder skipped", func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") }, []sd.Option{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
+		{"broken vae encoder skipped", func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") }, []sd.LoadOption{sd.WithoutVAEEncoder()}, false, 0.18215, "OnnxStableDiffusionPipeline"},
 		{
 			// optimum writes a config.json beside each model; the scaling
 			// factor comes from the decoder's.

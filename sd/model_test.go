@@ -2,6 +2,7 @@ package sd_test
 
 import (
 	"errors"
+	"fmt"
 	"image"
 	"strings"
 	"sync"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
-	"github.com/sdpipe/sdpipe/pipeline"
 	. "github.com/sdpipe/sdpipe/sd"
 )
 
@@ -31,8 +31,33 @@ func TestOpenGenerate(t *testing.T) {
 	if !strings.Contains(res.Infotexts[0], "Seed: 3") {
 		t.Errorf("infotext %q", res.Infotexts[0])
 	}
-	if m.Folder() == nil || m.Pipeline() == nil || m.Metrics().Completed != 1 {
-		t.Error("accessors")
+	if m.Metrics().Completed != 1 || m.Defaults() != (Defaults{Width: 64, Height: 64, GuidanceScale: 7.5}) || m.Load().Open[UNet] <= 0 {
+		t.Errorf("accessors: metrics %+v, defaults %+v, load %+v", m.Metrics(), m.Defaults(), m.Load())
+	}
+	if r := res.Request; r.Width != 64 || r.Steps != 4 || r.Seed != 3 || r.Generator != GeneratorNumpy || r.Scheduler != "PNDMScheduler" || r.GuidanceScale != 7.5 {
+		t.Errorf("resolved request %+v", r)
+	}
+	_, err = m.Submit(t.Context(), Request{Prompt: "x", Width: 65})
+	if re, ok := errors.AsType[*RequestError](err); !ok || re.Field != "Width" || !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("Submit(Width 65) = %v, want a *RequestError for Width", err)
+	}
+	h, err := m.Submit(t.Context(), Request{Prompt: "a blue square", Steps: 3, Seed: -1, Scheduler: "Euler a", Generator: GeneratorTorchCPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []int
+	for ev := range h.Progress() {
+		steps = append(steps, ev.Step)
+	}
+	res, err = h.Wait(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(steps) != "[1 2 3]" || h.Request().Seed != res.Seeds[0] || res.Request.Generator != GeneratorTorchCPU {
+		t.Errorf("progress %v, handle seed %d, result seeds %v, generator %v", steps, h.Request().Seed, res.Seeds, res.Request.Generator)
+	}
+	if again, _ := h.Wait(t.Context()); again != res || !strings.Contains(res.Infotexts[0], "RNG: torch-cpu") {
+		t.Errorf("second Wait gave another result, or infotext %q", res.Infotexts[0])
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
@@ -40,8 +65,8 @@ func TestOpenGenerate(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	if _, err := m.Generate(t.Context(), Request{Prompt: "x"}); !errors.Is(err, pipeline.ErrClosed) {
-		t.Errorf("Generate after Close = %v, want pipeline.ErrClosed", err)
+	if _, err := m.Generate(t.Context(), Request{Prompt: "x"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Generate after Close = %v, want ErrClosed", err)
 	}
 }
 
@@ -55,8 +80,8 @@ func TestOpenModesAndBatching(t *testing.T) {
 	defer base.Close()
 	for name, opts := range map[string][]Option{
 		"throughput":  {WithMode(Throughput)},
-		"no spinning": {WithMode(Throughput), WithSpinning(false)},
-		"batching":    {WithBatching(4, 100*time.Millisecond), WithWorkers(Encode, 2)},
+		"no spinning": {WithMode(Throughput), WithSessionOptions(UNet, SessionOptions{Spinning: Off})},
+		"batching":    {WithBatching(4, 100*time.Millisecond), WithWorkers(Workers{Encode: 2})},
 	} {
 		t.Run(name, func(t *testing.T) {
 			m, err := Open(t.Context(), dir, opts...)
@@ -89,11 +114,12 @@ func TestOpenModesAndBatching(t *testing.T) {
 }
 
 func TestOpenRejectsBadEngineOptions(t *testing.T) {
-	_, err := Open(t.Context(), "nowhere", WithWorkers(Denoise, -1), WithBatching(-2, 0), WithMode(Mode(7)), WithDefaultSize(65, 64), WithDefaultGuidance(-2))
+	_, err := Open(t.Context(), "nowhere", WithWorkers(Workers{Denoise: -1}), WithBatching(-2, 0), WithMode(Mode(7)),
+		WithDefaults(Defaults{Width: 65, Height: 64, GuidanceScale: -2}), WithDevice(Component(5), CPU))
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"WithWorkers", "WithBatching", "mode", "WithDefaultSize", "WithDefaultGuidance"} {
+	for _, want := range []string{"WithWorkers", "WithBatching", "WithMode", "WithDefaults: size", "WithDefaults: GuidanceScale", "unknown component 5"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

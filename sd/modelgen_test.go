@@ -2,6 +2,8 @@ package sd_test
 
 import (
 	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +27,16 @@ var generated struct {
 }
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if _, _, err := ort.Version(""); err != nil {
+		// the examples run the embedded model, and an example cannot skip
+		fmt.Fprintf(os.Stderr, "sd: skipping the examples: ONNX Runtime is not available (run scripts/setup.sh): %v\n", err)
+		if flag.Lookup("test.skip").Value.String() == "" {
+			if err := flag.Set("test.skip", "^Example"); err != nil {
+				panic(err)
+			}
+		}
+	}
 	code := m.Run()
 	if generated.root != "" {
 		os.RemoveAll(generated.root)

@@ -9,10 +9,42 @@ import (
 	"strings"
 
 	"github.com/sdpipe/sdpipe/internal/ort"
-	"github.com/sdpipe/sdpipe/pipeline"
 )
 
-// Component names one ONNX model of a Stable Diffusion folder, for
+// An Option configures Open. There are two kinds, typed by what they
+// configure: a LoadOption says how the folder's models are loaded (Open
+// and OpenFolder take it), an EngineOption how the engine runs them (only
+// Open takes it). Options only record values; Open checks them all at
+// once and reports every invalid one in one error. An Option may be reused
+// and shared between goroutines.
+type Option interface {
+	apply(*config)
+}
+
+// A LoadOption configures how the models of a folder are loaded: devices,
+// threads, ONNX Runtime session settings, rewrites and warm-up.
+type LoadOption func(*loadConfig)
+
+func (o LoadOption) apply(c *config) { o(&c.load) }
+
+// config is what the options of Open record.
+type config struct {
+	load   loadConfig
+	engine engineConfig
+}
+
+// loadConfig is what the LoadOptions record.
+type loadConfig struct {
+	libraryPath    string
+	comps          map[Component]*placement
+	skipVAEEncoder bool
+	logger         *slog.Logger
+	perf           perfConfig       // rewrites and warm-up (perf.go)
+	ckpt           checkpointConfig // single-file checkpoints (checkpoint.go)
+	errs           []error          // from options given invalid arguments
+}
+
+// Component names one ONNX model of a Stable Diffusion folder, for the
 // per-component options such as WithDevice.
 type Component int
 
@@ -48,12 +80,12 @@ func (c Component) valid() bool { return c >= TextEncoder && c <= VAEEncoder }
 
 // Device names where a component runs: the CPU or an ONNX Runtime execution
 // provider. Which providers work depends on how the loaded ONNX Runtime
-// library was built; an unavailable one makes OpenFolder fail with an error
-// that wraps *ort.ProviderError. Provider settings such as "device_id" go
-// through WithProviderOptions.
+// library was built; an unavailable one makes Open fail with an error that
+// says so. Provider settings such as "device_id" go through
+// SessionOptions.ProviderOptions.
 type Device string
 
-// The devices OpenFolder accepts.
+// The devices Open accepts.
 const (
 	CPU      Device = "cpu"
 	CUDA     Device = "cuda"
@@ -79,40 +111,81 @@ var providers = map[Device]ort.Provider{
 	Auto:     ort.WebGPU,
 }
 
-// auto reports whether component k was placed with Auto.
-func (c *config) auto(k Component) bool {
-	p := c.comps[k]
-	return p != nil && p.deviceSet && p.device == Auto
+// Switch is a setting that is left to its default (the zero value), or
+// turned On or Off.
+type Switch int8
+
+// The values of a Switch other than the default.
+const (
+	On  Switch = 1
+	Off Switch = -1
+)
+
+// String returns "on", "off" or "default".
+func (s Switch) String() string {
+	switch s {
+	case 0:
+		return "default"
+	case On:
+		return "on"
+	case Off:
+		return "off"
+	}
+	return fmt.Sprintf("Switch(%d)", int(s))
 }
 
-// Option configures OpenFolder. Options only record values; OpenFolder
-// checks them all at once and reports every invalid one. An Option may be
-// reused and shared between goroutines.
-type Option func(*config)
+func (s Switch) valid() bool { return s == 0 || s == On || s == Off }
+
+// or returns whether s is on, def when it is the default.
+func (s Switch) or(def bool) bool {
+	if s == 0 {
+		return def
+	}
+	return s == On
+}
+
+// SessionOptions are ONNX Runtime's own settings for one component's
+// session, for tuning memory and latency; the zero value keeps the
+// defaults, which the bench chose (BENCHMARKS.md).
+type SessionOptions struct {
+	// ProviderOptions are passed to the component's execution provider,
+	// e.g. {"device_id": "1"} for CUDA. The map is copied.
+	ProviderOptions map[string]string
+	// MemoryPattern is ONNX Runtime's memory pattern planner, which
+	// allocates a call's intermediate tensors as one planned block; off,
+	// they come one by one from the memory arena, which holds less memory
+	// at once. By default it is off for the UNet and the VAE, where at
+	// 512×512 it holds 0.25 GiB (UNet) and 0.9 GiB (VAE decoder) more for
+	// no speed, and on for the text encoder.
+	MemoryPattern Switch
+	// MemoryArena is ONNX Runtime's CPU memory arena (on by default). The
+	// arena keeps the largest amount of memory a call has needed for the
+	// next calls; off, a call's memory goes back to the system when it
+	// ends, so that sessions that run one after the other do not each hold
+	// their peak.
+	MemoryArena Switch
+	// Spinning lets the idle threads of the session's pool spin for more
+	// work before they sleep (ONNX Runtime's allow_spinning; on by
+	// default). Spinning lowers the latency of a lone request; off leaves
+	// the cores to other sessions and processes that run at the same time.
+	Spinning Switch
+}
 
 // placement is what the options say about one component.
 type placement struct {
-	device          Device
-	deviceSet       bool
-	providerOptions map[string]string
-	threads         int
-	pattern         int // ONNX Runtime's memory pattern planner: 0 default, 1 on, -1 off
-	arena           int // ONNX Runtime's CPU memory arena: 0 default, 1 on, -1 off
+	device    Device
+	deviceSet bool
+	threads   int
+	session   SessionOptions
 }
 
-type config struct {
-	pipe           pipeline.Options // engine settings, for Open
-	mode           Mode
-	libraryPath    string
-	comps          map[Component]*placement
-	skipVAEEncoder bool
-	noSpin         bool
-	logger         *slog.Logger
-	perf           perfConfig       // rewrites and warm-up (perf.go)
-	ckpt           checkpointConfig // single-file checkpoints (checkpoint.go)
-}
-
-func (c *config) comp(k Component) *placement {
+// comp returns the placement of component k, or records an error and
+// returns a placement that is never used when k is unknown.
+func (c *loadConfig) comp(k Component) *placement {
+	if !k.valid() {
+		c.errs = append(c.errs, fmt.Errorf("sd: unknown component %d (want %s)", int(k), componentList()))
+		return &placement{}
+	}
 	if c.comps == nil {
 		c.comps = make(map[Component]*placement)
 	}
@@ -124,105 +197,97 @@ func (c *config) comp(k Component) *placement {
 	return p
 }
 
+// auto reports whether component k was placed with Auto.
+func (c *loadConfig) auto(k Component) bool {
+	p := c.comps[k]
+	return p != nil && p.deviceSet && p.device == Auto
+}
+
 // WithLibraryPath loads the ONNX Runtime shared library from path instead of
 // $ONNXRUNTIME_SHARED_LIBRARY_PATH or the default locations.
-func WithLibraryPath(path string) Option {
-	return func(c *config) { c.libraryPath = path }
+func WithLibraryPath(path string) LoadOption {
+	return func(c *loadConfig) { c.libraryPath = path }
 }
 
 // WithDevice runs component c on device d (default CPU). Each component can
 // be placed on its own device, e.g. the UNet on CUDA and the text encoder on
 // the CPU.
-func WithDevice(c Component, d Device) Option {
-	return func(cfg *config) {
+func WithDevice(c Component, d Device) LoadOption {
+	return func(cfg *loadConfig) {
 		p := cfg.comp(c)
 		p.device, p.deviceSet = d, true
 	}
 }
 
-// WithProviderOptions passes opts (e.g. {"device_id": "1"}) to the execution
-// provider of component c. The map is copied.
-func WithProviderOptions(c Component, opts map[string]string) Option {
-	opts = maps.Clone(opts)
-	return func(cfg *config) { cfg.comp(c).providerOptions = opts }
-}
-
 // WithThreads sets the number of intra-op threads component c's session
 // uses; 0 means ONNX Runtime's default (one per core).
-func WithThreads(c Component, intraOp int) Option {
-	return func(cfg *config) { cfg.comp(c).threads = intraOp }
+func WithThreads(c Component, intraOp int) LoadOption {
+	return func(cfg *loadConfig) { cfg.comp(c).threads = intraOp }
 }
 
-// WithMemoryPattern turns ONNX Runtime's memory pattern planner on or off
-// for component c's session. The planner allocates a call's intermediate
-// tensors as one planned block; off, they are allocated one by one from the
-// memory arena, which keeps less memory at once. By default it is off for
-// the UNet and the VAE, where at 512×512 it holds 0.25 GiB (UNet) and
-// 0.9 GiB (VAE decoder) more and brings no speed (see BENCHMARKS.md), and
-// on for the text encoder.
-func WithMemoryPattern(c Component, on bool) Option {
-	return func(cfg *config) { cfg.comp(c).pattern = tristate(on) }
-}
-
-// WithMemoryArena turns ONNX Runtime's CPU memory arena on or off for
-// component c's session (on by default). The arena keeps the largest
-// amount of memory a call has needed for the next calls; off, a call's
-// memory goes back to the system when it ends, so that sessions that run
-// one after the other do not each hold their peak.
-func WithMemoryArena(c Component, on bool) Option {
-	return func(cfg *config) { cfg.comp(c).arena = tristate(on) }
-}
-
-// tristate is a placement setting set on (1) or off (-1); 0 is unset.
-func tristate(on bool) int {
-	if on {
-		return 1
-	}
-	return -1
-}
-
-// WithSpinning sets whether the idle threads of every session's pool spin
-// for more work before they sleep (ONNX Runtime's allow_spinning; on by
-// default). Spinning lowers the latency of a lone request; turning it off
-// leaves the cores to other sessions and processes running at the same
-// time.
-func WithSpinning(allow bool) Option {
-	return func(c *config) { c.noSpin = !allow }
+// WithSessionOptions sets ONNX Runtime's session settings for component c
+// (see SessionOptions), replacing those of an earlier WithSessionOptions
+// for c.
+func WithSessionOptions(c Component, o SessionOptions) LoadOption {
+	o.ProviderOptions = maps.Clone(o.ProviderOptions)
+	return func(cfg *loadConfig) { cfg.comp(c).session = o }
 }
 
 // WithoutVAEEncoder skips the VAE encoder even when the folder has one:
 // text-to-image needs no encoder, and this saves its memory and load time.
-// Folder.VAEEncoder is then nil.
-func WithoutVAEEncoder() Option {
-	return func(c *config) { c.skipVAEEncoder = true }
+// Image-to-image requests are then refused.
+func WithoutVAEEncoder() LoadOption {
+	return func(c *loadConfig) { c.skipVAEEncoder = true }
 }
 
-// WithLogger makes OpenFolder report what it loads, and from where, to l.
-// Without it (or with nil) nothing is logged.
-func WithLogger(l *slog.Logger) Option {
-	return func(c *config) { c.logger = l }
+// WithLogger makes Open report what it loads, and from where, to l, and
+// the engine its internal errors. Without it (or with nil) nothing is
+// logged.
+func WithLogger(l *slog.Logger) LoadOption {
+	return func(c *loadConfig) { c.logger = l }
 }
 
 // newConfig applies opts and validates the result, joining every problem
 // into one error.
 func newConfig(opts []Option) (*config, error) {
-	c := &config{perf: perfConfig{rewrites: DefaultRewrites(), defaults: true}}
+	c := &config{load: defaultLoadConfig()}
 	for _, o := range opts {
 		if o != nil {
-			o(c)
+			o.apply(c)
 		}
 	}
+	if err := errors.Join(append(c.load.check(), c.engine.check()...)...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newLoadConfig is newConfig for LoadOptions alone.
+func newLoadConfig(opts []LoadOption) (*loadConfig, error) {
+	c := defaultLoadConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	if err := errors.Join(c.check()...); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func defaultLoadConfig() loadConfig {
+	return loadConfig{perf: perfConfig{rewrites: DefaultRewrites(), defaults: true}}
+}
+
+// check validates c and fills in the logger.
+func (c *loadConfig) check() []error {
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
-	var errs []error
-	keys := slices.Sorted(maps.Keys(c.comps))
-	for _, k := range keys {
+	errs := slices.Clone(c.errs)
+	for _, k := range slices.Sorted(maps.Keys(c.comps)) {
 		p := c.comps[k]
-		if !k.valid() {
-			errs = append(errs, fmt.Errorf("sd: unknown component %d (want %s)", int(k), componentList()))
-			continue
-		}
 		if p.deviceSet {
 			if _, ok := providers[p.device]; !ok {
 				errs = append(errs, fmt.Errorf("sd: %s: unknown device %q (want %s)", k, p.device, deviceList()))
@@ -231,32 +296,35 @@ func newConfig(opts []Option) (*config, error) {
 		if p.threads < 0 {
 			errs = append(errs, fmt.Errorf("sd: %s: negative thread count %d", k, p.threads))
 		}
+		s := p.session
+		for _, f := range []struct {
+			name string
+			v    Switch
+		}{{"MemoryPattern", s.MemoryPattern}, {"MemoryArena", s.MemoryArena}, {"Spinning", s.Spinning}} {
+			if !f.v.valid() {
+				errs = append(errs, fmt.Errorf("sd: %s: SessionOptions.%s is %d, want 0 (the default), On or Off", k, f.name, f.v))
+			}
+		}
 	}
-	errs = append(errs, c.checkEngine()...)
-	errs = append(errs, c.perf.check()...)
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return append(errs, c.perf.check()...)
 }
 
 // ortOptions returns the session options for component k.
-func (c *config) ortOptions(k Component) ort.Options {
-	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU, NoSpinning: c.noSpin,
-		DisableMemPattern: k != TextEncoder}
-	if p := c.comps[k]; p != nil {
-		if p.deviceSet {
-			o.Provider = providers[p.device]
-		}
-		o.ProviderOptions = maps.Clone(p.providerOptions)
-		o.IntraOpThreads = p.threads
-		if p.pattern != 0 {
-			o.DisableMemPattern = p.pattern < 0
-		}
-		if p.arena != 0 {
-			o.DisableMemArena = p.arena < 0
-		}
+func (c *loadConfig) ortOptions(k Component) ort.Options {
+	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU, DisableMemPattern: k != TextEncoder}
+	p := c.comps[k]
+	if p == nil {
+		return o
 	}
+	if p.deviceSet {
+		o.Provider = providers[p.device]
+	}
+	s := p.session
+	o.ProviderOptions = maps.Clone(s.ProviderOptions)
+	o.IntraOpThreads = p.threads
+	o.DisableMemPattern = !s.MemoryPattern.or(!o.DisableMemPattern)
+	o.DisableMemArena = !s.MemoryArena.or(true)
+	o.NoSpinning = !s.Spinning.or(true)
 	return o
 }
 

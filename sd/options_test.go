@@ -31,12 +31,12 @@ func TestOptionsValidation(t *testing.T) {
 	dir := t.TempDir() + "/no-such-model"
 	tests := []struct {
 		name string
-		opts []sd.Option
+		opts []sd.LoadOption
 		want []string // one line each, in this order
 	}{
 		{
 			name: "bad device and negative threads",
-			opts: []sd.Option{
+			opts: []sd.LoadOption{
 				sd.WithDevice(sd.UNet, "gpu"),
 				sd.WithThreads(sd.TextEncoder, -2),
 				sd.WithThreads(sd.UNet, -1),
@@ -49,23 +49,28 @@ func TestOptionsValidation(t *testing.T) {
 		},
 		{
 			name: "unknown component and empty device",
-			opts: []sd.Option{
+			opts: []sd.LoadOption{
 				sd.WithDevice(sd.Component(7), sd.CUDA),
 				sd.WithDevice(sd.VAEDecoder, ""),
 				nil,
 			},
 			want: []string{
-				`sd: vae_decoder: unknown device "" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 				`sd: unknown component 7 (want text_encoder, unet, vae_decoder, vae_encoder)`,
+				`sd: vae_decoder: unknown device "" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 			},
 		},
 		{
 			name: "case matters",
-			opts: []sd.Option{sd.WithDevice(sd.VAEEncoder, "CUDA"), sd.WithProviderOptions(sd.Component(-1), nil)},
+			opts: []sd.LoadOption{sd.WithDevice(sd.VAEEncoder, "CUDA"), sd.WithSessionOptions(sd.Component(-1), sd.SessionOptions{})},
 			want: []string{
 				`sd: unknown component -1 (want text_encoder, unet, vae_decoder, vae_encoder)`,
 				`sd: vae_encoder: unknown device "CUDA" (want auto, coreml, cpu, cuda, directml, openvino, tensorrt, webgpu)`,
 			},
+		},
+		{
+			name: "switch out of range",
+			opts: []sd.LoadOption{sd.WithSessionOptions(sd.UNet, sd.SessionOptions{Spinning: 3, MemoryArena: sd.On})},
+			want: []string{`sd: unet: SessionOptions.Spinning is 3, want 0 (the default), On or Off`},
 		},
 	}
 	for _, tt := range tests {
@@ -88,7 +93,7 @@ func TestOptionsValid(t *testing.T) {
 	_, err := sd.OpenFolder(t.Context(), dir,
 		sd.WithDevice(sd.UNet, sd.CUDA), sd.WithDevice(sd.TextEncoder, sd.CPU),
 		sd.WithThreads(sd.UNet, 0), sd.WithThreads(sd.VAEDecoder, 3),
-		sd.WithProviderOptions(sd.UNet, map[string]string{"device_id": "0"}),
+		sd.WithSessionOptions(sd.UNet, sd.SessionOptions{ProviderOptions: map[string]string{"device_id": "0"}, MemoryArena: sd.Off, Spinning: sd.On}),
 		sd.WithoutVAEEncoder(), sd.WithLibraryPath(""), sd.WithLogger(nil))
 	if err == nil || !strings.HasPrefix(err.Error(), "sd: "+dir+": ") {
 		t.Errorf("OpenFolder = %v, want the missing folder reported", err)

@@ -67,26 +67,26 @@ type perfConfig struct {
 // rewritten graphs and the verification results are kept in the rewrite
 // cache (see WithRewriteCache), so only the first open of a model pays for
 // them.
-func WithRewrites(rs ...Rewrite) Option {
+func WithRewrites(rs ...Rewrite) LoadOption {
 	defaults := len(rs) == 0
 	if defaults {
 		rs = DefaultRewrites()
 	}
 	rs = slices.Clone(rs)
-	return func(c *config) { c.perf.rewrites, c.perf.defaults = rs, defaults }
+	return func(c *loadConfig) { c.perf.rewrites, c.perf.defaults = rs, defaults }
 }
 
 // WithoutRewrites loads the component graphs as the folder has them.
-func WithoutRewrites() Option {
-	return func(c *config) { c.perf.rewrites, c.perf.defaults = nil, false }
+func WithoutRewrites() LoadOption {
+	return func(c *loadConfig) { c.perf.rewrites, c.perf.defaults = nil, false }
 }
 
 // WithRewriteCache keeps rewritten graphs in dir instead of the default
 // <ort.CacheDir()>/rewritten. The folder must be on the same file system as
 // the model (rewritten graphs sit beside hard links to the original weight
 // files); where it is not, the original graph is loaded, with a log line.
-func WithRewriteCache(dir string) Option {
-	return func(c *config) { c.perf.cacheDir = dir }
+func WithRewriteCache(dir string) LoadOption {
+	return func(c *loadConfig) { c.perf.cacheDir = dir }
 }
 
 // Warmup configures the warm-up OpenFolder runs after loading: each
@@ -106,8 +106,8 @@ type Warmup struct {
 
 // WithWarmup warms every session up after loading (see Warmup). The times
 // are logged and reported by Folder.Load.
-func WithWarmup(w Warmup) Option {
-	return func(c *config) { c.perf.warmup = &w }
+func WithWarmup(w Warmup) LoadOption {
+	return func(c *loadConfig) { c.perf.warmup = &w }
 }
 
 func (p *perfConfig) check() []error {
@@ -142,7 +142,7 @@ type LoadReport struct {
 	WarmupCalls map[Component][]time.Duration
 }
 
-// loadState collects a LoadReport while the components load in parallel.
+// loadState collects a LoadReport while the components load.
 type loadState struct {
 	mu sync.Mutex
 	r  LoadReport
@@ -204,7 +204,7 @@ func (f *Folder) Load() LoadReport {
 // rewritten one when rewrites are on and the rewrite is proven, else
 // the folder's own. Problems are logged, never returned: the original
 // model is always a valid fallback.
-func (c *config) modelPath(ctx context.Context, f *Folder, k Component, lay *layout, o ort.Options) string {
+func (c *loadConfig) modelPath(ctx context.Context, f *Folder, k Component, lay *layout, o ort.Options) string {
 	src := lay.modelPath(k)
 	if len(c.perf.rewrites) == 0 {
 		return src
@@ -362,7 +362,7 @@ func textHidden(lay *layout) int64 {
 
 // warm runs the warm-up WithWarmup asked for, one component after the
 // other (each call uses every core).
-func (f *Folder) warm(ctx context.Context, c *config) error {
+func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 	w := c.perf.warmup
 	if w == nil {
 		return nil

@@ -58,18 +58,20 @@ func TestMemoryIntegration(t *testing.T) {
 		}
 	}
 	opts := []Option{WithoutVAEEncoder()}
+	var vae, un SessionOptions
 	if os.Getenv("PERF_VAE_PATTERN") == "1" {
-		opts = append(opts, WithMemoryPattern(VAEDecoder, true))
+		vae.MemoryPattern = On
 	}
 	if os.Getenv("PERF_UNET_PATTERN") == "1" {
-		opts = append(opts, WithMemoryPattern(UNet, true))
+		un.MemoryPattern = On
 	}
-	if os.Getenv("PERF_VAE_ARENA") == "0" {
-		opts = append(opts, WithMemoryArena(VAEDecoder, false))
+	switch os.Getenv("PERF_VAE_ARENA") {
+	case "0":
+		vae.MemoryArena = Off
+	case "1":
+		vae.MemoryArena = On
 	}
-	if os.Getenv("PERF_VAE_ARENA") == "1" {
-		opts = append(opts, WithMemoryArena(VAEDecoder, true))
-	}
+	opts = append(opts, WithSessionOptions(VAEDecoder, vae), WithSessionOptions(UNet, un))
 	if os.Getenv("PERF_NO_REWRITES") == "1" {
 		opts = append(opts, WithoutRewrites())
 	}

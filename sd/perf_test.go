@@ -60,7 +60,7 @@ func TestRewritesReference(t *testing.T) {
 		{"baddbmm", []Rewrite{RewriteBaddbmm}, "baddbmm×"},
 	} {
 		img, m := referenceImage(t, WithThreads(UNet, 1), WithoutVAEEncoder(), WithRewrites(tc.rs...), WithRewriteCache(cache))
-		rep := m.Folder().Load()
+		rep := m.Load()
 		for _, c := range []Component{UNet, VAEDecoder} {
 			if !strings.HasPrefix(rep.Rewrites[c], tc.want) {
 				t.Errorf("%s: %s rewrites: %q, want %q…", tc.name, c, rep.Rewrites[c], tc.want)
@@ -178,7 +178,7 @@ func TestWarmup(t *testing.T) {
 func TestPerfOptionsValidation(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		opt  Option
+		opt  LoadOption
 		want string
 	}{
 		{"unknown rewrite", WithRewrites("nonsense"), "unknown rewrite"},
@@ -211,15 +211,15 @@ func TestRewritesDefaultOn(t *testing.T) {
 	dir := testenv.TinyReferenceModel(t)
 	cache := t.TempDir()
 	for name, tc := range map[string]struct {
-		opts []Option
+		opts []LoadOption
 		want string // prefix of the UNet's rewrite report; "" none
 	}{
 		"default":         {nil, "baddbmm×12"},
-		"WithoutRewrites": {[]Option{WithoutRewrites()}, ""},
-		"baddbmm only":    {[]Option{WithoutRewrites(), WithRewrites(RewriteBaddbmm)}, "baddbmm×12"},
+		"WithoutRewrites": {[]LoadOption{WithoutRewrites()}, ""},
+		"baddbmm only":    {[]LoadOption{WithoutRewrites(), WithRewrites(RewriteBaddbmm)}, "baddbmm×12"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			f, err := OpenFolder(t.Context(), dir, append([]Option{WithRewriteCache(cache), WithoutVAEEncoder(), WithThreads(UNet, 1)}, tc.opts...)...)
+			f, err := OpenFolder(t.Context(), dir, append([]LoadOption{WithRewriteCache(cache), WithoutVAEEncoder(), WithThreads(UNet, 1)}, tc.opts...)...)
 			if err != nil {
 				t.Fatal(err)
 			}

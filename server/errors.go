@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // apiError is an error with its HTTP status. It is written as
@@ -69,7 +69,7 @@ func (s *Server) writeError(w http.ResponseWriter, err error) {
 // asAPIError maps any error of a request to its status and message.
 func asAPIError(err error) *apiError {
 	var ae *apiError
-	var re *pipeline.RequestError
+	var re *sd.RequestError
 	switch {
 	case errors.As(err, &ae):
 		if ae.Type == "" {
@@ -85,14 +85,14 @@ func asAPIError(err error) *apiError {
 		return badRequest(re.Field, "%s: %s", re.Field, re.Reason)
 	case errors.Is(err, errShutdown):
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "canceled: the server is shutting down; send the request again (another replica takes it)", RetryAfter: 1}
-	case errors.Is(err, pipeline.ErrClosed):
+	case errors.Is(err, sd.ErrClosed):
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "the engine is closed", RetryAfter: 1}
 	case errors.Is(err, errInterrupted):
 		return &apiError{Status: http.StatusConflict, Type: "interrupted", Msg: "interrupted by /sdapi/v1/interrupt"}
 	case errors.Is(err, errCanceled):
 		// nobody reads it when the client left; an async job's result says so
 		return &apiError{Status: http.StatusConflict, Type: "canceled", Msg: "canceled"}
-	case errors.Is(err, pipeline.ErrNaN):
+	case errors.Is(err, sd.ErrNaN):
 		return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "the model's output is not finite (NaN or infinity)", cause: err}
 	}
 	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "internal error", cause: err}

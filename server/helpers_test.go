@@ -23,7 +23,6 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/models"
-	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -167,7 +166,7 @@ func decodePNG(t *testing.T, b64 string) (image.Image, string) {
 	if err != nil {
 		t.Fatalf("image is not a PNG: %v", err)
 	}
-	params, err := pipeline.ReadPNGParameters(bytes.NewReader(raw))
+	params, err := sd.ReadPNGParameters(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatalf("PNG parameters: %v", err)
 	}

@@ -1,22 +1,15 @@
 package server
 
-import (
-	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/scheduler"
-)
+import "github.com/sdpipe/sdpipe/sd"
 
-// The few names the service needs that package sd does not own yet on
-// main: sd's own Request, generators, PNG writer and scheduler list are on
-// their way (the "edge" reshaping of sd); when they land, these become
-// sd.EncodePNG, sd.Schedulers and sd.MaxGuidance,
-// and this file goes away.
+// The few names the service takes from package sd under its own names.
 
 var (
-	encodePNG  = pipeline.EncodePNG
-	schedulers = scheduler.Names
+	encodePNG  = sd.EncodePNG
+	schedulers = sd.Schedulers
 )
 
-const maxGuidance = pipeline.MaxGuidance
+const maxGuidance = sd.MaxGuidance
 
 // engineDefaults returns the model's default image size, when the engine
 // tells it (sd.Model.Defaults, once sd has it); 0, 0 otherwise.

@@ -14,8 +14,7 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // Config describes a grid: every subject by every style, Images images
@@ -29,7 +28,7 @@ type Config struct {
 	Images         int      `json:"images,omitempty"`   // images per subject × style; 0 = 1
 	Seed           int64    `json:"seed"`               // base seed; item seeds derive from it
 	NegativePrompt string   `json:"negative_prompt,omitempty"`
-	Steps          int      `json:"steps,omitempty"`    // 0 = pipeline.DefaultSteps
+	Steps          int      `json:"steps,omitempty"`    // 0 = sd.DefaultSteps
 	Guidance       float64  `json:"guidance,omitempty"` // 0 = the model's default (7.5; the default model's own)
 	Scheduler      string   `json:"scheduler,omitempty"`
 	Width          int      `json:"width,omitempty"` // 0 = the model's default
@@ -113,16 +112,16 @@ func (c *Config) Validate() error {
 	if c.Steps < 0 || c.Steps > 1000 {
 		errs = append(errs, configErr("steps %d is outside [0, 1000]", c.Steps))
 	}
-	if c.Guidance < 0 || c.Guidance > pipeline.MaxGuidance {
-		errs = append(errs, configErr("guidance %g is outside [0, %d]", c.Guidance, pipeline.MaxGuidance))
+	if c.Guidance < 0 || c.Guidance > sd.MaxGuidance {
+		errs = append(errs, configErr("guidance %g is outside [0, %d]", c.Guidance, sd.MaxGuidance))
 	}
-	if c.Width < 0 || c.Height < 0 || c.Width%8 != 0 || c.Height%8 != 0 || c.Width > pipeline.MaxSize || c.Height > pipeline.MaxSize {
-		errs = append(errs, configErr("size %dx%d: want multiples of 8 up to %d (0 = the model's)", c.Width, c.Height, pipeline.MaxSize))
+	if c.Width < 0 || c.Height < 0 || c.Width%8 != 0 || c.Height%8 != 0 || c.Width > sd.MaxSize || c.Height > sd.MaxSize {
+		errs = append(errs, configErr("size %dx%d: want multiples of 8 up to %d (0 = the model's)", c.Width, c.Height, sd.MaxSize))
 	}
 	if c.Generator == "" {
 		c.Generator = "numpy"
 	}
-	if _, err := rng.ParseKind(c.Generator); err != nil {
+	if _, err := sd.ParseGenerator(c.Generator); err != nil {
 		errs = append(errs, configErr("generator: %v", err))
 	}
 	return errors.Join(errs...)

@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/testenv"
-	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -137,7 +136,7 @@ func TestRunManifest(t *testing.T) {
 		want := Record{
 			Key: it.Key, Index: it.Index, Total: len(items), Subject: it.Subject, Style: it.Style, Replica: it.Replica,
 			Prompt: it.Prompt, NegativePrompt: "blurry", BaseSeed: 42, Seed: it.Seed, Generator: "numpy",
-			Steps: 2, Guidance: pipeline.DefaultGuidance, Width: 64, Height: 64,
+			Steps: 2, Guidance: 7.5, Width: 64, Height: 64,
 			Model: model, ModelHash: modelHash, File: it.File,
 		}
 		got := r
@@ -158,7 +157,7 @@ func TestRunManifest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		params, err := pipeline.ReadPNGParameters(f)
+		params, err := sd.ReadPNGParameters(f)
 		f.Close()
 		if err != nil || !strings.HasPrefix(params, it.Prompt+"\nNegative prompt: blurry\n") || !strings.Contains(params, "Seed: "+strconv.FormatInt(it.Seed, 10)) {
 			t.Errorf("item %d PNG parameters %q, %v", it.Index, params, err)

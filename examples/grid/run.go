@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
-	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -84,7 +82,7 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 	if err := c.Validate(); err != nil {
 		return sum, err
 	}
-	kind, _ := rng.ParseKind(c.Generator) // checked by Validate
+	kind, _ := sd.ParseGenerator(c.Generator) // checked by Validate
 	dir, openOpts, err := cli.Model(c.Model)
 	if err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
@@ -177,12 +175,12 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 			stop(fmt.Errorf("grid: %w: stopped after %d new images (the finished ones are kept); free some space and run again to resume", err, sum.Generated))
 		}
 	}
-	finish := func(it Item, res *pipeline.Result) error {
+	finish := func(it Item, res *sd.Result) error {
 		r := record(&c, it, res, len(all), dir, modelHash, lib, o.Shard)
 		r.Params = itemParams(&c, it, modelHash).digest()
 		h := sha256.New()
 		err := writeImage(filepath.Join(o.Out, filepath.FromSlash(it.File)), func(w io.Writer) error {
-			return pipeline.EncodePNG(io.MultiWriter(w, h), res.Images[0], res.Infotexts[0])
+			return sd.EncodePNG(io.MultiWriter(w, h), res.Images[0], res.Infotexts[0])
 		})
 		if err != nil {
 			return err
@@ -281,7 +279,7 @@ func readAll(dir string, log *slog.Logger) (map[string][]Record, error) {
 	return out, nil
 }
 
-func record(c *Config, it Item, res *pipeline.Result, total int, dir, modelHash, lib string, s Shard) Record {
+func record(c *Config, it Item, res *sd.Result, total int, dir, modelHash, lib string, s Shard) Record {
 	q := res.Request
 	met := res.Metrics
 	return Record{

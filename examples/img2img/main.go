@@ -16,8 +16,6 @@ import (
 	"golang.org/x/image/draw"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
-	"github.com/sdpipe/sdpipe/rng"
-	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -51,7 +49,7 @@ func run() error {
 	}
 	ctx, stop := cli.Interruptible()
 	defer stop()
-	kind, err := rng.ParseKind(*generator)
+	kind, err := sd.ParseGenerator(*generator)
 	if err != nil {
 		return err
 	}
@@ -85,9 +83,9 @@ func run() error {
 		return err
 	}
 	defer m.Close()
-	logic := scheduler.Modern
+	logic := sd.Img2ImgModern
 	if *legacy {
-		logic = scheduler.LegacyONNX
+		logic = sd.Img2ImgLegacyONNX
 	}
 	hd, err := m.Submit(ctx, sd.Request{
 		Prompt: *prompt, NegativePrompt: *negative, InitImage: img, Strength: *strength, Img2ImgLogic: logic,

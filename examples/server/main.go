@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		host, _ := os.Hostname()
 		id = host + ":" + portOf(ln.Addr())
 	}
-	opened := mdl.Folder().Load()
+	opened := mdl.Load()
 	hashStart := time.Now()
 	sum, err := server.HashModel(dir)
 	if err != nil {

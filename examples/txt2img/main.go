@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
-	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -46,7 +44,7 @@ func run() error {
 	ctx, stop := cli.Interruptible()
 	defer stop()
 
-	kind, err := rng.ParseKind(*generator)
+	kind, err := sd.ParseGenerator(*generator)
 	if err != nil {
 		return err
 	}
@@ -65,7 +63,7 @@ func run() error {
 	defer m.Close()
 	fmt.Fprintf(os.Stderr, "loaded %s in %.1fs\n", dir, time.Since(start).Seconds())
 
-	h, err := m.Submit(ctx, pipeline.Request{
+	h, err := m.Submit(ctx, sd.Request{
 		Prompt: *prompt, NegativePrompt: *negative,
 		Width: *width, Height: *height, Steps: *steps, GuidanceScale: *guidance,
 		Scheduler: *sched, Seed: *seed, ImagesPerPrompt: *n, Generator: kind,

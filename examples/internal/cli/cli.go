@@ -11,10 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sdpipe/sdpipe/internal/modelgen"
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/models"
-	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -37,40 +34,11 @@ func Model(dir string) (string, []sd.Option, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("default model: %w", err)
 	}
-	return dir, []sd.Option{sd.WithDefaultGuidance(models.DefaultGuidance)}, nil
-}
-
-// GeneratedTinyModel returns a generated tiny model with random weights,
-// cached under the per-user cache directory: the same architecture family
-// as real models, for tests and benchmarks that need no trained weights.
-func GeneratedTinyModel() (string, error) {
-	dir := filepath.Join(ort.CacheDir(), "models", "generated-tiny-v2")
-	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err == nil {
-		return dir, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return "", err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".tmp-")
-	if err != nil {
-		return "", err
-	}
-	if err := modelgen.Write(tmp, modelgen.Tiny(), modelgen.Options{}); err != nil {
-		os.RemoveAll(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		if _, serr := os.Stat(filepath.Join(dir, "model_index.json")); serr == nil {
-			return dir, nil // another process won the race
-		}
-		return "", err
-	}
-	return dir, nil
+	return dir, []sd.Option{sd.WithDefaults(sd.Defaults{GuidanceScale: models.DefaultGuidance})}, nil
 }
 
 // ProgressBar draws a request's progress on w until the channel closes.
-func ProgressBar(w io.Writer, label string, ch <-chan pipeline.Progress) {
+func ProgressBar(w io.Writer, label string, ch <-chan sd.Progress) {
 	const width = 30
 	last := time.Time{}
 	for ev := range ch {
@@ -86,14 +54,14 @@ func ProgressBar(w io.Writer, label string, ch <-chan pipeline.Progress) {
 
 // WritePNGs writes each image of res as PNG with its parameters embedded,
 // naming them by pattern: "out.png" for one image, "out-1.png"… for more.
-func WritePNGs(res *pipeline.Result, pattern string) ([]string, error) {
+func WritePNGs(res *sd.Result, pattern string) ([]string, error) {
 	var names []string
 	ext := filepath.Ext(pattern)
 	base := strings.TrimSuffix(pattern, ext)
 	if ext == "" {
 		ext = ".png"
 	}
-	for i, img := range res.Images {
+	for i := range res.Images {
 		name := base + ext
 		if len(res.Images) > 1 {
 			name = fmt.Sprintf("%s-%d%s", base, i+1, ext)
@@ -102,7 +70,7 @@ func WritePNGs(res *pipeline.Result, pattern string) ([]string, error) {
 		if err != nil {
 			return names, err
 		}
-		err = pipeline.EncodePNG(f, img, res.Infotexts[i])
+		err = res.EncodePNG(f, i)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}

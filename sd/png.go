@@ -1,4 +1,4 @@
-package pipeline
+package sd
 
 import (
 	"bytes"
@@ -13,11 +13,13 @@ import (
 )
 
 // Infotext returns the AUTOMATIC1111 "parameters" text for one image of a
-// resolved request, which tools that read A1111 PNGs understand:
+// resolved request (Result.Request), which the tools that read A1111 PNGs
+// understand; model names the model ("" leaves it out). Result.Infotexts
+// holds it for each image:
 //
 //	a red fox
 //	Negative prompt: blurry
-//	Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: sd15
+//	Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: sd15, RNG: numpy, Version: sdpipe
 func Infotext(r Request, seed int64, model string) string {
 	var b strings.Builder
 	b.WriteString(r.Prompt)
@@ -59,18 +61,20 @@ func Infotext(r Request, seed int64, model string) string {
 	return b.String()
 }
 
-// EncodePNG writes img as PNG with params stored in a "parameters" text
-// chunk (tEXt when the text is Latin-1, iTXt with UTF-8 otherwise), where
-// AUTOMATIC1111 and the tools around it look for generation parameters.
+// EncodePNG writes img as PNG with params (an Infotext) stored in a
+// "parameters" text chunk (tEXt when the text is Latin-1, iTXt with UTF-8
+// otherwise), where AUTOMATIC1111 and the tools around it look for
+// generation parameters. Result.EncodePNG writes one image of a result
+// with its own.
 func EncodePNG(w io.Writer, img image.Image, params string) error {
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
-		return fmt.Errorf("pipeline: png: %w", err)
+		return fmt.Errorf("sd: png: %w", err)
 	}
 	b := buf.Bytes()
 	const ihdrEnd = 8 + 8 + 13 + 4 // signature, IHDR header, data, crc
 	if len(b) < ihdrEnd {
-		return fmt.Errorf("pipeline: png: short encoding")
+		return fmt.Errorf("sd: png: short encoding")
 	}
 	if _, err := w.Write(b[:ihdrEnd]); err != nil {
 		return err
@@ -128,12 +132,12 @@ func ReadPNGParameters(r io.Reader) (string, error) {
 		return "", err
 	}
 	if len(b) < 8 || string(b[:8]) != "\x89PNG\r\n\x1a\n" {
-		return "", fmt.Errorf("pipeline: not a PNG")
+		return "", fmt.Errorf("sd: not a PNG")
 	}
 	for p := 8; p+12 <= len(b); {
 		n := int(binary.BigEndian.Uint32(b[p:]))
 		if n < 0 || p+12+n > len(b) {
-			return "", fmt.Errorf("pipeline: png: truncated chunk")
+			return "", fmt.Errorf("sd: png: truncated chunk")
 		}
 		typ, data := string(b[p+4:p+8]), b[p+8:p+8+n]
 		p += 12 + n
@@ -150,11 +154,11 @@ func ReadPNGParameters(r io.Reader) (string, error) {
 			return string(rs), nil
 		case "iTXt":
 			if len(rest) < 2 || rest[0] != 0 {
-				return "", fmt.Errorf("pipeline: png: compressed iTXt not supported")
+				return "", fmt.Errorf("sd: png: compressed iTXt not supported")
 			}
 			parts := bytes.SplitN(rest[2:], []byte{0}, 3)
 			if len(parts) != 3 {
-				return "", fmt.Errorf("pipeline: png: malformed iTXt")
+				return "", fmt.Errorf("sd: png: malformed iTXt")
 			}
 			return string(parts[2]), nil
 		}

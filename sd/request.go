@@ -1,0 +1,204 @@
+package sd
+
+import (
+	"fmt"
+	"image"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/rng"
+	"github.com/sdpipe/sdpipe/scheduler"
+)
+
+// Request describes one generation: text-to-image, or image-to-image when
+// InitImage is set. It is a value: a zero field means the model's default
+// (its sdpipe.json, else diffusers' defaults), and the Model resolves those
+// into its own copy without modifying the caller's struct. Result.Request
+// and Handle.Request give the resolved copy.
+type Request struct {
+	// Prompt and NegativePrompt use AUTOMATIC1111's syntax: (word) ×1.1,
+	// [word] ÷1.1, (word:1.3), BREAK, and prompts beyond 75 tokens in
+	// chunks. "" is the unconditional prompt.
+	Prompt         string
+	NegativePrompt string
+	// LiteralPrompt turns the syntax off: the prompts are tokenized as
+	// diffusers does, truncated to one sequence.
+	LiteralPrompt bool
+
+	// Width and Height are the image size in pixels, multiples of 8 up to
+	// MaxSize; 0 means the model's default size (Model.Defaults).
+	Width, Height int
+	// Steps is the number of denoising steps; 0 means DefaultSteps.
+	Steps int
+	// GuidanceScale is the classifier-free guidance scale, up to
+	// MaxGuidance; 0 means the model's default (Model.Defaults), and a
+	// value of 1 or less turns guidance off (one UNet row per image).
+	GuidanceScale float64
+	// GuidanceRescale is diffusers' guidance_rescale in [0, 1] (0 = off).
+	GuidanceRescale float64
+	// Scheduler is a diffusers scheduler class or an AUTOMATIC1111 sampler
+	// name (see Schedulers), e.g. "EulerAncestralDiscreteScheduler",
+	// "Euler a" or "DPM++ 2M Karras"; "" means the model's own
+	// (scheduler/scheduler_config.json).
+	Scheduler string
+	// Eta is DDIM's eta in [0, 1].
+	Eta float64
+
+	// Seed seeds the first image; image i uses Seed+i (AUTOMATIC1111's
+	// semantics). -1 picks a random seed, reported in Result.Seeds.
+	Seed int64
+	// Generator is the random number generator the seed drives; 0 means
+	// GeneratorNumpy.
+	Generator Generator
+	// ImagesPerPrompt is the number of images, up to MaxImagesPerPrompt;
+	// 0 means 1.
+	ImagesPerPrompt int
+	// Latents, when set, are the initial noise instead of the seed's:
+	// ImagesPerPrompt × channels × Height/8 × Width/8 values, row-major
+	// (channels is 4 for Stable Diffusion 1.x and 2.x). The slice is
+	// copied.
+	Latents []float32
+
+	// InitImage turns the request into image-to-image. It must be Width ×
+	// Height (zero sizes take the image's) and needs a model with a VAE
+	// encoder.
+	InitImage image.Image
+	// Strength in (0, 1] is how much of the schedule runs on InitImage
+	// (how much the image changes); 0 means DefaultStrength. It must be 0
+	// without an InitImage.
+	Strength float64
+	// Img2ImgLogic selects how Strength truncates the schedule.
+	Img2ImgLogic Img2ImgLogic
+
+	// Preview asks for a cheap RGB preview of the first image's latents
+	// with each progress event (Progress.Preview).
+	Preview bool
+
+	// OnStep, when set, is called after every denoising step (every UNet
+	// call) with read access to the latents and the text embeddings, like
+	// diffusers' callback_on_step_end. It runs on the engine's goroutine,
+	// so it must be quick and must not block; the engine waits for it.
+	OnStep func(Step)
+}
+
+// Step is what Request.OnStep sees after one denoising step. The tensors
+// are copies made for the call: the callback may keep them.
+type Step struct {
+	// Step counts the UNet calls made so far (1 after the first); Total is
+	// the number of calls the request makes.
+	Step, Total int
+	// Timestep is the model timestep of this step's call.
+	Timestep float64
+	// Latents are the latents after the step: [images, channels,
+	// Height/8, Width/8] float32.
+	Latents *tensor.Dense
+	// TextEmbeddings are the text encoder's hidden states the UNet was
+	// called with: [rows, sequence, hidden] float32, the negative
+	// prompt's row first when guidance is on (diffusers' [uncond, text]
+	// order), then the prompt's.
+	TextEmbeddings *tensor.Dense
+}
+
+// Defaults and limits of a Request.
+const (
+	DefaultSteps       = 50  // diffusers' num_inference_steps
+	DefaultStrength    = 0.8 // diffusers' img2img strength
+	MaxSize            = 4096
+	MaxImagesPerPrompt = 64
+	MaxGuidance        = 100
+)
+
+// Generator names the random number generator a seed drives, so that a
+// seed gives the same image as the tool that uses that generator.
+type Generator int
+
+// The generators a Request accepts.
+const (
+	// GeneratorNumpy is np.random.RandomState(seed).randn, as diffusers'
+	// ONNX pipelines draw their latents (the default).
+	GeneratorNumpy Generator = Generator(rng.KindNumpy)
+	// GeneratorTorchCPU is torch.randn with a CPU generator, as diffusers'
+	// PyTorch pipelines on the CPU and ComfyUI draw them.
+	GeneratorTorchCPU Generator = Generator(rng.KindTorchCPU)
+)
+
+// String returns "numpy" or "torch-cpu", as image metadata records it.
+func (g Generator) String() string {
+	switch g {
+	case GeneratorNumpy, GeneratorTorchCPU:
+		return rng.Kind(g).String()
+	}
+	return fmt.Sprintf("Generator(%d)", int(g))
+}
+
+// ParseGenerator returns the Generator named s: "numpy", or "torch" or
+// "torch-cpu" for GeneratorTorchCPU.
+func ParseGenerator(s string) (Generator, error) {
+	k, err := rng.ParseKind(s)
+	if err != nil {
+		return 0, fmt.Errorf("sd: generator %q: want numpy, torch or torch-cpu", s)
+	}
+	return Generator(k), nil
+}
+
+// Img2ImgLogic selects how an image-to-image Strength truncates the
+// schedule: the two diffusers pipelines differ, and both are what users
+// see.
+type Img2ImgLogic int
+
+// The logics a Request accepts.
+const (
+	// Img2ImgModern is diffusers' StableDiffusionImg2ImgPipeline (the
+	// default).
+	Img2ImgModern = Img2ImgLogic(scheduler.Modern)
+	// Img2ImgLegacyONNX is diffusers' OnnxStableDiffusionImg2ImgPipeline.
+	Img2ImgLegacyONNX = Img2ImgLogic(scheduler.LegacyONNX)
+)
+
+// Schedulers returns every name Request.Scheduler accepts: the diffusers
+// class names and the AUTOMATIC1111 sampler names, sorted.
+func Schedulers() []string { return scheduler.Names() }
+
+// engine returns the engine's form of r.
+func (r Request) engine() pipeline.Request {
+	p := pipeline.Request{
+		Prompt:          r.Prompt,
+		NegativePrompt:  r.NegativePrompt,
+		LiteralPrompt:   r.LiteralPrompt,
+		Width:           r.Width,
+		Height:          r.Height,
+		Steps:           r.Steps,
+		GuidanceScale:   r.GuidanceScale,
+		GuidanceRescale: r.GuidanceRescale,
+		Scheduler:       r.Scheduler,
+		Eta:             r.Eta,
+		Seed:            r.Seed,
+		Generator:       rng.Kind(r.Generator),
+		ImagesPerPrompt: r.ImagesPerPrompt,
+		Latents:         r.Latents,
+		InitImage:       r.InitImage,
+		Strength:        r.Strength,
+		Img2ImgLogic:    scheduler.Img2ImgLogic(r.Img2ImgLogic),
+		Preview:         r.Preview,
+	}
+	if f := r.OnStep; f != nil {
+		p.OnStep = func(s pipeline.Step) { f(Step(s)) }
+	}
+	return p
+}
+
+// resolved returns r with the values the engine resolved in p: the
+// defaults it filled in and the seed it picked.
+func (r Request) resolved(p pipeline.Request) Request {
+	r.Width, r.Height = p.Width, p.Height
+	r.Steps = p.Steps
+	r.GuidanceScale = p.GuidanceScale
+	r.Scheduler = p.Scheduler
+	r.Seed = p.Seed
+	r.Generator = Generator(p.Generator)
+	r.ImagesPerPrompt = p.ImagesPerPrompt
+	r.Latents = p.Latents
+	r.Strength = p.Strength
+	return r
+}
