@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -41,18 +42,24 @@ func referenceDiffs(t *testing.T, comps Components, ref *testenv.TinyReference) 
 	defer p.Close()
 	var mu sync.Mutex
 	steps = make([]float64, len(ref.ORT.Steps))
-	p.onEncoded = func(j *job) {
+	onStep := func(s Step) { // through the public hook, as a program outside the module would
 		mu.Lock()
 		defer mu.Unlock()
-		text = max(testenv.MaxAbsDiff(j.cond, ref.ORT.TextEncoderCalls[0].LastHiddenState),
-			testenv.MaxAbsDiff(j.uncond, ref.ORT.TextEncoderCalls[1].LastHiddenState))
-	}
-	p.onStep = func(j *job, i int) {
-		mu.Lock()
-		defer mu.Unlock()
-		steps[i] = testenv.MaxAbsDiff(j.items[0].latents, ref.ORT.Steps[i].LatentsAfter)
+		i := s.Step - 1
+		if s.Step == 1 { // [uncond, cond]
+			emb := s.TextEmbeddings.Data().([]float32)
+			n := len(emb) / 2
+			text = max(testenv.MaxAbsDiff(emb[n:], ref.ORT.TextEncoderCalls[0].LastHiddenState),
+				testenv.MaxAbsDiff(emb[:n], ref.ORT.TextEncoderCalls[1].LastHiddenState))
+		}
+		if s.Timestep != ref.ORT.Steps[i].T {
+			steps[i] = math.Inf(1)
+			return
+		}
+		steps[i] = testenv.MaxAbsDiff(s.Latents.Data().([]float32), ref.ORT.Steps[i].LatentsAfter)
 	}
 	res, err := p.Generate(t.Context(), Request{
+		OnStep: onStep,
 		Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
 		GuidanceScale: ref.Call.GuidanceScale, Latents: ref.InitialLatents,
 	})

@@ -1,9 +1,7 @@
 package pipeline
 
 import (
-	"math"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/ort"
@@ -60,62 +58,22 @@ func componentsFrom(t *testing.T, dir string) Components {
 
 // TestParityWithDiffusers runs the reference request through the pipeline
 // and compares the text embeddings, every step's latents and the final
-// image with diffusers' own OnnxStableDiffusionPipeline run. It sees the
-// embeddings and latents through the public Request.OnStep hook.
+// image with diffusers' own OnnxStableDiffusionPipeline run, through the
+// public Request.OnStep hook (referenceDiffs).
 func TestParityWithDiffusers(t *testing.T) {
-	ref := testenv.LoadTinyReference(t)
-	p, err := New(referenceComponents(t), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
 	const tol = 1e-4
-	var mu sync.Mutex
-	stepDiff := make([]float64, len(ref.ORT.Steps))
-	var condDiff, uncondDiff float64
-	onStep := func(s Step) {
-		mu.Lock()
-		defer mu.Unlock()
-		if s.Step == 1 { // [uncond, cond]
-			emb := s.TextEmbeddings.Data().([]float32)
-			n := len(emb) / 2
-			uncondDiff = testenv.MaxAbsDiff(emb[:n], ref.ORT.TextEncoderCalls[1].LastHiddenState)
-			condDiff = testenv.MaxAbsDiff(emb[n:], ref.ORT.TextEncoderCalls[0].LastHiddenState)
-		}
-		if s.Timestep != ref.ORT.Steps[s.Step-1].T {
-			stepDiff[s.Step-1] = math.Inf(1)
-			return
-		}
-		stepDiff[s.Step-1] = testenv.MaxAbsDiff(s.Latents.Data().([]float32), ref.ORT.Steps[s.Step-1].LatentsAfter)
+	text, steps, img := referenceDiffs(t, referenceComponents(t), testenv.LoadTinyReference(t))
+	if text > tol {
+		t.Errorf("text embeddings differ from diffusers by %g", text)
 	}
-	res, err := p.Generate(t.Context(), Request{
-		OnStep:        onStep,
-		Prompt:        ref.Call.Prompt,
-		Width:         ref.Call.Width,
-		Height:        ref.Call.Height,
-		Steps:         ref.Call.Steps,
-		GuidanceScale: ref.Call.GuidanceScale,
-		Latents:       ref.InitialLatents,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if condDiff > tol || uncondDiff > tol {
-		t.Errorf("text embeddings differ from diffusers by %g (cond) and %g (uncond)", condDiff, uncondDiff)
-	}
-	if len(ref.ORT.Steps) != res.Metrics.Steps {
-		t.Errorf("%d UNet calls, diffusers made %d", res.Metrics.Steps, len(ref.ORT.Steps))
-	}
-	for i, d := range stepDiff {
+	for i, d := range steps {
 		if d > tol {
 			t.Errorf("step %d: latents differ from diffusers by %g", i, d)
 		}
 	}
-	if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), ref.ORT.Image); d > tol {
-		t.Errorf("image differs from diffusers by %g", d)
+	if img > tol {
+		t.Errorf("image differs from diffusers by %g", img)
 	} else {
-		t.Logf("max |Δ| image %.2g, last step latents %.2g", d, stepDiff[len(stepDiff)-1])
+		t.Logf("max |Δ| image %.2g, last step latents %.2g", img, steps[len(steps)-1])
 	}
 }
