@@ -229,7 +229,7 @@ func TestCommand(t *testing.T) {
 	for _, args := range [][]string{
 		{"-modes", "sequential,warp"},
 		{"-attention", "sparse"},
-		{"-arch", "sdxl"},
+		{"-arch", "no-such-arch"}, // modelgen knows sdxl now
 	} {
 		if err := run(t.Context(), args, &stdout, &stderr); err == nil {
 			t.Errorf("%v: no error", args)
