@@ -75,6 +75,12 @@ type Request struct {
 	// with each progress event (Progress.Preview).
 	Preview bool
 
+	// LoRAs are applied to this request only, besides the prompt's
+	// <lora:name:multiplier> tags (AUTOMATIC1111's syntax, removed from the
+	// text before it is tokenized). A model whose components cannot apply
+	// LoRAs per request refuses them with a *RequestError.
+	LoRAs []LoRA
+
 	// OnStep, when set, is called after every denoising step (every UNet
 	// call) with read access to the latents and the text embeddings, like
 	// diffusers' callback_on_step_end. It runs on the engine's goroutine,
@@ -98,6 +104,13 @@ type Step struct {
 	// prompt's row first when guidance is on (diffusers' [uncond, text]
 	// order), then the prompt's.
 	TextEmbeddings *tensor.Dense
+}
+
+// LoRA names a LoRA and the multiplier it is applied with (1 is its full
+// effect).
+type LoRA struct {
+	Name       string
+	Multiplier float64
 }
 
 // Defaults and limits of a Request.
@@ -181,6 +194,9 @@ func (r Request) engine() pipeline.Request {
 		Strength:        r.Strength,
 		Img2ImgLogic:    scheduler.Img2ImgLogic(r.Img2ImgLogic),
 		Preview:         r.Preview,
+	}
+	for _, l := range r.LoRAs {
+		p.LoRAs = append(p.LoRAs, pipeline.LoRA(l))
 	}
 	if f := r.OnStep; f != nil {
 		p.OnStep = func(s pipeline.Step) { f(Step(s)) }
