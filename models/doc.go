@@ -13,9 +13,11 @@
 // named after their content hash and returns its path; FS gives the files
 // without touching the disk.
 //
-// The model is meant for guidance scale DefaultGuidance (2.5), not
-// diffusers' 7.5: open it with sd.WithDefaultGuidance(models.DefaultGuidance)
-// so that requests which leave GuidanceScale 0 get it.
+// The model describes itself in sdpipe.json beside model_index.json: its
+// name, its defaults (64×64 at guidance scale 2.5, not diffusers' 7.5:
+// training/README.md, "Guidance", says why) and the words its prompts may
+// use. sd.Open reads that file, so a program that opens the model gets
+// them with no special case.
 //
 // The package imports nothing of the project.
 package models

@@ -24,13 +24,14 @@ func gridPrompt(r, c int) string {
 
 // TestGrid regenerates the README's prompt-grid picture with -update: one
 // row per shape, one column per colour, the model's own scheduler (PNDM),
-// 20 steps, its guidance scale (DefaultGuidance), seed 1, each image shown
+// 20 steps, its guidance scale (sdpipe.json), seed 1, each image shown
 // at twice its size.
 func TestGrid(t *testing.T) {
 	if !*update {
 		t.Skip("run with -update to regenerate docs/default-model-grid.png")
 	}
 	p := openDefault(t)
+	guidance := defaultGuidance(t)
 	rows, cols := len(shapeNames), len(palette)
 	cells := make([]sheetCell, rows*cols)
 	var wg sync.WaitGroup
@@ -39,7 +40,7 @@ func TestGrid(t *testing.T) {
 			wg.Go(func() {
 				res, err := p.Generate(t.Context(), pipeline.Request{
 					Prompt: gridPrompt(r, c), Width: 64, Height: 64, Steps: 20,
-					GuidanceScale: DefaultGuidance, Seed: 1,
+					GuidanceScale: guidance, Seed: 1,
 				})
 				if err != nil {
 					t.Error(err)

@@ -23,24 +23,10 @@ var embedded embed.FS
 // CacheEnv names the environment variable that overrides the cache root.
 const CacheEnv = cachedir.Env
 
-// DefaultName is the name of the default model, as image metadata shows it.
-const DefaultName = "sdpipe-shapes-64"
-
-// DefaultGuidance is the classifier-free guidance scale the default model
-// is meant for, in place of diffusers' 7.5: pass it to
-// sd.WithDefaultGuidance, as the examples do. The prompt fixes most of
-// what its flat-shape images hold, so the unconditional prediction jumps
-// from one colour to the prompt's within a step, guidance multiplies the
-// jump, and PNDM's multistep extrapolation (the model's own scheduler)
-// turns it into divergence at 20 steps (from about 3 on for some prompts),
-// as it does for an exact denoiser of such data (training/README.md,
-// "Guidance"). At 2.5 every scheduler meets the quality targets
-// (TestQuality).
-const DefaultGuidance = 2.5
-
-// FS returns the default model's files: model_index.json, tokenizer/,
-// text_encoder/, unet/, vae_decoder/, vae_encoder/ and scheduler/ at its
-// root. The result is read-only and safe for concurrent use.
+// FS returns the default model's files: model_index.json, sdpipe.json
+// (its name, defaults and the prompts it knows, which sd.Open reads),
+// tokenizer/, text_encoder/, unet/, vae_decoder/, vae_encoder/ and
+// scheduler/ at its root. The result is read-only and safe for concurrent use.
 func FS() fs.FS {
 	sub, err := fs.Sub(embedded, "default")
 	if err != nil {
@@ -96,7 +82,7 @@ func CacheDir() string { return cachedir.Dir() }
 var ErrCorrupt = errors.New("models: cached model differs from the embedded one")
 
 // DefaultDir returns the path of a folder holding the default model, for
-// opening it by path (sd.OpenFolder, or ONNX Runtime directly). The first
+// opening it by path (sd.Open, or ONNX Runtime directly). The first
 // call writes the files under CacheDir()/models/default-<hash prefix>; later
 // calls, and other processes, find them there after checking every file's
 // content against the embedded one; a damaged copy is replaced. The folder

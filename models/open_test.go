@@ -1,6 +1,8 @@
 package models
 
 import (
+	"encoding/json"
+	"io/fs"
 	"path/filepath"
 	"testing"
 
@@ -85,4 +87,23 @@ func openComponents(t testing.TB, dir string) pipeline.Components {
 		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
 		Scheduler: cfg, ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps(),
 	}
+}
+
+// defaultGuidance is the guidance scale the default model is meant for, as
+// its sdpipe.json gives it.
+func defaultGuidance(t testing.TB) float64 {
+	t.Helper()
+	b, err := fs.ReadFile(FS(), "sdpipe.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Defaults struct {
+			GuidanceScale float64 `json:"guidance_scale"`
+		} `json:"defaults"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil || info.Defaults.GuidanceScale == 0 {
+		t.Fatalf("sdpipe.json: %v, guidance %v", err, info.Defaults.GuidanceScale)
+	}
+	return info.Defaults.GuidanceScale
 }

@@ -139,7 +139,7 @@ func b2f(b bool) float64 {
 // shape's colour must match the prompt in at least 90% of images, the
 // background in at least 90%, the shape class in at least 70%, under each
 // of four schedulers at 20 steps and the model's guidance scale
-// (DefaultGuidance); and the share of images right in all three must be at
+// (its sdpipe.json); and the share of images right in all three must be at
 // least 10 points higher with that guidance than with guidance off (1),
 // averaged over the schedulers.
 func TestQuality(t *testing.T) {
@@ -151,9 +151,9 @@ func TestQuality(t *testing.T) {
 	var on, off float64
 	scheds := []string{"PNDMScheduler", "Euler a", "DPM++ 2M", "DDIM"}
 	for _, s := range scheds {
-		g := measure(t, p, qualityGrid, s, DefaultGuidance)
+		g := measure(t, p, qualityGrid, s, defaultGuidance(t))
 		u := measure(t, p, qualityGrid, s, 1)
-		t.Logf("%-13s guidance %g: %v", s, DefaultGuidance, g)
+		t.Logf("%-13s guidance %g: %v", s, defaultGuidance(t), g)
 		t.Logf("%-13s guidance 1: %v", s, u)
 		if g.color < minColor || g.bg < minBG || g.shape < minShape {
 			t.Errorf("%s: %v; want colour >= %.0f%%, background >= %.0f%%, shape >= %.0f%%", s, g, 100*minColor, 100*minBG, 100*minShape)

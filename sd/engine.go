@@ -60,9 +60,10 @@ type Workers struct {
 // Defaults are what a request that leaves a field zero gets.
 type Defaults struct {
 	// Width and Height are the image size in pixels, multiples of 8.
-	Width, Height int
+	Width  int `json:"width"`
+	Height int `json:"height"`
 	// GuidanceScale is the classifier-free guidance scale.
-	GuidanceScale float64
+	GuidanceScale float64 `json:"guidance_scale"`
 }
 
 // WithMode sets the performance mode (default Latency).
@@ -79,8 +80,8 @@ func WithBatching(maxImages int, wait time.Duration) EngineOption {
 	return func(c *engineConfig) { c.maxBatch, c.batchWait = maxImages, wait }
 }
 
-// WithDefaults replaces the model's defaults (Model.Defaults) with the
-// non-zero fields of d.
+// WithDefaults replaces the model's defaults (Model.Defaults, from its
+// sdpipe.json or diffusers') with the non-zero fields of d.
 func WithDefaults(d Defaults) EngineOption {
 	return func(c *engineConfig) { c.defaults = d }
 }

@@ -41,10 +41,11 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0])
+	// the model's defaults come from its sdpipe.json
+	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0], "guidance", res.Request.GuidanceScale)
 	fmt.Println(strings.Split(params, "\n")[0])
 	// Output:
-	// (64,64) seed 7
+	// (64,64) seed 7 guidance 2.5
 	// a red circle on a blue background
 }
 

@@ -49,6 +49,7 @@ type Folder struct {
 	VAEEncoder    *vae.Encoder      // vae_encoder/model.onnx; nil when absent or skipped (WithoutVAEEncoder)
 	Scheduler     *scheduler.Config // scheduler/scheduler_config.json
 	ScalingFactor float64           // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
+	Info          ModelInfo         // sdpipe.json, when the folder has one
 	sampleSize    int               // unet/config.json's sample_size, or 0
 	closeOnce     sync.Once
 	closeErr      error
@@ -109,6 +110,7 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 		Tokenizer:     lay.tok,
 		Scheduler:     lay.sched,
 		ScalingFactor: lay.scaling,
+		Info:          lay.info,
 		sampleSize:    lay.sampleSize,
 	}
 	// one component at a time: loading them side by side left 0.3 GiB more
@@ -245,6 +247,7 @@ type layout struct {
 	sched   *scheduler.Config
 	tok     *tokenizer.CLIP
 	scaling float64
+	info    ModelInfo
 	// sampleSize is the UNet's sample_size from unet/config.json, or 0
 	sampleSize int
 	io         [len(components)]*onnxpb.IO // nil for an absent or skipped component
@@ -286,6 +289,7 @@ func inspect(dir string, cfg *loadConfig) (*layout, error) {
 			msg: "missing: not a diffusers model folder (or not its top level)", err: err}}
 	}
 	lay.index = in.readIndex()
+	lay.info = in.readInfo()
 	lay.sched = in.readScheduler()
 	in.checkTokenizer()
 	for _, c := range components {

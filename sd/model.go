@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/sdpipe/sdpipe/pipeline"
@@ -38,7 +40,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	m = &Model{f: f, name: name}
+	m = &Model{f: f, name: cmp.Or(f.Info.Name, name)}
 	m.defaults = f.defaults(cfg.engine.defaults)
 	po := cfg.engine.pipelineOptions(m.defaults, cfg.load.logger)
 	c := pipeline.Components{
@@ -60,24 +62,37 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	return m, nil
 }
 
-// defaults returns the defaults of requests: over, where its fields are
-// set, else the UNet's sample_size × 8, else 512×512 at guidance 7.5
-// (diffusers').
+// defaults returns the defaults of requests: those of over that are set,
+// else the folder's sdpipe.json's, else diffusers' (the UNet's
+// sample_size × 8, else 512×512, at guidance 7.5).
 func (f *Folder) defaults(over Defaults) Defaults {
 	d := Defaults{Width: 512, Height: 512, GuidanceScale: pipeline.DefaultGuidance}
 	if s := f.sampleSize; s > 0 {
 		d.Width, d.Height = 8*s, 8*s
 	}
-	if over.Width != 0 || over.Height != 0 {
-		d.Width, d.Height = cmp.Or(over.Width, d.Width), cmp.Or(over.Height, d.Height)
+	for _, o := range []Defaults{f.Info.Defaults, over} {
+		if o.Width != 0 || o.Height != 0 {
+			d.Width, d.Height = cmp.Or(o.Width, d.Width), cmp.Or(o.Height, d.Height)
+		}
+		d.GuidanceScale = cmp.Or(o.GuidanceScale, d.GuidanceScale)
 	}
-	d.GuidanceScale = cmp.Or(over.GuidanceScale, d.GuidanceScale)
 	return d
 }
 
 // Defaults returns what a request that leaves Width, Height or
-// GuidanceScale zero gets.
+// GuidanceScale zero gets: the options' (WithDefaults), else the folder's
+// sdpipe.json's, else diffusers'.
 func (m *Model) Defaults() Defaults { return m.defaults }
+
+// Info returns what the folder's sdpipe.json says about the model (zero
+// when it has none), with Name set to the name image metadata shows.
+func (m *Model) Info() ModelInfo {
+	info := m.f.Info
+	info.Name = m.name
+	info.PromptWords = maps.Clone(info.PromptWords)
+	info.ExamplePrompts = slices.Clone(info.ExamplePrompts)
+	return info
+}
 
 // Load reports how the model's components were loaded: load times,
 // rewrites and warm-up.

@@ -95,7 +95,7 @@ func WithRewriteCache(dir string) LoadOption {
 // allocations.
 type Warmup struct {
 	// Width and Height are the image size in pixels; zero means the
-	// UNet's sample_size × 8, else 512.
+	// model's default size (Model.Defaults).
 	Width, Height int
 	// MaxCalls bounds the calls per session; zero means 4.
 	MaxCalls int
@@ -369,10 +369,8 @@ func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 	}
 	width, height := w.Width, w.Height
 	if width == 0 || height == 0 {
-		width, height = 512, 512
-		if s := f.sampleSize; s > 0 {
-			width, height = 8*s, 8*s
-		}
+		d := f.defaults(Defaults{})
+		width, height = d.Width, d.Height
 	}
 	maxCalls := cmp.Or(w.MaxCalls, 4)
 	steady := w.Steady

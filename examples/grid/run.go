@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -83,11 +84,11 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 		return sum, err
 	}
 	kind, _ := sd.ParseGenerator(c.Generator) // checked by Validate
-	dir, openOpts, err := cli.Model(c.Model)
+	dir, err := cli.Model(c.Model)
 	if err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
 	}
-	openOpts = append(openOpts, o.Open...)
+	openOpts := slices.Clone(o.Open)
 	if dir, err = filepath.Abs(dir); err != nil {
 		return sum, fmt.Errorf("grid: %w", err)
 	}

@@ -36,7 +36,7 @@ func run() error {
 		height    = flag.Int("height", 0, "resize the image to this height (0 = its own, rounded down to 8)")
 		strength  = flag.Float64("strength", 0.75, "how much to change the image, in (0, 1]")
 		steps     = flag.Int("steps", 20, "denoising steps of the full schedule")
-		guidance  = flag.Float64("guidance", 0, "classifier-free guidance scale (<= 1 disables it; 0 = the model's default: 7.5, the default model's own)")
+		guidance  = flag.Float64("guidance", 0, "classifier-free guidance scale (<= 1 disables it; 0 = the model's default: its sdpipe.json's, else 7.5)")
 		sched     = flag.String("scheduler", "", "scheduler (diffusers class or A1111 sampler name)")
 		legacy    = flag.Bool("legacy-timesteps", false, "use OnnxStableDiffusionImg2ImgPipeline's timestep logic instead of the current diffusers one")
 		seed      = flag.Int64("seed", -1, "seed (-1 = random)")
@@ -74,11 +74,11 @@ func run() error {
 		draw.CatmullRom.Scale(dst, dst.Bounds(), img, img.Bounds(), draw.Src, nil)
 		img = dst
 	}
-	dir, opts, err := cli.Model(*model)
+	dir, err := cli.Model(*model)
 	if err != nil {
 		return err
 	}
-	m, err := sd.Open(ctx, dir, opts...)
+	m, err := sd.Open(ctx, dir)
 	if err != nil {
 		return err
 	}

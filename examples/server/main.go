@@ -92,11 +92,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("-mode: %q is not latency or throughput", *mode)
 	}
-	dir, opts, err := cli.Model(*model)
+	dir, err := cli.Model(*model)
 	if err != nil {
 		return err
 	}
-	opts = append(opts, sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log))
+	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}

@@ -22,19 +22,18 @@ func DefaultModel() (string, error) {
 	return models.DefaultDir()
 }
 
-// Model resolves a -model flag: a folder is opened as it is, with no
-// options; "" means the default model, with the settings it is meant for
-// (its guidance scale, models.DefaultGuidance, as the default of requests
-// that set none) to pass to sd.Open.
-func Model(dir string) (string, []sd.Option, error) {
+// Model resolves a -model flag: "" means the default model. Whatever the
+// folder, sd.Open reads its defaults from it (the default model's
+// sdpipe.json gives its size and guidance scale).
+func Model(dir string) (string, error) {
 	if dir != "" {
-		return dir, nil, nil
+		return dir, nil
 	}
 	dir, err := DefaultModel()
 	if err != nil {
-		return "", nil, fmt.Errorf("default model: %w", err)
+		return "", fmt.Errorf("default model: %w", err)
 	}
-	return dir, []sd.Option{sd.WithDefaults(sd.Defaults{GuidanceScale: models.DefaultGuidance})}, nil
+	return dir, nil
 }
 
 // ProgressBar draws a request's progress on w until the channel closes.
