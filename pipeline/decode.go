@@ -17,9 +17,7 @@ var ErrNaN = errors.New("pipeline: model output is not finite")
 // decode is the decode stage's work on one job: VAE decode of each image,
 // clamping, and conversion to images.
 func (p *Pipeline) decode(j *job) error {
-	start := time.Now()
-	j.metrics.DecodeQueue = start.Sub(j.start) - j.metrics.EncodeQueue - j.metrics.Encode - j.metrics.DenoiseQueue - j.metrics.Denoise
-	defer func() { j.metrics.Decode = time.Since(start) }()
+	j.at.decodeStart = time.Now()
 	r := j.req
 	n := len(j.items)
 	inv := float32(1 / p.c.ScalingFactor) // 1/0.18215 as a float32 factor, as diffusers' numpy code
@@ -55,10 +53,9 @@ func (p *Pipeline) decode(j *job) error {
 		res.Images = append(res.Images, toNRGBA(px, h, w))
 		res.Seeds = append(res.Seeds, it.seed)
 	}
-	j.metrics.Decode = time.Since(start)
-	j.metrics.Total = time.Since(j.start)
-	res.Metrics = j.metrics
-	p.m.completed(&j.metrics, n)
+	j.at.decodeEnd = time.Now()
+	res.Metrics = j.timings()
+	p.m.completed(&res.Metrics, n)
 	j.finish(outcome{res: res})
 	return nil
 }

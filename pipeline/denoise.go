@@ -69,7 +69,7 @@ func compatible(a, b *job) bool {
 func (p *Pipeline) denoise(batch []*job) []*job {
 	start := time.Now()
 	for _, j := range batch {
-		j.metrics.DenoiseQueue = start.Sub(j.start) - j.metrics.EncodeQueue - j.metrics.Encode
+		j.at.denoiseStart = start
 		j.metrics.BatchSize = len(batch)
 	}
 	live := batch
@@ -80,7 +80,7 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 		kept := live[:0:0]
 		for _, j := range live {
 			if err := j.err(); err != nil {
-				p.finishDenoise(j, start, err)
+				p.finishDenoise(j, err)
 				continue
 			}
 			kept = append(kept, j)
@@ -102,20 +102,20 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 				if je := j.err(); je != nil {
 					err = je
 				}
-				p.finishDenoise(j, start, err)
+				p.finishDenoise(j, err)
 			}
 			return nil
 		}
 		kept = live[:0:0]
 		for _, j := range live {
-			ev := Progress{Step: i + 1, Total: len(j.steps), Elapsed: time.Since(j.start)}
+			ev := Progress{Step: i + 1, Total: len(j.steps), Elapsed: time.Since(j.at.submitted)}
 			if j.req.Preview {
 				ev.Preview = preview(j.items[0].latents, p.c.LatentChannels, j.latH, j.latW)
 			}
 			j.emit(ev)
 			if f := j.req.OnStep; f != nil {
 				if err := p.guard("denoise", j, func(j *job) error { f(j.stepState(i, t)); return nil }); err != nil {
-					p.finishDenoise(j, start, fmt.Errorf("OnStep: %w", err))
+					p.finishDenoise(j, fmt.Errorf("OnStep: %w", err))
 					b = nil // rebuilt without j
 					continue
 				}
@@ -126,15 +126,14 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 	}
 	now := time.Now()
 	for _, j := range live {
-		j.metrics.Denoise = now.Sub(start)
+		j.at.denoiseEnd = now
 		j.metrics.Steps = len(j.steps)
 		j.metrics.DenoiseModel = model
 	}
 	return live
 }
 
-func (p *Pipeline) finishDenoise(j *job, start time.Time, err error) {
-	j.metrics.Denoise = time.Since(start)
+func (p *Pipeline) finishDenoise(j *job, err error) {
 	j.fail("denoise", err)
 	p.m.failed(err)
 }

@@ -7,17 +7,13 @@ import (
 	"time"
 
 	"gorgonia.org/tensor"
-
-	"github.com/sdpipe/sdpipe/rng"
-	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
 // encode is the encode stage's work on one job: the prompt embeddings, and
 // each image's generator, scheduler and initial latents.
 func (p *Pipeline) encode(j *job) error {
-	start := time.Now()
-	j.metrics.EncodeQueue = start.Sub(j.start)
-	defer func() { j.metrics.Encode = time.Since(start) }()
+	j.at.encodeStart = time.Now()
+	defer func() { j.at.encodeEnd = time.Now() }()
 	r := &j.req
 
 	if err := p.encodePrompts(j); err != nil {
@@ -43,15 +39,14 @@ func (p *Pipeline) encode(j *job) error {
 		}
 	}
 
-	var err error
 	j.items = make([]*item, r.ImagesPerPrompt)
 	for i := range j.items {
-		it := &item{seed: r.Seed + int64(i), latents: make([]float32, j.size)}
-		if it.gen, err = rng.New(r.Generator, uint64(it.seed)); err != nil {
-			return err
-		}
-		if it.sched, err = p.newScheduler(*r, it.gen); err != nil {
-			return err
+		it := j.first // built by resolve, which checked the request with it
+		if i > 0 {
+			var err error
+			if it, err = p.newItem(*r, i); err != nil {
+				return err
+			}
 		}
 		noise := it.latents
 		if init != nil {
@@ -72,7 +67,6 @@ func (p *Pipeline) encode(j *job) error {
 		}
 		j.items[i] = it
 	}
-	j.steps = append([]float64(nil), j.items[0].sched.Timesteps()...)
 	if p.onEncoded != nil {
 		p.onEncoded(j)
 	}
@@ -109,45 +103,14 @@ func imageTensor(img image.Image) *tensor.Dense {
 }
 
 // encodePrompts sets j.cond and j.uncond: the text encoder's hidden states
-// for the prompt and the negative prompt, [seq, hidden] each.
+// for the prompt and the negative prompt, [seq, hidden] each, from the
+// chunks the plan tokenized.
 func (p *Pipeline) encodePrompts(j *job) error {
 	r := &j.req
-	wt, weighted := p.c.Tokenizer.(WeightedTokenizer)
-	var chunks [][]int32 // uncond chunks then cond chunks
-	var weights [][]float32
-	k := 1 // chunks per prompt
-	if weighted && !r.LiteralPrompt {
-		cond, err := wt.EncodeWeighted(stripLoRAs(r.Prompt))
-		if err != nil {
-			return invalid("Prompt", "%v", err)
-		}
-		var uncond *tokenizer.Prompt
-		if j.guided {
-			if uncond, err = wt.EncodeWeighted(r.NegativePrompt); err != nil {
-				return invalid("NegativePrompt", "%v", err)
-			}
-			wt.PadChunks(cond, uncond)
-			for _, c := range uncond.Chunks {
-				chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
-			}
-		}
-		for _, c := range cond.Chunks {
-			chunks, weights = append(chunks, c.IDs), append(weights, c.Weights)
-		}
-		k = len(cond.Chunks)
-	} else {
-		if j.guided {
-			chunks = append(chunks, p.c.Tokenizer.Encode(r.NegativePrompt))
-		}
-		chunks = append(chunks, p.c.Tokenizer.Encode(stripLoRAs(r.Prompt)))
-		weights = make([][]float32, len(chunks))
-	}
+	chunks := j.chunks
 	n := len(chunks[0])
 	ids := make([]int32, 0, len(chunks)*n)
 	for _, c := range chunks {
-		if len(c) != n {
-			return fmt.Errorf("tokenizer gave sequences of %d and %d ids", n, len(c))
-		}
 		ids = append(ids, c...)
 	}
 	t0 := time.Now()
@@ -169,11 +132,12 @@ func (p *Pipeline) encodePrompts(j *job) error {
 	j.hidden = s[2]
 	d := emb.Data().([]float32)
 	per := n * j.hidden
-	for c, w := range weights {
+	for c, w := range j.weights {
 		applyWeights(d[c*per:(c+1)*per], w, j.hidden)
 	}
 	// each prompt's chunks are consecutive, so concatenation along the
 	// sequence is a plain slice
+	k := j.perText
 	j.seq = k * n
 	if j.guided {
 		j.uncond, j.cond = d[:k*per], d[k*per:2*k*per]

@@ -15,12 +15,11 @@ import (
 // job owns everything request-scoped. A stage owns the job while it works
 // on it; sending it to the next stage hands over ownership.
 type job struct {
+	*plan     // the request, resolved at Submit
 	id        uint64
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
 	stopAbort func() bool
-	req       Request
-	guided    bool // classifier-free guidance on: the UNet gets an unconditional row per image
 
 	// encode results
 	seq, hidden  int
@@ -29,14 +28,34 @@ type job struct {
 	// per image
 	size       int // floats in one image's latents
 	items      []*item
-	steps      []float64 // the model timesteps, shared by the items
 	latH, latW int
 
 	progress chan Progress
 	done     chan struct{}
 	out      outcome
-	metrics  RequestMetrics
-	start    time.Time
+	metrics  RequestMetrics // model times, steps, batch size; the rest comes from at
+	at       stageTimes
+}
+
+// stageTimes records when the job entered and left each stage; the
+// request's metrics are computed from them.
+type stageTimes struct {
+	submitted                time.Time
+	encodeStart, encodeEnd   time.Time
+	denoiseStart, denoiseEnd time.Time
+	decodeStart, decodeEnd   time.Time
+}
+
+// timings returns the job's metrics: its model times and counts, and the
+// spans of its stages as recorded.
+func (j *job) timings() RequestMetrics {
+	m, a := j.metrics, j.at
+	m.Submitted = a.submitted
+	m.EncodeQueue, m.Encode = a.encodeStart.Sub(a.submitted), a.encodeEnd.Sub(a.encodeStart)
+	m.DenoiseQueue, m.Denoise = a.denoiseStart.Sub(a.encodeEnd), a.denoiseEnd.Sub(a.denoiseStart)
+	m.DecodeQueue, m.Decode = a.decodeStart.Sub(a.denoiseEnd), a.decodeEnd.Sub(a.decodeStart)
+	m.Total = a.decodeEnd.Sub(a.submitted)
+	return m
 }
 
 // item is one image of a job.
@@ -47,23 +66,22 @@ type item struct {
 	latents []float32
 }
 
-func (p *Pipeline) newJob(ctx context.Context, r Request) *job {
+func (p *Pipeline) newJob(ctx context.Context, pl *plan) *job {
 	jctx, cancel := context.WithCancelCause(ctx)
+	r := &pl.req
 	j := &job{
+		plan:     pl,
 		id:       p.nextID.Add(1),
 		ctx:      jctx,
 		cancel:   cancel,
-		req:      r,
-		guided:   r.GuidanceScale > 1,
 		latH:     r.Height / 8,
 		latW:     r.Width / 8,
-		progress: make(chan Progress, r.Steps*2+2), // one event per model call at most
+		progress: make(chan Progress, len(pl.steps)+1), // one event per model call
 		done:     make(chan struct{}),
-		start:    time.Now(),
+		at:       stageTimes{submitted: time.Now()},
 	}
 	j.size = p.c.LatentChannels * j.latH * j.latW
 	j.stopAbort = context.AfterFunc(p.abort, func() { cancel(ErrClosed) })
-	j.metrics.Submitted = j.start
 	return j
 }
 

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"runtime"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"gorgonia.org/tensor"
@@ -187,52 +187,56 @@ func TestRandomSeedReported(t *testing.T) {
 }
 
 func TestCancelMidLoop(t *testing.T) {
-	u := &fakeUNet{delay: 5 * time.Millisecond}
-	p := newFake(t, u, 0, Options{DenoiseWorkers: 2})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	h, err := p.Submit(ctx, Request{Prompt: "long", Steps: 500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := p.Submit(t.Context(), Request{Prompt: "short", Steps: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ev := range h.Progress() {
-		if ev.Step == 3 {
-			cancel()
-			break
+	synctest.Test(t, func(t *testing.T) {
+		u := &fakeUNet{delay: 5 * time.Millisecond}
+		p := newFake(t, u, 0, Options{DenoiseWorkers: 2})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		h, err := p.Submit(ctx, Request{Prompt: "long", Steps: 500})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	start := time.Now()
-	_, err = h.Wait(t.Context())
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Wait() after cancel = %v, want context.Canceled", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("cancellation took %v", d)
-	}
-	if _, err := other.Wait(t.Context()); err != nil {
-		t.Errorf("the other request failed: %v", err)
-	}
-	if m := p.Metrics(); m.Canceled != 1 {
-		t.Errorf("metrics %+v", m)
-	}
+		other, err := p.Submit(t.Context(), Request{Prompt: "short", Steps: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ev := range h.Progress() {
+			if ev.Step == 3 {
+				cancel()
+				break
+			}
+		}
+		start := time.Now()
+		_, err = h.Wait(t.Context())
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait() after cancel = %v, want context.Canceled", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("cancellation took %v", d)
+		}
+		if _, err := other.Wait(t.Context()); err != nil {
+			t.Errorf("the other request failed: %v", err)
+		}
+		if m := p.Metrics(); m.Canceled != 1 {
+			t.Errorf("metrics %+v", m)
+		}
+	})
 }
 
 func TestCancelDuringCall(t *testing.T) {
-	u := &fakeUNet{block: make(chan struct{})} // every call blocks until canceled
-	p := newFake(t, u, 0, Options{})
-	h, err := p.Submit(t.Context(), Request{Prompt: "x", Steps: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(10 * time.Millisecond)
-	h.Cancel()
-	if _, err := h.Wait(t.Context()); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Wait() = %v, want context.Canceled", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		u := &fakeUNet{block: make(chan struct{})} // every call blocks until canceled
+		p := newFake(t, u, 0, Options{})
+		h, err := p.Submit(t.Context(), Request{Prompt: "x", Steps: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the UNet call has started and blocks
+		h.Cancel()
+		if _, err := h.Wait(t.Context()); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait() = %v, want context.Canceled", err)
+		}
+	})
 }
 
 func TestFailingRequestAmongGood(t *testing.T) {
@@ -269,38 +273,40 @@ func TestFailingRequestAmongGood(t *testing.T) {
 }
 
 func TestStagesOverlap(t *testing.T) {
-	const d = 20 * time.Millisecond
-	u := &fakeUNet{delay: d / 4}
-	p := newFake(t, u, d, Options{})
-	var wg sync.WaitGroup
-	res := make([]*Result, 4)
-	for i := range res {
-		wg.Go(func() {
-			var err error
-			if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: 1}); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	// some request's encoding ran while another's denoise or decode ran
-	overlap := false
-	for _, a := range res {
-		for _, b := range res {
-			if a == nil || b == nil || a == b {
-				continue
-			}
-			as, ae := span(a.Metrics, "encode")
-			bs, be := span(b.Metrics, "denoise")
-			cs, ce := span(b.Metrics, "decode")
-			if (as.Before(be) && bs.Before(ae)) || (as.Before(ce) && cs.Before(ae)) {
-				overlap = true
+	synctest.Test(t, func(t *testing.T) {
+		const d = 20 * time.Millisecond
+		u := &fakeUNet{delay: d / 4}
+		p := newFake(t, u, d, Options{})
+		var wg sync.WaitGroup
+		res := make([]*Result, 4)
+		for i := range res {
+			wg.Go(func() {
+				var err error
+				if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: 1}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		// some request's encoding ran while another's denoise or decode ran
+		overlap := false
+		for _, a := range res {
+			for _, b := range res {
+				if a == nil || b == nil || a == b {
+					continue
+				}
+				as, ae := span(a.Metrics, "encode")
+				bs, be := span(b.Metrics, "denoise")
+				cs, ce := span(b.Metrics, "decode")
+				if (as.Before(be) && bs.Before(ae)) || (as.Before(ce) && cs.Before(ae)) {
+					overlap = true
+				}
 			}
 		}
-	}
-	if !overlap {
-		t.Error("no stage of one request overlapped another request's stage")
-	}
+		if !overlap {
+			t.Error("no stage of one request overlapped another request's stage")
+		}
+	})
 }
 
 // span returns a stage's start and end from request metrics.
@@ -320,88 +326,85 @@ func span(m RequestMetrics, stage string) (time.Time, time.Time) {
 }
 
 func TestDynamicBatchingSamePixels(t *testing.T) {
-	u := &fakeUNet{delay: time.Millisecond}
-	alone := newFake(t, &fakeUNet{}, 0, Options{})
-	batched := newFake(t, u, 0, Options{MaxBatch: 8, MaxBatchWait: 50 * time.Millisecond, DenoiseWorkers: 1})
-	reqs := make([]Request, 5)
-	for i := range reqs {
-		reqs[i] = Request{Prompt: fmt.Sprintf("prompt %d", i), Steps: 6, Seed: int64(10 * i), Scheduler: "Euler a"}
-	}
-	var wg sync.WaitGroup
-	got := make([]*Result, len(reqs))
-	for i, r := range reqs {
-		wg.Go(func() {
-			var err error
-			if got[i], err = batched.Generate(t.Context(), r); err != nil {
-				t.Error(err)
+	synctest.Test(t, func(t *testing.T) {
+		u := &fakeUNet{delay: time.Millisecond}
+		alone := newFake(t, &fakeUNet{}, 0, Options{})
+		batched := newFake(t, u, 0, Options{MaxBatch: 8, MaxBatchWait: 50 * time.Millisecond, DenoiseWorkers: 1})
+		reqs := make([]Request, 5)
+		for i := range reqs {
+			reqs[i] = Request{Prompt: fmt.Sprintf("prompt %d", i), Steps: 6, Seed: int64(10 * i), Scheduler: "Euler a"}
+		}
+		var wg sync.WaitGroup
+		got := make([]*Result, len(reqs))
+		for i, r := range reqs {
+			wg.Go(func() {
+				var err error
+				if got[i], err = batched.Generate(t.Context(), r); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		shared := false
+		for _, s := range u.sizes {
+			shared = shared || s > 2
+		}
+		if !shared {
+			t.Fatalf("no UNet call held more than one request: sizes %v", u.sizes)
+		}
+		for i, r := range reqs {
+			want, err := alone.Generate(t.Context(), r)
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
-	wg.Wait()
-	shared := false
-	for _, s := range u.sizes {
-		shared = shared || s > 2
-	}
-	if !shared {
-		t.Fatalf("no UNet call held more than one request: sizes %v", u.sizes)
-	}
-	for i, r := range reqs {
-		want, err := alone.Generate(t.Context(), r)
-		if err != nil {
-			t.Fatal(err)
+			if got[i] == nil || !samePixels(want.Images[0], got[i].Images[0]) {
+				t.Errorf("request %d: batched image differs from the same request alone", i)
+			}
 		}
-		if got[i] == nil || !samePixels(want.Images[0], got[i].Images[0]) {
-			t.Errorf("request %d: batched image differs from the same request alone", i)
-		}
-	}
+	})
 }
 
 func TestCloseUnderLoad(t *testing.T) {
-	before := runtime.NumGoroutine()
-	u := &fakeUNet{delay: 2 * time.Millisecond}
-	p, err := New(fakeComponents(t, u, time.Millisecond), Options{DefaultWidth: 64, DefaultHeight: 64, EncodeWorkers: 2, DenoiseWorkers: 2, DecodeWorkers: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	outcomes := map[string]int{}
-	for i := range 20 {
-		wg.Go(func() {
-			_, err := p.Generate(context.Background(), Request{Prompt: fmt.Sprint(i), Steps: 20})
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				outcomes["ok"]++
-			case errors.Is(err, ErrClosed):
-				outcomes["closed"]++
-			default:
-				outcomes[err.Error()]++
-			}
-		})
-	}
-	time.Sleep(30 * time.Millisecond)
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	if outcomes["ok"]+outcomes["closed"] != 20 {
-		t.Errorf("outcomes %v: every request must complete or report ErrClosed", outcomes)
-	}
-	if _, err := p.Submit(t.Context(), Request{Prompt: "late"}); !errors.Is(err, ErrClosed) {
-		t.Errorf("Submit after Close = %v, want ErrClosed", err)
-	}
-	if err := p.Close(); err != nil {
-		t.Errorf("second Close = %v", err)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		t.Errorf("%d goroutines after Close, %d before", n, before)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		u := &fakeUNet{delay: 2 * time.Millisecond}
+		p, err := New(fakeComponents(t, u, time.Millisecond), Options{DefaultWidth: 64, DefaultHeight: 64, EncodeWorkers: 2, DenoiseWorkers: 2, DecodeWorkers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		outcomes := map[string]int{}
+		for i := range 20 {
+			wg.Go(func() {
+				_, err := p.Generate(context.Background(), Request{Prompt: fmt.Sprint(i), Steps: 20})
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					outcomes["ok"]++
+				case errors.Is(err, ErrClosed):
+					outcomes["closed"]++
+				default:
+					outcomes[err.Error()]++
+				}
+			})
+		}
+		time.Sleep(30 * time.Millisecond)
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if outcomes["ok"]+outcomes["closed"] != 20 {
+			t.Errorf("outcomes %v: every request must complete or report ErrClosed", outcomes)
+		}
+		if _, err := p.Submit(t.Context(), Request{Prompt: "late"}); !errors.Is(err, ErrClosed) {
+			t.Errorf("Submit after Close = %v, want ErrClosed", err)
+		}
+		if err := p.Close(); err != nil {
+			t.Errorf("second Close = %v", err)
+		}
+		// synctest.Test fails if any goroutine of the pipeline is left
+	})
 }
 
 func TestShutdownDrains(t *testing.T) {
@@ -428,21 +431,23 @@ func TestShutdownDrains(t *testing.T) {
 }
 
 func TestSubmitBlocksAndHonoursContext(t *testing.T) {
-	u := &fakeUNet{block: make(chan struct{})}
-	p := newFake(t, u, 0, Options{})
-	defer close(u.block)
-	// one job in the UNet, one in the channel to denoise, one in the
-	// encode worker waiting to hand it over: then intake is full
-	for i := range 3 {
-		if _, err := p.Submit(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 2}); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		u := &fakeUNet{block: make(chan struct{})}
+		p := newFake(t, u, 0, Options{})
+		defer close(u.block)
+		// one job in the UNet, one in the channel to denoise, one in the
+		// encode worker waiting to hand it over: then intake is full
+		for i := range 3 {
+			if _, err := p.Submit(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 2}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
-	defer cancel()
-	if _, err := p.Submit(ctx, Request{Prompt: "probe", Steps: 2}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Submit() into a full pipeline = %v, want context.DeadlineExceeded", err)
-	}
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer cancel()
+		if _, err := p.Submit(ctx, Request{Prompt: "probe", Steps: 2}); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Submit() into a full pipeline = %v, want context.DeadlineExceeded", err)
+		}
+	})
 }
 
 func TestImg2ImgFake(t *testing.T) {

@@ -1,18 +1,14 @@
 package pipeline
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
-	"math"
 
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/rng"
 	"github.com/sdpipe/sdpipe/scheduler"
-	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
 // Defaults for the zero fields of a Request.
@@ -120,159 +116,4 @@ func (e *RequestError) Is(target error) bool { return target == ErrInvalidReques
 
 func invalid(field, format string, args ...any) error {
 	return &RequestError{Field: field, Reason: fmt.Sprintf(format, args...)}
-}
-
-// resolve validates r, fills its defaults and returns the job's copy.
-func (p *Pipeline) resolve(r Request) (Request, error) {
-	if r.InitImage != nil {
-		b := r.InitImage.Bounds()
-		if r.Width == 0 {
-			r.Width = b.Dx()
-		}
-		if r.Height == 0 {
-			r.Height = b.Dy()
-		}
-	}
-	if r.Width == 0 {
-		r.Width = p.opts.DefaultWidth
-	}
-	if r.Height == 0 {
-		r.Height = p.opts.DefaultHeight
-	}
-	for _, f := range []struct {
-		name string
-		v    int
-	}{{"Width", r.Width}, {"Height", r.Height}} {
-		if f.v < 8 || f.v > MaxSize || f.v%8 != 0 {
-			return r, invalid(f.name, "%d is not a multiple of 8 in [8, %d]", f.v, MaxSize)
-		}
-	}
-	loras, err := requestLoRAs(&r)
-	if err != nil {
-		return r, err
-	}
-	if err := p.checkLoRAs(loras); err != nil {
-		return r, err
-	}
-	r.LoRAs = loras
-	if _, ok := p.c.Tokenizer.(WeightedTokenizer); ok && !r.LiteralPrompt {
-		if _, err := tokenizer.ParseWeighted(stripLoRAs(r.Prompt)); err != nil {
-			return r, invalid("Prompt", "%v", err)
-		}
-		if _, err := tokenizer.ParseWeighted(r.NegativePrompt); err != nil {
-			return r, invalid("NegativePrompt", "%v", err)
-		}
-	}
-	if r.Steps == 0 {
-		r.Steps = DefaultSteps
-	}
-	if r.Steps < 1 || r.Steps > scheduler.MaxSteps {
-		return r, invalid("Steps", "%d is outside [1, %d]", r.Steps, scheduler.MaxSteps)
-	}
-	if math.IsNaN(r.GuidanceScale) || math.IsInf(r.GuidanceScale, 0) || r.GuidanceScale < 0 || r.GuidanceScale > MaxGuidance {
-		return r, invalid("GuidanceScale", "%v is not a number in [0, %d]", r.GuidanceScale, MaxGuidance)
-	}
-	if r.GuidanceScale == 0 {
-		r.GuidanceScale = p.opts.DefaultGuidance
-	}
-	if math.IsNaN(r.GuidanceRescale) || r.GuidanceRescale < 0 || r.GuidanceRescale > 1 {
-		return r, invalid("GuidanceRescale", "%v is outside [0, 1]", r.GuidanceRescale)
-	}
-	if math.IsNaN(r.Eta) || r.Eta < 0 || r.Eta > 1 {
-		return r, invalid("Eta", "%v is outside [0, 1]", r.Eta)
-	}
-	if r.ImagesPerPrompt == 0 {
-		r.ImagesPerPrompt = 1
-	}
-	if r.ImagesPerPrompt < 0 || r.ImagesPerPrompt > MaxImagesPerPrompt {
-		return r, invalid("ImagesPerPrompt", "%d is outside [1, %d]", r.ImagesPerPrompt, MaxImagesPerPrompt)
-	}
-	if r.Generator == 0 {
-		r.Generator = rng.KindNumpy
-	}
-	if r.Generator != rng.KindNumpy && r.Generator != rng.KindTorchCPU {
-		return r, invalid("Generator", "unknown generator %v", r.Generator)
-	}
-	maxSeed := int64(math.MaxInt64)
-	if r.Generator == rng.KindNumpy {
-		maxSeed = math.MaxUint32
-	}
-	if r.Seed == -1 {
-		r.Seed = randomSeed(maxSeed - int64(r.ImagesPerPrompt) + 1)
-	}
-	if r.Seed < 0 || r.Seed > maxSeed-int64(r.ImagesPerPrompt)+1 {
-		return r, invalid("Seed", "%d is outside [0, %d] for %d images with the %v generator (or -1 for random)", r.Seed, maxSeed-int64(r.ImagesPerPrompt)+1, r.ImagesPerPrompt, r.Generator)
-	}
-	if r.Scheduler == "" {
-		r.Scheduler = p.c.Scheduler.ClassName()
-	}
-	if r.InitImage != nil {
-		if p.c.VAEEncoder == nil {
-			return r, invalid("InitImage", "this model has no VAE encoder, so img2img is unavailable")
-		}
-		b := r.InitImage.Bounds()
-		if b.Dx() != r.Width || b.Dy() != r.Height {
-			return r, invalid("InitImage", "image is %dx%d, request is %dx%d", b.Dx(), b.Dy(), r.Width, r.Height)
-		}
-		if r.Strength == 0 {
-			r.Strength = DefaultStrength
-		}
-		if math.IsNaN(r.Strength) || r.Strength <= 0 || r.Strength > 1 {
-			return r, invalid("Strength", "%v is outside (0, 1]", r.Strength)
-		}
-		if r.Img2ImgLogic != scheduler.Modern && r.Img2ImgLogic != scheduler.LegacyONNX {
-			return r, invalid("Img2ImgLogic", "unknown logic %v", r.Img2ImgLogic)
-		}
-	} else if r.Strength != 0 {
-		return r, invalid("Strength", "set without an InitImage")
-	}
-	if r.Latents != nil {
-		want := r.ImagesPerPrompt * p.c.LatentChannels * (r.Height / 8) * (r.Width / 8)
-		if len(r.Latents) != want {
-			return r, invalid("Latents", "%d values, want %d (%d×%d×%d×%d)", len(r.Latents), want, r.ImagesPerPrompt, p.c.LatentChannels, r.Height/8, r.Width/8)
-		}
-		for _, v := range r.Latents {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return r, invalid("Latents", "non-finite value %v", v)
-			}
-		}
-		r.Latents = append([]float32(nil), r.Latents...)
-	}
-	// A scheduler built now checks the name, the steps against the
-	// training schedule, and the strength.
-	if _, err := p.newScheduler(r, nil); err != nil {
-		field := "Scheduler"
-		if errors.Is(err, scheduler.ErrOptions) {
-			field = "Steps"
-		}
-		return r, invalid(field, "%v", err)
-	}
-	return r, nil
-}
-
-func (p *Pipeline) newScheduler(r Request, noise scheduler.Noise) (scheduler.Scheduler, error) {
-	o := scheduler.Options{
-		Steps: r.Steps,
-		Eta:   r.Eta,
-		Noise: noise,
-		Size:  p.c.LatentChannels * (r.Height / 8) * (r.Width / 8),
-	}
-	if o.Noise == nil {
-		o.Noise = zeroNoise{}
-	}
-	if r.InitImage != nil {
-		o.Strength, o.Img2Img = r.Strength, r.Img2ImgLogic
-	}
-	return scheduler.New(r.Scheduler, p.c.Scheduler, o)
-}
-
-type zeroNoise struct{}
-
-func (zeroNoise) Randn(dst []float32) { clear(dst) }
-
-// randomSeed returns a uniformly random seed in [0, max].
-func randomSeed(max int64) int64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return int64(binary.LittleEndian.Uint64(b[:]) % uint64(max+1))
 }
