@@ -62,4 +62,3 @@ func (in *inspector) readInfo() ModelInfo {
 	}
 	return info
 }
-
