@@ -235,7 +235,7 @@ type harness struct {
 	rec        *callRecorder
 	seq        *sequential
 	engines    map[Mode]*pipeline.Pipeline
-	stats      map[string]*ort.Session
+	stats      map[string]statser
 }
 
 func (h *harness) close() error {
@@ -277,6 +277,9 @@ func engineComponents(f *sd.Folder) pipeline.Components {
 		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
 	}
 }
+
+// statser is a loaded component: its session's calls and busy time.
+type statser interface{ Stats() (int64, time.Duration) }
 
 // sessionStats returns each session's (calls, busy).
 func (h *harness) sessionStats() map[string]SessionStats {
@@ -381,10 +384,10 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	rep.setWork(cfg, calls)
-	h.stats = map[string]*ort.Session{
-		"text_encoder": h.f.TextEncoder.Session(),
-		"unet":         h.f.UNet.Session(),
-		"vae_decoder":  h.f.VAEDecoder.Session(),
+	h.stats = map[string]statser{
+		"text_encoder": h.f.TextEncoder,
+		"unet":         h.f.UNet,
+		"vae_decoder":  h.f.VAEDecoder,
 	}
 	halfThreads := max(1, runtime.NumCPU()/2)
 	if slices.Contains(cfg.Modes, Pipelined) || (cfg.MatMulN > 0 && !cfg.NoScaling) {
@@ -395,7 +398,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			return nil, err
 		}
 		h.half = h.halfFolder.UNet
-		h.stats["unet_half"] = h.half.Session()
+		h.stats["unet_half"] = h.half
 	}
 	h.seq = &sequential{f: h.f, enc: h.rec.encoder(h.f.TextEncoder), den: h.rec.denoiser(h.f.UNet), dec: h.rec.decoder(h.f.VAEDecoder)}
 	for _, m := range cfg.Modes {

@@ -6,10 +6,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/tokenizer"
 	"github.com/sdpipe/sdpipe/unet"
@@ -45,7 +45,7 @@ func openDir(t testing.TB, dir string) *pipeline.Pipeline {
 func openComponents(t testing.TB, dir string) pipeline.Components {
 	t.Helper()
 	ctx := t.Context()
-	o := ort.Options{IntraOpThreads: 1}
+	o := session.Options{Threads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
 	if err != nil {
 		t.Fatal(err)

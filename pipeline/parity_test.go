@@ -4,9 +4,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/scheduler"
+	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/tokenizer"
 	"github.com/sdpipe/sdpipe/unet"
@@ -23,7 +23,7 @@ func referenceComponents(t *testing.T) Components {
 func componentsFrom(t *testing.T, dir string) Components {
 	t.Helper()
 	testenv.RequireORT(t)
-	o := ort.Options{IntraOpThreads: 1}
+	o := session.Options{Threads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
 	if err != nil {
 		t.Fatal(err)

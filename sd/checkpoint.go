@@ -144,7 +144,7 @@ func openCheckpoint(ctx context.Context, path string, cfg *loadConfig) (string, 
 	names := map[string]Component{"text_encoder": TextEncoder, "unet": UNet, "vae_decoder": VAEDecoder, "vae_encoder": VAEEncoder}
 	rt, err := ckptrun.Open(ctx, b, ckptrun.Options{
 		LoRADir: cfg.ckpt.loraDir, SkipUnknownLoRAKeys: cfg.ckpt.skipUnknown, EmbeddingsDir: cfg.ckpt.embeddings,
-		ORT: func(c string) ort.Options { return cfg.ortOptions(names[c]) },
+		ORT: func(c string) ort.Options { return ort.FromSession(cfg.sessionOptions(names[c])) },
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("sd: %w", err)

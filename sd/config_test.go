@@ -19,12 +19,12 @@ func TestSpinningOption(t *testing.T) {
 		}
 		c := loadConfigOf(t, opts...)
 		for _, k := range components {
-			if got := c.ortOptions(k).NoSpinning; got != (s == Off) {
-				t.Errorf("Spinning %v: %v's session has NoSpinning %v", s, k, got)
+			if got := c.sessionOptions(k).DisableSpinning; got != (s == Off) {
+				t.Errorf("Spinning %v: %v's session has DisableSpinning %v", s, k, got)
 			}
 		}
 	}
-	if loadConfigOf(t).ortOptions(UNet).NoSpinning {
+	if loadConfigOf(t).sessionOptions(UNet).DisableSpinning {
 		t.Error("spinning is off by default")
 	}
 }
@@ -33,20 +33,20 @@ func TestMemoryPatternOption(t *testing.T) {
 	c := loadConfigOf(t)
 	for _, k := range components {
 		want := k != TextEncoder
-		if got := c.ortOptions(k).DisableMemPattern; got != want {
+		if got := c.sessionOptions(k).DisableMemoryPattern; got != want {
 			t.Errorf("default: %v's memory pattern disabled %v, want %v", k, got, want)
 		}
 	}
 	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryPattern: On}), WithSessionOptions(TextEncoder, SessionOptions{MemoryPattern: Off}))
-	if c.ortOptions(VAEDecoder).DisableMemPattern || !c.ortOptions(TextEncoder).DisableMemPattern || !c.ortOptions(VAEEncoder).DisableMemPattern {
-		t.Errorf("MemoryPattern not applied: decoder %+v, text encoder %+v", c.ortOptions(VAEDecoder), c.ortOptions(TextEncoder))
+	if c.sessionOptions(VAEDecoder).DisableMemoryPattern || !c.sessionOptions(TextEncoder).DisableMemoryPattern || !c.sessionOptions(VAEEncoder).DisableMemoryPattern {
+		t.Errorf("MemoryPattern not applied: decoder %+v, text encoder %+v", c.sessionOptions(VAEDecoder), c.sessionOptions(TextEncoder))
 	}
 	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: Off}))
-	if !c.ortOptions(VAEDecoder).DisableMemArena || c.ortOptions(UNet).DisableMemArena {
-		t.Errorf("MemoryArena not applied: decoder %+v, unet %+v", c.ortOptions(VAEDecoder), c.ortOptions(UNet))
+	if !c.sessionOptions(VAEDecoder).DisableMemoryArena || c.sessionOptions(UNet).DisableMemoryArena {
+		t.Errorf("MemoryArena not applied: decoder %+v, unet %+v", c.sessionOptions(VAEDecoder), c.sessionOptions(UNet))
 	}
 	c = loadConfigOf(t, WithSessionOptions(UNet, SessionOptions{ProviderOptions: map[string]string{"device_id": "1"}}), WithThreads(UNet, 3))
-	if o := c.ortOptions(UNet); o.ProviderOptions["device_id"] != "1" || o.IntraOpThreads != 3 {
+	if o := c.sessionOptions(UNet); o.ProviderOptions["device_id"] != "1" || o.Threads != 3 {
 		t.Errorf("ProviderOptions or threads not applied: %+v", o)
 	}
 }

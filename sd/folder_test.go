@@ -18,9 +18,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/sd"
-	"github.com/sdpipe/sdpipe/textenc"
-	"github.com/sdpipe/sdpipe/unet"
-	"github.com/sdpipe/sdpipe/vae"
+	"github.com/sdpipe/sdpipe/session"
 )
 
 // copyDir copies the folder src into a new temporary folder and returns it.
@@ -437,24 +435,24 @@ func TestOpenFolderWrongModel(t *testing.T) {
 		text  string
 	}{
 		{"vae decoder as text encoder", swap("vae_decoder/model.onnx", "text_encoder/model.onnx"), "text_encoder/model.onnx",
-			isType[*textenc.SignatureError], "text encoder", "input_ids"},
+			isType[*session.SignatureError], "text encoder", "input_ids"},
 		{"text encoder as unet", swap("text_encoder/model.onnx", "unet/model.onnx"), "unet/model.onnx",
-			isType[*unet.SignatureError], "UNet", `unexpected input "input_ids"`},
+			isType[*session.SignatureError], "UNet", `unexpected input "input_ids"`},
 		{"vae encoder as vae decoder", swap("vae_encoder/model.onnx", "vae_decoder/model.onnx"), "vae_decoder/model.onnx",
-			isType[*vae.SignatureError], "VAE decoder", "latent_sample"},
+			isType[*session.SignatureError], "VAE decoder", "latent_sample"},
 		{
 			"float token ids",
 			func(t *testing.T, d string) {
 				editModel(t, d, "text_encoder/model.onnx", func(m *onnxpb.Model) { m.Graph.Input[0].ElemType = onnxpb.Float })
 			},
-			"text_encoder/model.onnx", isType[*textenc.SignatureError], "text encoder", "input_ids is float32",
+			"text_encoder/model.onnx", isType[*session.SignatureError], "text encoder", "input_ids is float32",
 		},
 		{
 			"vae encoder with an unknown output",
 			func(t *testing.T, d string) {
 				editModel(t, d, "vae_encoder/model.onnx", func(m *onnxpb.Model) { m.Graph.Output[0].Name = "latent_dist" })
 			},
-			"vae_encoder/model.onnx", isType[*vae.SignatureError], "VAE encoder", `"latent_dist"`,
+			"vae_encoder/model.onnx", isType[*session.SignatureError], "VAE encoder", `"latent_dist"`,
 		},
 	}
 	for _, tt := range tests {
@@ -550,7 +548,7 @@ func TestOpenFolderReference(t *testing.T) {
 	if f.ScalingFactor != 0.18215 {
 		t.Errorf("ScalingFactor = %v, want 0.18215", f.ScalingFactor)
 	}
-	if f.UNet.TimestepType() != ort.Float32 {
+	if f.UNet.TimestepType() != session.Float32 {
 		t.Errorf("UNet.TimestepType = %v, want float32", f.UNet.TimestepType())
 	}
 	rec.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/sd"
+	"github.com/sdpipe/sdpipe/session"
 )
 
 // generated caches the folders modelgen writes (slow under -race) for the
@@ -108,16 +109,16 @@ func TestOpenFolderGenerated(t *testing.T) {
 		cfg  modelgen.Config
 		// expectations beyond those read from cfg
 		ids      ort.DType
-		tsType   ort.DType
+		tsType   session.DType
 		perItem  bool
 		batch    int
 		external string
 		encoder  string // the VAE encoder's output
 	}{
-		{name: "legacy", dir: legacyModel, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: ort.Float32, perItem: true, external: "weights.pb", encoder: "latent_sample"},
-		{name: "fp16, batch 1, timestep [1], latent_parameters", dir: fp16Model, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: ort.Float16, batch: 1, external: "weights.pb", encoder: "latent_parameters"},
-		{name: "int64 ids, scalar int64 timestep, model.onnx_data, hidden 48", dir: optimumModel, cfg: optimumConfig(), ids: ort.Int64, tsType: ort.Int64, external: "model.onnx_data", encoder: "latent_sample"},
-		{name: "float16 timestep", dir: halfTimestepModel, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: ort.Float16, perItem: true, external: "weights.pb", encoder: "latent_sample"},
+		{name: "legacy", dir: legacyModel, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: session.Float32, perItem: true, external: "weights.pb", encoder: "latent_sample"},
+		{name: "fp16, batch 1, timestep [1], latent_parameters", dir: fp16Model, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: session.Float16, batch: 1, external: "weights.pb", encoder: "latent_parameters"},
+		{name: "int64 ids, scalar int64 timestep, model.onnx_data, hidden 48", dir: optimumModel, cfg: optimumConfig(), ids: ort.Int64, tsType: session.Int64, external: "model.onnx_data", encoder: "latent_sample"},
+		{name: "float16 timestep", dir: halfTimestepModel, cfg: modelgen.Tiny(), ids: ort.Int32, tsType: session.Float16, perItem: true, external: "weights.pb", encoder: "latent_sample"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

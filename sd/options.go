@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/cachedir"
+	"github.com/sdpipe/sdpipe/session"
 )
 
 // An Option configures Open. There are two kinds, typed by what they
@@ -99,16 +101,16 @@ const (
 	Auto Device = "auto"
 )
 
-// providers maps each Device to the internal/ort provider.
-var providers = map[Device]ort.Provider{
-	CPU:      ort.CPU,
-	CUDA:     ort.CUDA,
-	TensorRT: ort.TensorRT,
-	CoreML:   ort.CoreML,
-	DirectML: ort.DirectML,
-	OpenVINO: ort.OpenVINO,
-	WebGPU:   ort.WebGPU,
-	Auto:     ort.WebGPU,
+// providers maps each Device to the component packages' device.
+var providers = map[Device]session.Device{
+	CPU:      session.CPU,
+	CUDA:     session.CUDA,
+	TensorRT: session.TensorRT,
+	CoreML:   session.CoreML,
+	DirectML: session.DirectML,
+	OpenVINO: session.OpenVINO,
+	WebGPU:   session.WebGPU,
+	Auto:     session.WebGPU,
 }
 
 // Switch is a setting that is left to its default (the zero value), or
@@ -309,22 +311,32 @@ func (c *loadConfig) check() []error {
 	return append(errs, c.perf.check()...)
 }
 
-// ortOptions returns the session options for component k.
-func (c *loadConfig) ortOptions(k Component) ort.Options {
-	o := ort.Options{LibraryPath: c.libraryPath, Provider: ort.CPU, DisableMemPattern: k != TextEncoder}
-	p := c.comps[k]
-	if p == nil {
-		return o
+// sessionOptions returns the options component k is opened with: its
+// placement, ONNX Runtime settings and rewrites.
+func (c *loadConfig) sessionOptions(k Component) session.Options {
+	o := session.Options{LibraryPath: c.libraryPath, Device: session.CPU, DisableMemoryPattern: k != TextEncoder,
+		RewriteCache: c.perf.cacheDir, Logger: c.logger.With("component", k.String())}
+	if o.RewriteCache == "" {
+		o.RewriteCache = filepath.Join(cachedir.Dir(), "rewritten")
 	}
-	if p.deviceSet {
-		o.Provider = providers[p.device]
+	if p := c.comps[k]; p != nil {
+		if p.deviceSet {
+			o.Device = providers[p.device]
+		}
+		s := p.session
+		o.ProviderOptions = maps.Clone(s.ProviderOptions)
+		o.Threads = p.threads
+		o.DisableMemoryPattern = !s.MemoryPattern.or(!o.DisableMemoryPattern)
+		o.DisableMemoryArena = !s.MemoryArena.or(true)
+		o.DisableSpinning = !s.Spinning.or(true)
 	}
-	s := p.session
-	o.ProviderOptions = maps.Clone(s.ProviderOptions)
-	o.IntraOpThreads = p.threads
-	o.DisableMemPattern = !s.MemoryPattern.or(!o.DisableMemPattern)
-	o.DisableMemArena = !s.MemoryArena.or(true)
-	o.NoSpinning = !s.Spinning.or(true)
+	for _, r := range c.perf.rewrites {
+		// ONNX Runtime has a MultiHeadAttention kernel on the CPU and CUDA
+		if r == RewriteMHA && c.perf.defaults && o.Device != session.CPU && o.Device != session.CUDA {
+			continue
+		}
+		o.Rewrites = append(o.Rewrites, string(r))
+	}
 	return o
 }
 

@@ -1,20 +1,14 @@
 package sd
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
-	"gorgonia.org/tensor"
-
-	"github.com/sdpipe/sdpipe/internal/onnxpb"
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/session"
 )
 
 // Rewrite names a graph rewrite that OpenFolder applies to the component
@@ -42,7 +36,7 @@ const (
 
 // RewriteTolerance is the largest output difference a rewrite may cause
 // on the verification inputs; a rewrite that exceeds it is refused.
-const RewriteTolerance = 1e-4
+const RewriteTolerance = session.RewriteTolerance
 
 // DefaultRewrites returns the rewrites OpenFolder applies unless told
 // otherwise, and WithRewrites when given none: those measured faster on the
@@ -200,231 +194,32 @@ func (f *Folder) Load() LoadReport {
 	return r
 }
 
-// modelPath returns the model file OpenFolder loads for component k: the
-// rewritten one when rewrites are on and the rewrite is proven, else
-// the folder's own. Problems are logged, never returned: the original
-// model is always a valid fallback.
-func (c *loadConfig) modelPath(ctx context.Context, f *Folder, k Component, lay *layout, o ort.Options) string {
-	src := lay.modelPath(k)
-	if len(c.perf.rewrites) == 0 {
-		return src
-	}
-	log := c.logger.With("component", k.String())
-	if io := lay.io[k]; io != nil {
-		for _, v := range io.Outputs {
-			if v.ElemType != onnxpb.Float {
-				// the verification compares float32 outputs only; without it
-				// no rewrite is used, so do not pay for one
-				log.Info("sd: graph not rewritten: its outputs are not float32, so a rewrite could not be verified", "output", v.Name)
-				f.load.rewrote(k, "skipped: outputs are not float32")
-				return src
-			}
-		}
-	}
-	var rs []rewrite.Rewrite
-	for _, r := range c.perf.rewrites {
-		if r == RewriteMHA && c.perf.defaults && o.Provider != ort.CPU && o.Provider != ort.CUDA {
-			continue
-		}
-		rs = append(rs, rewrite.Rewrite(r))
-	}
-	cache := c.perf.cacheDir
-	if cache == "" {
-		cache = filepath.Join(ort.CacheDir(), "rewritten")
-	}
-	res, err := rewrite.Prepare(src, rs, cache)
-	if err != nil {
-		log.Warn("sd: rewrite failed, loading the original graph", "error", err)
-		f.load.rewrote(k, "failed: "+err.Error())
-		return src
-	}
-	for _, why := range res.Report.Refused {
-		log.Warn("sd: rewrite refused at one site", "reason", why)
-	}
-	if !res.Changed() {
-		f.load.rewrote(k, res.Report.String())
-		return src
-	}
-	if res.Path == "" {
-		log.Warn("sd: rewritten graph cannot be placed beside the weights (cache on another file system?), loading the original", "cache", cache)
-		f.load.rewrote(k, "refused: cache on another file system")
-		return src
-	}
-	if res.Verified < 0 {
-		in, err := verifyInputs(k, lay)
-		var d float64
-		if err == nil {
-			vo := ort.Options{LibraryPath: o.LibraryPath, IntraOpThreads: o.IntraOpThreads}
-			d, err = rewrite.Verify(ctx, res, in, vo)
-		}
-		if err != nil {
-			log.Warn("sd: rewritten graph could not be verified, loading the original", "error", err)
-			f.load.rewrote(k, "refused: "+err.Error())
-			return src
-		}
-		// remembered either way, so that a refusal costs one verification
-		if err := res.MarkVerified(d); err != nil {
-			log.Warn("sd: rewrite cache", "error", err)
-		}
-	}
-	if d := res.Verified; d > RewriteTolerance {
-		log.Warn("sd: rewritten graph changes the outputs, loading the original",
-			"max_difference", d, "tolerance", RewriteTolerance, "rewrites", res.Report.String(), "cached", res.Cached)
-		f.load.rewrote(k, fmt.Sprintf("refused: outputs differ by %g", d))
-		return src
-	}
-	log.Info("sd: rewritten", "rewrites", res.Report.String(), "cached", res.Cached,
-		"max_difference", res.Verified, "duration", res.Elapsed, "path", res.Path)
-	f.load.rewrote(k, res.Report.String())
-	return res.Path
-}
-
-// verifyInputs makes small random inputs for component k.
-func verifyInputs(k Component, lay *layout) ([]ort.Tensor, error) {
-	ins, _, err := ort.ReadIO(lay.modelPath(k))
-	if err != nil {
-		return nil, err
-	}
-	r := rand.New(rand.NewPCG(uint64(k)+1, 11))
-	const batch, side, seq = 2, 8, 77
-	var in []ort.Tensor
-	for _, v := range ins {
-		shape := slices.Clone(v.Shape)
-		for i, d := range shape {
-			if d > 0 {
-				continue
-			}
-			switch {
-			case i == 0:
-				shape[i] = batch
-			case len(shape) == 4 && i >= 2 && k == VAEEncoder:
-				shape[i] = 8 * side // pixels
-			case len(shape) == 4 && i >= 2:
-				shape[i] = side
-			case len(shape) == 4 && i == 1 && k == VAEEncoder:
-				shape[i] = 3 // RGB
-			case len(shape) == 4 && i == 1:
-				shape[i] = 4 // latent channels (the UNet's inpainting variant fixes 9)
-			case len(shape) == 3 && i == 2:
-				shape[i] = textHidden(lay)
-			default:
-				shape[i] = seq
-			}
-		}
-		n := ort.Elems(shape)
-		switch v.DType {
-		case ort.Float32, ort.Float16:
-			d := make([]float32, n)
-			for i := range d {
-				d[i] = float32(r.NormFloat64())
-			}
-			if v.Name == "timestep" {
-				for i := range d {
-					d[i] = 501
-				}
-			}
-			in = append(in, ort.Tensor{Shape: shape, Data: d})
-		case ort.Int32, ort.Int64:
-			// byte-level tokens (every CLIP vocabulary has the 256 of
-			// them) between the tokenizer's BOS and EOS
-			d := make([]int64, n)
-			for i := range d {
-				d[i] = int64(r.IntN(256))
-				if lay.tok != nil && i%seq == 0 {
-					d[i] = int64(lay.tok.BOS())
-				} else if lay.tok != nil && i%seq == seq-1 {
-					d[i] = int64(lay.tok.EOS())
-				}
-			}
-			if v.Name == "timestep" {
-				for i := range d {
-					d[i] = 501
-				}
-			}
-			in = append(in, ort.Tensor{Shape: shape, Data: d})
-		default:
-			return nil, fmt.Errorf("input %s is %s", v.Name, v.DType)
-		}
-	}
-	return in, nil
-}
-
-// textHidden returns the text encoder's hidden size, or 768 (SD 1.x) when
-// the model leaves it dynamic.
-func textHidden(lay *layout) int64 {
-	if te := lay.io[TextEncoder]; te != nil {
-		if v, ok := te.Output("last_hidden_state"); ok && len(v.Dims) == 3 && v.Dims[2].Value > 0 {
-			return v.Dims[2].Value
-		}
-	}
-	return 768
-}
-
 // warm runs the warm-up WithWarmup asked for, one component after the
-// other (each call uses every core).
+// other (each call uses every core); each component warms itself up on
+// its own example inputs.
 func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 	w := c.perf.warmup
 	if w == nil {
 		return nil
 	}
-	width, height := w.Width, w.Height
-	if width == 0 || height == 0 {
+	sw := session.Warmup{Width: w.Width, Height: w.Height, MaxCalls: w.MaxCalls, Steady: w.Steady}
+	if sw.Width == 0 || sw.Height == 0 {
 		d := f.defaults(Defaults{})
-		width, height = d.Width, d.Height
+		sw.Width, sw.Height = d.Width, d.Height
 	}
-	maxCalls := cmp.Or(w.MaxCalls, 4)
-	steady := w.Steady
-	if steady == 0 {
-		steady = 0.1
-	}
-	lh, lw := height/8, width/8
-	seq := 77
-	rows := 2                      // a guided step: unconditional and conditional
-	ids := make([]int32, rows*seq) // empty prompts: BOS, EOS, padding
-	for i := range ids {
-		ids[i] = f.Tokenizer.Pad()
-	}
-	for r := range rows {
-		ids[r*seq], ids[r*seq+1] = f.Tokenizer.BOS(), f.Tokenizer.EOS()
-	}
-	var hidden *tensor.Dense
-	calls := []struct {
-		c   Component
-		run func(ctx context.Context) error
-	}{
-		{TextEncoder, func(ctx context.Context) (err error) {
-			hidden, err = f.TextEncoder.Encode(ctx, ids, rows)
-			return err
-		}},
-		{UNet, func(ctx context.Context) error {
-			sample := tensor.New(tensor.WithShape(rows, f.UNet.InChannels(), lh, lw), tensor.WithBacking(make([]float32, rows*f.UNet.InChannels()*lh*lw)))
-			_, err := f.UNet.Predict(ctx, sample, []float64{501}, hidden)
-			return err
-		}},
-		{VAEDecoder, func(ctx context.Context) error {
-			ch := f.VAEDecoder.LatentChannels()
-			_, err := f.VAEDecoder.Decode(ctx, tensor.New(tensor.WithShape(1, ch, lh, lw), tensor.WithBacking(make([]float32, ch*lh*lw))))
-			return err
-		}},
-	}
-	for _, k := range calls {
+	for _, k := range []struct {
+		c Component
+		m interface {
+			WarmUp(context.Context, session.Warmup) ([]time.Duration, error)
+		}
+	}{{TextEncoder, f.TextEncoder}, {UNet, f.UNet}, {VAEDecoder, f.VAEDecoder}} {
 		start := time.Now()
-		var times []time.Duration
-		for i := range maxCalls {
-			t0 := time.Now()
-			if err := k.run(ctx); err != nil {
-				return fmt.Errorf("sd: warm-up of %s: %w", k.c, err)
-			}
-			times = append(times, time.Since(t0))
-			if i > 0 {
-				a, b := times[i-1].Seconds(), times[i].Seconds()
-				if d := (a - b) / b; d < steady && d > -steady {
-					break
-				}
-			}
+		times, err := k.m.WarmUp(ctx, sw)
+		if err != nil {
+			return fmt.Errorf("sd: warm-up of %s: %w", k.c, err)
 		}
 		total := time.Since(start)
-		c.logger.Info("sd: warmed up", "component", k.c.String(), "width", width, "height", height,
+		c.logger.Info("sd: warmed up", "component", k.c.String(), "width", sw.Width, "height", sw.Height,
 			"calls", times, "duration", total)
 		f.load.mu.Lock()
 		if f.load.r.Warmup == nil {

@@ -149,7 +149,7 @@ func TestRewriteRefused(t *testing.T) {
 	if !strings.Contains(log.String(), "rewritten graph changes the outputs") {
 		t.Errorf("no refusal logged:\n%s", log.String())
 	}
-	if got := f.UNet.Session().Name(); got != filepath.Join(dir, "unet", "model.onnx") {
+	if got := f.UNet.File(); got != filepath.Join(dir, "unet", "model.onnx") {
 		t.Errorf("UNet loaded from %s, want the original", got)
 	}
 }
@@ -197,11 +197,11 @@ func TestPerfOptionsValidation(t *testing.T) {
 func sessionOf(f *Folder, c Component) interface{ Stats() (int64, time.Duration) } {
 	switch c {
 	case TextEncoder:
-		return f.TextEncoder.Session()
+		return f.TextEncoder
 	case UNet:
-		return f.UNet.Session()
+		return f.UNet
 	}
-	return f.VAEDecoder.Session()
+	return f.VAEDecoder
 }
 
 // TestRewritesDefaultOn opens the reference model, whose UNet has the

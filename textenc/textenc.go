@@ -4,61 +4,48 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/session"
 )
 
-// Model is a loaded text encoder. Encode is safe for concurrent use; the
-// caller must Close the model.
-type Model struct {
-	s      *ort.Session
-	hidden int   // hidden size, or 0 when the model leaves it dynamic
-	seq    int64 // fixed sequence length, or -1
-	batch  int64 // fixed batch, or -1
+// Signature is what a text encoder's model file declares, read and checked
+// without loading its weights. It is a plain value, safe for concurrent
+// reads.
+type Signature struct {
+	path      string
+	io        *onnxpb.IO
+	ins, outs []ort.IOInfo // input_ids; last_hidden_state
+	hidden    int          // hidden size, or 0 when the model leaves it dynamic
+	seq       int64        // fixed sequence length, or -1
+	batch     int64        // fixed batch, or -1
+	vocab     int          // rows of the token embedding, or 0
+	positions int          // rows of the position embedding, or 0
 }
 
-// Open loads the text encoder at path (text_encoder/model.onnx). It checks
-// the model's signature: an `input_ids` input of int32 or int64 with shape
-// [batch, sequence], and a `last_hidden_state` output of shape
-// [batch, sequence, hidden].
-func Open(ctx context.Context, path string, o ort.Options) (*Model, error) {
-	ins, outs, err := ort.ReadIO(path)
+// ReadSignature reads the model file at path (text_encoder/model.onnx)
+// and checks that it is a text encoder: an `input_ids` input of int32 or
+// int64 with shape [batch, sequence], and a `last_hidden_state` output of
+// shape [batch, sequence, hidden]. A model with other inputs or outputs
+// gives a *session.SignatureError.
+func ReadSignature(path string) (*Signature, error) {
+	io, err := onnxpb.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("textenc: %w", err)
 	}
-	m, err := check(path, ins, outs)
+	ins, outs, err := ort.IOOf(io)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("textenc: %s: %w", path, err)
 	}
-	var last ort.IOInfo
-	for _, v := range outs {
-		if v.Name == "last_hidden_state" {
-			last = v
-		}
-	}
-	m.s, err = ort.Open(ctx, path, ins, []ort.IOInfo{last}, o)
-	if err != nil {
-		return nil, fmt.Errorf("textenc: %w", err)
-	}
-	return m, nil
-}
-
-// SignatureError reports a model whose inputs or outputs are not those of a
-// text encoder.
-type SignatureError struct {
-	Path   string
-	Reason string
-}
-
-func (e *SignatureError) Error() string {
-	return fmt.Sprintf("textenc: %s: %s", e.Path, e.Reason)
-}
-
-func check(path string, ins, outs []ort.IOInfo) (*Model, error) {
 	bad := func(format string, args ...any) error {
-		return &SignatureError{Path: path, Reason: fmt.Sprintf(format, args...)}
+		return &session.SignatureError{Component: "textenc", Path: path, Reason: fmt.Sprintf(format, args...)}
 	}
 	if len(ins) != 1 || ins[0].Name != "input_ids" {
 		return nil, bad("want one input named input_ids, have %v", ins)
@@ -85,30 +72,121 @@ func check(path string, ins, outs []ort.IOInfo) (*Model, error) {
 	if len(last.Shape) != 3 {
 		return nil, bad("last_hidden_state has shape %v, want [batch, sequence, hidden]", last.Shape)
 	}
-	m := &Model{batch: in.Shape[0], seq: in.Shape[1]}
+	s := &Signature{path: path, io: io, ins: ins, outs: []ort.IOInfo{*last}, batch: in.Shape[0], seq: in.Shape[1],
+		vocab: initializerRows(io, "token_embedding.weight"), positions: initializerRows(io, "position_embedding.weight")}
 	if h := last.Shape[2]; h > 0 {
-		m.hidden = int(h)
+		s.hidden = int(h)
 	} else if last.DType == ort.Float16 {
 		return nil, bad("float16 last_hidden_state needs a fixed hidden size, have %v", last.Shape)
 	}
-	return m, nil
+	return s, nil
 }
 
-// HiddenSize returns the width of each token's hidden state, or 0 when the
-// model does not declare it.
-func (m *Model) HiddenSize() int { return m.hidden }
-
-// FixedBatch returns the batch size the model requires, or 0 when any batch
-// size works.
-func (m *Model) FixedBatch() int {
-	if m.batch > 0 {
-		return int(m.batch)
+// initializerRows returns the first dimension of the 2-d initializer whose
+// name ends in suffix, or 0 when there is none.
+func initializerRows(io *onnxpb.IO, suffix string) int {
+	for _, t := range io.Initializers {
+		if strings.HasSuffix(t.Name, suffix) && len(t.Dims) == 2 && t.Dims[0] > 0 {
+			return int(t.Dims[0])
+		}
 	}
 	return 0
 }
 
-// Session returns the underlying session, for statistics.
-func (m *Model) Session() *ort.Session { return m.s }
+// Path returns the model file the signature was read from.
+func (s *Signature) Path() string { return s.path }
+
+// HiddenSize returns the width of each token's hidden state, or 0 when the
+// model does not declare it.
+func (s *Signature) HiddenSize() int { return s.hidden }
+
+// SequenceLength returns the number of tokens the model requires per
+// sequence, or 0 when any length works.
+func (s *Signature) SequenceLength() int { return max(int(s.seq), 0) }
+
+// FixedBatch returns the batch size the model requires, or 0 when any batch
+// size works.
+func (s *Signature) FixedBatch() int { return max(int(s.batch), 0) }
+
+// VocabSize returns the number of rows of the token embedding (the ids the
+// model takes), or 0 when the model does not show it.
+func (s *Signature) VocabSize() int { return s.vocab }
+
+// Positions returns the number of rows of the position embedding (the
+// longest sequence), or 0 when the model does not show it.
+func (s *Signature) Positions() int { return s.positions }
+
+// ExternalData lists the external data files the model reads its weights
+// from.
+func (s *Signature) ExternalData() []session.ExternalFile { return ort.ExternalData(s.io) }
+
+// exampleIDs returns rows sequences of byte-level token ids (every CLIP
+// vocabulary has the 256 of them) between CLIP's BOS and EOS, the two
+// last ids of its vocabulary.
+func (s *Signature) exampleIDs(rows int, seed uint64) ([]int32, int) {
+	seq := 77
+	if s.seq > 0 {
+		seq = int(s.seq)
+	}
+	r := rand.New(rand.NewPCG(seed, 11))
+	ids := make([]int32, rows*seq)
+	for i := range ids {
+		ids[i] = int32(r.IntN(256))
+		if s.vocab > 256+2 && i%seq == 0 {
+			ids[i] = int32(s.vocab - 2)
+		} else if s.vocab > 256+2 && i%seq == seq-1 {
+			ids[i] = int32(s.vocab - 1)
+		}
+	}
+	return ids, seq
+}
+
+// exampleInputs are the inputs a rewrite of the model is verified on.
+func (s *Signature) exampleInputs() ([]ort.Tensor, error) {
+	ids, seq := s.exampleIDs(2, 1)
+	return []ort.Tensor{{Shape: []int64{2, int64(seq)}, Data: ids}}, nil
+}
+
+// Open loads the text encoder. The caller must Close the Model.
+func (s *Signature) Open(ctx context.Context, o session.Options) (*Model, error) {
+	sess, path, rep, err := rewrite.Open(ctx, rewrite.Source{Path: s.path, IO: s.io, Inputs: s.exampleInputs}, s.outs, o)
+	if err != nil {
+		return nil, fmt.Errorf("textenc: %w", err)
+	}
+	return &Model{Signature: s, s: sess, file: path, rewrites: rep}, nil
+}
+
+// Open loads the text encoder at path (text_encoder/model.onnx): it reads
+// and checks the signature (ReadSignature), then loads the weights. The
+// caller must Close the Model.
+func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
+	s, err := ReadSignature(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, o)
+}
+
+// Model is a loaded text encoder. Encode is safe for concurrent use; the
+// caller must Close the model.
+type Model struct {
+	*Signature // what the model file declares
+	s          *ort.Session
+	file       string // the file loaded: Path, or its rewritten graph
+	rewrites   string
+}
+
+// File returns the model file the session was loaded from: the signature's
+// Path, or the rewritten graph in the rewrite cache.
+func (m *Model) File() string { return m.file }
+
+// Rewrites says what was rewritten in the graph (e.g. "mha×12 (…)"), or
+// why nothing was; "" when Options asked for no rewrite.
+func (m *Model) Rewrites() string { return m.rewrites }
+
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (m *Model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
 
 // ErrInput reports ids that do not fit the model.
 var ErrInput = errors.New("textenc: bad input")
@@ -161,6 +239,17 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int) (*tensor.Den
 		return nil, fmt.Errorf("textenc: model returned %d values, want %d", len(all), batch*seq*hidden)
 	}
 	return tensor.New(tensor.WithShape(batch, seq, hidden), tensor.WithBacking(all)), nil
+}
+
+// WarmUp calls the encoder on a guided step's two sequences until its
+// call time is steady (see session.Warmup; the image size does not
+// matter to a text encoder) and returns each call's duration.
+func (m *Model) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
+	ids, _ := m.exampleIDs(2, 2)
+	return ort.Repeat(ctx, func(ctx context.Context) error {
+		_, err := m.Encode(ctx, ids, 2)
+		return err
+	}, w.MaxCalls, w.Steady)
 }
 
 // Close frees the model. It waits for calls in flight and is idempotent.

@@ -5,15 +5,15 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
 )
 
 func TestEncodeMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m, err := textenc.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "text_encoder", "model.onnx"), ort.Options{IntraOpThreads: 1})
+	m, err := textenc.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "text_encoder", "model.onnx"), session.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +45,8 @@ func TestEncodeMatchesReference(t *testing.T) {
 
 func TestOpenRejectsOtherModels(t *testing.T) {
 	testenv.RequireORT(t)
-	_, err := textenc.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"), ort.Options{})
-	var se *textenc.SignatureError
+	_, err := textenc.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"), session.Options{})
+	var se *session.SignatureError
 	if !errors.As(err, &se) {
 		t.Errorf("Open(vae decoder) = %v, want a SignatureError", err)
 	}

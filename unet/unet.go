@@ -5,63 +5,62 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"time"
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/session"
 )
 
-// Model is a loaded UNet. Predict is safe for concurrent use; the caller
-// must Close the model.
-type Model struct {
-	s                          *ort.Session
+// Signature is what a UNet's model file declares, read and checked without
+// loading its weights. It is a plain value, safe for concurrent reads.
+type Signature struct {
+	path                       string
+	io                         *onnxpb.IO
+	ins, outs                  []ort.IOInfo
 	sample, timestep, context_ int // input positions
 	tsType                     ort.DType
 	tsShape                    []int64 // nil (scalar), [1] or [batch]
 	inChannels, outChannels    int
 	crossDim                   int   // encoder hidden size, 0 if dynamic
+	seq                        int   // fixed sequence length of encoder_hidden_states, 0 if dynamic
 	batch                      int64 // fixed batch or -1
 }
 
-// SignatureError reports a model whose inputs or outputs are not those of a
-// Stable Diffusion UNet.
-type SignatureError struct {
-	Path   string
-	Reason string
-}
-
-func (e *SignatureError) Error() string {
-	return fmt.Sprintf("unet: %s: %s", e.Path, e.Reason)
-}
-
-// Open loads the UNet at path (unet/model.onnx; external weights beside it
-// are found). It checks the signature: `sample` [batch, 4 or 9, h, w],
+// ReadSignature reads the model file at path (unet/model.onnx) and checks
+// that it is a Stable Diffusion UNet: `sample` [batch, 4 or 9, h, w],
 // `timestep` (float32, float16 or int64; shape [], [1] or [batch]),
 // `encoder_hidden_states` [batch, sequence, hidden], and a first output of
-// shape [batch, 4, h, w].
-func Open(ctx context.Context, path string, o ort.Options) (*Model, error) {
-	ins, outs, err := ort.ReadIO(path)
+// shape [batch, 4, h, w]. A model with other inputs or outputs gives a
+// *session.SignatureError.
+func ReadSignature(path string) (*Signature, error) {
+	io, err := onnxpb.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
+	}
+	ins, outs, err := ort.IOOf(io)
+	if err != nil {
+		return nil, fmt.Errorf("unet: %s: %w", path, err)
 	}
 	m, err := check(path, ins, outs)
 	if err != nil {
 		return nil, err
 	}
-	m.s, err = ort.Open(ctx, path, ins, outs[:1], o)
-	if err != nil {
-		return nil, fmt.Errorf("unet: %w", err)
-	}
+	m.io, m.ins, m.outs = io, ins, outs[:1]
 	return m, nil
 }
 
 func isFloat(d ort.DType) bool { return d == ort.Float32 || d == ort.Float16 }
 
-func check(path string, ins, outs []ort.IOInfo) (*Model, error) {
+func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 	bad := func(format string, args ...any) error {
-		return &SignatureError{Path: path, Reason: fmt.Sprintf(format, args...)}
+		return &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf(format, args...)}
 	}
-	m := &Model{sample: -1, timestep: -1, context_: -1}
+	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1}
 	for i, v := range ins {
 		switch v.Name {
 		case "sample":
@@ -102,6 +101,9 @@ func check(path string, ins, outs []ort.IOInfo) (*Model, error) {
 	if c.Shape[2] > 0 {
 		m.crossDim = int(c.Shape[2])
 	}
+	if c.Shape[1] > 0 {
+		m.seq = int(c.Shape[1])
+	}
 	if len(outs) == 0 || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
 		return nil, bad("first output is %v, want float [batch, 4, height, width]", outs)
 	}
@@ -112,35 +114,128 @@ func check(path string, ins, outs []ort.IOInfo) (*Model, error) {
 	return m, nil
 }
 
+// Path returns the model file the signature was read from.
+func (m *Signature) Path() string { return m.path }
+
 // InChannels returns the sample's channel count: 4, or 9 for inpainting.
-func (m *Model) InChannels() int { return m.inChannels }
+func (m *Signature) InChannels() int { return m.inChannels }
 
 // OutChannels returns the prediction's channel count (the latent channels).
-func (m *Model) OutChannels() int { return m.outChannels }
+func (m *Signature) OutChannels() int { return m.outChannels }
 
 // CrossDim returns the width of encoder_hidden_states, or 0 when the model
 // leaves it dynamic.
-func (m *Model) CrossDim() int { return m.crossDim }
+func (m *Signature) CrossDim() int { return m.crossDim }
+
+// SequenceLength returns the number of tokens encoder_hidden_states must
+// have, or 0 when any number works.
+func (m *Signature) SequenceLength() int { return m.seq }
 
 // FixedBatch returns the batch size the model requires, or 0 when any works.
-func (m *Model) FixedBatch() int {
-	if m.batch > 0 {
-		return int(m.batch)
-	}
-	return 0
-}
+func (m *Signature) FixedBatch() int { return max(int(m.batch), 0) }
 
 // TimestepType returns the timestep input's element type.
-func (m *Model) TimestepType() ort.DType { return m.tsType }
+func (m *Signature) TimestepType() session.DType { return session.DType(m.tsType) }
 
 // PerItemTimesteps reports whether one call can take a different timestep
 // for each batch item (the timestep input has shape [batch]).
-func (m *Model) PerItemTimesteps() bool {
+func (m *Signature) PerItemTimesteps() bool {
 	return len(m.tsShape) == 1 && m.tsShape[0] != 1
 }
 
-// Session returns the underlying session, for statistics.
-func (m *Model) Session() *ort.Session { return m.s }
+// ExternalData lists the external data files the model reads its weights
+// from.
+func (m *Signature) ExternalData() []session.ExternalFile { return ort.ExternalData(m.io) }
+
+// example returns the inputs of a call at latent size h×w for batch rows:
+// samples, timestep 501 (mid-schedule) and text embeddings of the model's
+// sequence length and width (77 tokens of 768, SD 1.x's, where it leaves
+// them dynamic), random normal values, or zeros when random is false.
+func (m *Signature) example(batch, h, w int, random bool) (sample *tensor.Dense, ts []float64, context_ *tensor.Dense) {
+	seq, cross := m.seq, m.crossDim
+	if seq == 0 {
+		seq = 77
+	}
+	if cross == 0 {
+		cross = 768
+	}
+	r := rand.New(rand.NewPCG(2, 11))
+	fill := func(n int) []float32 {
+		d := make([]float32, n)
+		for i := range d {
+			if random {
+				d[i] = float32(r.NormFloat64())
+			}
+		}
+		return d
+	}
+	sample = tensor.New(tensor.WithShape(batch, m.inChannels, h, w), tensor.WithBacking(fill(batch*m.inChannels*h*w)))
+	context_ = tensor.New(tensor.WithShape(batch, seq, cross), tensor.WithBacking(fill(batch*seq*cross)))
+	return sample, []float64{501}, context_
+}
+
+// exampleInputs are the inputs a rewrite of the model is verified on: a
+// guided step's two rows (or the fixed batch) at 8×8 latents.
+func (m *Signature) exampleInputs() ([]ort.Tensor, error) {
+	batch := 2
+	if m.batch > 0 {
+		batch = int(m.batch)
+	}
+	x, ts, c := m.example(batch, 8, 8, true)
+	return m.inputs(x, ts, c, 0, batch)
+}
+
+// Open loads the UNet. The caller must Close the Model.
+func (m *Signature) Open(ctx context.Context, o session.Options) (*Model, error) {
+	sess, path, rep, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: m.exampleInputs}, m.outs, o)
+	if err != nil {
+		return nil, fmt.Errorf("unet: %w", err)
+	}
+	return &Model{Signature: m, s: sess, file: path, rewrites: rep}, nil
+}
+
+// Open loads the UNet at path (unet/model.onnx; external weights beside it
+// are found): it reads and checks the signature (ReadSignature), then
+// loads the weights. The caller must Close the Model.
+func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
+	s, err := ReadSignature(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, o)
+}
+
+// Model is a loaded UNet. Predict is safe for concurrent use; the caller
+// must Close the model.
+type Model struct {
+	*Signature // what the model file declares
+	s          *ort.Session
+	file       string // the file loaded: Path, or its rewritten graph
+	rewrites   string
+}
+
+// File returns the model file the session was loaded from: the signature's
+// Path, or the rewritten graph in the rewrite cache.
+func (m *Model) File() string { return m.file }
+
+// Rewrites says what was rewritten in the graph (e.g. "baddbmm×16 …"), or
+// why nothing was; "" when Options asked for no rewrite.
+func (m *Model) Rewrites() string { return m.rewrites }
+
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (m *Model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
+
+// WarmUp calls the UNet on a guided step at the warm-up's image size until
+// its call time is steady (see session.Warmup) and returns each call's
+// duration.
+func (m *Model) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
+	x, ts, c := m.example(2, w.Height/8, w.Width/8, false)
+	return ort.Repeat(ctx, func(ctx context.Context) error {
+		_, err := m.Predict(ctx, x, ts, c)
+		return err
+	}, w.MaxCalls, w.Steady)
+}
 
 // ErrInput reports inputs that do not fit the model.
 var ErrInput = errors.New("unet: bad input")
@@ -170,7 +265,6 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 			return nil, fmt.Errorf("%w: timestep %v", ErrInput, t)
 		}
 	}
-	sd, cd := sample.Data().([]float32), context_.Data().([]float32)
 	step := b
 	if m.batch > 0 {
 		step = int(m.batch)
@@ -179,16 +273,12 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 		}
 	}
 	out := make([]float32, b*m.outChannels*h*w)
-	sn, cn, on := ch*h*w, cs[1]*cs[2], m.outChannels*h*w
+	on := m.outChannels * h * w
 	for r := 0; r < b; r += step {
-		tsIn, err := m.timesteps(ts, r, step)
+		in, err := m.inputs(sample, ts, context_, r, step)
 		if err != nil {
 			return nil, err
 		}
-		in := make([]ort.Tensor, 3)
-		in[m.sample] = ort.Tensor{Shape: []int64{int64(step), int64(ch), int64(h), int64(w)}, Data: sd[r*sn : (r+step)*sn]}
-		in[m.timestep] = tsIn
-		in[m.context_] = ort.Tensor{Shape: []int64{int64(step), int64(cs[1]), int64(cs[2])}, Data: cd[r*cn : (r+step)*cn]}
 		o := []ort.Tensor{{Shape: []int64{int64(step), int64(m.outChannels), int64(h), int64(w)}, Data: out[r*on : (r+step)*on]}}
 		if err := m.s.Run(ctx, in, o); err != nil {
 			return nil, fmt.Errorf("unet: %w", err)
@@ -197,8 +287,24 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 	return tensor.New(tensor.WithShape(b, m.outChannels, h, w), tensor.WithBacking(out)), nil
 }
 
+// inputs builds the session's inputs for rows [r, r+n) of a call.
+func (m *Signature) inputs(sample *tensor.Dense, ts []float64, context_ *tensor.Dense, r, n int) ([]ort.Tensor, error) {
+	ss, cs := sample.Shape(), context_.Shape()
+	tsIn, err := m.timesteps(ts, r, n)
+	if err != nil {
+		return nil, err
+	}
+	sn, cn := ss[1]*ss[2]*ss[3], cs[1]*cs[2]
+	sd, cd := sample.Data().([]float32), context_.Data().([]float32)
+	in := make([]ort.Tensor, 3)
+	in[m.sample] = ort.Tensor{Shape: []int64{int64(n), int64(ss[1]), int64(ss[2]), int64(ss[3])}, Data: sd[r*sn : (r+n)*sn]}
+	in[m.timestep] = tsIn
+	in[m.context_] = ort.Tensor{Shape: []int64{int64(n), int64(cs[1]), int64(cs[2])}, Data: cd[r*cn : (r+n)*cn]}
+	return in, nil
+}
+
 // timesteps builds the timestep input for rows [r, r+n) of the batch.
-func (m *Model) timesteps(ts []float64, r, n int) (ort.Tensor, error) {
+func (m *Signature) timesteps(ts []float64, r, n int) (ort.Tensor, error) {
 	vals := ts
 	if len(ts) > 1 {
 		vals = ts[r : r+n]

@@ -7,15 +7,15 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/unet"
 )
 
 func TestPredictMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m, err := unet.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "unet", "model.onnx"), ort.Options{IntraOpThreads: 1})
+	m, err := unet.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "unet", "model.onnx"), session.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

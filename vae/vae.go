@@ -4,22 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/session"
 )
-
-// SignatureError reports a model whose inputs or outputs are not those of a
-// VAE decoder or encoder.
-type SignatureError struct {
-	Path   string
-	Reason string
-}
-
-func (e *SignatureError) Error() string {
-	return fmt.Sprintf("vae: %s: %s", e.Path, e.Reason)
-}
 
 // ErrInput reports inputs that do not fit the model.
 var ErrInput = errors.New("vae: bad input")
@@ -30,58 +24,175 @@ const Factor = 8
 
 func isFloat(d ort.DType) bool { return d == ort.Float32 || d == ort.Float16 }
 
-// Decoder is a loaded VAE decoder. Decode is safe for concurrent use; the
-// caller must Close it.
-type Decoder struct {
-	s        *ort.Session
-	latentCh int
-	outCh    int
-	batch    int64
+// model is what both halves of the autoencoder share: the model file, its
+// signature as read once, and after Open the session.
+type model struct {
+	path      string
+	io        *onnxpb.IO
+	ins, outs []ort.IOInfo
+	batch     int64 // fixed batch, or -1
+	s         *ort.Session
+	file      string // the file loaded: path, or its rewritten graph
+	rewrites  string
 }
 
-// OpenDecoder loads the decoder at path (vae_decoder/model.onnx): input
-// `latent_sample` [batch, channels, h, w], first output `sample`
-// [batch, 3, 8h, 8w].
-func OpenDecoder(ctx context.Context, path string, o ort.Options) (*Decoder, error) {
-	ins, outs, err := ort.ReadIO(path)
+// read reads the model file at path: its signature, checked by check.
+func read(path string, check func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error) (*model, error) {
+	io, err := onnxpb.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
+	}
+	ins, outs, err := ort.IOOf(io)
+	if err != nil {
+		return nil, fmt.Errorf("vae: %s: %w", path, err)
 	}
 	bad := func(format string, args ...any) error {
-		return &SignatureError{Path: path, Reason: fmt.Sprintf(format, args...)}
+		return &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf(format, args...)}
 	}
-	if len(ins) != 1 || ins[0].Name != "latent_sample" {
-		return nil, bad("want one input named latent_sample, have %v", ins)
+	if len(ins) != 1 {
+		return nil, bad("want one input, have %v", ins)
 	}
-	in := ins[0]
-	if !isFloat(in.DType) || len(in.Shape) != 4 {
-		return nil, bad("latent_sample is %s%v, want float [batch, channels, height, width]", in.DType, in.Shape)
+	if err := check(bad, ins, outs); err != nil {
+		return nil, err
 	}
-	if len(outs) == 0 || outs[0].Name != "sample" || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
-		return nil, bad("first output is %v, want float sample [batch, 3, height, width]", outs)
+	return &model{path: path, io: io, ins: ins, outs: outs[:1], batch: ins[0].Shape[0]}, nil
+}
+
+// open loads m, with rewrites verified on the inputs of example, a batch
+// of its rows.
+func (m *model) open(ctx context.Context, o session.Options, example func(batch int) []int64) (*model, error) {
+	inputs := func() ([]ort.Tensor, error) {
+		batch := 2
+		if m.batch > 0 {
+			batch = int(m.batch)
+		}
+		shape := example(batch)
+		r := rand.New(rand.NewPCG(3, 11))
+		d := make([]float32, ort.Elems(shape))
+		for i := range d {
+			d[i] = float32(r.NormFloat64())
+		}
+		return []ort.Tensor{{Shape: shape, Data: d}}, nil
 	}
-	d := &Decoder{latentCh: int(in.Shape[1]), outCh: int(outs[0].Shape[1]), batch: in.Shape[0]}
-	if d.latentCh <= 0 {
-		d.latentCh = 4
-	}
-	if d.outCh <= 0 {
-		d.outCh = 3
-	}
-	if d.outCh != 3 {
-		return nil, bad("sample has %d channels, want 3", d.outCh)
-	}
-	d.s, err = ort.Open(ctx, path, ins, outs[:1], o)
+	s, file, rep, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: inputs}, m.outs, o)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
 	}
+	c := *m
+	c.s, c.file, c.rewrites = s, file, rep
+	return &c, nil
+}
+
+// run runs the one-input, one-output session over a batch, in chunks of
+// the model's fixed batch when it has one.
+func (m *model) run(ctx context.Context, in []float32, b, inN int, inDims []int64, out []float32, outN int, outDims []int64) error {
+	step := b
+	if m.batch > 0 {
+		step = int(m.batch)
+		if b%step != 0 {
+			return fmt.Errorf("%w: batch %d is not a multiple of the model's fixed batch %d", ErrInput, b, step)
+		}
+	}
+	for r := 0; r < b; r += step {
+		i := []ort.Tensor{{Shape: append([]int64{int64(step)}, inDims...), Data: in[r*inN : (r+step)*inN]}}
+		o := []ort.Tensor{{Shape: append([]int64{int64(step)}, outDims...), Data: out[r*outN : (r+step)*outN]}}
+		if err := m.s.Run(ctx, i, o); err != nil {
+			return fmt.Errorf("vae: %w", err)
+		}
+	}
+	return nil
+}
+
+// DecoderSignature is what a VAE decoder's model file declares, read and
+// checked without loading its weights. It is a plain value, safe for
+// concurrent reads.
+type DecoderSignature struct {
+	m        *model
+	latentCh int
+}
+
+// ReadDecoderSignature reads the model file at path
+// (vae_decoder/model.onnx) and checks that it is a VAE decoder: input
+// `latent_sample` [batch, channels, h, w], first output `sample`
+// [batch, 3, 8h, 8w]. A model with other inputs or outputs gives a
+// *session.SignatureError.
+func ReadDecoderSignature(path string) (*DecoderSignature, error) {
+	d := &DecoderSignature{}
+	m, err := read(path, func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error {
+		in := ins[0]
+		if in.Name != "latent_sample" {
+			return bad("want one input named latent_sample, have %v", ins)
+		}
+		if !isFloat(in.DType) || len(in.Shape) != 4 {
+			return bad("latent_sample is %s%v, want float [batch, channels, height, width]", in.DType, in.Shape)
+		}
+		if len(outs) == 0 || outs[0].Name != "sample" || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
+			return bad("first output is %v, want float sample [batch, 3, height, width]", outs)
+		}
+		d.latentCh = max(int(in.Shape[1]), 0)
+		if d.latentCh == 0 {
+			d.latentCh = 4
+		}
+		if oc := outs[0].Shape[1]; oc > 0 && oc != 3 {
+			return bad("sample has %d channels, want 3", oc)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.m = m
 	return d, nil
 }
 
-// LatentChannels returns the number of latent channels the decoder takes.
-func (d *Decoder) LatentChannels() int { return d.latentCh }
+// Path returns the model file the signature was read from.
+func (s *DecoderSignature) Path() string { return s.m.path }
 
-// Session returns the underlying session, for statistics.
-func (d *Decoder) Session() *ort.Session { return d.s }
+// LatentChannels returns the number of latent channels the decoder takes.
+func (s *DecoderSignature) LatentChannels() int { return s.latentCh }
+
+// ExternalData lists the external data files the model reads its weights
+// from.
+func (s *DecoderSignature) ExternalData() []session.ExternalFile { return ort.ExternalData(s.m.io) }
+
+// Open loads the decoder. The caller must Close the Decoder.
+func (s *DecoderSignature) Open(ctx context.Context, o session.Options) (*Decoder, error) {
+	m, err := s.m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), int64(s.latentCh), 8, 8} })
+	if err != nil {
+		return nil, err
+	}
+	return &Decoder{DecoderSignature: s, m: m}, nil
+}
+
+// OpenDecoder loads the decoder at path (vae_decoder/model.onnx): it reads
+// and checks the signature (ReadDecoderSignature), then loads the weights.
+// The caller must Close the Decoder.
+func OpenDecoder(ctx context.Context, path string, o session.Options) (*Decoder, error) {
+	s, err := ReadDecoderSignature(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, o)
+}
+
+// Decoder is a loaded VAE decoder. Decode is safe for concurrent use; the
+// caller must Close it.
+type Decoder struct {
+	*DecoderSignature // what the model file declares
+	m                 *model
+}
+
+// File returns the model file the session was loaded from: the signature's
+// Path, or the rewritten graph in the rewrite cache.
+func (d *Decoder) File() string { return d.m.file }
+
+// Rewrites says what was rewritten in the graph, or why nothing was; ""
+// when Options asked for no rewrite.
+func (d *Decoder) Rewrites() string { return d.m.rewrites }
+
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (d *Decoder) Stats() (calls int64, busy time.Duration) { return d.m.s.Stats() }
 
 // Decode turns [batch, channels, h, w] latents (already divided by the
 // scaling factor) into [batch, 3, 8h, 8w] pixels in about [-1, 1], which the
@@ -94,104 +205,147 @@ func (d *Decoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.De
 	b, h, w := s[0], s[2], s[3]
 	oh, ow := h*Factor, w*Factor
 	out := make([]float32, b*3*oh*ow)
-	if err := runBatched(ctx, d.s, d.batch, latents.Data().([]float32), b, s[1]*h*w, []int64{int64(s[1]), int64(h), int64(w)},
+	if err := d.m.run(ctx, latents.Data().([]float32), b, s[1]*h*w, []int64{int64(s[1]), int64(h), int64(w)},
 		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
 		return nil, err
 	}
 	return tensor.New(tensor.WithShape(b, 3, oh, ow), tensor.WithBacking(out)), nil
 }
 
-// runBatched runs a one-input, one-output session over a batch, in chunks
-// of the model's fixed batch when it has one.
-func runBatched(ctx context.Context, s *ort.Session, fixed int64, in []float32, b, inN int, inDims []int64, out []float32, outN int, outDims []int64) error {
-	step := b
-	if fixed > 0 {
-		step = int(fixed)
-		if b%step != 0 {
-			return fmt.Errorf("%w: batch %d is not a multiple of the model's fixed batch %d", ErrInput, b, step)
-		}
-	}
-	for r := 0; r < b; r += step {
-		i := []ort.Tensor{{Shape: append([]int64{int64(step)}, inDims...), Data: in[r*inN : (r+step)*inN]}}
-		o := []ort.Tensor{{Shape: append([]int64{int64(step)}, outDims...), Data: out[r*outN : (r+step)*outN]}}
-		if err := s.Run(ctx, i, o); err != nil {
-			return fmt.Errorf("vae: %w", err)
-		}
-	}
-	return nil
+// WarmUp decodes one image's latents at the warm-up's image size until
+// the call time is steady (see session.Warmup) and returns each call's
+// duration.
+func (d *Decoder) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
+	h, wd := w.Height/Factor, w.Width/Factor
+	lat := tensor.New(tensor.WithShape(1, d.latentCh, h, wd), tensor.WithBacking(make([]float32, d.latentCh*h*wd)))
+	return ort.Repeat(ctx, func(ctx context.Context) error {
+		_, err := d.Decode(ctx, lat)
+		return err
+	}, w.MaxCalls, w.Steady)
 }
 
 // Close frees the decoder. It waits for calls in flight and is idempotent.
-func (d *Decoder) Close() error { return d.s.Close() }
+func (d *Decoder) Close() error { return d.m.s.Close() }
+
+// EncoderSignature is what a VAE encoder's model file declares, read and
+// checked without loading its weights. It is a plain value, safe for
+// concurrent reads.
+type EncoderSignature struct {
+	m        *model
+	outCh    int  // channels of the output
+	params   bool // output is mean ‖ logvar (latent_parameters)
+	latentCh int
+}
+
+// ReadEncoderSignature reads the model file at path
+// (vae_encoder/model.onnx) and checks that it is a VAE encoder: input
+// `sample` [batch, 3, H, W], output `latent_sample` [batch, c, H/8, W/8]
+// or `latent_parameters` [batch, 2c, H/8, W/8] (mean ‖ logvar, as optimum
+// exports it). A model with other inputs or outputs gives a
+// *session.SignatureError.
+func ReadEncoderSignature(path string) (*EncoderSignature, error) {
+	e := &EncoderSignature{}
+	m, err := read(path, func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error {
+		if ins[0].Name != "sample" {
+			return bad("want one input named sample, have %v", ins)
+		}
+		if !isFloat(ins[0].DType) || len(ins[0].Shape) != 4 {
+			return bad("sample is %s%v, want float [batch, 3, height, width]", ins[0].DType, ins[0].Shape)
+		}
+		if len(outs) == 0 || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
+			return bad("first output is %v, want float [batch, channels, h/8, w/8]", outs)
+		}
+		switch outs[0].Name {
+		case "latent_sample":
+		case "latent_parameters":
+			e.params = true
+		default:
+			return bad("first output is %q, want latent_sample or latent_parameters", outs[0].Name)
+		}
+		e.outCh = int(outs[0].Shape[1])
+		if e.outCh <= 0 {
+			if outs[0].DType == ort.Float16 {
+				return bad("float16 output needs a fixed channel count, have %v", outs[0].Shape)
+			}
+			e.outCh = 4
+			if e.params {
+				e.outCh = 8
+			}
+		}
+		e.latentCh = e.outCh
+		if e.params {
+			if e.outCh%2 != 0 {
+				return bad("latent_parameters has %d channels, want an even number (mean ‖ logvar)", e.outCh)
+			}
+			e.latentCh = e.outCh / 2
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.m = m
+	return e, nil
+}
+
+// Path returns the model file the signature was read from.
+func (s *EncoderSignature) Path() string { return s.m.path }
+
+// LatentChannels returns the number of latent channels Encode returns.
+func (s *EncoderSignature) LatentChannels() int { return s.latentCh }
+
+// Output returns the name of the model's output: "latent_sample", or
+// "latent_parameters" for a model that gives the distribution's mean and
+// log-variance (Encode returns the mean).
+func (s *EncoderSignature) Output() string {
+	if s.params {
+		return "latent_parameters"
+	}
+	return "latent_sample"
+}
+
+// ExternalData lists the external data files the model reads its weights
+// from.
+func (s *EncoderSignature) ExternalData() []session.ExternalFile { return ort.ExternalData(s.m.io) }
+
+// Open loads the encoder. The caller must Close the Encoder.
+func (s *EncoderSignature) Open(ctx context.Context, o session.Options) (*Encoder, error) {
+	m, err := s.m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), 3, 8 * Factor, 8 * Factor} })
+	if err != nil {
+		return nil, err
+	}
+	return &Encoder{EncoderSignature: s, m: m}, nil
+}
+
+// OpenEncoder loads the encoder at path (vae_encoder/model.onnx): it reads
+// and checks the signature (ReadEncoderSignature), then loads the weights.
+// The caller must Close the Encoder.
+func OpenEncoder(ctx context.Context, path string, o session.Options) (*Encoder, error) {
+	s, err := ReadEncoderSignature(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, o)
+}
 
 // Encoder is a loaded VAE encoder. Encode is safe for concurrent use; the
 // caller must Close it.
 type Encoder struct {
-	s        *ort.Session
-	outCh    int  // channels of the output
-	params   bool // output is mean ‖ logvar (latent_parameters)
-	latentCh int
-	batch    int64
+	*EncoderSignature // what the model file declares
+	m                 *model
 }
 
-// OpenEncoder loads the encoder at path (vae_encoder/model.onnx): input
-// `sample` [batch, 3, H, W], output `latent_sample` [batch, c, H/8, W/8] or
-// `latent_parameters` [batch, 2c, H/8, W/8] (mean ‖ logvar, as optimum
-// exports it).
-func OpenEncoder(ctx context.Context, path string, o ort.Options) (*Encoder, error) {
-	ins, outs, err := ort.ReadIO(path)
-	if err != nil {
-		return nil, fmt.Errorf("vae: %w", err)
-	}
-	bad := func(format string, args ...any) error {
-		return &SignatureError{Path: path, Reason: fmt.Sprintf(format, args...)}
-	}
-	if len(ins) != 1 || ins[0].Name != "sample" {
-		return nil, bad("want one input named sample, have %v", ins)
-	}
-	if !isFloat(ins[0].DType) || len(ins[0].Shape) != 4 {
-		return nil, bad("sample is %s%v, want float [batch, 3, height, width]", ins[0].DType, ins[0].Shape)
-	}
-	if len(outs) == 0 || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
-		return nil, bad("first output is %v, want float [batch, channels, h/8, w/8]", outs)
-	}
-	e := &Encoder{batch: ins[0].Shape[0]}
-	switch outs[0].Name {
-	case "latent_sample":
-	case "latent_parameters":
-		e.params = true
-	default:
-		return nil, bad("first output is %q, want latent_sample or latent_parameters", outs[0].Name)
-	}
-	e.outCh = int(outs[0].Shape[1])
-	if e.outCh <= 0 {
-		if outs[0].DType == ort.Float16 {
-			return nil, bad("float16 output needs a fixed channel count, have %v", outs[0].Shape)
-		}
-		e.outCh = 4
-		if e.params {
-			e.outCh = 8
-		}
-	}
-	e.latentCh = e.outCh
-	if e.params {
-		if e.outCh%2 != 0 {
-			return nil, bad("latent_parameters has %d channels, want an even number (mean ‖ logvar)", e.outCh)
-		}
-		e.latentCh = e.outCh / 2
-	}
-	e.s, err = ort.Open(ctx, path, ins, outs[:1], o)
-	if err != nil {
-		return nil, fmt.Errorf("vae: %w", err)
-	}
-	return e, nil
-}
+// File returns the model file the session was loaded from: the signature's
+// Path, or the rewritten graph in the rewrite cache.
+func (e *Encoder) File() string { return e.m.file }
 
-// LatentChannels returns the number of latent channels Encode returns.
-func (e *Encoder) LatentChannels() int { return e.latentCh }
+// Rewrites says what was rewritten in the graph, or why nothing was; ""
+// when Options asked for no rewrite.
+func (e *Encoder) Rewrites() string { return e.m.rewrites }
 
-// Session returns the underlying session, for statistics.
-func (e *Encoder) Session() *ort.Session { return e.s }
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (e *Encoder) Stats() (calls int64, busy time.Duration) { return e.m.s.Stats() }
 
 // Encode turns [batch, 3, H, W] pixels in [-1, 1] (H and W multiples of 8)
 // into [batch, c, H/8, W/8] latents, not yet multiplied by the scaling
@@ -205,7 +359,7 @@ func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dens
 	b, h, w := s[0], s[2]/Factor, s[3]/Factor
 	n := e.outCh * h * w
 	out := make([]float32, b*n)
-	if err := runBatched(ctx, e.s, e.batch, image.Data().([]float32), b, 3*s[2]*s[3], []int64{3, int64(s[2]), int64(s[3])},
+	if err := e.m.run(ctx, image.Data().([]float32), b, 3*s[2]*s[3], []int64{3, int64(s[2]), int64(s[3])},
 		out, n, []int64{int64(e.outCh), int64(h), int64(w)}); err != nil {
 		return nil, err
 	}
@@ -221,4 +375,4 @@ func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dens
 }
 
 // Close frees the encoder. It waits for calls in flight and is idempotent.
-func (e *Encoder) Close() error { return e.s.Close() }
+func (e *Encoder) Close() error { return e.m.s.Close() }

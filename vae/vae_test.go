@@ -8,15 +8,15 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/vae"
 )
 
 func TestDecodeMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	d, err := vae.OpenDecoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"), ort.Options{IntraOpThreads: 1})
+	d, err := vae.OpenDecoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"), session.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestEncodeStatistics(t *testing.T) {
 	// The legacy export samples inside the graph, so only the statistics of
 	// its output can be compared (reference.json's vae_encoder_check).
 	testenv.RequireORT(t)
-	e, err := vae.OpenEncoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_encoder", "model.onnx"), ort.Options{IntraOpThreads: 1})
+	e, err := vae.OpenEncoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_encoder", "model.onnx"), session.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func TestBuildTextEncoder(t *testing.T) {
 		tol  float64
 	}{{"tiny-sd.safetensors", 1e-4}, {"tiny-sd-fp16.safetensors", 5e-2}} {
 		b := tinyBuild(t, tc.file, BuildOptions{})
-		te, err := textenc.Open(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ort.Options{IntraOpThreads: 1})
+		te, err := textenc.Open(t.Context(), filepath.Join(b.Dir, "text_encoder", "model.onnx"), ort.Options{IntraOpThreads: 1}.Session())
 		if err != nil {
 			t.Fatal(err)
 		}

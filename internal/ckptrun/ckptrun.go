@@ -499,12 +499,12 @@ func Open(ctx context.Context, b *ckpt.Built, o Options) (_ *Components, err err
 		return nil, err
 	}
 	c.closers = append(c.closers, un.Close)
-	dec, err := vae.OpenDecoder(ctx, path("vae_decoder"), opts("vae_decoder"))
+	dec, err := vae.OpenDecoder(ctx, path("vae_decoder"), opts("vae_decoder").Session())
 	if err != nil {
 		return nil, err
 	}
 	c.closers = append(c.closers, dec.Close)
-	enc, err := vae.OpenEncoder(ctx, path("vae_encoder"), opts("vae_encoder"))
+	enc, err := vae.OpenEncoder(ctx, path("vae_encoder"), opts("vae_encoder").Session())
 	if err != nil {
 		return nil, err
 	}

@@ -85,7 +85,7 @@ func TestEmbeddingsEqualWords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer te.Close()
-	dec, err := vae.OpenDecoder(t.Context(), filepath.Join(b.Dir, "vae_decoder", "model.onnx"), o)
+	dec, err := vae.OpenDecoder(t.Context(), filepath.Join(b.Dir, "vae_decoder", "model.onnx"), o.Session())
 	if err != nil {
 		t.Fatal(err)
 	}

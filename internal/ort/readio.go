@@ -13,13 +13,7 @@ func ReadIO(path string) (ins, outs []IOInfo, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, v := range m.Inputs {
-		ins = append(ins, fromValueInfo(v))
-	}
-	for _, v := range m.Outputs {
-		outs = append(outs, fromValueInfo(v))
-	}
-	if len(ins) == 0 || len(outs) == 0 {
+	if ins, outs, err = IOOf(m); err != nil {
 		return nil, nil, fmt.Errorf("ort: %s: model declares no inputs or no outputs", path)
 	}
 	return ins, outs, nil

@@ -67,13 +67,7 @@ const (
 // the user's files are never modified. Without cacheDir, or when hard links
 // cannot be made (another file system), Result carries the rewritten bytes
 // for ort.OpenData. A model that no rewrite changes is returned as src.
-func Prepare(src string, rs []Rewrite, cacheDir string) (res *Result, err error) {
-	start := time.Now()
-	defer func() {
-		if res != nil {
-			res.Elapsed = time.Since(start)
-		}
-	}()
+func Prepare(src string, rs []Rewrite, cacheDir string) (*Result, error) {
 	for _, r := range rs {
 		if _, err := Parse(string(r)); err != nil {
 			return nil, err
@@ -83,6 +77,17 @@ func Prepare(src string, rs []Rewrite, cacheDir string) (res *Result, err error)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: %s: %w", src, err)
 	}
+	return prepare(src, exts, rs, cacheDir)
+}
+
+// prepare is Prepare for a model whose external data files are known.
+func prepare(src string, exts []string, rs []Rewrite, cacheDir string) (res *Result, err error) {
+	start := time.Now()
+	defer func() {
+		if res != nil {
+			res.Elapsed = time.Since(start)
+		}
+	}()
 	res = &Result{Source: src, ExternalDir: filepath.Dir(src), Verified: -1}
 	// the key is hashed from the file as it streams by, so that a cached
 	// model is never held in memory (a text encoder with its weights

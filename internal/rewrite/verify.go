@@ -17,6 +17,11 @@ func (r *Result) Open(ctx context.Context, o ort.Options) (*ort.Session, error) 
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: %w", err)
 	}
+	return r.open(ctx, ins, outs, o)
+}
+
+// open is Open for a model whose inputs and outputs are known.
+func (r *Result) open(ctx context.Context, ins, outs []ort.IOInfo, o ort.Options) (*ort.Session, error) {
 	if r.Path != "" {
 		return ort.Open(ctx, r.Path, ins, outs, o)
 	}
@@ -33,6 +38,11 @@ func Verify(ctx context.Context, r *Result, in []ort.Tensor, o ort.Options) (max
 	if err != nil {
 		return 0, fmt.Errorf("rewrite: %w", err)
 	}
+	return verify(ctx, r, ins, outs, in, o)
+}
+
+// verify is Verify for a model whose inputs and outputs are known.
+func verify(ctx context.Context, r *Result, ins, outs []ort.IOInfo, in []ort.Tensor, o ort.Options) (maxDiff float64, err error) {
 	for _, v := range outs {
 		if v.DType != ort.Float32 {
 			return 0, fmt.Errorf("rewrite: verify %s: output %s is %s, only float32 is compared", r.Source, v.Name, v.DType)
@@ -54,7 +64,7 @@ func Verify(ctx context.Context, r *Result, in []ort.Tensor, o ort.Options) (max
 	if err != nil {
 		return 0, fmt.Errorf("rewrite: verify: %w", err)
 	}
-	if s, err = r.Open(ctx, o); err != nil {
+	if s, err = r.open(ctx, ins, outs, o); err != nil {
 		return 0, fmt.Errorf("rewrite: verify: %w", err)
 	}
 	got, err := run(s)
