@@ -86,7 +86,7 @@ func TestSequentialMatchesEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	m, err := pipeline.New(engineComponents(f), pipeline.Options{})
+	m, err := pipeline.New(f.Components(), pipeline.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -257,25 +257,11 @@ func (h *harness) close() error {
 
 // components are h's models with the call recorder, the UNet u.
 func (h *harness) components(u pipeline.Denoiser) pipeline.Components {
-	c := engineComponents(h.f)
+	c := h.f.Components()
 	c.TextEncoder = h.rec.encoder(c.TextEncoder)
 	c.UNet = h.rec.denoiser(u)
 	c.VAEDecoder = h.rec.decoder(c.VAEDecoder)
 	return c
-}
-
-// engineComponents are f's models as sd.Open hands them to the engine.
-func engineComponents(f *sd.Folder) pipeline.Components {
-	return pipeline.Components{
-		Tokenizer:           f.Tokenizer,
-		TextEncoder:         f.TextEncoder,
-		UNet:                f.UNet,
-		VAEDecoder:          f.VAEDecoder,
-		Scheduler:           f.Scheduler,
-		ScalingFactor:       f.ScalingFactor,
-		LatentChannels:      f.UNet.OutChannels(),
-		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
-	}
 }
 
 // statser is a loaded component: its session's calls and busy time.
@@ -368,7 +354,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if h.f, err = sd.OpenFolder(ctx, cfg.ModelDir, opts...); err != nil {
 		return nil, err
 	}
-	if h.model, err = pipeline.New(engineComponents(h.f), pipeline.Options{}); err != nil {
+	if h.model, err = pipeline.New(h.f.Components(), pipeline.Options{}); err != nil {
 		return nil, err
 	}
 	rep.LoadS = time.Since(t0).Seconds()

@@ -52,12 +52,7 @@ func Example() {
 // Submit returns at once; the progress events arrive on a channel.
 func ExampleModel_Submit() {
 	ctx := context.Background()
-	dir, err := models.DefaultDir()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	m, err := sd.Open(ctx, dir, sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
+	m, err := openDefault(sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -86,12 +81,7 @@ func ExampleModel_Submit() {
 // matching context.Canceled.
 func ExampleHandle_Cancel() {
 	ctx := context.Background()
-	dir, err := models.DefaultDir()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	m, err := sd.Open(ctx, dir)
+	m, err := openDefault()
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -113,12 +103,7 @@ func ExampleHandle_Cancel() {
 // changes.
 func ExampleRequest_img2img() {
 	ctx := context.Background()
-	dir, err := models.DefaultDir()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	m, err := sd.Open(ctx, dir)
+	m, err := openDefault()
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -148,12 +133,7 @@ func ExampleRequest_img2img() {
 // callback_on_step_end does.
 func ExampleRequest_onStep() {
 	ctx := context.Background()
-	dir, err := models.DefaultDir()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	m, err := sd.Open(ctx, dir)
+	m, err := openDefault()
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -175,4 +155,13 @@ func ExampleRequest_onStep() {
 	// Output:
 	// step 1/2 at t=501: latents (1, 4, 8, 8), text (2, 77, 64)
 	// step 2/2 at t=1: latents (1, 4, 8, 8), text (2, 77, 64)
+}
+
+// openDefault opens the embedded default model as Example does.
+func openDefault(opts ...sd.Option) (*sd.Model, error) {
+	dir, err := models.DefaultDir()
+	if err != nil {
+		return nil, err
+	}
+	return sd.Open(context.Background(), dir, opts...)
 }

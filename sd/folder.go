@@ -152,30 +152,27 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 	if err != nil {
 		return openError(lay.dir, c, o.Device, err)
 	}
-	m := f.model(c)
-	cfg.logger.Info("sd: loaded", "component", c.String(), "path", m.File(),
+	l := f.loaded(c)
+	cfg.logger.Info("sd: loaded", "component", c.String(), "path", l.File,
 		"device", string(o.Device), "duration", time.Since(start))
 	f.load.opened(c, time.Since(start))
-	if r := m.Rewrites(); r != "" {
-		f.load.rewrote(c, r)
+	if l.Rewrites != "" {
+		f.load.rewrote(c, l.Rewrites)
 	}
 	return nil
 }
 
-// model returns the loaded component c.
-func (f *Folder) model(c Component) interface {
-	File() string
-	Rewrites() string
-} {
+// loaded says how component c was loaded.
+func (f *Folder) loaded(c Component) session.Loaded {
 	switch c {
 	case TextEncoder:
-		return f.TextEncoder
+		return f.TextEncoder.Loaded
 	case UNet:
-		return f.UNet
+		return f.UNet.Loaded
 	case VAEDecoder:
-		return f.VAEDecoder
+		return f.VAEDecoder.Loaded
 	}
-	return f.VAEEncoder
+	return f.VAEEncoder.Loaded
 }
 
 // Close frees every model of the folder. It is idempotent: later calls

@@ -43,6 +43,16 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	m = &Model{f: f, name: cmp.Or(f.Info.Name, name)}
 	m.defaults = f.defaults(cfg.engine.defaults)
 	po := cfg.engine.pipelineOptions(m.defaults, cfg.load.logger)
+	if m.p, err = pipeline.New(f.Components(), po); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return m, nil
+}
+
+// Components returns the folder's models as the engine (package pipeline)
+// takes them, for programs that run a pipeline.Pipeline of their own on
+// them; Open does that for the others. The models still belong to f.
+func (f *Folder) Components() pipeline.Components {
 	c := pipeline.Components{
 		Tokenizer:           f.Tokenizer,
 		TextEncoder:         f.TextEncoder,
@@ -53,13 +63,10 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 		LatentChannels:      f.UNet.OutChannels(),
 		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
 	}
-	if f.VAEEncoder != nil {
+	if f.VAEEncoder != nil { // not a typed nil in the interface
 		c.VAEEncoder = f.VAEEncoder
 	}
-	if m.p, err = pipeline.New(c, po); err != nil {
-		return nil, errors.Join(err, f.Close())
-	}
-	return m, nil
+	return c
 }
 
 // defaults returns the defaults of requests: those of over that are set,

@@ -149,7 +149,7 @@ func TestRewriteRefused(t *testing.T) {
 	if !strings.Contains(log.String(), "rewritten graph changes the outputs") {
 		t.Errorf("no refusal logged:\n%s", log.String())
 	}
-	if got := f.UNet.File(); got != filepath.Join(dir, "unet", "model.onnx") {
+	if got := f.UNet.File; got != filepath.Join(dir, "unet", "model.onnx") {
 		t.Errorf("UNet loaded from %s, want the original", got)
 	}
 }

@@ -137,3 +137,15 @@ type Warmup struct {
 	MaxCalls      int     // the most calls; 0 means 4
 	Steady        float64 // the relative change that counts as steady; 0 means 0.1
 }
+
+// Loaded says how a component's model was loaded; the models of the
+// component packages embed it.
+type Loaded struct {
+	// File is the model file the session was loaded from: the model's
+	// own, or its rewritten graph in the rewrite cache.
+	File string
+	// Rewrites says what was rewritten in the graph (e.g. "baddbmm×16
+	// mha×16 (3195→2891 nodes)"), or why nothing was; "" when Options
+	// asked for no rewrite.
+	Rewrites string
+}

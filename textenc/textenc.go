@@ -149,11 +149,11 @@ func (s *Signature) exampleInputs() ([]ort.Tensor, error) {
 
 // Open loads the text encoder. The caller must Close the Model.
 func (s *Signature) Open(ctx context.Context, o session.Options) (*Model, error) {
-	sess, path, rep, err := rewrite.Open(ctx, rewrite.Source{Path: s.path, IO: s.io, Inputs: s.exampleInputs}, s.outs, o)
+	sess, loaded, err := rewrite.Open(ctx, rewrite.Source{Path: s.path, IO: s.io, Inputs: s.exampleInputs}, s.outs, o)
 	if err != nil {
 		return nil, fmt.Errorf("textenc: %w", err)
 	}
-	return &Model{Signature: s, s: sess, file: path, rewrites: rep}, nil
+	return &Model{Signature: s, s: sess, Loaded: loaded}, nil
 }
 
 // Open loads the text encoder at path (text_encoder/model.onnx): it reads
@@ -170,19 +170,10 @@ func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
 // Model is a loaded text encoder. Encode is safe for concurrent use; the
 // caller must Close the model.
 type Model struct {
-	*Signature // what the model file declares
-	s          *ort.Session
-	file       string // the file loaded: Path, or its rewritten graph
-	rewrites   string
+	*Signature     // what the model file declares
+	session.Loaded // how it was loaded
+	s              *ort.Session
 }
-
-// File returns the model file the session was loaded from: the signature's
-// Path, or the rewritten graph in the rewrite cache.
-func (m *Model) File() string { return m.file }
-
-// Rewrites says what was rewritten in the graph (e.g. "mha×12 (…)"), or
-// why nothing was; "" when Options asked for no rewrite.
-func (m *Model) Rewrites() string { return m.rewrites }
 
 // Stats reports how many calls the session completed and the time spent
 // inside ONNX Runtime. It is safe for concurrent use.

@@ -135,7 +135,7 @@ func (m *Signature) SequenceLength() int { return m.seq }
 func (m *Signature) FixedBatch() int { return max(int(m.batch), 0) }
 
 // TimestepType returns the timestep input's element type.
-func (m *Signature) TimestepType() session.DType { return session.DType(m.tsType) }
+func (m *Signature) TimestepType() session.DType { return m.tsType }
 
 // PerItemTimesteps reports whether one call can take a different timestep
 // for each batch item (the timestep input has shape [batch]).
@@ -187,11 +187,11 @@ func (m *Signature) exampleInputs() ([]ort.Tensor, error) {
 
 // Open loads the UNet. The caller must Close the Model.
 func (m *Signature) Open(ctx context.Context, o session.Options) (*Model, error) {
-	sess, path, rep, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: m.exampleInputs}, m.outs, o)
+	sess, loaded, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: m.exampleInputs}, m.outs, o)
 	if err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}
-	return &Model{Signature: m, s: sess, file: path, rewrites: rep}, nil
+	return &Model{Signature: m, s: sess, Loaded: loaded}, nil
 }
 
 // Open loads the UNet at path (unet/model.onnx; external weights beside it
@@ -208,19 +208,10 @@ func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
 // Model is a loaded UNet. Predict is safe for concurrent use; the caller
 // must Close the model.
 type Model struct {
-	*Signature // what the model file declares
-	s          *ort.Session
-	file       string // the file loaded: Path, or its rewritten graph
-	rewrites   string
+	*Signature     // what the model file declares
+	session.Loaded // how it was loaded
+	s              *ort.Session
 }
-
-// File returns the model file the session was loaded from: the signature's
-// Path, or the rewritten graph in the rewrite cache.
-func (m *Model) File() string { return m.file }
-
-// Rewrites says what was rewritten in the graph (e.g. "baddbmm×16 …"), or
-// why nothing was; "" when Options asked for no rewrite.
-func (m *Model) Rewrites() string { return m.rewrites }
 
 // Stats reports how many calls the session completed and the time spent
 // inside ONNX Runtime. It is safe for concurrent use.

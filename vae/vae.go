@@ -32,8 +32,7 @@ type model struct {
 	ins, outs []ort.IOInfo
 	batch     int64 // fixed batch, or -1
 	s         *ort.Session
-	file      string // the file loaded: path, or its rewritten graph
-	rewrites  string
+	loaded    session.Loaded
 }
 
 // read reads the model file at path: its signature, checked by check.
@@ -74,12 +73,12 @@ func (m *model) open(ctx context.Context, o session.Options, example func(batch 
 		}
 		return []ort.Tensor{{Shape: shape, Data: d}}, nil
 	}
-	s, file, rep, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: inputs}, m.outs, o)
+	s, loaded, err := rewrite.Open(ctx, rewrite.Source{Path: m.path, IO: m.io, Inputs: inputs}, m.outs, o)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
 	}
 	c := *m
-	c.s, c.file, c.rewrites = s, file, rep
+	c.s, c.loaded = s, loaded
 	return &c, nil
 }
 
@@ -161,7 +160,7 @@ func (s *DecoderSignature) Open(ctx context.Context, o session.Options) (*Decode
 	if err != nil {
 		return nil, err
 	}
-	return &Decoder{DecoderSignature: s, m: m}, nil
+	return &Decoder{DecoderSignature: s, Loaded: m.loaded, m: m}, nil
 }
 
 // OpenDecoder loads the decoder at path (vae_decoder/model.onnx): it reads
@@ -179,16 +178,9 @@ func OpenDecoder(ctx context.Context, path string, o session.Options) (*Decoder,
 // caller must Close it.
 type Decoder struct {
 	*DecoderSignature // what the model file declares
+	session.Loaded    // how it was loaded
 	m                 *model
 }
-
-// File returns the model file the session was loaded from: the signature's
-// Path, or the rewritten graph in the rewrite cache.
-func (d *Decoder) File() string { return d.m.file }
-
-// Rewrites says what was rewritten in the graph, or why nothing was; ""
-// when Options asked for no rewrite.
-func (d *Decoder) Rewrites() string { return d.m.rewrites }
 
 // Stats reports how many calls the session completed and the time spent
 // inside ONNX Runtime. It is safe for concurrent use.
@@ -314,7 +306,7 @@ func (s *EncoderSignature) Open(ctx context.Context, o session.Options) (*Encode
 	if err != nil {
 		return nil, err
 	}
-	return &Encoder{EncoderSignature: s, m: m}, nil
+	return &Encoder{EncoderSignature: s, Loaded: m.loaded, m: m}, nil
 }
 
 // OpenEncoder loads the encoder at path (vae_encoder/model.onnx): it reads
@@ -332,16 +324,9 @@ func OpenEncoder(ctx context.Context, path string, o session.Options) (*Encoder,
 // caller must Close it.
 type Encoder struct {
 	*EncoderSignature // what the model file declares
+	session.Loaded    // how it was loaded
 	m                 *model
 }
-
-// File returns the model file the session was loaded from: the signature's
-// Path, or the rewritten graph in the rewrite cache.
-func (e *Encoder) File() string { return e.m.file }
-
-// Rewrites says what was rewritten in the graph, or why nothing was; ""
-// when Options asked for no rewrite.
-func (e *Encoder) Rewrites() string { return e.m.rewrites }
 
 // Stats reports how many calls the session completed and the time spent
 // inside ONNX Runtime. It is safe for concurrent use.

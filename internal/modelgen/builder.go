@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/sdpipe/sdpipe/internal/half"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
@@ -345,7 +346,7 @@ func (r *splitmix) float64() float64 { return float64(r.next()>>11) / (1 << 53) 
 func putFloat(dst []byte, typ onnxpb.DataType, i int64, v float32) {
 	switch typ {
 	case onnxpb.Float16:
-		binary.LittleEndian.PutUint16(dst[2*i:], halfBits(v))
+		binary.LittleEndian.PutUint16(dst[2*i:], half.FromFloat32(v))
 		return
 	case onnxpb.BFloat16:
 		binary.LittleEndian.PutUint16(dst[2*i:], bfloatBits(v))
@@ -362,42 +363,6 @@ func bfloatBits(f float32) uint16 {
 	}
 	x += 0x7fff + (x>>16)&1
 	return uint16(x >> 16)
-}
-
-// halfBits rounds f to the nearest IEEE half-precision value (ties to
-// even), saturating to ±Inf.
-func halfBits(f float32) uint16 {
-	x := math.Float32bits(f)
-	sign := uint16(x>>16) & 0x8000
-	exp := int32(x>>23) & 0xff
-	mant := x & 0x7fffff
-	switch {
-	case exp == 0xff:
-		if mant != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	case exp > 142:
-		return sign | 0x7c00
-	case exp >= 113:
-		h := uint32(exp-112)<<10 | mant>>13
-		rest := mant & 0x1fff
-		if rest > 0x1000 || (rest == 0x1000 && h&1 == 1) {
-			h++
-		}
-		return sign | uint16(h)
-	case exp >= 102:
-		m := mant | 0x800000
-		shift := uint32(126 - exp)
-		h := m >> shift
-		rest := m & (1<<shift - 1)
-		half := uint32(1) << (shift - 1)
-		if rest > half || (rest == half && h&1 == 1) {
-			h++
-		}
-		return sign | uint16(h)
-	}
-	return sign
 }
 
 // newModelBuilder checks cfg and opt and starts a builder for component.

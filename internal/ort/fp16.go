@@ -2,7 +2,8 @@ package ort
 
 import (
 	"encoding/binary"
-	"math"
+
+	"github.com/sdpipe/sdpipe/internal/half"
 )
 
 // toFloat16 converts float32 values to IEEE 754 half precision, rounding to
@@ -10,7 +11,7 @@ import (
 func toFloat16(src []float32) []byte {
 	b := make([]byte, 2*len(src))
 	for i, f := range src {
-		binary.LittleEndian.PutUint16(b[2*i:], Float32ToHalf(f))
+		binary.LittleEndian.PutUint16(b[2*i:], half.FromFloat32(f))
 	}
 	return b
 }
@@ -18,64 +19,6 @@ func toFloat16(src []float32) []byte {
 // fromFloat16 converts little-endian half-precision bytes to float32.
 func fromFloat16(dst []float32, src []byte) {
 	for i := range dst {
-		dst[i] = HalfToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
+		dst[i] = half.ToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
 	}
-}
-
-// Float32ToHalf rounds f to the nearest half-precision value (ties to even).
-// Values beyond the half range become ±Inf; NaN stays NaN.
-func Float32ToHalf(f float32) uint16 {
-	x := math.Float32bits(f)
-	sign := uint16(x>>16) & 0x8000
-	exp := int32(x>>23) & 0xff
-	mant := x & 0x7fffff
-	switch {
-	case exp == 0xff: // Inf or NaN
-		if mant != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	case exp > 142: // >= 2^16: overflow
-		return sign | 0x7c00
-	case exp >= 113: // normal half
-		h := uint32(exp-112)<<10 | mant>>13
-		rest := mant & 0x1fff
-		if rest > 0x1000 || (rest == 0x1000 && h&1 == 1) {
-			h++ // may carry into the exponent, up to Inf: correct
-		}
-		return sign | uint16(h)
-	case exp >= 102: // subnormal half
-		m := mant | 0x800000
-		shift := uint32(126 - exp) // 14..24
-		h := m >> shift
-		rest := m & (1<<shift - 1)
-		half := uint32(1) << (shift - 1)
-		if rest > half || (rest == half && h&1 == 1) {
-			h++
-		}
-		return sign | uint16(h)
-	}
-	return sign // underflow to zero
-}
-
-// HalfToFloat32 widens a half-precision value exactly.
-func HalfToFloat32(h uint16) float32 {
-	sign := uint32(h&0x8000) << 16
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h & 0x3ff)
-	switch {
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
-	case exp != 0:
-		return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
-	case mant == 0:
-		return math.Float32frombits(sign)
-	}
-	// subnormal: normalise
-	e := uint32(113)
-	for mant&0x400 == 0 {
-		mant <<= 1
-		e--
-	}
-	return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
 }

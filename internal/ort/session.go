@@ -14,48 +14,27 @@ import (
 	"time"
 
 	onnx "github.com/yalue/onnxruntime_go"
+
+	"github.com/sdpipe/sdpipe/session"
 )
 
-// DType is a tensor element type, numbered as in onnx.proto.
-type DType int
+// DType is a tensor element type, numbered as in onnx.proto: the public
+// one of package session, which the component packages hand out.
+type DType = session.DType
 
 // The element types the project handles.
 const (
 	Undefined DType = 0
-	Float32   DType = 1
-	Uint8     DType = 2
-	Int8      DType = 3
-	Int32     DType = 6
-	Int64     DType = 7
-	Bool      DType = 9
-	Float16   DType = 10
-	Float64   DType = 11
-	BFloat16  DType = 16
+	Float32         = session.Float32
+	Uint8           = session.Uint8
+	Int8            = session.Int8
+	Int32           = session.Int32
+	Int64           = session.Int64
+	Bool            = session.Bool
+	Float16         = session.Float16
+	Float64         = session.Float64
+	BFloat16        = session.BFloat16
 )
-
-func (d DType) String() string {
-	switch d {
-	case Float32:
-		return "float32"
-	case Float16:
-		return "float16"
-	case Int32:
-		return "int32"
-	case Int64:
-		return "int64"
-	case Float64:
-		return "float64"
-	case Uint8:
-		return "uint8"
-	case Int8:
-		return "int8"
-	case Bool:
-		return "bool"
-	case BFloat16:
-		return "bfloat16"
-	}
-	return fmt.Sprintf("dtype(%d)", int(d))
-}
 
 // IOInfo describes one input or output of a session.
 type IOInfo struct {

@@ -99,14 +99,15 @@ func verifySource(ctx context.Context, res *Result, src Source, o session.Option
 }
 
 // Open opens src as Choose picks it, with outs (of the model's outputs)
-// fetched: the session, the file it was opened from, and Choose's report.
-// The caller must Close the session.
-func Open(ctx context.Context, src Source, outs []ort.IOInfo, o session.Options) (s *ort.Session, path, report string, err error) {
+// fetched: the session, and how it was loaded. The caller must Close the
+// session.
+func Open(ctx context.Context, src Source, outs []ort.IOInfo, o session.Options) (*ort.Session, session.Loaded, error) {
 	ins, _, err := ort.IOOf(src.IO)
 	if err != nil {
-		return nil, "", "", err
+		return nil, session.Loaded{}, err
 	}
-	path, report = Choose(ctx, src, o)
-	s, err = ort.Open(ctx, path, ins, outs, ort.FromSession(o))
-	return s, path, report, err
+	var l session.Loaded
+	l.File, l.Rewrites = Choose(ctx, src, o)
+	s, err := ort.Open(ctx, l.File, ins, outs, ort.FromSession(o))
+	return s, l, err
 }

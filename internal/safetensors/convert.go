@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+
+	"github.com/sdpipe/sdpipe/internal/half"
 )
 
 // ToFloat32 decodes the little-endian bytes b of float type d (F32, F16,
@@ -21,7 +23,7 @@ func ToFloat32(d DType, b []byte) []float32 {
 		}
 	case F16:
 		for i := range out {
-			out[i] = HalfToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+			out[i] = half.ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
 		}
 	case BF16:
 		for i := range out {
@@ -48,7 +50,7 @@ func FromFloat32(d DType, v []float32) []byte {
 		case F32:
 			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 		case F16:
-			binary.LittleEndian.PutUint16(b[2*i:], Float32ToHalf(x))
+			binary.LittleEndian.PutUint16(b[2*i:], half.FromFloat32(x))
 		case BF16:
 			binary.LittleEndian.PutUint16(b[2*i:], Float32ToBFloat16(x))
 		case F64:
@@ -56,65 +58,6 @@ func FromFloat32(d DType, v []float32) []byte {
 		}
 	}
 	return b
-}
-
-// HalfToFloat32 widens IEEE half-precision bits to float32 (exactly).
-func HalfToFloat32(h uint16) float32 {
-	sign := uint32(h&0x8000) << 16
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h & 0x3ff)
-	switch {
-	case exp == 0x1f: // Inf or NaN
-		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
-	case exp == 0:
-		if mant == 0 {
-			return math.Float32frombits(sign)
-		}
-		// Subnormal: normalise.
-		e := uint32(113)
-		for mant&0x400 == 0 {
-			mant <<= 1
-			e--
-		}
-		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
-	}
-	return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
-}
-
-// Float32ToHalf rounds f to the nearest half-precision value (ties to even),
-// saturating to ±Inf and keeping NaN a NaN.
-func Float32ToHalf(f float32) uint16 {
-	x := math.Float32bits(f)
-	sign := uint16(x>>16) & 0x8000
-	exp := int32(x>>23) & 0xff
-	mant := x & 0x7fffff
-	switch {
-	case exp == 0xff:
-		if mant != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	case exp > 142:
-		return sign | 0x7c00
-	case exp >= 113:
-		h := uint32(exp-112)<<10 | mant>>13
-		rest := mant & 0x1fff
-		if rest > 0x1000 || (rest == 0x1000 && h&1 == 1) {
-			h++ // may carry into the exponent, up to Inf: still correct
-		}
-		return sign | uint16(h)
-	case exp >= 102:
-		m := mant | 0x800000
-		shift := uint32(126 - exp)
-		h := m >> shift
-		rest := m & (1<<shift - 1)
-		half := uint32(1) << (shift - 1)
-		if rest > half || (rest == half && h&1 == 1) {
-			h++
-		}
-		return sign | uint16(h)
-	}
-	return sign
 }
 
 // Float32ToBFloat16 rounds f to the nearest bfloat16 value (ties to even),

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sdpipe/sdpipe/internal/half"
 	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
@@ -59,7 +61,7 @@ func TestReferenceFiles(t *testing.T) {
 			t.Fatalf("%s: %d values for shape %v", a.Name, len(x), a.Shape)
 		}
 		for i := range x {
-			if r := HalfToFloat32(Float32ToHalf(x[i])); r != y[i] {
+			if r := half.ToFloat32(half.FromFloat32(x[i])); r != y[i] {
 				t.Fatalf("%s[%d]: fp32 %v rounds to %v, fp16 file has %v", a.Name, i, x[i], r, y[i])
 			}
 		}
@@ -136,11 +138,11 @@ func TestRoundTrip(t *testing.T) {
 
 func TestHalfExhaustive(t *testing.T) {
 	for h := 0; h < 1<<16; h++ {
-		f := HalfToFloat32(uint16(h))
+		f := half.ToFloat32(uint16(h))
 		if math.IsNaN(float64(f)) {
 			continue
 		}
-		if back := Float32ToHalf(f); back != uint16(h) {
+		if back := half.FromFloat32(f); back != uint16(h) {
 			t.Fatalf("half %#04x → %v → %#04x", h, f, back)
 		}
 	}
@@ -149,7 +151,7 @@ func TestHalfExhaustive(t *testing.T) {
 		f    float32
 		want uint16
 	}{{1 + 1.0/2048, 0x3c00}, {1 + 3.0/2048, 0x3c02}, {65520, 0x7c00}, {1e-9, 0}, {float32(math.Copysign(0, -1)), 0x8000}, {5.960464477539063e-08, 1}} {
-		if got := Float32ToHalf(tc.f); got != tc.want {
+		if got := half.FromFloat32(tc.f); got != tc.want {
 			t.Errorf("Float32ToHalf(%v) = %#04x, want %#04x", tc.f, got, tc.want)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sdpipe/sdpipe/internal/half"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
 )
 
@@ -77,7 +79,7 @@ func TestLightningCheckpoint(t *testing.T) {
 	bf16 := func(x float32) float32 {
 		return safetensors.ToFloat32(safetensors.BF16, safetensors.FromFloat32(safetensors.BF16, []float32{x}))[0]
 	}
-	f16 := func(x float32) float32 { return safetensors.HalfToFloat32(safetensors.Float32ToHalf(x)) }
+	f16 := func(x float32) float32 { return half.ToFloat32(half.FromFloat32(x)) }
 	for _, x := range ts {
 		var w []float32
 		switch x.Name {

@@ -1,4 +1,4 @@
-package ort
+package half
 
 import (
 	"math"
@@ -8,14 +8,14 @@ import (
 func TestHalfRoundTrip(t *testing.T) {
 	// Every finite half value must survive half -> float32 -> half exactly.
 	for h := 0; h < 1<<16; h++ {
-		f := HalfToFloat32(uint16(h))
+		f := ToFloat32(uint16(h))
 		if f != f { // NaN
-			if got := Float32ToHalf(f); got&0x7c00 != 0x7c00 || got&0x3ff == 0 {
+			if got := FromFloat32(f); got&0x7c00 != 0x7c00 || got&0x3ff == 0 {
 				t.Fatalf("NaN %#04x -> %#04x", h, got)
 			}
 			continue
 		}
-		if got := Float32ToHalf(f); got != uint16(h) {
+		if got := FromFloat32(f); got != uint16(h) {
 			t.Fatalf("%#04x -> %g -> %#04x", h, f, got)
 		}
 	}
@@ -39,16 +39,8 @@ func TestFloat32ToHalfRounding(t *testing.T) {
 		{1e-10, 0},
 	}
 	for _, tc := range tests {
-		if got := Float32ToHalf(tc.in); got != tc.want {
-			t.Errorf("Float32ToHalf(%g) = %#04x, want %#04x", tc.in, got, tc.want)
-		}
-	}
-}
-
-func TestCheckVersion(t *testing.T) {
-	for v, ok := range map[string]bool{"1.29.0": true, "1.30.0": true, "1.28.1": false, "2.0.0": false, "x": false} {
-		if err := checkVersion(v); (err == nil) != ok {
-			t.Errorf("checkVersion(%q) = %v, want ok=%v", v, err, ok)
+		if got := FromFloat32(tc.in); got != tc.want {
+			t.Errorf("FromFloat32(%g) = %#04x, want %#04x", tc.in, got, tc.want)
 		}
 	}
 }
