@@ -15,7 +15,7 @@
 // It writes report.json, report.md and timeline.svg to -out (rewritten after
 // each stream, so a run cut short keeps its figures) and prints the Markdown
 // report. The default model is generated on first use into the cache
-// (internal/ort.CacheDir()/models, 4.3 GB, about half a minute), never into
+// (the per-user cache's models/ folder, 4.3 GB, about half a minute), never into
 // the repository.
 //
 // The harness is the package's Run; Report writes itself as JSON, a

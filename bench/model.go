@@ -5,14 +5,14 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
-	"github.com/sdpipe/sdpipe/internal/ort"
 )
 
 // DefaultModelDir returns where DefaultModel keeps the generated SD 1.5
-// model with the given attention form, under ort.CacheDir().
+// model with the given attention form, in the per-user cache.
 func DefaultModelDir(form modelgen.AttentionForm) string {
-	return filepath.Join(ort.CacheDir(), "models", "generated-sd15-"+form.String()+"-v1")
+	return filepath.Join(cachedir.Dir(), "models", "generated-sd15-"+form.String()+"-v1")
 }
 
 // DefaultModel returns the folder of the generated SD 1.5-configuration
@@ -26,29 +26,15 @@ func DefaultModel(form modelgen.AttentionForm) (string, error) {
 }
 
 // EnsureModel generates a model folder with modelgen.Write at dir unless
-// dir already holds one (a model_index.json).
+// dir already holds one (a model_index.json), atomically
+// (cachedir.Build).
 func EnsureModel(dir string, cfg modelgen.Config, opt modelgen.Options) error {
-	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err == nil {
-		return nil
+	valid := func(dir string) error {
+		_, err := os.Stat(filepath.Join(dir, "model_index.json"))
+		return err
 	}
-	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	tmp, err := os.MkdirTemp(parent, ".tmp-"+filepath.Base(dir)+"-")
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	if err := modelgen.Write(tmp, cfg, opt); err != nil {
-		os.RemoveAll(tmp)
+	if err := cachedir.Build(dir, valid, func(tmp string) error { return modelgen.Write(tmp, cfg, opt) }); err != nil {
 		return fmt.Errorf("bench: generating %s: %w", dir, err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		if _, serr := os.Stat(filepath.Join(dir, "model_index.json")); serr == nil {
-			return nil // another process won the race
-		}
-		return fmt.Errorf("bench: %w", err)
 	}
 	return nil
 }

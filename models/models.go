@@ -20,9 +20,6 @@ import (
 //go:embed default
 var embedded embed.FS
 
-// CacheEnv names the environment variable that overrides the cache root.
-const CacheEnv = cachedir.Env
-
 // FS returns the default model's files: model_index.json, sdpipe.json
 // (its name, defaults and the prompts it knows, which sd.Open reads),
 // tokenizer/, text_encoder/, unet/, vae_decoder/, vae_encoder/ and
@@ -72,76 +69,43 @@ func Hash() string {
 	return h
 }
 
-// CacheDir returns the per-user cache root: $SDPIPE_CACHE_DIR, else
-// $XDG_CACHE_HOME/sdpipe, else ~/.cache/sdpipe (the same root
-// scripts/setup.sh installs ONNX Runtime under). Safe for concurrent use.
-func CacheDir() string { return cachedir.Dir() }
-
 // ErrCorrupt reports a cached copy of the model whose files differ from the
 // embedded ones and that could not be replaced.
 var ErrCorrupt = errors.New("models: cached model differs from the embedded one")
 
 // DefaultDir returns the path of a folder holding the default model, for
 // opening it by path (sd.Open, or ONNX Runtime directly). The first
-// call writes the files under CacheDir()/models/default-<hash prefix>; later
+// call writes the files under <cache>/models/default-<hash prefix>, where
+// <cache> is $SDPIPE_CACHE_DIR, else $XDG_CACHE_HOME/sdpipe, else
+// ~/.cache/sdpipe (the root scripts/setup.sh installs ONNX Runtime under); later
 // calls, and other processes, find them there after checking every file's
 // content against the embedded one; a damaged copy is replaced. The folder
 // is written to a temporary sibling and renamed into place, so concurrent
 // callers, in this process or others, never see a partial model. The
 // caller must not modify the folder. Safe for concurrent use.
 func DefaultDir() (string, error) {
-	return materialize(filepath.Join(CacheDir(), "models"))
+	return materialize(filepath.Join(cachedir.Dir(), "models"))
 }
 
 func materialize(root string) (string, error) {
 	fl, hash := files()
 	dir := filepath.Join(root, "default-"+hash[:16])
-	if verify(dir, fl) == nil {
-		return dir, nil
-	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return "", fmt.Errorf("models: %w", err)
-	}
-	tmp, err := os.MkdirTemp(root, ".default-"+hash[:16]+"-*")
+	err := cachedir.Build(dir, func(dir string) error { return verify(dir, fl) }, func(tmp string) error {
+		for _, f := range fl {
+			p := filepath.Join(tmp, filepath.FromSlash(f.path))
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, f.data, 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return "", fmt.Errorf("models: %w", err)
 	}
-	defer os.RemoveAll(tmp) // a no-op once renamed
-	for _, f := range fl {
-		p := filepath.Join(tmp, filepath.FromSlash(f.path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return "", fmt.Errorf("models: %w", err)
-		}
-		if err := os.WriteFile(p, f.data, 0o644); err != nil {
-			return "", fmt.Errorf("models: %w", err)
-		}
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it 0700
-		return "", fmt.Errorf("models: %w", err)
-	}
-	for attempt := 0; ; attempt++ {
-		rerr := os.Rename(tmp, dir)
-		if rerr == nil {
-			return dir, nil
-		}
-		// Someone else may have put a complete copy there first.
-		if verify(dir, fl) == nil {
-			return dir, nil
-		}
-		if attempt == 1 {
-			return "", fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, rerr)
-		}
-		// A damaged copy: move it aside (atomically), then remove it.
-		old, err := os.MkdirTemp(root, ".stale-*")
-		if err != nil {
-			return "", fmt.Errorf("models: %w", err)
-		}
-		if err := os.Rename(dir, filepath.Join(old, "d")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			os.RemoveAll(old)
-			return "", fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, err)
-		}
-		os.RemoveAll(old)
-	}
+	return dir, nil
 }
 
 // verify reports whether dir holds exactly the bytes of every file in fl.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/tokenizer"
 )
 
@@ -45,7 +46,7 @@ func TestFSLayout(t *testing.T) {
 
 func TestDefaultDirWritesOnceAndVerifies(t *testing.T) {
 	root := t.TempDir()
-	t.Setenv(CacheEnv, root)
+	t.Setenv(cachedir.Env, root)
 	dir, err := DefaultDir()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +99,7 @@ func TestDefaultDirRepairsDamage(t *testing.T) {
 		}},
 	} {
 		t.Run(damage.name, func(t *testing.T) {
-			t.Setenv(CacheEnv, t.TempDir())
+			t.Setenv(cachedir.Env, t.TempDir())
 			dir, err := DefaultDir()
 			if err != nil {
 				t.Fatal(err)
@@ -122,7 +123,7 @@ func TestDefaultDirRepairsDamage(t *testing.T) {
 
 func TestDefaultDirConcurrent(t *testing.T) {
 	root := t.TempDir()
-	t.Setenv(CacheEnv, root)
+	t.Setenv(cachedir.Env, root)
 	const n = 8
 	dirs := make([]string, n)
 	var wg sync.WaitGroup
@@ -146,18 +147,6 @@ func TestDefaultDirConcurrent(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Join(root, "models"))
 	if len(ents) != 1 {
 		t.Errorf("cache holds %d entries after concurrent calls, want 1: %v", len(ents), ents)
-	}
-}
-
-func TestCacheDir(t *testing.T) {
-	t.Setenv(CacheEnv, "")
-	t.Setenv("XDG_CACHE_HOME", "/x/cache")
-	if got, want := CacheDir(), filepath.Join("/x/cache", "sdpipe"); got != want {
-		t.Errorf("CacheDir() with XDG_CACHE_HOME = %s, want %s", got, want)
-	}
-	t.Setenv(CacheEnv, "/y")
-	if got := CacheDir(); got != "/y" {
-		t.Errorf("CacheDir() with %s = %s, want /y", CacheEnv, got)
 	}
 }
 

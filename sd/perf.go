@@ -76,7 +76,8 @@ func WithoutRewrites() LoadOption {
 }
 
 // WithRewriteCache keeps rewritten graphs in dir instead of the default
-// <ort.CacheDir()>/rewritten. The folder must be on the same file system as
+// <cache>/rewritten (the per-user cache: $SDPIPE_CACHE_DIR,
+// else $XDG_CACHE_HOME/sdpipe, else ~/.cache/sdpipe). The folder must be on the same file system as
 // the model (rewritten graphs sit beside hard links to the original weight
 // files); where it is not, the original graph is loaded, with a log line.
 func WithRewriteCache(dir string) LoadOption {

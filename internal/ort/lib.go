@@ -45,14 +45,9 @@ func (e *LibraryError) Error() string {
 // Unwrap returns ErrLibraryNotFound.
 func (e *LibraryError) Unwrap() error { return ErrLibraryNotFound }
 
-// CacheDir returns the per-user folder where scripts/setup.sh installs the
-// library: $SDPIPE_CACHE_DIR, else $XDG_CACHE_HOME/sdpipe, else
-// ~/.cache/sdpipe.
-func CacheDir() string { return cachedir.Dir() }
-
 // CachedLibraryPath is where scripts/setup.sh puts the pinned library.
 func CachedLibraryPath() string {
-	return filepath.Join(CacheDir(), "onnxruntime", PinnedVersion, "libonnxruntime.so.1")
+	return filepath.Join(cachedir.Dir(), "onnxruntime", PinnedVersion, "libonnxruntime.so.1")
 }
 
 // candidates returns the library paths to try, in order: the explicit path,

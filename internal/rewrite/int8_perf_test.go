@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 )
@@ -34,7 +35,7 @@ func TestPerfInt8UNet(t *testing.T) {
 	calls := envInt(t, "PERF_CALLS", 3)
 	rounds := envInt(t, "PERF_ROUNDS", 2)
 	configs := strings.Split(cmpOr(os.Getenv("PERF_CONFIGS"), "plain,fp32,int8"), ",")
-	cache := cmpOr(os.Getenv("PERF_CACHE"), filepath.Join(ort.CacheDir(), "rewritten"))
+	cache := cmpOr(os.Getenv("PERF_CACHE"), filepath.Join(cachedir.Dir(), "rewritten"))
 	src := filepath.Join(dir, "unet", "model.onnx")
 	rs := []rewrite.Rewrite{rewrite.Baddbmm, rewrite.MHA}
 	path := map[string]string{}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
@@ -190,43 +191,38 @@ func readMeta(dir string) (meta, bool) {
 	return m, true
 }
 
-// writeEntry builds the cache entry in a temporary folder and renames it
-// into place, so that a reader never sees half an entry.
+// writeEntry builds the cache entry atomically (cachedir.Build), so that
+// a reader never sees half an entry.
 func writeEntry(cacheDir, k string, model []byte, src string, exts []string, m meta) (string, error) {
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return "", err
-	}
-	tmp, err := os.MkdirTemp(cacheDir, k+".tmp-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp) // after a successful rename it is gone already
-	if model != nil {
-		if err := os.WriteFile(filepath.Join(tmp, modelName), model, 0o644); err != nil {
-			return "", err
-		}
-		for _, e := range exts {
-			dst := filepath.Join(tmp, e)
-			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-				return "", err
-			}
-			if err := os.Link(filepath.Join(filepath.Dir(src), e), dst); err != nil {
-				return "", err
-			}
-		}
-	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, metaFile), b, 0o644); err != nil {
-		return "", err
-	}
 	dir := filepath.Join(cacheDir, k)
-	if err := os.Rename(tmp, dir); err != nil {
-		if _, ok := readMeta(dir); ok {
-			return dir, nil // another process won the race
+	valid := func(dir string) error {
+		if _, ok := readMeta(dir); !ok {
+			return fmt.Errorf("rewrite: no complete cache entry in %s", dir)
 		}
+		return nil
+	}
+	err := cachedir.Build(dir, valid, func(tmp string) error {
+		if model != nil {
+			if err := os.WriteFile(filepath.Join(tmp, modelName), model, 0o644); err != nil {
+				return err
+			}
+			for _, e := range exts {
+				dst := filepath.Join(tmp, e)
+				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+					return err
+				}
+				if err := os.Link(filepath.Join(filepath.Dir(src), e), dst); err != nil {
+					return err
+				}
+			}
+		}
+		b, err := json.MarshalIndent(m, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(tmp, metaFile), b, 0o644)
+	})
+	if err != nil {
 		return "", err
 	}
 	return dir, nil
