@@ -48,7 +48,7 @@ type Options struct {
 	DefaultWidth, DefaultHeight int
 	// DefaultGuidance replaces a Request's zero GuidanceScale; 0 means
 	// the package's DefaultGuidance (7.5, diffusers' default). A model
-	// trained for another scale says so (models.DefaultGuidance).
+	// trained for another scale says so in its sdpipe.json, which sd reads.
 	DefaultGuidance float64
 	Logger          *slog.Logger // nil discards
 }

@@ -172,7 +172,7 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 	m, err := openRuntime(rt, name, cfg)
 	if m != nil {
 		// The folder's own models are not loaded (the runtime components
-		// run it); Folder() still tells where it is and what it holds.
+		// run it); the Folder still tells where it is and what it holds.
 		m.f = &Folder{Dir: built, Scheduler: rt.Scheduler, ScalingFactor: rt.ScalingFactor}
 		if t, ok := rt.Tokenizer.(*ckptrun.Tokenizer); ok {
 			m.f.Tokenizer = t.CLIP
