@@ -189,5 +189,5 @@ func openRuntime(rt *ckptrun.Components, name string, cfg *config) (*Model, erro
 	if err != nil {
 		return nil, errors.Join(err, rt.Close())
 	}
-	return &Model{p: p, rt: rt, name: name, defaults: d}, nil
+	return &Model{p: p, rt: rt, name: name, defaults: d, mem: newMemoryModel(f, cfg.engine.memory)}, nil
 }

@@ -24,6 +24,7 @@ type engineConfig struct {
 	maxBatch  int
 	batchWait time.Duration
 	defaults  Defaults
+	memory    memoryConfig // memory admission (memory.go)
 }
 
 // Mode is a performance hint, like OpenVINO's: it picks worker counts and
@@ -103,7 +104,7 @@ func (c *engineConfig) pipelineOptions(d Defaults, log *slog.Logger) pipeline.Op
 }
 
 func (c *engineConfig) check() []error {
-	var errs []error
+	errs := c.memory.check()
 	if w := c.workers; w.Encode < 0 || w.Denoise < 0 || w.Decode < 0 {
 		errs = append(errs, fmt.Errorf("sd: WithWorkers: negative count in %+v", w))
 	}

@@ -45,6 +45,8 @@ type Folder struct {
 	ScalingFactor float64           // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
 	Info          ModelInfo         // sdpipe.json, when the folder has one
 	sampleSize    int               // unet/config.json's sample_size, or 0
+	sigMu         sync.Mutex
+	sigs          map[Component]*memSignature // what decides each component's memory (memory.go)
 	closeOnce     sync.Once
 	closeErr      error
 	load          loadState // load times, rewrites and warm-up (perf.go)
@@ -153,6 +155,7 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 		return openError(lay.dir, c, o.Device, err)
 	}
 	l := f.loaded(c)
+	f.readSignature(c, l.File, cfg.logger)
 	cfg.logger.Info("sd: loaded", "component", c.String(), "path", l.File,
 		"device", string(o.Device), "duration", time.Since(start))
 	f.load.opened(c, time.Since(start))

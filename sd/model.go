@@ -19,6 +19,7 @@ type Model struct {
 	p        *pipeline.Pipeline
 	name     string // for image metadata
 	defaults Defaults
+	mem      *memoryModel // memory admission (memory.go)
 	once     sync.Once
 	err      error
 }
@@ -46,6 +47,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	if m.p, err = pipeline.New(f.Components(), po); err != nil {
 		return nil, errors.Join(err, f.Close())
 	}
+	m.mem = newMemoryModel(f, cfg.engine.memory)
 	return m, nil
 }
 
@@ -108,13 +110,22 @@ func (m *Model) Load() LoadReport { return m.f.Load() }
 // Submit validates req and queues it. It blocks until the engine accepts
 // the request, ctx ends (it then returns ctx's error) or the Model is
 // closed (ErrClosed): there is no unbounded queue. An invalid request gets
-// a *RequestError at once. The request runs until it finishes, fails, or
-// ctx is canceled; the Handle waits for its result.
+// a *RequestError at once, and one whose estimated memory exceeds the
+// budget on its own a *MemoryError (see WithMemoryBudget); one that fits
+// waits until it fits beside the requests in flight. The request runs
+// until it finishes, fails, or ctx is canceled; the Handle waits for its
+// result.
 func (m *Model) Submit(ctx context.Context, req Request) (*Handle, error) {
+	release, err := m.mem.admit(ctx, req, m.defaults, m.f.Tokenizer)
+	if err != nil {
+		return nil, err
+	}
 	h, err := m.p.Submit(ctx, req.engine())
 	if err != nil {
+		release()
 		return nil, engineError(err)
 	}
+	go func() { <-h.Done(); release() }()
 	return &Handle{h: h, req: req, model: m.name}, nil
 }
 
