@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/sdpipe/sdpipe/sd"
 )
@@ -70,6 +71,7 @@ func (s *Server) writeError(w http.ResponseWriter, err error) {
 func asAPIError(err error) *apiError {
 	var ae *apiError
 	var re *sd.RequestError
+	var me *sd.MemoryError
 	switch {
 	case errors.As(err, &ae):
 		if ae.Type == "" {
@@ -83,6 +85,12 @@ func asAPIError(err error) *apiError {
 		return ae
 	case errors.As(err, &re):
 		return badRequest(re.Field, "%s: %s", re.Field, re.Reason)
+	case errors.As(err, &me):
+		param := "width"
+		if me.Images > 1 && me.FitImages >= 1 {
+			param = "images"
+		}
+		return badRequest(param, "%s (the server's memory budget)", strings.TrimPrefix(me.Error(), "sd: "))
 	case errors.Is(err, errShutdown):
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "unavailable", Msg: "canceled: the server is shutting down; send the request again (another replica takes it)", RetryAfter: 1}
 	case errors.Is(err, sd.ErrClosed):

@@ -15,10 +15,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
@@ -88,6 +91,14 @@ func (f fakeEngine) Submit(ctx context.Context, r sd.Request) (*sd.Handle, error
 }
 
 func (fakeEngine) Metrics() sd.Metrics { return sd.Metrics{} }
+
+func (fakeEngine) Defaults() sd.Defaults {
+	return sd.Defaults{Width: 64, Height: 64, GuidanceScale: 7.5}
+}
+
+func (fakeEngine) LargestSize(sd.Request) (int, int) { return 4096, 4096 }
+
+func (fakeEngine) Check(sd.Request) error { return nil }
 
 // TestInternalErrorHidesPaths is #16 defect 9: a 500 carried the engine's
 // error, with absolute model and ONNX Runtime source paths in it. The
@@ -238,4 +249,105 @@ func TestHugeHeaders(t *testing.T) {
 	if g := post(t, base+"/sdapi/v1/txt2img", goodRequest); g.code != http.StatusOK {
 		t.Errorf("good request after: %d %s", g.code, g.body)
 	}
+}
+
+// openLimited opens another instance of the default model with the given
+// engine options, for the tests of the engine's limits.
+func openLimited(t *testing.T, opts ...sd.Option) *sd.Model {
+	t.Helper()
+	openModel(t) // skips without ONNX Runtime
+	dir, err := models.DefaultDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sd.Open(t.Context(), dir, append([]sd.Option{sd.WithThreads(sd.UNet, 1)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+// TestHostileMemory is #16 defect 2: 1024×1024 (the OpenAI SDK's default
+// size, and on the web page) took the server to 17.7 GB on the 8 MB
+// default model, and the kernel killed it. Now the engine's memory
+// admission refuses it with 400 naming the budget and the largest size
+// that fits, and the page and /v1/config offer only the sizes admitted.
+func TestHostileMemory(t *testing.T) {
+	m := openLimited(t, sd.WithMemoryBudget(300<<20))
+	fw, fh := m.LargestSize(sd.Request{Width: 1024, Height: 1024})
+	if fw == 0 || fw >= 1024 {
+		t.Fatalf("largest size %dx%d on 300 MiB", fw, fh)
+	}
+	_, ts := newServerOn(t, m, Config{MaxSize: 1024})
+	fits := fmt.Sprintf("the largest size that fits is %dx%d", fw, fh)
+	runProbes(t, ts, []probe{
+		{name: "a1111 1024", path: "/sdapi/v1/txt2img", body: `{"prompt":"a","steps":1,"width":1024,"height":1024}`, code: 400, msg: fits},
+		{name: "openai default size", path: "/v1/images/generations", body: `{"prompt":"a","size":"1024x1024"}`, code: 400, msg: "300 MiB"},
+		{name: "jobs 1024", path: "/v1/jobs", body: `{"prompt":"a","steps":1,"width":1024,"height":1024}`, code: 400, msg: "memory budget"},
+		{name: "sagemaker wide", path: "/invocations", body: `{"prompt":"a","num_inference_steps":1,"width":1024,"height":512}`, code: 400, msg: "largest size that fits"},
+		{name: "too many images", path: "/sdapi/v1/txt2img", body: fmt.Sprintf(`{"prompt":"a","steps":1,"width":%d,"height":%d,"batch_size":8}`, fw, fh), code: 400, msg: "image(s) of that size fit"},
+	})
+	var cfg struct {
+		MaxSize int `json:"max_size"`
+	}
+	get(t, ts.URL+"/v1/config").json(t, &cfg)
+	if cfg.MaxSize != fw/8*8 {
+		t.Errorf("/v1/config max_size %d, want the largest admitted, %d", cfg.MaxSize, fw)
+	}
+	if r := post(t, ts.URL+"/sdapi/v1/txt2img", fmt.Sprintf(`{"prompt":"a","steps":1,"width":%d,"height":%d}`, fw, fh)); r.code != http.StatusOK {
+		t.Errorf("the largest size that fits: %d %.300s", r.code, r.body)
+	}
+	// the default maximum follows the model: twice its 64×64
+	_, ts2 := newServerOn(t, m, Config{})
+	get(t, ts2.URL+"/v1/config").json(t, &cfg)
+	if cfg.MaxSize != 128 {
+		t.Errorf("default max_size %d, want 128 for the 64×64 default model", cfg.MaxSize)
+	}
+	if r := post(t, ts2.URL+"/sdapi/v1/txt2img", `{"prompt":"a","width":1024,"height":1024}`); r.code != 400 || !strings.Contains(string(r.body), "[8, 128]") {
+		t.Errorf("1024 on the default maximum: %d %s", r.code, r.body)
+	}
+}
+
+// TestWebPageSizes: the page offers only the sizes the server admits.
+func TestWebPageSizes(t *testing.T) {
+	bin := lookTool(t, "chromium", "chromium", "chromium-browser", "google-chrome")
+	m := openLimited(t, sd.WithMemoryBudget(300<<20))
+	_, ts := newServerOn(t, m, Config{MaxSize: 1024})
+	var cfg struct {
+		MaxSize int `json:"max_size"`
+	}
+	get(t, ts.URL+"/v1/config").json(t, &cfg)
+	dom := string(chromium(t, bin, ts.URL+"/", "--dump-dom"))
+	sel := regexp.MustCompile(`(?s)<select id="width">(.*?)</select>`).FindStringSubmatch(dom)
+	if sel == nil {
+		t.Fatal("no width select in the page")
+	}
+	var offered []int
+	for _, v := range regexp.MustCompile(`value="(\d+)"`).FindAllStringSubmatch(sel[1], -1) {
+		n, _ := strconv.Atoi(v[1])
+		if n > 0 {
+			offered = append(offered, n)
+		}
+	}
+	if len(offered) == 0 || slices.Max(offered) > cfg.MaxSize {
+		t.Errorf("the page offers widths %v; the server admits up to %d", offered, cfg.MaxSize)
+	}
+}
+
+// TestHostilePrompts is #16 defect 7: "a BREAK " × 1000 took 9.6 s and
+// over a GB, and 4,000 nested parentheses gave a 500 "model output is not
+// finite". Both are now 400s naming the limit.
+func TestHostilePrompts(t *testing.T) {
+	m := openLimited(t, sd.WithMaxPromptChunks(8))
+	_, ts := newServerOn(t, m, Config{})
+	nested := strings.Repeat("(", 4000) + "x" + strings.Repeat(")", 4000)
+	runProbes(t, ts, []probe{
+		{name: "breaks", path: "/sdapi/v1/txt2img", body: `{"prompt":"` + strings.Repeat("a BREAK ", 1000) + `","steps":1}`, code: 400, msg: "more than the limit of 8"},
+		{name: "breaks jobs", path: "/v1/jobs", body: `{"prompt":"` + strings.Repeat("a BREAK ", 1000) + `","steps":1}`, code: 400, msg: "chunks of 75 tokens"},
+		{name: "long negative", path: "/invocations", body: `{"prompt":"a","negative_prompt":"` + strings.Repeat("word ", 1000) + `","num_inference_steps":1}`, code: 400, msg: "limit of 8"},
+		{name: "nested parentheses", path: "/sdapi/v1/txt2img", body: `{"prompt":"` + nested + `","steps":1}`, code: 400, msg: "outside [-10, 10]"},
+		{name: "nested openai", path: "/v1/images/generations", body: `{"prompt":"` + nested + `"}`, code: 400, msg: "weight"},
+		{name: "large weight", path: "/sdapi/v1/txt2img", body: `{"prompt":"(x:99)","steps":1}`, code: 400, msg: "weight"},
+	})
 }

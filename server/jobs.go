@@ -120,6 +120,12 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
+	for _, req := range sp.reqs { // the client hears of a bad request now, not from its job
+		if err := s.eng.Check(req); err != nil {
+			s.writeError(w, err)
+			return
+		}
+	}
 	if sp.id != "" {
 		if _, err := s.jobs.Get(r.Context(), sp.id); err == nil {
 			s.writeError(w, badRequest("force_task_id", "force_task_id: a job %q exists", sp.id))

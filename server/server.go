@@ -18,13 +18,19 @@ import (
 type Engine interface {
 	Submit(ctx context.Context, req sd.Request) (*sd.Handle, error)
 	Metrics() sd.Metrics
+	// Defaults are the model's own size and guidance.
+	Defaults() sd.Defaults
+	// LargestSize is the largest size with req's aspect ratio that fits
+	// the engine's memory budget on its own (sd.Model.LargestSize).
+	LargestSize(req sd.Request) (width, height int)
+	// Check returns the error Submit would return at once for req.
+	Check(req sd.Request) error
 }
 
 // Defaults for the zero fields of a Config.
 const (
 	DefaultMaxQueue        = 16
 	DefaultMaxBodyBytes    = 16 << 20
-	DefaultMaxSize         = 1024
 	DefaultMaxSteps        = 150
 	DefaultMaxImages       = 8
 	DefaultFastSteps       = 25
@@ -76,9 +82,13 @@ type Config struct {
 	// bytes of bodies being read at once, over all requests (default 4 ×
 	// MaxBodyBytes). See the limits in limits.go.
 	MaxBodyBytes, MaxBodyMemory int64
-	MaxSize                     int // largest width or height, also of init images
-	MaxSteps                    int
-	MaxImages                   int // images per request (batch_size × n_iter, n, …)
+	// MaxSize is the largest width or height, also of init images; 0
+	// means twice the model's default size (128 for the 64×64 default
+	// model, 1024 for SD 1.5). The web page and /v1/config offer only the
+	// sizes the engine's memory budget admits.
+	MaxSize   int
+	MaxSteps  int
+	MaxImages int // images per request (batch_size × n_iter, n, …)
 	// FastSteps and QualitySteps are the steps of the fast/quality switch
 	// when a request names a quality and no steps.
 	FastSteps, QualitySteps int
@@ -111,7 +121,7 @@ type Config struct {
 	Load *sd.LoadReport
 }
 
-func (c *Config) fill() error {
+func (c *Config) fill(d sd.Defaults) error {
 	var errs []error
 	for _, f := range []struct {
 		name string
@@ -143,7 +153,9 @@ func (c *Config) fill() error {
 	c.MaxQueue = cmp.Or(c.MaxQueue, DefaultMaxQueue)
 	c.MaxBodyBytes = cmp.Or(c.MaxBodyBytes, DefaultMaxBodyBytes)
 	c.MaxBodyMemory = cmp.Or(c.MaxBodyMemory, 4*c.MaxBodyBytes)
-	c.MaxSize = cmp.Or(c.MaxSize, DefaultMaxSize)
+	if c.MaxSize == 0 {
+		c.MaxSize = min(2*max(d.Width, d.Height, 64), 4096)
+	}
 	c.MaxSteps = cmp.Or(c.MaxSteps, DefaultMaxSteps)
 	c.MaxImages = cmp.Or(c.MaxImages, DefaultMaxImages)
 	c.FastSteps = cmp.Or(c.FastSteps, DefaultFastSteps)
@@ -173,12 +185,15 @@ func (c *Config) fill() error {
 // Shutdown (or let Serve's context end) to finish or cancel the work in
 // flight; neither closes the Engine.
 type Server struct {
-	eng       Engine
-	cfg       Config
-	log       *slog.Logger
-	samplers  []string
-	mux       *http.ServeMux
-	tokens    map[string]string // bearer token → identity
+	eng      Engine
+	cfg      Config
+	log      *slog.Logger
+	samplers []string
+	mux      *http.ServeMux
+	tokens   map[string]string // bearer token → identity
+	// offerSize is the largest side of a square image that MaxSize and the
+	// engine's memory budget both admit: what the web page offers.
+	offerSize int
 	jobs      JobStore
 	files     fileStore // images served by URL (OpenAI's response_format url)
 	slackSeen slackReplay
@@ -200,7 +215,7 @@ type Server struct {
 
 // New returns a Server for eng, or an error for an invalid Config.
 func New(eng Engine, cfg Config) (*Server, error) {
-	if err := cfg.fill(); err != nil {
+	if err := cfg.fill(eng.Defaults()); err != nil {
 		return nil, err
 	}
 	s := &Server{
@@ -215,6 +230,9 @@ func New(eng Engine, cfg Config) (*Server, error) {
 		jobs:     cfg.Jobs,
 	}
 	s.bodies.size = cfg.MaxBodyMemory
+	// the largest square the memory admits, for the web page
+	w, h := eng.LargestSize(sd.Request{Width: cfg.MaxSize, Height: cfg.MaxSize})
+	s.offerSize = min(cfg.MaxSize, w, h) / 8 * 8
 	if s.jobs == nil {
 		s.jobs = NewMemoryJobStore(cfg.JobTTL, cfg.MaxJobs)
 	}
@@ -356,7 +374,7 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
 		"schedulers":    []string{"Automatic", "Karras"},
 		"fast_steps":    s.cfg.FastSteps,
 		"quality_steps": s.cfg.QualitySteps,
-		"max_size":      s.cfg.MaxSize,
+		"max_size":      s.offerSize,
 		"max_steps":     s.cfg.MaxSteps,
 		"max_images":    s.cfg.MaxImages,
 		"auth":          len(s.tokens) > 0,

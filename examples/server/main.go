@@ -16,9 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sdpipe/sdpipe/examples/internal/cli"
@@ -53,7 +56,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		bodyIdle  = fs.Duration("body-idle-timeout", server.DefaultBodyIdleTimeout, "a request body may pause at most this long (else 408)")
 		idle      = fs.Duration("idle-timeout", server.DefaultIdleTimeout, "an idle keep-alive connection is closed after this")
 		linger    = fs.Duration("linger", server.DefaultLinger, "after the grace, how long to wait for clients to fetch the async jobs that ended meanwhile")
-		maxSize   = fs.Int("max-size", server.DefaultMaxSize, "largest width or height")
+		maxSize   = fs.Int("max-size", 0, "largest width or height (0 = twice the model's default size)")
+		memBudget = fs.String("memory-budget", "", "memory the requests in flight may need together, e.g. 6GiB (default 80% of what the machine or cgroup has free once the model is loaded); past it a request waits, and one that can never fit gets 400")
+		chunks    = fs.Int("max-prompt-chunks", 8, "most 75-token chunks in a prompt (past it 400; 0 = no limit)")
 		maxSteps  = fs.Int("max-steps", server.DefaultMaxSteps, "most denoising steps per request")
 		maxImages = fs.Int("max-images", server.DefaultMaxImages, "most images per request")
 		batch     = fs.Int("batch", 4, "dynamic batching: most images per UNet call (1 = off)")
@@ -96,7 +101,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log)}
+	budget, err := parseBytes(*memBudget)
+	if err != nil {
+		return fmt.Errorf("-memory-budget: %w", err)
+	}
+	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log),
+		sd.WithMemoryBudget(budget), sd.WithMaxPromptChunks(*chunks)}
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}
@@ -113,7 +123,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("model loaded", "dir", dir, "seconds", time.Since(start).Seconds())
+	b, _ := mdl.MemoryBudget()
+	log.Info("model loaded", "dir", dir, "seconds", time.Since(start).Seconds(), "memory_budget_mib", b>>20)
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -155,6 +166,29 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	err = errors.Join(serveErr, mdl.Shutdown(mctx))
 	log.Info("stopped", "err", err)
 	return err
+}
+
+// parseBytes parses a size such as 6GiB, 512MiB, 6G or 1073741824 ("" is 0).
+func parseBytes(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		n      float64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSuffix(v, u.suffix), u.n
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || f <= 0 || f*mult > math.MaxInt64 {
+		return 0, fmt.Errorf("%q is not a positive size such as 6GiB", v)
+	}
+	return int64(f * mult), nil
 }
 
 func portOf(a net.Addr) string {
