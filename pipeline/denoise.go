@@ -52,7 +52,7 @@ func (p *Pipeline) denoiseStage(in <-chan *job, out chan<- *job) {
 			}
 			timer.Stop()
 		}
-		for _, k := range p.denoise(batch) {
+		for _, k := range p.denoise(batch, out) {
 			out <- k
 		}
 	}
@@ -65,8 +65,9 @@ func compatible(a, b *job) bool {
 }
 
 // denoise runs the denoising loop of a batch of compatible jobs and returns
-// the ones that succeeded; the others are finished with their error.
-func (p *Pipeline) denoise(batch []*job) []*job {
+// the ones that succeeded; the others are finished with their error, and
+// the interrupted ones go to out as soon as they stop.
+func (p *Pipeline) denoise(batch []*job, out chan<- *job) []*job {
 	start := time.Now()
 	for _, j := range batch {
 		j.at.denoiseStart = start
@@ -76,11 +77,18 @@ func (p *Pipeline) denoise(batch []*job) []*job {
 	var b *unetBatch
 	var model time.Duration // inside UNet calls
 	for i, t := range batch[0].steps {
-		// drop jobs that were canceled
+		// drop jobs that were canceled, and pass on the interrupted ones
 		kept := live[:0:0]
 		for _, j := range live {
 			if err := j.err(); err != nil {
 				p.finishDenoise(j, err)
+				continue
+			}
+			if j.interrupted.Load() {
+				j.metrics.Denoise = time.Since(start)
+				j.metrics.Steps = i
+				j.metrics.DenoiseModel = model
+				out <- j
 				continue
 			}
 			kept = append(kept, j)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"sync/atomic"
 	"errors"
 	"fmt"
 	"time"
@@ -29,6 +30,8 @@ type job struct {
 	size       int // floats in one image's latents
 	items      []*item
 	latH, latW int
+
+	interrupted atomic.Bool // Handle.Interrupt: decode the latents as they are
 
 	progress chan Progress
 	done     chan struct{}
