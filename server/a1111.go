@@ -431,7 +431,8 @@ func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
 
 // handleInterrupt interrupts the caller's A1111 tasks, or the one its
 // id_task names (?id_task= or a JSON body {"id_task": …}); never another
-// identity's.
+// identity's. As in AUTOMATIC1111, an interrupted request returns 200 with
+// the images as far as they got.
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("id_task")
 	if id == "" && r.ContentLength != 0 {
@@ -448,7 +449,7 @@ func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) {
 	}
 	n := 0
 	for _, t := range s.callerTasks(r, id) {
-		t.cancel(errInterrupted)
+		t.interrupt()
 		n++
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"interrupted": n})

@@ -379,6 +379,8 @@ func startLong(t *testing.T, ctx context.Context, ts *httptest.Server) <-chan re
 	return ch
 }
 
+// TestProgressInterrupt: A1111's interrupt ends the running request,
+// which returns 200 with its image as far as it got (A1111's semantics).
 func TestProgressInterrupt(t *testing.T) {
 	_, ts := newServer(t, Config{})
 	done := startLong(t, t.Context(), ts)
@@ -393,25 +395,15 @@ func TestProgressInterrupt(t *testing.T) {
 	// as A1111 does, the interrupted request answers 200 with what it has
 	r := <-done
 	if r.code != http.StatusOK {
-		t.Fatalf("interrupted request: %d %s", r.code, r.body)
+		t.Fatalf("interrupted request: %d %s, want 200 with the partial image", r.code, r.body)
 	}
-	var out struct {
-		Images []string
-		Info   string
-	}
+	var out struct{ Images []string }
 	r.json(t, &out)
-	var info struct {
-		Interrupted bool
-		Infotexts   []string
-	}
-	if err := json.Unmarshal([]byte(out.Info), &info); err != nil {
-		t.Fatal(err)
-	}
-	if len(out.Images) != 1 || !info.Interrupted || !strings.Contains(info.Infotexts[0], "Interrupted: preview") {
-		t.Errorf("interrupted: %d images, info %+v", len(out.Images), info)
+	if len(out.Images) != 1 {
+		t.Fatalf("%d images", len(out.Images))
 	}
 	if img, _ := decodePNG(t, out.Images[0]); img.Bounds().Dx() != 64 {
-		t.Errorf("partial image is %v, want the request's 64x64", img.Bounds())
+		t.Errorf("partial image %v", img.Bounds())
 	}
 	if _, total, _ := a1111Progress(t, ts.URL); total != 0 {
 		t.Errorf("progress after the interrupt shows a job")

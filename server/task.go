@@ -57,14 +57,33 @@ type task struct {
 	previews    []image.Image
 	resolved    []sd.Request // each engine request as resolved at Submit
 	partial     []bool
-	interrupted bool
+	interrupted bool // by /sdapi/v1/interrupt
 	// onStep, when set before execute, sees each progress event of
 	// engine request req (OpenAI streams take their partial images there).
 	onStep func(req int, ev sd.Progress)
 	done   chan struct{}
 	stored chan struct{} // async jobs: closed once the record of its end is stored
 
-	cancelRequested bool // by the async API
+	cancelRequested bool         // by the async API
+	handles         []*sd.Handle // its engine requests, as they are submitted
+}
+
+// interrupt ends t as AUTOMATIC1111's interrupt does: its engine requests
+// stop denoising and return their partial images (a 200 for the client);
+// those not yet submitted are not. A task with none submitted yet ends
+// with errInterrupted.
+func (t *task) interrupt() {
+	t.mu.Lock()
+	t.interrupted = true
+	hs := slices.Clone(t.handles)
+	t.mu.Unlock()
+	if len(hs) == 0 {
+		t.cancel(errInterrupted)
+		return
+	}
+	for _, h := range hs {
+		h.Interrupt()
+	}
 }
 
 func newID() string {
@@ -171,6 +190,14 @@ func (s *Server) execute(ctx context.Context, t *task) {
 		t.resolved[len(handles)] = h.Request()
 		t.mu.Unlock()
 		handles = append(handles, h)
+		t.mu.Lock()
+		t.handles = append(t.handles, h)
+		stop := t.interrupted
+		t.mu.Unlock()
+		if stop { // interrupted while it was being submitted
+			h.Interrupt()
+			break
+		}
 	}
 	if err != nil {
 		t.cancel(err) // cancels the requests already submitted
