@@ -2,9 +2,9 @@ package pipeline
 
 import (
 	"context"
-	"sync/atomic"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"gorgonia.org/tensor"

@@ -319,7 +319,6 @@ func (m *memoryModel) shape(req Request, d Defaults, tok *tokenizer.CLIP) (s mem
 	return s, valid, nil
 }
 
-
 // admit checks req against the limits and waits until its memory fits
 // beside the requests in flight; release gives the memory back.
 func (m *memoryModel) admit(ctx context.Context, req Request, d Defaults, tok *tokenizer.CLIP) (release func(), err error) {
