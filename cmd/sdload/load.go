@@ -34,7 +34,10 @@ type LoadConfig struct {
 	Body     []byte        // default {"prompt":"load test","steps":4,"seed":-1}
 	Clients  int           // concurrent clients; default 8
 	Requests int           // requests in all; default 64
-	Duration time.Duration // stop sending after this long; default 60s
+	// Duration is how long clients send (default 60s); the requests in
+	// flight then finish (ctx still cancels them), so that every request
+	// sent is answered.
+	Duration time.Duration
 	Token    string        // bearer token, if the service wants one
 	// Backoff is how long a client waits after a 429 before its next
 	// request (0 = not at all); it never waits past Retry-After.
@@ -135,7 +138,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if client == nil {
 		client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}}
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	sending, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	target := strings.TrimSuffix(cfg.URL, "/") + cfg.Path
 
@@ -146,7 +149,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	var wg sync.WaitGroup
 	for range cfg.Clients {
 		wg.Go(func() {
-			for next.Add(1) <= int64(cfg.Requests) && ctx.Err() == nil {
+			for next.Add(1) <= int64(cfg.Requests) && sending.Err() == nil {
 				t0 := time.Now()
 				code, replica, retry, err := sendOne(ctx, client, target, cfg.Token, cfg.Body)
 				d := time.Since(t0)
@@ -157,7 +160,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 					}
 					select {
 					case <-time.After(wait):
-					case <-ctx.Done():
+					case <-sending.Done():
 					}
 				}
 				mu.Lock()
