@@ -52,7 +52,7 @@ func (s *Server) decodeImageBytes(param string, raw []byte, width, height int) (
 		height = cfg.Height / 8 * 8
 	}
 	if width < 8 || height < 8 || width > s.cfg.MaxSize || height > s.cfg.MaxSize || width%8 != 0 || height%8 != 0 {
-		return nil, badRequest("width", "width and height: %dx%d are not multiples of 8 in [8, %d]", width, height, s.cfg.MaxSize)
+		return nil, badRequest("width", "width and height: %dx%d must be multiples of 8 from 8 to %d (this server's largest size)", width, height, s.cfg.MaxSize)
 	}
 	b := img.Bounds()
 	if b.Dx() == width && b.Dy() == height {
