@@ -11,6 +11,8 @@ var (
 
 const maxGuidance = sd.MaxGuidance
 
-// engineDefaults returns the model's default image size, when the engine
-// tells it (sd.Model.Defaults, once sd has it); 0, 0 otherwise.
-func engineDefaults(Engine) (width, height int) { return 0, 0 }
+// engineDefaults returns the model's default image size.
+func engineDefaults(e Engine) (width, height int) {
+	d := e.Defaults()
+	return d.Width, d.Height
+}
