@@ -304,7 +304,7 @@ func TestHostileMemory(t *testing.T) {
 	if cfg.MaxSize != 128 {
 		t.Errorf("default max_size %d, want 128 for the 64×64 default model", cfg.MaxSize)
 	}
-	if r := post(t, ts2.URL+"/sdapi/v1/txt2img", `{"prompt":"a","width":1024,"height":1024}`); r.code != 400 || !strings.Contains(string(r.body), "from 8 to 128") {
+	if r := post(t, ts2.URL+"/sdapi/v1/txt2img", `{"prompt":"a","width":1024,"height":1024}`); r.code != 400 || !strings.Contains(string(r.body), "limit of 128 pixels") {
 		t.Errorf("1024 on the default maximum: %d %s", r.code, r.body)
 	}
 }
