@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -52,10 +53,20 @@ func startCDP(t *testing.T, bin string) *cdp {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The profile is not a t.TempDir: Chromium's helper processes may
+	// still write to it for a moment after the browser has gone, and
+	// TempDir's cleanup fails the test on a folder that is not empty.
+	profile, err := os.MkdirTemp("", "sdpipe-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-		"--no-first-run", "--hide-scrollbars", "--remote-debugging-pipe", "--user-data-dir="+t.TempDir(), "about:blank")
+		"--no-first-run", "--hide-scrollbars", "--remote-debugging-pipe", "--user-data-dir="+profile, "about:blank")
 	cmd.ExtraFiles = []*os.File{toChrome, fromChrome} // fd 3: Chromium reads; fd 4: it writes
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) } // the browser and its helpers
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -63,10 +74,26 @@ func startCDP(t *testing.T, bin string) *cdp {
 	fromChrome.Close()
 	c := &cdp{t: t, cmd: cmd, w: chromeIn, waiting: map[int]chan cdpReply{}, events: make(chan cdpEvent, 256)}
 	t.Cleanup(func() {
-		chromeIn.Close()
-		cancel()
-		_ = cmd.Wait()
+		chromeIn.Close() // Chromium exits when its pipe closes
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+		}
+		cancel() // kills the process group: helpers that outlived the browser too
+		<-exited
 		chromeOut.Close()
+		for i := 0; ; i++ {
+			err := os.RemoveAll(profile)
+			if err == nil || i == 20 {
+				if err != nil {
+					t.Logf("chromium profile %s left behind: %v", profile, err)
+				}
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 	go c.read(bufio.NewReader(chromeOut))
 	var targets struct {

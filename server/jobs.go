@@ -197,12 +197,17 @@ func (s *Server) job(w http.ResponseWriter, r *http.Request) (*task, *JobRecord)
 	t := s.live[id]
 	s.mu.Unlock()
 	if t != nil {
-		select {
-		case <-t.done: // executed: its record is about to be stored
-			<-t.stored
-		default:
-			return t, nil
+		t.mu.Lock()
+		ended := !t.finished.IsZero() // its status says how it ended before its record is stored
+		t.mu.Unlock()
+		if !ended {
+			select {
+			case <-t.done:
+			default:
+				return t, nil
+			}
 		}
+		<-t.stored // executed: its record is about to be stored
 	}
 	rec, err := s.jobs.Get(r.Context(), id)
 	if err != nil {

@@ -29,16 +29,16 @@ var ErrNotLoopback = errors.New("sdload: only loopback addresses (127.0.0.1, ::1
 
 // LoadConfig describes a load. The zero value of each field means its default.
 type LoadConfig struct {
-	URL      string        // the service's base URL, e.g. http://127.0.0.1:7860
-	Path     string        // default /sdapi/v1/txt2img
-	Body     []byte        // default {"prompt":"load test","steps":4,"seed":-1}
-	Clients  int           // concurrent clients; default 8
-	Requests int           // requests in all; default 64
+	URL      string // the service's base URL, e.g. http://127.0.0.1:7860
+	Path     string // default /sdapi/v1/txt2img
+	Body     []byte // default {"prompt":"load test","steps":4,"seed":-1}
+	Clients  int    // concurrent clients; default 8
+	Requests int    // requests in all; default 64
 	// Duration is how long clients send (default 60s); the requests in
 	// flight then finish (ctx still cancels them), so that every request
 	// sent is answered.
 	Duration time.Duration
-	Token    string        // bearer token, if the service wants one
+	Token    string // bearer token, if the service wants one
 	// Backoff is how long a client waits after a 429 before its next
 	// request (0 = not at all); it never waits past Retry-After.
 	Backoff time.Duration
