@@ -20,7 +20,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -48,7 +52,8 @@ type Options struct {
 	URL string
 	// Dir is where the embedded server keeps its JetStream files (the
 	// jobs and records survive a restart with the same Dir). Required
-	// when URL is empty.
+	// when URL is empty. One process at a time: Open holds a lock on the
+	// folder until Close, and a second Open of it fails with ErrDirInUse.
 	Dir string
 	// Listen, for the embedded server, also serves NATS at this address
 	// ("127.0.0.1:4222"), so that other replicas or tools can connect.
@@ -71,6 +76,7 @@ type Options struct {
 // server.JobStore.
 type Broker struct {
 	srv     *natsserver.Server // embedded, or nil
+	lock    *os.File           // the embedded server's Dir, held
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	stream  jetstream.Stream
@@ -84,6 +90,38 @@ var (
 	_ server.JobQueue = (*Broker)(nil)
 	_ server.JobStore = (*Broker)(nil)
 )
+
+// ErrDirInUse is matched by the error of Open for an embedded server whose
+// Dir another Broker, in this process or another, holds.
+var ErrDirInUse = errors.New("natsqueue: folder in use")
+
+// lockDir takes the lock file of dir, creating dir if needed, and writes
+// this process's id into it for the error another process gets.
+func lockDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("natsqueue: %w", err)
+	}
+	p := filepath.Join(dir, "sdpipe.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("natsqueue: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(p)
+		f.Close()
+		holder := strings.TrimSpace(string(b))
+		if holder == "" {
+			holder = "another process"
+		} else {
+			holder = "process " + holder
+		}
+		return nil, fmt.Errorf("%w: %s is held by %s (one server per data folder; give this one another folder)", ErrDirInUse, dir, holder)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
 
 // Open connects to (or starts) the NATS system and creates the stream,
 // the consumer and the bucket if they are missing.
@@ -99,6 +137,11 @@ func Open(ctx context.Context, o Options) (*Broker, error) {
 		if o.Dir == "" {
 			return nil, errors.New("natsqueue: an embedded server needs Options.Dir")
 		}
+		lock, err := lockDir(o.Dir)
+		if err != nil {
+			return nil, err
+		}
+		b.lock = lock
 		sopts := &natsserver.Options{
 			ServerName: "sdpipe-embedded", JetStream: true, StoreDir: o.Dir,
 			MaxPayload: maxPayload, NoSigs: true, NoLog: true, DontListen: o.Listen == "",
@@ -112,11 +155,13 @@ func Open(ctx context.Context, o Options) (*Broker, error) {
 		}
 		srv, err := natsserver.NewServer(sopts)
 		if err != nil {
+			b.Close()
 			return nil, fmt.Errorf("natsqueue: embedded server: %w", err)
 		}
 		srv.Start()
 		if !srv.ReadyForConnections(10 * time.Second) {
 			srv.Shutdown()
+			b.Close()
 			return nil, errors.New("natsqueue: the embedded server did not start")
 		}
 		b.srv = srv
@@ -203,6 +248,10 @@ func (b *Broker) Close() error {
 	if b.srv != nil {
 		b.srv.Shutdown()
 		b.srv.WaitForShutdown()
+	}
+	if b.lock != nil {
+		b.lock.Close() // releases the folder
+		b.lock = nil
 	}
 	return err
 }

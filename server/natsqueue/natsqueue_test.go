@@ -3,6 +3,9 @@ package natsqueue
 import (
 	"context"
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,5 +167,24 @@ func TestEmbeddedQueue(t *testing.T) {
 	}
 	if _, err := b.Get(ctx, "job-1"); err != nil {
 		t.Errorf("record after a restart: %v", err)
+	}
+}
+
+// TestDirInUse: a second embedded broker on a folder another holds is
+// refused, naming the folder and the holder; once the first closes, the
+// folder opens again.
+func TestDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	b := open(t, dir)
+	_, err := Open(t.Context(), Options{Dir: dir})
+	if !errors.Is(err, ErrDirInUse) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second Open: %v, want ErrDirInUse naming %s and this process", err, dir)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2 := open(t, dir)
+	if err := b2.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
