@@ -114,6 +114,7 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
+	queued := in // as it came: a1111Spec moves the images out of in
 	sp, err := s.a1111Spec(r, &in, len(in.InitImages) > 0)
 	release()
 	if err != nil {
@@ -133,7 +134,7 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if s.cfg.Queue != nil { // to the queue the replicas share (queue.go)
-		s.enqueueJob(w, r, &in, sp)
+		s.enqueueJob(w, r, &queued, sp)
 		return
 	}
 	// the job outlives the request that submitted it
