@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sdpipe/sdpipe/server"
@@ -17,10 +20,21 @@ type brokerFlags struct {
 }
 
 // open returns the job store and queue the flags ask for: with -broker,
-// the NATS system the replicas share; with only -data, an embedded NATS
+// the NATS system the replicas share; else, with -data, an embedded NATS
 // server whose files in that folder keep the async jobs and results
-// across restarts; with neither, nil (the in-memory store of one process).
-func (f *brokerFlags) open(ctx context.Context, cfg *server.Config) (closeFn func() error, err error) {
+// across restarts (auto: a folder per listen port in the user's cache
+// folder); with -data none, nil (the in-memory store of one process).
+func (f *brokerFlags) open(ctx context.Context, cfg *server.Config, addr string) (closeFn func() error, err error) {
+	if f.data == "auto" {
+		f.data = ""
+		_, port, _ := net.SplitHostPort(addr)
+		if cache, err := os.UserCacheDir(); err == nil && f.url == "" && port != "" && port != "0" {
+			f.data = filepath.Join(cache, "sdpipe", "server-"+port)
+		}
+	}
+	if f.data == "none" {
+		f.data = ""
+	}
 	if f.url == "" && f.data == "" {
 		if f.listen != "" {
 			return nil, errors.New("-broker-listen needs -data (the embedded broker)")

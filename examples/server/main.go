@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		bf        brokerFlags
 	)
 	fs.StringVar(&bf.url, "broker", "", "NATS URL of the job queue shared by replicas (nats://host:4222); empty = none, or the embedded one with -data")
-	fs.StringVar(&bf.data, "data", "", "folder of the embedded job queue and store (async jobs and results survive restarts); empty = jobs in memory")
+	fs.StringVar(&bf.data, "data", "auto", "folder of the embedded job queue and store: async jobs and their results survive restarts; auto = sdpipe/server-<port> in the user's cache folder (jobs in memory with -broker or port 0); none = jobs in memory, lost on restart")
 	fs.StringVar(&bf.listen, "broker-listen", "", "also serve the embedded broker at host:port, for other replicas")
 	fs.DurationVar(&bf.ackWait, "broker-ack-wait", 0, "how long a replica may hold a queued job without a heartbeat before another gets it (0 = 15s)")
 	fs.IntVar(&bf.pull, "pull", 0, "queued jobs a replica runs at once (0 = 2)")
@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if sageMaker {
-		sageMakerDefaults(fs, addr, model)
+		sageMakerDefaults(fs, addr, model, &bf.data)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var m sd.Mode
@@ -151,11 +151,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		FastSteps: *fast, QualitySteps: *quality, Grace: *grace, Linger: *linger,
 		Logger: log, Load: &opened,
 	}
-	closeBroker, err := bf.open(ctx, &cfg) // broker.go
+	closeBroker, err := bf.open(ctx, &cfg, *addr) // broker.go
 	if err != nil {
 		return errors.Join(err, ln.Close(), mdl.Close())
 	}
 	defer closeBroker()
+	switch {
+	case bf.url != "":
+		log.Info("jobs", "broker", bf.url)
+	case bf.data != "":
+		log.Info("jobs", "data", bf.data)
+	default:
+		log.Info("jobs", "data", "memory (lost on restart)")
+	}
 	srv, err := server.New(mdl, cfg)
 	if err != nil {
 		return errors.Join(err, ln.Close(), mdl.Close())

@@ -24,11 +24,15 @@ func sageMakerArgs(args []string) (bool, []string) {
 	return false, args
 }
 
-// sageMakerDefaults sets -addr and -model as the contract wants, unless
-// the command line set them.
-func sageMakerDefaults(fs *flag.FlagSet, addr, model *string) {
+// sageMakerDefaults sets -addr and -model as the contract wants, and keeps
+// jobs in memory (an endpoint's container is stateless), unless the
+// command line set them.
+func sageMakerDefaults(fs *flag.FlagSet, addr, model, data *string) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["data"] {
+		*data = "none"
+	}
 	if !set["addr"] {
 		port := os.Getenv("SAGEMAKER_BIND_TO_PORT")
 		if port == "" {

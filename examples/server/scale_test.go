@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"io"
 	"net"
 	"net/http"
@@ -501,22 +505,108 @@ func TestSharedQueue(t *testing.T) {
 	}
 }
 
-// TestEmbeddedQueueSurvivesRestart runs one replica with the embedded
-// broker (-data): an async job's result is there after a restart.
+// TestEmbeddedQueueSurvivesRestart runs one replica with its default job
+// store (the embedded broker in the user's cache folder, here a temporary
+// one): an async job's result is there after a restart, an img2img job
+// keeps its init image through the queue, and a second server on the same
+// folder is refused.
 func TestEmbeddedQueueSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	r := startReplica(t, dir, "solo", 0, "-data", data, "-threads", "1")
-	j := submit(t, r.url, 4, 5)
-	if st := waitJob(t, r.url, j.ID, 2*time.Minute); st.Status != "done" {
-		t.Fatalf("job %+v", st)
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Skip("no user cache folder:", err)
 	}
+	port := freePort(t)
+	data := filepath.Join(cache, "sdpipe", fmt.Sprintf("server-%d", port))
+	if fileExists(data) {
+		t.Skipf("%s exists: a server's default job store, left as it is", data)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	r := startReplica(t, dir, "solo", port, "-threads", "1")
+	if !fileExists(filepath.Join(data, "sdpipe.lock")) {
+		t.Fatalf("no job store in %s (the default): %s", data, r.tail())
+	}
+	j := submit(t, r.url, 4, 5)
+	init := testPNG(t)
+	img := fmt.Sprintf(`{"prompt":"a red circle on a blue background","steps":4,"seed":6,"denoising_strength":0.6,"init_images":[%q]}`, init)
+	var ij job
+	if code := httpJSON(t, "POST", r.url+"/v1/jobs", img, &ij); code != http.StatusAccepted {
+		t.Fatalf("img2img job: %d %+v", code, ij)
+	}
+	for _, id := range []string{j.ID, ij.ID} {
+		if st := waitJob(t, r.url, id, 2*time.Minute); st.Status != "done" {
+			t.Fatalf("job %+v", st)
+		}
+	}
+	var sync struct{ Images []string }
+	if code := httpJSON(t, "POST", r.url+"/sdapi/v1/img2img", img, &sync); code != http.StatusOK || len(sync.Images) != 1 {
+		t.Fatalf("sync img2img: %d, %d images", code, len(sync.Images))
+	}
+	var queued struct{ Images []string }
+	if err := json.Unmarshal(result(t, r.url, ij.ID), &queued); err != nil {
+		t.Fatal(err)
+	}
+	if !samePixels(t, queued.Images[0], sync.Images[0]) {
+		t.Error("the queued img2img job's image differs from the same request's synchronous image (its init image was lost?)")
+	}
+
+	// a second server on the same folder
+	exe, _ := os.Executable()
+	second := exec.Command(exe, "-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-data", data, "-warmup=false")
+	second.Env = append(os.Environ(), asMainEnv+"=1")
+	out, err := second.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "folder in use") {
+		t.Errorf("a second server on %s: %v\n%s", data, err, out)
+	}
+
 	want := result(t, r.url, j.ID)
 	r.stop(t, 15*time.Second)
-	r = startReplica(t, dir, "solo", r.port, "-data", data, "-threads", "1")
+	r = startReplica(t, dir, "solo", r.port, "-threads", "1")
 	if got := result(t, r.url, j.ID); !bytes.Equal(got, want) {
 		t.Error("the result differs after the restart")
 	}
+}
+
+// testPNG is a 64×64 gradient as base64 PNG.
+func testPNG(t *testing.T) string {
+	t.Helper()
+	m := image.NewNRGBA(image.Rect(0, 0, 64, 64))
+	for y := range 64 {
+		for x := range 64 {
+			m.Set(x, y, color.NRGBA{uint8(x * 4), uint8(y * 4), 128, 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, m); err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(b.Bytes())
+}
+
+// samePixels says whether two base64 PNGs have the same pixels.
+func samePixels(t *testing.T, a, b string) bool {
+	t.Helper()
+	var px [2]image.Image
+	for i, s := range []string{a, b} {
+		raw, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if px[i], err = png.Decode(bytes.NewReader(raw)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if px[0].Bounds() != px[1].Bounds() {
+		return false
+	}
+	for y := px[0].Bounds().Min.Y; y < px[0].Bounds().Max.Y; y++ {
+		for x := px[0].Bounds().Min.X; x < px[0].Bounds().Max.X; x++ {
+			if px[0].At(x, y) != px[1].At(x, y) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // TestQueueThroughput measures images/min and latency with 1, 2 and 3
