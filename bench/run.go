@@ -173,7 +173,7 @@ func (c *Config) request(i int) pipeline.Request {
 		Width:         c.Width,
 		Height:        c.Height,
 		Steps:         c.Steps,
-		GuidanceScale: c.Guidance,
+		GuidanceScale: new(c.Guidance),
 		Scheduler:     c.Scheduler,
 		Seed:          c.Seed + int64(i),
 		Generator:     rng.KindNumpy,

@@ -65,7 +65,7 @@ func (s *sequential) generate(ctx context.Context, req pipeline.Request) (*image
 	// denoise: classifier-free guidance as one batch-2 call a step
 	tm.denStart = tm.encEnd
 	x := make([]float32, 2*size)
-	g := float32(req.GuidanceScale)
+	g := float32(*req.GuidanceScale)
 	for i, t := range sch.Timesteps() {
 		sch.ScaleModelInput(x[:size], lat, i)
 		copy(x[size:], x[:size])

@@ -40,7 +40,7 @@ func TestGrid(t *testing.T) {
 			wg.Go(func() {
 				res, err := p.Generate(t.Context(), pipeline.Request{
 					Prompt: gridPrompt(r, c), Width: 64, Height: 64, Steps: 20,
-					GuidanceScale: guidance, Seed: 1,
+					GuidanceScale: new(guidance), Seed: 1,
 				})
 				if err != nil {
 					t.Error(err)

@@ -98,7 +98,7 @@ func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sc
 			defer func() { <-sem }()
 			res, err := p.Generate(t.Context(), pipeline.Request{
 				Prompt: fmt.Sprintf("a %s %s on a %s background", w.color, w.shape, w.bg),
-				Width:  64, Height: 64, Steps: 20, GuidanceScale: guidance,
+				Width:  64, Height: 64, Steps: 20, GuidanceScale: new(guidance),
 				Scheduler: sched, Seed: seedBase + int64(i),
 			})
 			if err != nil {

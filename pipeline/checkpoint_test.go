@@ -61,7 +61,7 @@ func referenceDiffs(t *testing.T, comps Components, ref *testenv.TinyReference) 
 	res, err := p.Generate(t.Context(), Request{
 		OnStep: onStep,
 		Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
-		GuidanceScale: ref.Call.GuidanceScale, Latents: ref.InitialLatents,
+		GuidanceScale: new(ref.Call.GuidanceScale), Latents: ref.InitialLatents,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ func (p *Pipeline) decode(j *job) error {
 	inv := float32(1 / p.c.ScalingFactor) // 1/0.18215 as a float32 factor, as diffusers' numpy code
 	h, w := r.Height, r.Width
 	pixels := make([]float32, n*h*w*3)
-	res := &Result{Request: r, Pixels: tensor.New(tensor.WithShape(n, h, w, 3), tensor.WithBacking(pixels))}
+	res := &Result{Request: r.detached(), Pixels: tensor.New(tensor.WithShape(n, h, w, 3), tensor.WithBacking(pixels))}
 	lat := make([]float32, j.size)
 	for m, it := range j.items {
 		final := it.latents

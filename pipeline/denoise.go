@@ -247,7 +247,7 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 		var eps []float32
 		if b.guided {
 			u, c := e[m*size:(m+1)*size], e[(n+m)*size:(n+m+1)*size]
-			guide(u, c, float32(b.job[m].req.GuidanceScale))
+			guide(u, c, float32(*b.job[m].req.GuidanceScale))
 			if r := b.job[m].req.GuidanceRescale; r > 0 {
 				rescale(u, c, r)
 			}

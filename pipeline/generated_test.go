@@ -44,7 +44,7 @@ func TestGeneratedModelsEndToEnd(t *testing.T) {
 			defer p.Close()
 			reqs := []Request{
 				{Prompt: "a red circle", Steps: 3, Seed: 1},
-				{Prompt: "a blue square", Steps: 3, Seed: 2, GuidanceScale: 1},
+				{Prompt: "a blue square", Steps: 3, Seed: 2, GuidanceScale: new(1.0)},
 				{Prompt: "a green triangle", Steps: 3, Seed: 3, Scheduler: "Euler a", ImagesPerPrompt: 2},
 				{Prompt: "a cat", Steps: 3, Seed: 4, Scheduler: "DPM++ 2M Karras"},
 			}

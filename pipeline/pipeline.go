@@ -46,9 +46,10 @@ type Options struct {
 	// DefaultWidth and DefaultHeight replace a Request's zero size; 0 means
 	// DefaultSize.
 	DefaultWidth, DefaultHeight int
-	// DefaultGuidance replaces a Request's zero GuidanceScale; 0 means
-	// the package's DefaultGuidance (7.5, diffusers' default). A model
-	// trained for another scale says so in its sdpipe.json, which sd reads.
+	// DefaultGuidance replaces a Request's nil GuidanceScale; 0 means
+	// the package's DefaultGuidance (7.5, diffusers' default), and 1 (or
+	// less) a default without guidance. A model trained for another scale
+	// says so in its sdpipe.json, which sd reads.
 	DefaultGuidance float64
 	Logger          *slog.Logger // nil discards
 }
@@ -165,7 +166,7 @@ type Handle struct{ j *job }
 func (h *Handle) ID() uint64 { return h.j.id }
 
 // Request returns the request as resolved (its Seed is the one used).
-func (h *Handle) Request() Request { return h.j.req }
+func (h *Handle) Request() Request { return h.j.req.detached() }
 
 // Progress returns the request's progress events. The channel is closed
 // when the request finishes; events nobody reads are dropped, never

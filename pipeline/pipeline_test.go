@@ -38,8 +38,8 @@ func TestRequestValidation(t *testing.T) {
 		{"height too large", p, Request{Height: 8192}, "Height"},
 		{"negative steps", p, Request{Steps: -1}, "Steps"},
 		{"too many steps", p, Request{Steps: 5000}, "Steps"},
-		{"NaN guidance", p, Request{GuidanceScale: math.NaN()}, "GuidanceScale"},
-		{"infinite guidance", p, Request{GuidanceScale: math.Inf(1)}, "GuidanceScale"},
+		{"NaN guidance", p, Request{GuidanceScale: new(math.NaN())}, "GuidanceScale"},
+		{"infinite guidance", p, Request{GuidanceScale: new(math.Inf(1))}, "GuidanceScale"},
 		{"unknown scheduler", p, Request{Scheduler: "No Such Sampler"}, "Scheduler"},
 		{"strength without image", p, Request{Strength: 0.5}, "Strength"},
 		{"strength above 1", p, Request{InitImage: img, Strength: 1.5}, "Strength"},
@@ -69,24 +69,31 @@ func TestRequestValidation(t *testing.T) {
 }
 
 // TestDefaultGuidance checks that Options.DefaultGuidance fills a
-// request's zero GuidanceScale, leaves a set one alone, defaults to
-// DefaultGuidance, and is validated.
+// request's nil GuidanceScale, leaves a set one (0 included) alone,
+// defaults to DefaultGuidance, and is validated.
 func TestDefaultGuidance(t *testing.T) {
 	for _, tc := range []struct {
-		opt, req, want float64
+		opt  float64
+		req  *float64
+		want float64
 	}{
-		{0, 0, DefaultGuidance},
-		{3.5, 0, 3.5},
-		{3.5, 9, 9},
-		{3.5, 1, 1},
+		{0, nil, DefaultGuidance},
+		{3.5, nil, 3.5},
+		{3.5, new(9.0), 9},
+		{3.5, new(1.0), 1},
+		{3.5, new(0.0), 0},
 	} {
 		p := newFake(t, &fakeUNet{}, 0, Options{DefaultGuidance: tc.opt})
 		h, err := p.Submit(t.Context(), Request{Steps: 2, GuidanceScale: tc.req})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := h.Request().GuidanceScale; got != tc.want {
+		if got := *h.Request().GuidanceScale; got != tc.want {
 			t.Errorf("DefaultGuidance %v, request %v: resolved to %v, want %v", tc.opt, tc.req, got, tc.want)
+		}
+		*h.Request().GuidanceScale = 50 // a copy: the job keeps its own
+		if got := *h.Request().GuidanceScale; got != tc.want {
+			t.Errorf("writing through Handle.Request changed the job's guidance to %v", got)
 		}
 		if _, err := h.Wait(t.Context()); err != nil {
 			t.Fatal(err)
@@ -160,7 +167,7 @@ func samePixels(a, b image.Image) bool {
 func TestGuidanceOff(t *testing.T) {
 	u := &fakeUNet{}
 	p := newFake(t, u, 0, Options{})
-	if _, err := p.Generate(t.Context(), Request{Prompt: "x", Steps: 3, GuidanceScale: 1, Scheduler: "DDIM"}); err != nil {
+	if _, err := p.Generate(t.Context(), Request{Prompt: "x", Steps: 3, GuidanceScale: new(1.0), Scheduler: "DDIM"}); err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(u.sizes) != "[1 1 1]" {
@@ -282,7 +289,7 @@ func TestStagesOverlap(t *testing.T) {
 		for i := range res {
 			wg.Go(func() {
 				var err error
-				if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: 1}); err != nil {
+				if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: new(1.0)}); err != nil {
 					t.Error(err)
 				}
 			})

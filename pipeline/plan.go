@@ -72,12 +72,14 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	if r.Steps < 1 || r.Steps > scheduler.MaxSteps {
 		return nil, invalid("Steps", "%d is outside [1, %d]", r.Steps, scheduler.MaxSteps)
 	}
-	if math.IsNaN(r.GuidanceScale) || math.IsInf(r.GuidanceScale, 0) || r.GuidanceScale < 0 || r.GuidanceScale > MaxGuidance {
-		return nil, invalid("GuidanceScale", "%v is not a number in [0, %d]", r.GuidanceScale, MaxGuidance)
+	g := p.opts.DefaultGuidance
+	if r.GuidanceScale != nil {
+		g = *r.GuidanceScale
 	}
-	if r.GuidanceScale == 0 {
-		r.GuidanceScale = p.opts.DefaultGuidance
+	if math.IsNaN(g) || math.IsInf(g, 0) || g < 0 || g > MaxGuidance {
+		return nil, invalid("GuidanceScale", "%v is not a number in [0, %d]", g, MaxGuidance)
 	}
+	r.GuidanceScale = &g // the job's own copy
 	if math.IsNaN(r.GuidanceRescale) || r.GuidanceRescale < 0 || r.GuidanceRescale > 1 {
 		return nil, invalid("GuidanceRescale", "%v is outside [0, 1]", r.GuidanceRescale)
 	}
@@ -141,7 +143,7 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 		}
 		r.Latents = append([]float32(nil), r.Latents...)
 	}
-	pl := &plan{req: r, guided: r.GuidanceScale > 1}
+	pl := &plan{req: r, guided: g > 1}
 	if err := p.tokenize(pl); err != nil {
 		return nil, err
 	}

@@ -39,9 +39,14 @@ type Request struct {
 	// diffusers does, truncated to one sequence.
 	LiteralPrompt bool
 
-	Width, Height int     // multiples of 8; 0 means DefaultSize
-	Steps         int     // 0 means DefaultSteps
-	GuidanceScale float64 // 0 means the pipeline's default (Options.DefaultGuidance); <= 1 disables guidance
+	Width, Height int // multiples of 8; 0 means DefaultSize
+	Steps         int // 0 means DefaultSteps
+	// GuidanceScale is the classifier-free guidance scale; nil means the
+	// pipeline's default (Options.DefaultGuidance). A scale of 1 or less,
+	// 0 included, turns guidance off as diffusers' do_classifier_free_guidance
+	// does: no unconditional row, one UNet row per image, the prediction
+	// is the prompt's alone.
+	GuidanceScale *float64
 	// GuidanceRescale is diffusers' guidance_rescale (0 = off).
 	GuidanceRescale float64
 	// Scheduler is a diffusers class name or an AUTOMATIC1111 sampler name
@@ -116,4 +121,13 @@ func (e *RequestError) Is(target error) bool { return target == ErrInvalidReques
 
 func invalid(field, format string, args ...any) error {
 	return &RequestError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// detached returns r with its own copy of what a pointer field points to,
+// so that a caller writing through it cannot change the job.
+func (r Request) detached() Request {
+	if g := r.GuidanceScale; g != nil {
+		r.GuidanceScale = new(*g)
+	}
+	return r
 }

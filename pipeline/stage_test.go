@@ -20,7 +20,7 @@ func TestOnStep(t *testing.T) {
 		rows     int
 	}{{7.5, 2}, {1, 1}} {
 		var steps []Step
-		res, err := p.Generate(t.Context(), Request{Prompt: "a cat", Steps: 4, Seed: 1, ImagesPerPrompt: 2, GuidanceScale: tc.guidance, Scheduler: "Euler",
+		res, err := p.Generate(t.Context(), Request{Prompt: "a cat", Steps: 4, Seed: 1, ImagesPerPrompt: 2, GuidanceScale: new(tc.guidance), Scheduler: "Euler",
 			OnStep: func(s Step) { steps = append(steps, s) }})
 		if err != nil {
 			t.Fatal(err)

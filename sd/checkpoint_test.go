@@ -42,7 +42,7 @@ func TestOpenCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := m.Generate(t.Context(), sd.Request{Prompt: ref.Call.Prompt, Width: 64, Height: 64, Steps: 20, GuidanceScale: 7.5, Latents: ref.InitialLatents})
+		res, err := m.Generate(t.Context(), sd.Request{Prompt: ref.Call.Prompt, Width: 64, Height: 64, Steps: 20, GuidanceScale: new(7.5), Latents: ref.InitialLatents})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +73,7 @@ func TestOpenCheckpointPerRequest(t *testing.T) {
 	}
 	defer m.Close()
 	ref := testenv.LoadTinyReference(t)
-	req := sd.Request{Prompt: "<lora:tiny-lora:0.5> " + ref.Call.Prompt, Width: 64, Height: 64, Steps: 20, GuidanceScale: 7.5, Latents: ref.InitialLatents}
+	req := sd.Request{Prompt: "<lora:tiny-lora:0.5> " + ref.Call.Prompt, Width: 64, Height: 64, Steps: 20, GuidanceScale: new(7.5), Latents: ref.InitialLatents}
 	res, err := m.Generate(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)

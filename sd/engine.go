@@ -1,6 +1,7 @@
 package sd
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -63,8 +64,33 @@ type Defaults struct {
 	// Width and Height are the image size in pixels, multiples of 8.
 	Width  int `json:"width"`
 	Height int `json:"height"`
-	// GuidanceScale is the classifier-free guidance scale.
+	// GuidanceScale is the classifier-free guidance scale. In WithDefaults
+	// 0 leaves the model's default; 1 (or less) is a default without
+	// guidance, as SD-Turbo and LCM models want. In sdpipe.json an explicit
+	// "guidance_scale": 0 means no guidance too (it reads as 1, which
+	// behaves the same); leaving the key out leaves diffusers' 7.5.
 	GuidanceScale float64 `json:"guidance_scale"`
+}
+
+// UnmarshalJSON reads Defaults, telling an explicit "guidance_scale": 0
+// (no guidance, as diffusers' guidance_scale=0.0) from a missing one.
+func (d *Defaults) UnmarshalJSON(b []byte) error {
+	type plain Defaults
+	var v struct {
+		plain
+		GuidanceScale *float64 `json:"guidance_scale"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*d = Defaults(v.plain)
+	if g := v.GuidanceScale; g != nil {
+		d.GuidanceScale = *g
+		if *g == 0 {
+			d.GuidanceScale = 1 // off, like 0; 0 here would mean unset
+		}
+	}
+	return nil
 }
 
 // WithMode sets the performance mode (default Latency).

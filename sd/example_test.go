@@ -42,7 +42,7 @@ func Example() {
 		return
 	}
 	// the model's defaults come from its sdpipe.json
-	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0], "guidance", res.Request.GuidanceScale)
+	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0], "guidance", *res.Request.GuidanceScale)
 	fmt.Println(strings.Split(params, "\n")[0])
 	// Output:
 	// (64,64) seed 7 guidance 2.5

@@ -76,7 +76,7 @@ func run() error {
 	_, err2 := m.Submit(ctx, sd.Request{Width: 65})
 	var re *sd.RequestError
 	fmt.Printf("size %v seed %d guidance %v events %d steps %d canceled %v invalid %v\n",
-		res.Images[0].Bounds().Size(), res.Seeds[0], res.Request.GuidanceScale, events, steps,
+		res.Images[0].Bounds().Size(), res.Seeds[0], *res.Request.GuidanceScale, events, steps,
 		errors.Is(err, context.Canceled), errors.As(err2, &re) && re.Field == "Width")
 	return nil
 }

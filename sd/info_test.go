@@ -39,8 +39,8 @@ func TestModelInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := res.Request; r.Width != 32 || r.Height != 48 || r.GuidanceScale != 3 || !strings.Contains(res.Infotexts[0], `Model: "tiny, ref"`) {
-		t.Errorf("request resolved to %dx%d at guidance %v, infotext %q", r.Width, r.Height, r.GuidanceScale, res.Infotexts[0])
+	if r := res.Request; r.Width != 32 || r.Height != 48 || *r.GuidanceScale != 3 || !strings.Contains(res.Infotexts[0], `Model: "tiny, ref"`) {
+		t.Errorf("request resolved to %dx%d at guidance %v, infotext %q", r.Width, r.Height, *r.GuidanceScale, res.Infotexts[0])
 	}
 	over, err := sd.Open(t.Context(), dir, sd.WithoutVAEEncoder(), sd.WithDefaults(sd.Defaults{GuidanceScale: 5}))
 	if err != nil {

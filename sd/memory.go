@@ -288,9 +288,9 @@ func (m *memoryModel) shape(req Request, d Defaults, tok *tokenizer.CLIP) (s mem
 	}
 	s.width, s.height = cmp.Or(s.width, d.Width), cmp.Or(s.height, d.Height)
 	s.images = max(req.ImagesPerPrompt, 1)
-	g := req.GuidanceScale
-	if g == 0 {
-		g = d.GuidanceScale
+	g := d.GuidanceScale
+	if req.GuidanceScale != nil {
+		g = *req.GuidanceScale
 	}
 	s.guided = g > 1
 	s.chunks = 1

@@ -34,7 +34,7 @@ func TestOpenGenerate(t *testing.T) {
 	if m.Metrics().Completed != 1 || m.Defaults() != (Defaults{Width: 64, Height: 64, GuidanceScale: 7.5}) || m.Load().Open[UNet] <= 0 {
 		t.Errorf("accessors: metrics %+v, defaults %+v, load %+v", m.Metrics(), m.Defaults(), m.Load())
 	}
-	if r := res.Request; r.Width != 64 || r.Steps != 4 || r.Seed != 3 || r.Generator != GeneratorNumpy || r.Scheduler != "PNDMScheduler" || r.GuidanceScale != 7.5 {
+	if r := res.Request; r.Width != 64 || r.Steps != 4 || r.Seed != 3 || r.Generator != GeneratorNumpy || r.Scheduler != "PNDMScheduler" || *r.GuidanceScale != 7.5 {
 		t.Errorf("resolved request %+v", r)
 	}
 	_, err = m.Submit(t.Context(), Request{Prompt: "x", Width: 65})

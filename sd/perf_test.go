@@ -31,7 +31,7 @@ func referenceImage(t *testing.T, opts ...Option) ([]float32, *Model) {
 		Width:         ref.Call.Width,
 		Height:        ref.Call.Height,
 		Steps:         ref.Call.Steps,
-		GuidanceScale: ref.Call.GuidanceScale,
+		GuidanceScale: new(ref.Call.GuidanceScale),
 		Latents:       ref.InitialLatents,
 	})
 	if err != nil {

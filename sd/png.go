@@ -30,10 +30,14 @@ func Infotext(r Request, seed int64, model string) string {
 	fields := [][2]string{
 		{"Steps", strconv.Itoa(r.Steps)},
 		{"Sampler", r.Scheduler},
-		{"CFG scale", strconv.FormatFloat(r.GuidanceScale, 'g', -1, 64)},
+	}
+	if g := r.GuidanceScale; g != nil { // a resolved request always has one
+		fields = append(fields, [2]string{"CFG scale", strconv.FormatFloat(*g, 'g', -1, 64)})
+	}
+	fields = append(fields, [][2]string{
 		{"Seed", strconv.FormatInt(seed, 10)},
 		{"Size", fmt.Sprintf("%dx%d", r.Width, r.Height)},
-	}
+	}...)
 	if model != "" {
 		fields = append(fields, [2]string{"Model", model})
 	}

@@ -36,13 +36,13 @@ func TestPNGParameters(t *testing.T) {
 }
 
 func TestInfotext(t *testing.T) {
-	r := sd.Request{Prompt: "a cat", NegativePrompt: "blurry", Steps: 5, GuidanceScale: 7.5, Width: 64, Height: 48,
+	r := sd.Request{Prompt: "a cat", NegativePrompt: "blurry", Steps: 5, GuidanceScale: new(7.5), Width: 64, Height: 48,
 		Scheduler: "DPM++ 2M Karras", Generator: sd.GeneratorTorchCPU, Eta: 0.5}
 	want := "a cat\nNegative prompt: blurry\nSteps: 5, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 8, Size: 64x48, Model: tiny, Eta: 0.5, RNG: torch-cpu, Version: sdpipe"
 	if got := sd.Infotext(r, 8, "tiny"); got != want {
 		t.Errorf("Infotext =\n%q\nwant\n%q", got, want)
 	}
-	r = sd.Request{Prompt: "x", Steps: 10, GuidanceScale: 2.5, Width: 64, Height: 64, Scheduler: "PNDMScheduler",
+	r = sd.Request{Prompt: "x", Steps: 10, GuidanceScale: new(2.5), Width: 64, Height: 64, Scheduler: "PNDMScheduler",
 		Generator: sd.GeneratorNumpy, InitImage: image.NewNRGBA(image.Rect(0, 0, 64, 64)), Strength: 0.6}
 	if got := sd.Infotext(r, 1, ""); !strings.Contains(got, "Denoising strength: 0.6") || strings.Contains(got, "Model:") {
 		t.Errorf("img2img infotext %q", got)
@@ -59,7 +59,7 @@ func BenchmarkEncodePNG(b *testing.B) {
 			for i := range img.Pix {
 				img.Pix[i] = uint8(i * 31)
 			}
-			params := sd.Infotext(sd.Request{Prompt: "a lighthouse at dusk", Steps: 20, GuidanceScale: 7.5, Width: side, Height: side, Scheduler: "PNDM"}, 1, "bench")
+			params := sd.Infotext(sd.Request{Prompt: "a lighthouse at dusk", Steps: 20, GuidanceScale: new(7.5), Width: side, Height: side, Scheduler: "PNDM"}, 1, "bench")
 			b.ReportAllocs()
 			for b.Loop() {
 				if err := sd.EncodePNG(io.Discard, img, params); err != nil {

@@ -32,9 +32,14 @@ type Request struct {
 	// Steps is the number of denoising steps; 0 means DefaultSteps.
 	Steps int
 	// GuidanceScale is the classifier-free guidance scale, up to
-	// MaxGuidance; 0 means the model's default (Model.Defaults), and a
-	// value of 1 or less turns guidance off (one UNet row per image).
-	GuidanceScale float64
+	// MaxGuidance; nil means the model's default (Model.Defaults). A scale
+	// of 1 or less, 0 included, turns guidance off as in diffusers (no
+	// unconditional pass: one UNet row per image, the prompt's prediction
+	// alone), which is what few-step models such as SD-Turbo and LCM want:
+	//
+	//	sd.Request{Prompt: "a cat", GuidanceScale: new(0.0)} // no guidance
+	//	sd.Request{Prompt: "a cat", GuidanceScale: new(7.5)}
+	GuidanceScale *float64
 	// GuidanceRescale is diffusers' guidance_rescale in [0, 1] (0 = off).
 	GuidanceRescale float64
 	// Scheduler is a diffusers scheduler class or an AUTOMATIC1111 sampler
@@ -209,7 +214,7 @@ func (r Request) engine() pipeline.Request {
 func (r Request) resolved(p pipeline.Request) Request {
 	r.Width, r.Height = p.Width, p.Height
 	r.Steps = p.Steps
-	r.GuidanceScale = p.GuidanceScale
+	r.GuidanceScale = p.GuidanceScale // the engine's copy, not the caller's pointer
 	r.Scheduler = p.Scheduler
 	r.Seed = p.Seed
 	r.Generator = Generator(p.Generator)

@@ -89,7 +89,7 @@ func (ii imageInfo) infotext() string {
 		{"Steps", strconv.Itoa(r.Steps)},
 		{"Sampler", ii.sampler},
 		{"Schedule type", ii.schedule},
-		{"CFG scale", pyFloat(r.GuidanceScale)},
+		{"CFG scale", pyFloat(derefOr(r.GuidanceScale, 0))},
 		{"Seed", strconv.FormatInt(ii.seed, 10)},
 		{"Size", fmt.Sprintf("%dx%d", r.Width, r.Height)},
 	}
@@ -266,4 +266,13 @@ func scaled(img image.Image, w, h int) image.Image {
 	dst := image.NewNRGBA(image.Rect(0, 0, w, h))
 	xdraw.BiLinear.Scale(dst, dst.Bounds(), img, b, xdraw.Src, nil)
 	return dst
+}
+
+// derefOr returns *p, or or for nil (a resolved request always has its
+// guidance set).
+func derefOr(p *float64, or float64) float64 {
+	if p == nil {
+		return or
+	}
+	return *p
 }

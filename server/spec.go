@@ -122,15 +122,15 @@ func (s *Server) build(c *common) (*spec, error) {
 	if c.sampler != "" && !slices.Contains(s.samplers, c.sampler) {
 		return nil, badRequest(c.name("sampler"), "%s: unknown sampler %q (GET /sdapi/v1/samplers lists them)", c.name("sampler"), c.sampler)
 	}
-	var g float64
+	// left out, the model's default; 1 or less, 0 included, no guidance
+	// (no unconditional pass), as diffusers' guidance_scale
+	var g *float64
 	if c.guidance != nil {
-		g = *c.guidance
-		if math.IsNaN(g) || g < 0 || g > maxGuidance {
-			return nil, badRequest(c.name("guidance"), "%s: %v is outside [0, %d]", c.name("guidance"), g, maxGuidance)
+		v := *c.guidance
+		if math.IsNaN(v) || v < 0 || v > maxGuidance {
+			return nil, badRequest(c.name("guidance"), "%s: %v is outside [0, %d]", c.name("guidance"), v, maxGuidance)
 		}
-		if g == 0 {
-			g = 1 // an explicit 0 disables guidance, as <= 1 does
-		}
+		g = &v
 	}
 	per, n := max(c.perRequest, 1), max(c.requests, 1)
 	if _, ok := product(s.cfg.MaxImages, c.perRequest, c.requests); !ok {
@@ -157,7 +157,7 @@ func (s *Server) build(c *common) (*spec, error) {
 	for k := range n {
 		r := sd.Request{
 			Prompt: c.prompt, NegativePrompt: c.negative,
-			Width: c.width, Height: c.height, Steps: c.steps, GuidanceScale: g,
+			Width: c.width, Height: c.height, Steps: c.steps, GuidanceScale: cloneFloat(g),
 			Scheduler: c.sampler, Seed: seed + int64(k*per), ImagesPerPrompt: per, Eta: c.eta,
 			// noise as A1111 draws it with its CPU source, so that a seed
 			// gives A1111's initial latents; previews for the progress
@@ -211,4 +211,13 @@ func (s *Server) images(t *task) (b64, infotexts []string, seeds []int64, err er
 		seeds = append(seeds, ii.seed)
 	}
 	return b64, infotexts, seeds, nil
+}
+
+// cloneFloat returns a pointer to a copy of *p (nil for nil), so that no
+// two requests share one.
+func cloneFloat(p *float64) *float64 {
+	if p == nil {
+		return nil
+	}
+	return new(*p)
 }

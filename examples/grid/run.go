@@ -208,7 +208,7 @@ loop:
 		}
 		h, err := m.Submit(ctx, sd.Request{
 			Prompt: it.Prompt, NegativePrompt: c.NegativePrompt,
-			Width: c.Width, Height: c.Height, Steps: c.Steps, GuidanceScale: c.Guidance,
+			Width: c.Width, Height: c.Height, Steps: c.Steps, GuidanceScale: guidance(c.Guidance),
 			Scheduler: c.Scheduler, Seed: it.Seed, Generator: kind,
 		})
 		if err != nil {
@@ -288,7 +288,7 @@ func record(c *Config, it Item, res *sd.Result, total int, dir, modelHash, lib s
 		Subject: it.Subject, Style: it.Style, Replica: it.Replica,
 		Prompt: q.Prompt, NegativePrompt: q.NegativePrompt,
 		BaseSeed: c.Seed, Seed: res.Seeds[0], Generator: c.Generator,
-		Scheduler: q.Scheduler, Steps: q.Steps, Guidance: q.GuidanceScale,
+		Scheduler: q.Scheduler, Steps: q.Steps, Guidance: *q.GuidanceScale,
 		Width: q.Width, Height: q.Height,
 		Model: dir, ModelHash: modelHash, Library: lib,
 		Shard: s.String(),
@@ -303,4 +303,13 @@ func record(c *Config, it Item, res *sd.Result, total int, dir, modelHash, lib s
 		Created: time.Now().UTC().Format(time.RFC3339),
 		File:    it.File,
 	}
+}
+
+// guidance is a config's guidance for a request: 0 (left out) is the
+// model's default.
+func guidance(g float64) *float64 {
+	if g == 0 {
+		return nil
+	}
+	return &g
 }

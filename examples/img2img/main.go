@@ -36,7 +36,7 @@ func run() error {
 		height    = flag.Int("height", 0, "resize the image to this height (0 = its own, rounded down to 8)")
 		strength  = flag.Float64("strength", 0.75, "how much to change the image, in (0, 1]")
 		steps     = flag.Int("steps", 20, "denoising steps of the full schedule")
-		guidance  = flag.Float64("guidance", 0, "classifier-free guidance scale (<= 1 disables it; 0 = the model's default: its sdpipe.json's, else 7.5)")
+		guidance  = cli.Guidance()
 		sched     = flag.String("scheduler", "", "scheduler (diffusers class or A1111 sampler name)")
 		legacy    = flag.Bool("legacy-timesteps", false, "use OnnxStableDiffusionImg2ImgPipeline's timestep logic instead of the current diffusers one")
 		seed      = flag.Int64("seed", -1, "seed (-1 = random)")

@@ -32,7 +32,7 @@ func run() error {
 		width     = flag.Int("width", 0, "width, a multiple of 8 (0 = the model's default)")
 		height    = flag.Int("height", 0, "height, a multiple of 8 (0 = the model's default)")
 		steps     = flag.Int("steps", 20, "denoising steps")
-		guidance  = flag.Float64("guidance", 0, "classifier-free guidance scale (<= 1 disables it; 0 = the model's default: its sdpipe.json's, else 7.5)")
+		guidance  = cli.Guidance()
 		sched     = flag.String("scheduler", "", `scheduler: a diffusers class or an A1111 sampler name ("Euler a", "DPM++ 2M Karras"); empty = the model's`)
 		seed      = flag.Int64("seed", -1, "seed (-1 = random)")
 		n         = flag.Int("n", 1, "images (image i uses seed+i)")

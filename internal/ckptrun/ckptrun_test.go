@@ -80,7 +80,7 @@ func loraReference(t *testing.T, mult string) *testenv.TinyReference {
 
 func request(ref *testenv.TinyReference) pipeline.Request {
 	return pipeline.Request{Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
-		GuidanceScale: ref.Call.GuidanceScale, Latents: ref.InitialLatents}
+		GuidanceScale: new(ref.Call.GuidanceScale), Latents: ref.InitialLatents}
 }
 
 // TestPerRequestLoRA applies tiny-lora per request to one set of sessions

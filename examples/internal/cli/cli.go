@@ -4,10 +4,12 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,4 +86,20 @@ func WritePNGs(res *sd.Result, pattern string) ([]string, error) {
 // Interruptible returns a context canceled by the first SIGINT.
 func Interruptible() (context.Context, context.CancelFunc) {
 	return signalContext()
+}
+
+// Guidance defines a -guidance flag: left out, the request gets the
+// model's default (nil); given, its value, where 1 or less (0 included)
+// turns classifier-free guidance off.
+func Guidance() **float64 {
+	g := new(*float64)
+	flag.Func("guidance", "classifier-free guidance scale (1 or less, 0 included, turns it off; left out = the model's default: its sdpipe.json's, else 7.5)", func(s string) error {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		*g = &v
+		return nil
+	})
+	return g
 }
