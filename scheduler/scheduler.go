@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 )
 
 // ErrUnknownScheduler is returned by New for a name that is neither a
@@ -357,3 +358,36 @@ func (b *base) alphasAddNoise(dst, original, noise []float32) {
 func copyScale(dst, sample []float32) {
 	copy(dst, sample)
 }
+
+// Check reports whether cfg names a scheduler class this package runs
+// ("_class_name") with settings it accepts, by building that scheduler
+// once: what New would refuse at every request is refused here, when a
+// model is opened.
+func Check(cfg *Config) error {
+	class := cfg.ClassName()
+	if class == "" {
+		return &ConfigError{Field: "_class_name", Reason: "missing: the file must name its scheduler class"}
+	}
+	if _, err := ClassOf(class); err != nil {
+		return fmt.Errorf("%w (_class_name; this library runs %s)", err, strings.Join(classNames(), ", "))
+	}
+	if _, err := New(class, cfg, Options{Steps: 1, Size: 1, Noise: zeroNoise{}}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// classNames returns the diffusers classes New runs, sorted.
+func classNames() []string {
+	var n []string
+	for c := range constructors {
+		n = append(n, c)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// zeroNoise is the Noise of Check's trial scheduler, which never steps.
+type zeroNoise struct{}
+
+func (zeroNoise) Randn(dst []float32) { clear(dst) }
