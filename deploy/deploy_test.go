@@ -70,14 +70,15 @@ func TestEntrypoint(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"no argument serves on 8080", nil, nil, []string{"server", "-addr", "0.0.0.0:8080"}},
-		{"SageMaker's serve", nil, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080"}},
-		{"SageMaker's port", []string{"SAGEMAKER_BIND_TO_PORT=9000", "PORT=7000"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:9000"}},
-		{"PORT", []string{"PORT=7000"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:7000"}},
+		{"no argument serves on 8080", nil, nil, []string{"server", "-addr", "0.0.0.0:8080", "-data", "none"}},
+		{"SageMaker's serve", nil, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-data", "none"}},
+		{"SageMaker's port", []string{"SAGEMAKER_BIND_TO_PORT=9000", "PORT=7000"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:9000", "-data", "none"}},
+		{"PORT", []string{"PORT=7000"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:7000", "-data", "none"}},
 		{"flags from the environment, then the arguments", []string{"SDPIPE_SERVE_FLAGS=-queue 64  -batch 2"}, []string{"serve", "-token", "a b"},
-			[]string{"server", "-addr", "0.0.0.0:8080", "-queue", "64", "-batch", "2", "-token", "a b"}},
-		{"SDPIPE_MODEL", []string{"SDPIPE_MODEL=/models/my model"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-model", "/models/my model"}},
-		{"SageMaker's model folder", []string{"SDPIPE_ML_MODEL=" + model}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-model", model}},
+			[]string{"server", "-addr", "0.0.0.0:8080", "-data", "none", "-queue", "64", "-batch", "2", "-token", "a b"}},
+		{"SDPIPE_MODEL", []string{"SDPIPE_MODEL=/models/my model"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-data", "none", "-model", "/models/my model"}},
+		{"SDPIPE_DATA", []string{"SDPIPE_DATA=/data/jobs"}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-data", "/data/jobs"}},
+		{"SageMaker's model folder", []string{"SDPIPE_ML_MODEL=" + model}, []string{"serve"}, []string{"server", "-addr", "0.0.0.0:8080", "-data", "none", "-model", model}},
 		{"grid as it is", nil, []string{"grid", "search", "-dir", "x", "-prompt", "a fox"}, []string{"grid", "search", "-dir", "x", "-prompt", "a fox"}},
 		{"grid-shard, Kubernetes", []string{"JOB_COMPLETION_INDEX=2"}, []string{"grid-shard", "/data/grid", "-config", "/etc/g.json"},
 			[]string{"grid", "run", "-out", "/data/grid/shard-2", "-config", "/etc/g.json"}},
@@ -300,7 +301,7 @@ func TestImageServe(t *testing.T) {
 	img := image(t)
 	port := freePort(t)
 	name := fmt.Sprintf("sdpipe-serve-test-%d", os.Getpid())
-	if out, err := podman(t, "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp",
+	if out, err := podman(t, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
 		"-e", fmt.Sprintf("SAGEMAKER_BIND_TO_PORT=%d", port), img, "serve"); err != nil {
 		t.Fatalf("podman run: %v\n%s", err, out)
 	}
@@ -310,6 +311,7 @@ func TestImageServe(t *testing.T) {
 			t.Logf("container log:\n%s", out)
 		}
 		podman(t, "stop", "-t", "10", name)
+		podman(t, "rm", "-f", name) // not run with --rm, so a container that exits keeps its log
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	deadline := time.Now().Add(60 * time.Second)

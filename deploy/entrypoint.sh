@@ -26,6 +26,10 @@
 #                        model embedded in the programs
 #   SDPIPE_SERVE_FLAGS   extra server flags (split on blanks), e.g.
 #                        "-queue 64 -batch 4"; SDPIPE_TOKEN sets the token
+#   SDPIPE_DATA          serve: the folder that keeps async jobs and their
+#                        results across restarts (a mounted volume); default
+#                        none, jobs in memory: a container's own filesystem
+#                        is lost with it and is often read-only
 set -eu
 
 usage() {
@@ -62,7 +66,7 @@ serve)
 	set -- ${SDPIPE_SERVE_FLAGS:-} "$@"
 	m=$(modeldir)
 	[ -z "$m" ] || set -- -model "$m" "$@"
-	exec server -addr "0.0.0.0:$port" "$@"
+	exec server -addr "0.0.0.0:$port" -data "${SDPIPE_DATA:-none}" "$@"
 	;;
 grid)
 	exec grid "$@"

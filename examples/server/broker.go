@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -43,6 +44,9 @@ func (f *brokerFlags) open(ctx context.Context, cfg *server.Config, addr string)
 	}
 	b, err := natsqueue.Open(ctx, natsqueue.Options{URL: f.url, Dir: f.data, Listen: f.listen, AckWait: f.ackWait})
 	if err != nil {
+		if f.url == "" {
+			return nil, fmt.Errorf("-data %s: %w (-data none keeps the jobs in memory)", f.data, err)
+		}
 		return nil, err
 	}
 	cfg.Jobs, cfg.Queue, cfg.QueueConcurrency = b, b, f.pull
