@@ -195,13 +195,22 @@ func (d *Decoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.De
 		return nil, fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, d.latentCh)
 	}
 	b, h, w := s[0], s[2], s[3]
+	out, err := d.decode(ctx, latents.Data().([]float32), b, h, w)
+	if err != nil {
+		return nil, err
+	}
+	return tensor.New(tensor.WithShape(b, 3, h*Factor, w*Factor), tensor.WithBacking(out)), nil
+}
+
+// decode runs the decoder on latents [b, channels, h, w].
+func (d *Decoder) decode(ctx context.Context, latents []float32, b, h, w int) ([]float32, error) {
 	oh, ow := h*Factor, w*Factor
 	out := make([]float32, b*3*oh*ow)
-	if err := d.m.run(ctx, latents.Data().([]float32), b, s[1]*h*w, []int64{int64(s[1]), int64(h), int64(w)},
+	if err := d.m.run(ctx, latents, b, d.latentCh*h*w, []int64{int64(d.latentCh), int64(h), int64(w)},
 		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
 		return nil, err
 	}
-	return tensor.New(tensor.WithShape(b, 3, oh, ow), tensor.WithBacking(out)), nil
+	return out, nil
 }
 
 // WarmUp decodes one image's latents at the warm-up's image size until
@@ -338,25 +347,50 @@ func (e *Encoder) Stats() (calls int64, busy time.Duration) { return e.m.s.Stats
 // a legacy export that samples inside the graph returns its sample.
 func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error) {
 	s := image.Shape()
-	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
-		return nil, fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
+	if err := e.checkImage(s); err != nil {
+		return nil, err
 	}
 	b, h, w := s[0], s[2]/Factor, s[3]/Factor
+	out, err := e.encode(ctx, image.Data().([]float32), b, s[2], s[3])
+	if err != nil {
+		return nil, err
+	}
+	return e.latents(out, b, h, w), nil
+}
+
+// checkImage checks the shape of an image to encode.
+func (e *Encoder) checkImage(s tensor.Shape) error {
+	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
+		return fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
+	}
+	return nil
+}
+
+// encode runs the encoder on pixels [b, 3, hp, wp] and returns its output
+// [b, outCh, hp/8, wp/8].
+func (e *Encoder) encode(ctx context.Context, image []float32, b, hp, wp int) ([]float32, error) {
+	h, w := hp/Factor, wp/Factor
 	n := e.outCh * h * w
 	out := make([]float32, b*n)
-	if err := e.m.run(ctx, image.Data().([]float32), b, 3*s[2]*s[3], []int64{3, int64(s[2]), int64(s[3])},
+	if err := e.m.run(ctx, image, b, 3*hp*wp, []int64{3, int64(hp), int64(wp)},
 		out, n, []int64{int64(e.outCh), int64(h), int64(w)}); err != nil {
 		return nil, err
 	}
+	return out, nil
+}
+
+// latents returns the latents of the encoder's output out [b, outCh, h, w]:
+// the mean of a latent_parameters model's distribution.
+func (e *Encoder) latents(out []float32, b, h, w int) *tensor.Dense {
 	if !e.params {
-		return tensor.New(tensor.WithShape(b, e.outCh, h, w), tensor.WithBacking(out)), nil
+		return tensor.New(tensor.WithShape(b, e.outCh, h, w), tensor.WithBacking(out))
 	}
-	m := e.latentCh * h * w
+	n, m := e.outCh*h*w, e.latentCh*h*w
 	mean := make([]float32, b*m)
 	for i := range b {
 		copy(mean[i*m:(i+1)*m], out[i*n:i*n+m])
 	}
-	return tensor.New(tensor.WithShape(b, e.latentCh, h, w), tensor.WithBacking(mean)), nil
+	return tensor.New(tensor.WithShape(b, e.latentCh, h, w), tensor.WithBacking(mean))
 }
 
 // Close frees the encoder. It waits for calls in flight and is idempotent.
