@@ -101,6 +101,10 @@ type Components struct {
 	Scheduler      *scheduler.Config // the model's scheduler_config.json
 	ScalingFactor  float64           // VAE scaling factor; 0 means 0.18215
 	LatentChannels int               // 0 means 4
+	// UNetInChannels is the UNet's sample channels: 0 means
+	// LatentChannels; 2·LatentChannels+1 (9) is an inpainting UNet, which
+	// takes the mask and the masked image's latents after the latents.
+	UNetInChannels int
 	// UNetTimestepPerItem reports that the UNet takes one timestep per batch
 	// item; when false, only requests at the same timestep share a call
 	// (they always do: batched requests run in lockstep).
@@ -127,6 +131,13 @@ func (c *Components) check() error {
 	}
 	if c.LatentChannels == 0 {
 		c.LatentChannels = 4
+	}
+	if c.UNetInChannels == 0 {
+		c.UNetInChannels = c.LatentChannels
+	}
+	if c.UNetInChannels != c.LatentChannels && c.UNetInChannels != 2*c.LatentChannels+1 {
+		return fmt.Errorf("pipeline: a UNet of %d input channels for %d latent channels (want %d, or %d for inpainting)",
+			c.UNetInChannels, c.LatentChannels, c.LatentChannels, 2*c.LatentChannels+1)
 	}
 	return nil
 }

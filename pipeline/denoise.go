@@ -154,6 +154,7 @@ type unetBatch struct {
 	items  []*item
 	job    []*job // job of each item
 	x      []float32
+	x9     []float32 // an inpainting UNet's sample: x with the mask channels
 	cond   *tensor.Dense
 	guided bool
 }
@@ -223,7 +224,7 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 	}
 	k := len(b.x) / (n * size)
 	j0 := b.jobs[0]
-	sample := tensor.New(tensor.WithShape(k*n, p.c.LatentChannels, j0.latH, j0.latW), tensor.WithBacking(b.x))
+	sample := p.unetSample(b, k)
 	ctx, cancel := callContext(b.jobs)
 	t0 := time.Now()
 	var pred *tensor.Dense
@@ -257,6 +258,9 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 		}
 		if err := it.sched.Step(eps, it.latents, i); err != nil {
 			return d, fmt.Errorf("step %d/%d: %w", i+1, len(j0.steps), err)
+		}
+		if inp := b.job[m].inp; inp != nil && inp.init != nil {
+			inp.blend(it, i)
 		}
 	}
 	return d, nil

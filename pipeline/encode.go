@@ -21,22 +21,14 @@ func (p *Pipeline) encode(j *job) error {
 	}
 
 	var init []float32 // img2img: scaled init latents of one image
-	if r.InitImage != nil {
-		x := imageTensor(r.InitImage)
-		t0 := time.Now()
-		lat, err := p.c.VAEEncoder.Encode(j.ctx, x)
-		j.metrics.EncodeModel += time.Since(t0)
-		if err != nil {
+	if p.needsInitLatents(r) {
+		var err error
+		if init, err = p.encodeImage(j, imageTensor(r.InitImage)); err != nil {
 			return err
 		}
-		if ls := lat.Shape(); len(ls) != 4 || ls[0] != 1 || ls[1]*ls[2]*ls[3] != j.size {
-			return fmt.Errorf("vae encoder returned shape %v, want [1 %d %d %d]", ls, p.c.LatentChannels, j.latH, j.latW)
-		}
-		init = lat.Data().([]float32)
-		sf := float32(p.c.ScalingFactor)
-		for i := range init {
-			init[i] *= sf
-		}
+	}
+	if err := p.encodeMask(j, init); err != nil {
+		return err
 	}
 
 	j.items = make([]*item, r.ImagesPerPrompt)
@@ -57,13 +49,23 @@ func (p *Pipeline) encode(j *job) error {
 		} else {
 			it.gen.Randn(noise)
 		}
-		if init != nil {
-			it.sched.AddNoise(it.latents, init, noise)
+		if init != nil && !fromNoise(r) {
+			src := init
+			if r.MaskFill != FillOriginal {
+				src = j.inp.filled(init, noise, r.MaskFill)
+			}
+			it.sched.AddNoise(it.latents, src, noise)
 		} else {
+			if init != nil {
+				copy(it.latents, noise)
+			}
 			sigma := float32(it.sched.InitNoiseSigma())
 			for k := range it.latents {
 				it.latents[k] *= sigma
 			}
+		}
+		if j.inp != nil && j.inp.init != nil {
+			it.noise = noise // for the blend
 		}
 		j.items[i] = it
 	}

@@ -31,6 +31,8 @@ type job struct {
 	items      []*item
 	latH, latW int
 
+	inp *inpainting // the mask's latents, nil without a mask on a 4-channel UNet
+
 	interrupted atomic.Bool // Handle.Interrupt: decode the latents as they are
 
 	progress chan Progress
@@ -67,6 +69,7 @@ type item struct {
 	gen     rng.Source
 	sched   scheduler.Scheduler
 	latents []float32
+	noise   []float32 // the initial noise, kept for blending a mask back
 }
 
 func (p *Pipeline) newJob(ctx context.Context, pl *plan) *job {

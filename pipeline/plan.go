@@ -111,6 +111,9 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	if r.Scheduler == "" {
 		r.Scheduler = p.c.Scheduler.ClassName()
 	}
+	if err := p.resolveMask(&r); err != nil {
+		return nil, err
+	}
 	if r.InitImage != nil {
 		if p.c.VAEEncoder == nil {
 			return nil, invalid("InitImage", "this model has no VAE encoder, so img2img is unavailable")
@@ -211,7 +214,7 @@ func (p *Pipeline) newItem(r Request, i int) (*item, error) {
 		return nil, err
 	}
 	o := scheduler.Options{Steps: r.Steps, Eta: r.Eta, Noise: it.gen, Size: len(it.latents)}
-	if r.InitImage != nil {
+	if r.InitImage != nil && !fromNoise(&r) {
 		o.Strength, o.Img2Img = r.Strength, r.Img2ImgLogic
 	}
 	if it.sched, err = scheduler.New(r.Scheduler, p.c.Scheduler, o); err != nil {

@@ -77,6 +77,20 @@ type Request struct {
 	// (OnnxStableDiffusionImg2ImgPipeline).
 	Img2ImgLogic scheduler.Img2ImgLogic
 
+	// Mask, with an InitImage, inpaints: a Width × Height image read as
+	// gray levels, white (≥ 50 %) repainted and black kept (diffusers'
+	// mask_image). An inpainting UNet (Components.UNetInChannels 9) takes
+	// the mask and the masked image's latents as diffusers' inpainting
+	// pipelines give them; with a 4-channel UNet the kept region is blended
+	// back from the noised init latents after every step (diffusers'
+	// StableDiffusionInpaintPipeline on a 4-channel UNet, A1111's masked
+	// img2img). With a Mask, Strength 0 means 1, and Strength 1 starts from
+	// pure noise as diffusers does.
+	Mask image.Image
+	// MaskFill is what the latents under the mask start from (A1111's
+	// inpainting_fill 1, 2 and 3); it needs a Mask.
+	MaskFill MaskFill
+
 	// Preview asks for a cheap RGB preview of the latents with each
 	// progress event.
 	Preview bool

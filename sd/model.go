@@ -63,6 +63,7 @@ func (f *Folder) Components() pipeline.Components {
 		Scheduler:           f.Scheduler,
 		ScalingFactor:       f.ScalingFactor,
 		LatentChannels:      f.UNet.OutChannels(),
+		UNetInChannels:      f.UNet.InChannels(),
 		UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
 	}
 	if f.VAEEncoder != nil { // not a typed nil in the interface

@@ -76,6 +76,16 @@ type Request struct {
 	// Img2ImgLogic selects how Strength truncates the schedule.
 	Img2ImgLogic Img2ImgLogic
 
+	// Mask, with an InitImage, inpaints: an image of the InitImage's size
+	// read as gray levels, white repainted and black kept, as in
+	// AUTOMATIC1111 and diffusers.
+	// An inpainting model (a 9-channel UNet) is conditioned on the mask
+	// and the masked image as diffusers' inpainting pipelines do; on other
+	// models the kept region is blended back from the noised init latents
+	// after every step (A1111's masked img2img). With a Mask, Strength 0
+	// means 1, which starts from pure noise as diffusers does.
+	Mask image.Image
+
 	// Preview asks for a cheap RGB preview of the first image's latents
 	// with each progress event (Progress.Preview).
 	Preview bool
@@ -198,6 +208,7 @@ func (r Request) engine() pipeline.Request {
 		InitImage:       r.InitImage,
 		Strength:        r.Strength,
 		Img2ImgLogic:    scheduler.Img2ImgLogic(r.Img2ImgLogic),
+		Mask:            r.Mask,
 		Preview:         r.Preview,
 	}
 	for _, l := range r.LoRAs {

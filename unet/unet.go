@@ -26,6 +26,7 @@ type Signature struct {
 	tsType                     ort.DType
 	tsShape                    []int64 // nil (scalar), [1] or [batch]
 	inChannels, outChannels    int
+	fixedChannels              bool  // the sample's channel dim is fixed in the file
 	crossDim                   int   // encoder hidden size, 0 if dynamic
 	seq                        int   // fixed sequence length of encoder_hidden_states, 0 if dynamic
 	batch                      int64 // fixed batch or -1
@@ -51,7 +52,28 @@ func ReadSignature(path string) (*Signature, error) {
 		return nil, err
 	}
 	m.io, m.ins, m.outs = io, ins, outs[:1]
+	if !m.fixedChannels {
+		// diffusers' legacy export leaves the channel dim symbolic: the
+		// first convolution's weight [out, in, kh, kw] says it
+		if n := convInChannels(io); n > 0 {
+			if n != 4 && n != 9 {
+				return nil, &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf("conv_in.weight takes %d channels, want 4 (or 9 for inpainting)", n)}
+			}
+			m.inChannels = n
+		}
+	}
 	return m, nil
+}
+
+// convInChannels returns the input channels of the initializer
+// conv_in.weight, or 0 when the file has none of rank 4.
+func convInChannels(io *onnxpb.IO) int {
+	for _, t := range io.Initializers {
+		if t.Name == "conv_in.weight" && len(t.Dims) == 4 && t.Dims[1] > 0 {
+			return int(t.Dims[1])
+		}
+	}
+	return 0
 }
 
 func isFloat(d ort.DType) bool { return d == ort.Float32 || d == ort.Float16 }
@@ -84,6 +106,7 @@ func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 	if m.inChannels != 4 && m.inChannels != 9 && m.inChannels > 0 {
 		return nil, bad("sample has %d channels, want 4 (or 9 for inpainting)", m.inChannels)
 	}
+	m.fixedChannels = m.inChannels > 0
 	if m.inChannels <= 0 {
 		m.inChannels = 4
 	}

@@ -1,0 +1,175 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"image"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/unet"
+)
+
+// inpaintReference is ../shared/reference/tiny-inpaint/reference.json: a
+// run of diffusers' OnnxStableDiffusionInpaintPipeline.
+type inpaintReference struct {
+	Call struct {
+		Prompt        string  `json:"prompt"`
+		Height        int     `json:"height"`
+		Width         int     `json:"width"`
+		Steps         int     `json:"num_inference_steps"`
+		GuidanceScale float64 `json:"guidance_scale"`
+	} `json:"call"`
+	InitialLatents []float32 `json:"initial_latents"`
+	Results        struct {
+		ORT struct {
+			TextEncoderCalls []struct {
+				LastHiddenState []float32 `json:"last_hidden_state"`
+			} `json:"text_encoder_calls"`
+			VAEEncoderInput    []float32     `json:"vae_encoder_input"`
+			VAEEncoderOutput   []float32     `json:"vae_encoder_output"`
+			VAEEncoderOutShape []int         `json:"vae_encoder_output_shape"`
+			MaskLatent         []float32     `json:"mask_latent"`
+			MaskedImageLatents []float32     `json:"masked_image_latents"`
+			Steps              []inpaintStep `json:"steps"`
+			Image              []float32     `json:"image"`
+		} `json:"onnxruntime"`
+	} `json:"results"`
+}
+
+type inpaintStep struct {
+	T            float64   `json:"t"`
+	SampleInput  []float32 `json:"unet_sample_input"`
+	LatentsAfter []float32 `json:"latents_after"`
+}
+
+// loadInpaintReference returns the reference run, its init image and mask
+// and the model folder, or skips without ../shared.
+func loadInpaintReference(t *testing.T) (ref *inpaintReference, img, mask image.Image, model string) {
+	t.Helper()
+	dir := filepath.Join(testenv.SharedDir(t), "reference", "tiny-inpaint")
+	b, err := os.ReadFile(filepath.Join(dir, "reference.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref = new(inpaintReference)
+	if err := json.Unmarshal(b, ref); err != nil {
+		t.Fatal(err)
+	}
+	read := func(name string) image.Image {
+		f, err := os.Open(filepath.Join(dir, "inputs", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		m, err := png.Decode(f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return m
+	}
+	return ref, read("pndm_64_rect_mask_image.png"), read("pndm_64_rect_mask_mask.png"), filepath.Join(dir, "model")
+}
+
+// TestParityInpaint runs the tiny 9-channel inpainting model on the
+// reference's image, mask and noise and compares with diffusers' own
+// OnnxStableDiffusionInpaintPipeline run: the masked image handed to the
+// VAE encoder, the first UNet input (latents, mask, masked-image latents),
+// the text embeddings, every step's latents and the image. The legacy
+// vae_encoder samples inside its graph, so the recorded output is injected
+// for its one call (tiny-inpaint/README.md).
+func TestParityInpaint(t *testing.T) {
+	const tol = 1e-4
+	ref, img, mask, dir := loadInpaintReference(t)
+	run := &ref.Results.ORT
+	comps := componentsFrom(t, dir)
+	un := comps.UNet.(*unet.Model)
+	if un.InChannels() != 9 {
+		t.Fatalf("the UNet reads as %d input channels, want 9 (conv_in.weight)", un.InChannels())
+	}
+	comps.UNetInChannels = un.InChannels()
+	var mu sync.Mutex
+	encoderIn, sampleIn := math.Inf(1), math.Inf(1)
+	encoderCalls, unetCalls := 0, 0
+	comps.VAEEncoder = ImageEncoderFunc(func(_ context.Context, x *tensor.Dense) (*tensor.Dense, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		encoderCalls++
+		encoderIn = testenv.MaxAbsDiff(x.Data().([]float32), run.VAEEncoderInput)
+		s := run.VAEEncoderOutShape
+		return tensor.New(tensor.WithShape(s...), tensor.WithBacking(append([]float32(nil), run.VAEEncoderOutput...))), nil
+	})
+	comps.UNet = DenoiserFunc(func(ctx context.Context, x *tensor.Dense, ts []float64, c *tensor.Dense) (*tensor.Dense, error) {
+		mu.Lock()
+		if unetCalls == 0 {
+			sampleIn = testenv.MaxAbsDiff(x.Data().([]float32), run.Steps[0].SampleInput)
+		}
+		unetCalls++
+		mu.Unlock()
+		return un.Predict(ctx, x, ts, c)
+	})
+	p, err := New(comps, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	text := math.Inf(1)
+	steps := make([]float64, len(run.Steps))
+	for i := range steps {
+		steps[i] = math.Inf(1)
+	}
+	res, err := p.Generate(t.Context(), Request{
+		Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
+		GuidanceScale: new(ref.Call.GuidanceScale), Latents: ref.InitialLatents,
+		InitImage: img, Mask: mask,
+		OnStep: func(s Step) {
+			mu.Lock()
+			defer mu.Unlock()
+			i := s.Step - 1
+			if s.Step == 1 {
+				emb := s.TextEmbeddings.Data().([]float32)
+				n := len(emb) / 2
+				text = max(testenv.MaxAbsDiff(emb[n:], run.TextEncoderCalls[0].LastHiddenState),
+					testenv.MaxAbsDiff(emb[:n], run.TextEncoderCalls[1].LastHiddenState))
+			}
+			if i < len(steps) && s.Timestep == run.Steps[i].T {
+				steps[i] = testenv.MaxAbsDiff(s.Latents.Data().([]float32), run.Steps[i].LatentsAfter)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if encoderCalls != 1 || unetCalls != len(run.Steps) {
+		t.Errorf("%d VAE encoder and %d UNet calls, diffusers made 1 and %d", encoderCalls, unetCalls, len(run.Steps))
+	}
+	for _, c := range []struct {
+		name string
+		d    float64
+	}{{"masked image (VAE encoder input)", encoderIn}, {"first UNet sample (latents, mask, masked-image latents)", sampleIn}, {"text embeddings", text}} {
+		if c.d > tol {
+			t.Errorf("%s differs from diffusers by %g", c.name, c.d)
+		}
+	}
+	worst := 0.0
+	for i, d := range steps {
+		if d > tol {
+			t.Errorf("step %d: latents differ from diffusers by %g", i, d)
+		}
+		worst = max(worst, d)
+	}
+	im := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), run.Image)
+	if im > tol {
+		t.Errorf("image differs from diffusers by %g", im)
+	}
+	t.Logf("max |Δ|: masked image %.2g, first UNet sample %.2g, text %.2g, latents (all steps) %.2g, image %.2g", encoderIn, sampleIn, text, worst, im)
+}
