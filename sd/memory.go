@@ -20,7 +20,9 @@ import (
 // loaded). A request that can never fit is refused with a *MemoryError
 // naming the budget and the largest size that fits; one that fits but not
 // beside the requests in flight waits in Submit, first come first served,
-// like any request the engine is not ready for.
+// like any request the engine is not ready for. A request whose plain VAE
+// decode does not fit but whose tiled one does is admitted with the VAE
+// tiled (tiling.go, WithTiledVAE).
 
 // ErrMemory is matched (errors.Is) by a *MemoryError.
 var ErrMemory = errors.New("sd: request does not fit the memory budget")
@@ -37,6 +39,10 @@ const MaxPromptWeight = 10
 type MemoryEstimate struct {
 	TextEncoder, UNet, VAEDecoder, VAEEncoder int64
 	Buffers                                   int64 // latents, embeddings, decoded images
+	// VAETile is the tile, in pixels, that the VAE decodes (and encodes)
+	// the request in, and whose memory VAEDecoder and VAEEncoder count; 0
+	// when it runs untiled (see WithTiledVAE).
+	VAETile int
 }
 
 // Total is the sum of the parts: what the request is admitted against.
@@ -47,17 +53,25 @@ func (e MemoryEstimate) Total() int64 {
 // MemoryError reports a request whose estimate exceeds the memory budget
 // on its own. Fit is the largest size with the request's aspect ratio and
 // images that fits (0×0 when none does), FitImages the most images of the
-// request's size that fit (0 when not even one does).
+// request's size that fit (0 when not even one does). VAETile is the tile
+// of the VAE that Need counts (0: untiled): a request is refused only when
+// even its tiled decode does not fit, unless WithTiledVAE turned tiling
+// off.
 type MemoryError struct {
 	Need, Budget          int64
 	Width, Height, Images int
 	FitWidth, FitHeight   int
 	FitImages             int
+	VAETile               int
 }
 
 func (e *MemoryError) Error() string {
-	s := fmt.Sprintf("sd: %dx%d with %d image(s) needs about %s, more than the memory budget of %s",
-		e.Width, e.Height, e.Images, gib(e.Need), gib(e.Budget))
+	tiled := ""
+	if e.VAETile > 0 {
+		tiled = fmt.Sprintf(" with the VAE in %d-pixel tiles", e.VAETile)
+	}
+	s := fmt.Sprintf("sd: %dx%d with %d image(s) needs about %s%s, more than the memory budget of %s",
+		e.Width, e.Height, e.Images, gib(e.Need), tiled, gib(e.Budget))
 	switch {
 	case e.FitImages >= 1 && e.Images > 1:
 		s += fmt.Sprintf("; %d image(s) of that size fit", e.FitImages)
@@ -93,12 +107,30 @@ type memoryModel struct {
 	seq       int64 // tokens per chunk (the text encoder's sequence)
 	latentCh  int64
 	budget    int64
-	maxChunks int // 0: no limit
+	maxChunks int          // 0: no limit
+	tiling    tilingConfig // its tile resolved
 	gate      *memoryGate
 }
 
-// estimate returns the memory of a request of shape s.
+// estimate returns the memory of a request of shape s, with the VAE tiled
+// when WithTiledVAE says so: always (On), or when the plain decode does
+// not fit the budget and the tiled one needs less.
 func (m *memoryModel) estimate(s memShape) MemoryEstimate {
+	e := m.estimateTiled(s, 0)
+	t := m.tiling.tile
+	if m.tiling.when == Off || (s.width <= t && s.height <= t) || (m.tiling.when == 0 && e.Total() <= m.budget) {
+		return e
+	}
+	if te := m.estimateTiled(s, t); m.tiling.when == On || te.Total() < e.Total() {
+		te.VAETile = t
+		return te
+	}
+	return e
+}
+
+// estimateTiled returns the memory of a request of shape s with the VAE in
+// tiles of tile pixels (0: untiled).
+func (m *memoryModel) estimateTiled(s memShape, tile int) MemoryEstimate {
 	rows := int64(1)
 	if s.guided {
 		rows = 2
@@ -109,13 +141,24 @@ func (m *memoryModel) estimate(s memShape) MemoryEstimate {
 	var e MemoryEstimate
 	e.TextEncoder = m.sig[TextEncoder].need(callShape{rows: rows * chunks, h: m.seq, w: 1})
 	e.UNet = m.sig[UNet].need(callShape{rows: rows * imgs, h: lh, w: lw, keys: m.seq * chunks, visual: true})
-	e.VAEDecoder = m.sig[VAEDecoder].need(callShape{rows: 1, h: lh, w: lw, visual: true}) // one image at a time
+	dh, dw, ph, pw := lh, lw, int64(s.height), int64(s.width) // one VAE call's latents and pixels
+	var tiles int64
+	if tile > 0 {
+		lt := int64(tile / 8)
+		dh, dw, ph, pw = min(lh, lt), min(lw, lt), min(ph, int64(tile)), min(pw, int64(tile))
+		stride := lt - lt/4
+		cols := (lw + stride - 1) / stride
+		// two rows of blended tiles, decoded pixels and encoded moments
+		tiles = 2 * cols * 4 * (3*64*dh*dw + 2*m.latentCh*dh*dw)
+	}
+	e.VAEDecoder = m.sig[VAEDecoder].need(callShape{rows: 1, h: dh, w: dw, visual: true}) // one image at a time
 	if s.img2img {
-		e.VAEEncoder = m.sig[VAEEncoder].need(callShape{rows: 1, h: int64(s.height), w: int64(s.width), visual: true})
+		e.VAEEncoder = m.sig[VAEEncoder].need(callShape{rows: 1, h: ph, w: pw, visual: true})
 	}
 	pixels := int64(s.width) * int64(s.height)
 	e.Buffers = imgs*(3*4*pixels+4*pixels+2*4*m.latentCh*lh*lw) + // decoded floats, RGBA, latents
-		rows*chunks*m.seq*1024*4 // text embeddings (1024: the widest text encoder's hidden size)
+		rows*chunks*m.seq*1024*4 + // text embeddings (1024: the widest text encoder's hidden size)
+		tiles
 	return e
 }
 
@@ -125,7 +168,7 @@ func (m *memoryModel) check(s memShape) (MemoryEstimate, error) {
 	if e.Total() <= m.budget {
 		return e, nil
 	}
-	me := &MemoryError{Need: e.Total(), Budget: m.budget, Width: s.width, Height: s.height, Images: max(s.images, 1)}
+	me := &MemoryError{Need: e.Total(), Budget: m.budget, Width: s.width, Height: s.height, Images: max(s.images, 1), VAETile: e.VAETile}
 	me.FitWidth, me.FitHeight = m.largest(s)
 	for n := max(s.images, 1) - 1; n >= 1; n-- {
 		t := s
@@ -203,10 +246,11 @@ func promptCost(tok *tokenizer.CLIP, field, prompt string) (int, error) {
 type memoryConfig struct {
 	budget    int64 // 0: from the machine
 	maxChunks int   // 0: no limit
+	tiling    tilingConfig
 }
 
 func (c memoryConfig) check() []error {
-	var errs []error
+	errs := c.tiling.check()
 	if c.budget < 0 {
 		errs = append(errs, fmt.Errorf("sd: WithMemoryBudget: negative budget %d", c.budget))
 	}
@@ -255,7 +299,13 @@ func (f *Folder) readSignature(c Component, path string, log interface{ Warn(str
 // newMemoryModel returns the admission of a Model on f, with its budget
 // taken now, after the models are loaded.
 func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
-	m := &memoryModel{sig: map[Component]*memSignature{}, seq: 77, latentCh: 4, maxChunks: c.maxChunks, budget: c.budget}
+	m := &memoryModel{sig: map[Component]*memSignature{}, seq: 77, latentCh: 4, maxChunks: c.maxChunks, budget: c.budget, tiling: c.tiling}
+	if m.tiling.tile == 0 {
+		m.tiling.tile = nativeTile(f)
+	}
+	if f.VAEDecoder == nil { // a checkpoint's runtime components: their VAE does not tile
+		m.tiling.when = Off
+	}
 	f.sigMu.Lock()
 	for k, s := range f.sigs {
 		m.sig[k] = s
@@ -320,20 +370,25 @@ func (m *memoryModel) shape(req Request, d Defaults, tok *tokenizer.CLIP) (s mem
 }
 
 // admit checks req against the limits and waits until its memory fits
-// beside the requests in flight; release gives the memory back.
-func (m *memoryModel) admit(ctx context.Context, req Request, d Defaults, tok *tokenizer.CLIP) (release func(), err error) {
+// beside the requests in flight; release gives the memory back, and tile
+// is the VAE's tile for the request (0: untiled).
+func (m *memoryModel) admit(ctx context.Context, req Request, d Defaults, tok *tokenizer.CLIP) (release func(), tile int, err error) {
 	s, valid, err := m.shape(req, d, tok)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if !valid || m.budget == math.MaxInt64 {
-		return func() {}, nil // the engine refuses the invalid ones itself
+	if !valid {
+		return func() {}, 0, nil // the engine refuses the invalid ones itself
+	}
+	if m.budget == math.MaxInt64 {
+		return func() {}, m.estimate(s).VAETile, nil // tiled only when forced
 	}
 	e, err := m.check(s)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return m.gate.acquire(ctx, e.Total())
+	release, err = m.gate.acquire(ctx, e.Total())
+	return release, e.VAETile, err
 }
 
 // EstimateMemory returns the memory req is estimated to need, as Submit

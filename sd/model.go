@@ -44,7 +44,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	m = &Model{f: f, name: cmp.Or(f.Info.Name, name)}
 	m.defaults = f.defaults(cfg.engine.defaults)
 	po := cfg.engine.pipelineOptions(m.defaults, cfg.load.logger)
-	if m.p, err = pipeline.New(f.Components(), po); err != nil {
+	if m.p, err = pipeline.New(tiledComponents(f.Components(), f), po); err != nil {
 		return nil, errors.Join(err, f.Close())
 	}
 	m.mem = newMemoryModel(f, cfg.engine.memory)
@@ -117,11 +117,11 @@ func (m *Model) Load() LoadReport { return m.f.Load() }
 // until it finishes, fails, or ctx is canceled; the Handle waits for its
 // result.
 func (m *Model) Submit(ctx context.Context, req Request) (*Handle, error) {
-	release, err := m.mem.admit(ctx, req, m.defaults, m.f.Tokenizer)
+	release, tile, err := m.mem.admit(ctx, req, m.defaults, m.f.Tokenizer)
 	if err != nil {
 		return nil, err
 	}
-	h, err := m.p.Submit(ctx, req.engine())
+	h, err := m.p.Submit(withVAETile(ctx, tile), req.engine()) // the VAE reads its tile from the job's context (tiling.go)
 	if err != nil {
 		release()
 		return nil, engineError(err)
