@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"image"
@@ -172,4 +173,69 @@ func TestParityInpaint(t *testing.T) {
 		t.Errorf("image differs from diffusers by %g", im)
 	}
 	t.Logf("max |Δ|: masked image %.2g, first UNet sample %.2g, text %.2g, latents (all steps) %.2g, image %.2g", encoderIn, sampleIn, text, worst, im)
+}
+
+// TestMaskedImg2Img runs a mask on the 4-channel tiny reference model:
+// after every step the kept latents are the init latents noised to the
+// next step's level, so the final latents equal the scaled init latents
+// there exactly, and the repainted ones differ from them.
+func TestMaskedImg2Img(t *testing.T) {
+	comps := referenceComponents(t)
+	enc := comps.VAEEncoder
+	var mu sync.Mutex
+	var encoded []float32
+	comps.VAEEncoder = ImageEncoderFunc(func(ctx context.Context, x *tensor.Dense) (*tensor.Dense, error) {
+		out, err := enc.Encode(ctx, x) // the legacy encoder samples: keep what it gave
+		if err == nil {
+			mu.Lock()
+			encoded = append([]float32(nil), out.Data().([]float32)...)
+			mu.Unlock()
+		}
+		return out, err
+	})
+	p, err := New(comps, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const size = 64
+	sf := float32(cmp.Or(comps.ScalingFactor, 0.18215))
+	init := image.NewNRGBA(image.Rect(0, 0, size, size))
+	for i := range init.Pix {
+		init.Pix[i] = uint8(i * 7)
+	}
+	mask := image.NewGray(init.Rect)
+	for y := 16; y < 48; y++ { // the middle 32×32 pixels: latents 2..5
+		for x := 16; x < 48; x++ {
+			mask.Pix[y*size+x] = 255
+		}
+	}
+	for _, sched := range []string{"", "Euler a", "DPM++ 2M"} {
+		for _, strength := range []float64{0.6, 1} {
+			var last []float32
+			_, err := p.Generate(t.Context(), Request{
+				Prompt: "a cat", Steps: 6, Seed: 3, Scheduler: sched, InitImage: init, Mask: mask, Strength: strength,
+				OnStep: func(s Step) { last = s.Latents.Data().([]float32) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			const lw = size / 8
+			kept, changed := 0.0, 0.0
+			for i, v := range last {
+				y, x := i%(lw*lw)/lw, i%lw
+				d := math.Abs(float64(v) - float64(encoded[i]*sf))
+				if y >= 2 && y < 6 && x >= 2 && x < 6 {
+					changed = max(changed, d)
+				} else {
+					kept = max(kept, d)
+				}
+			}
+			mu.Unlock()
+			if kept > 1e-6 || changed < 1e-2 {
+				t.Errorf("%q strength %v: kept latents differ from the init latents by %g (want 0), repainted ones by at most %g (want a change)", sched, strength, kept, changed)
+			}
+		}
+	}
 }

@@ -426,11 +426,15 @@ func (m *Model) LargestSize(req Request) (width, height int) {
 // *RequestError or a *MemoryError) without queueing or waiting: what a
 // service that answers before it runs the request (an async job) needs.
 func (m *Model) Check(req Request) error {
+	e, req, _, err := req.prepare()
+	if err != nil {
+		return err
+	}
 	s, valid, err := m.mem.shape(req, m.defaults, m.f.Tokenizer)
 	if err != nil {
 		return err
 	}
-	if err := m.p.Check(req.engine()); err != nil {
+	if err := m.p.Check(e); err != nil {
 		return engineError(err)
 	}
 	if valid && m.mem.budget != math.MaxInt64 {

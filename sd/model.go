@@ -117,17 +117,21 @@ func (m *Model) Load() LoadReport { return m.f.Load() }
 // until it finishes, fails, or ctx is canceled; the Handle waits for its
 // result.
 func (m *Model) Submit(ctx context.Context, req Request) (*Handle, error) {
-	release, tile, err := m.mem.admit(ctx, req, m.defaults, m.f.Tokenizer)
+	e, admitted, inp, err := req.prepare()
 	if err != nil {
 		return nil, err
 	}
-	h, err := m.p.Submit(withVAETile(ctx, tile), req.engine()) // the VAE reads its tile from the job's context (tiling.go)
+	release, tile, err := m.mem.admit(ctx, admitted, m.defaults, m.f.Tokenizer)
+	if err != nil {
+		return nil, err
+	}
+	h, err := m.p.Submit(withVAETile(ctx, tile), e) // the VAE reads its tile from the job's context (tiling.go)
 	if err != nil {
 		release()
 		return nil, engineError(err)
 	}
 	go func() { <-h.Done(); release() }()
-	return &Handle{h: h, req: req, model: m.name}, nil
+	return &Handle{h: h, req: req, model: m.name, inp: inp}, nil
 }
 
 // Generate is Submit followed by Handle.Wait.

@@ -85,6 +85,9 @@ type Request struct {
 	// after every step (A1111's masked img2img). With a Mask, Strength 0
 	// means 1, which starts from pure noise as diffusers does.
 	Mask image.Image
+	// Inpaint holds AUTOMATIC1111's options for the Mask: blur, inversion,
+	// fill, "only masked". It must be zero without a Mask.
+	Inpaint Inpaint
 
 	// Preview asks for a cheap RGB preview of the first image's latents
 	// with each progress event (Progress.Preview).

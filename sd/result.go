@@ -101,8 +101,9 @@ type Metrics struct {
 // Handle is a submitted request. Its methods are safe for concurrent use.
 type Handle struct {
 	h     *pipeline.Handle
-	req   Request // the caller's request
-	model string  // for the infotexts
+	req   Request     // the caller's request
+	model string      // for the infotexts
+	inp   *inpaintJob // the Mask's overlay and crop, or nil
 
 	progressOnce sync.Once
 	progress     chan Progress
@@ -160,6 +161,7 @@ func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 
 // result converts the engine's result, adding the infotexts.
 func (h *Handle) result(res *pipeline.Result) *Result {
+	h.inp.finish(res)
 	r := &Result{
 		Images:  res.Images,
 		Pixels:  res.Pixels,
