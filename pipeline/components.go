@@ -89,10 +89,36 @@ func (f ImageEncoderFunc) Encode(ctx context.Context, image *tensor.Dense) (*ten
 	return f(ctx, image)
 }
 
+// PooledEncoder is a text encoder that also returns one pooled embedding
+// per sequence, [batch, width] (Stable Diffusion XL: text_encoder_2's
+// text_embeds), beside the hidden states. ids2, when not nil, are the
+// same sequences as Components.Tokenizer2 tokenizes them, for a second
+// encoder; nil leaves them to the encoder (SDXL: ids with the second
+// tokenizer's padding). Implementations must be safe for concurrent use.
+type PooledEncoder interface {
+	Encoder
+	EncodePooled(ctx context.Context, ids, ids2 []int32, batch int) (hidden, pooled *tensor.Dense, err error)
+}
+
+// AddedDenoiser is a UNet that takes Stable Diffusion XL's added
+// conditioning besides the text embeddings, row for row with sample:
+// textEmbeds [batch, width] (the pooled embeddings) and timeIDs
+// [batch, 6] (original size, crop top-left, target size, each as height,
+// width). Implementations must be safe for concurrent use.
+type AddedDenoiser interface {
+	Denoiser
+	PredictAdded(ctx context.Context, sample *tensor.Dense, ts []float64, cond, textEmbeds, timeIDs *tensor.Dense) (*tensor.Dense, error)
+}
+
 // Components are the models and configuration a Pipeline runs. The
 // pipeline does not own them: the caller closes them after the pipeline.
 type Components struct {
-	Tokenizer   Tokenizer
+	Tokenizer Tokenizer
+	// Tokenizer2 is a second tokenizer (SDXL's tokenizer_2), optional:
+	// literal prompts (Request.LiteralPrompt) are also tokenized with it
+	// for a PooledEncoder, as diffusers does; prompts in AUTOMATIC1111's
+	// syntax are not, as in AUTOMATIC1111.
+	Tokenizer2  Tokenizer
 	TextEncoder Encoder
 	UNet        Denoiser
 	VAEDecoder  Decoder
@@ -109,6 +135,14 @@ type Components struct {
 	// item; when false, only requests at the same timestep share a call
 	// (they always do: batched requests run in lockstep).
 	UNetTimestepPerItem bool
+	// Added turns on Stable Diffusion XL's added conditioning: the
+	// TextEncoder must be a PooledEncoder and the UNet an AddedDenoiser,
+	// which gets each row's pooled embedding and time ids.
+	Added bool
+	// ZeroEmptyNegative is diffusers' force_zeros_for_empty_prompt: an
+	// empty NegativePrompt gives all-zero negative embeddings (hidden
+	// states and pooled) instead of the empty prompt's.
+	ZeroEmptyNegative bool
 }
 
 func (c *Components) check() error {
@@ -123,6 +157,10 @@ func (c *Components) check() error {
 		return fmt.Errorf("pipeline: no vae decoder")
 	case c.Scheduler == nil:
 		return fmt.Errorf("pipeline: no scheduler config")
+	case c.Added && !isPooled(c.TextEncoder):
+		return fmt.Errorf("pipeline: added conditioning needs a text encoder with pooled embeddings (PooledEncoder)")
+	case c.Added && !isAdded(c.UNet):
+		return fmt.Errorf("pipeline: added conditioning needs a unet that takes it (AddedDenoiser)")
 	case c.ScalingFactor < 0:
 		return fmt.Errorf("pipeline: negative scaling factor %g", c.ScalingFactor)
 	}
@@ -141,3 +179,6 @@ func (c *Components) check() error {
 	}
 	return nil
 }
+
+func isPooled(e Encoder) bool { _, ok := e.(PooledEncoder); return ok }
+func isAdded(d Denoiser) bool { _, ok := d.(AddedDenoiser); return ok }

@@ -157,6 +157,9 @@ type unetBatch struct {
 	x9     []float32 // an inpainting UNet's sample: x with the mask channels
 	cond   *tensor.Dense
 	guided bool
+	// added conditioning (Components.Added), in the rows' order; nil
+	// without it
+	textEmbeds, timeIDs *tensor.Dense
 }
 
 func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {
@@ -184,7 +187,32 @@ func (p *Pipeline) newUNetBatch(jobs []*job) *unetBatch {
 		e = append(e, b.job[m].cond...)
 	}
 	b.cond = tensor.New(tensor.WithShape(k*n, seq, hidden), tensor.WithBacking(e))
+	if p.c.Added {
+		b.added(k)
+	}
 	return b
+}
+
+// added builds the batch's pooled embeddings and time ids, k rows per
+// image (uncond rows first when guided), in the order of the samples.
+func (b *unetBatch) added(k int) {
+	n := len(b.items)
+	var pe, ti []float32
+	if b.guided {
+		for m := range b.items {
+			pe = append(pe, b.job[m].uncondPooled...)
+		}
+	}
+	for m := range b.items {
+		pe = append(pe, b.job[m].pooled...)
+	}
+	for range k {
+		for m := range b.items {
+			ti = append(ti, timeIDs(&b.job[m].req)...)
+		}
+	}
+	b.textEmbeds = tensor.New(tensor.WithShape(k*n, len(pe)/(k*n)), tensor.WithBacking(pe))
+	b.timeIDs = tensor.New(tensor.WithShape(k*n, len(ti)/(k*n)), tensor.WithBacking(ti))
 }
 
 // callContext is canceled when every job of the batch is: one canceled
@@ -229,7 +257,9 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 	t0 := time.Now()
 	var pred *tensor.Dense
 	var err error
-	if rows := b.loraRows(); rows != nil {
+	if b.textEmbeds != nil {
+		pred, err = p.c.UNet.(AddedDenoiser).PredictAdded(ctx, sample, []float64{t}, b.cond, b.textEmbeds, b.timeIDs)
+	} else if rows := b.loraRows(); rows != nil {
 		pred, err = p.c.UNet.(LoRADenoiser).PredictLoRA(ctx, sample, []float64{t}, b.cond, rows)
 	} else {
 		pred, err = p.c.UNet.Predict(ctx, sample, []float64{t}, b.cond)

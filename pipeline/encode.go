@@ -116,9 +116,15 @@ func (p *Pipeline) encodePrompts(j *job) error {
 		ids = append(ids, c...)
 	}
 	t0 := time.Now()
-	var emb *tensor.Dense
+	var emb, pooled *tensor.Dense
 	var err error
-	if le, ok := p.c.TextEncoder.(LoRAEncoder); ok && len(r.LoRAs) > 0 {
+	if p.c.Added {
+		var ids2 []int32
+		for _, c := range j.chunks2 {
+			ids2 = append(ids2, c...)
+		}
+		emb, pooled, err = p.c.TextEncoder.(PooledEncoder).EncodePooled(j.ctx, ids, ids2, len(chunks))
+	} else if le, ok := p.c.TextEncoder.(LoRAEncoder); ok && len(r.LoRAs) > 0 {
 		emb, err = le.EncodeLoRA(j.ctx, ids, len(chunks), r.LoRAs)
 	} else {
 		emb, err = p.c.TextEncoder.Encode(j.ctx, ids, len(chunks))
@@ -146,6 +152,33 @@ func (p *Pipeline) encodePrompts(j *job) error {
 	} else {
 		j.cond = d[:k*per]
 	}
+	if p.c.Added {
+		if err := j.setPooled(pooled, len(chunks)); err != nil {
+			return err
+		}
+	}
+	if j.guided && p.c.ZeroEmptyNegative && r.NegativePrompt == "" {
+		clear(j.uncond) // diffusers' force_zeros_for_empty_prompt
+		clear(j.uncondPooled)
+	}
+	return nil
+}
+
+// setPooled takes each prompt's pooled embedding from the encoder's
+// pooled output for the chunks: that of the prompt's first chunk, as
+// AUTOMATIC1111 pools a long prompt.
+func (j *job) setPooled(pooled *tensor.Dense, rows int) error {
+	s := pooled.Shape()
+	if len(s) != 2 || s[0] != rows || s[1] <= 0 {
+		return fmt.Errorf("text encoder returned pooled shape %v for %d sequences", s, rows)
+	}
+	w, d := s[1], pooled.Data().([]float32)
+	at := 0
+	if j.guided {
+		j.uncondPooled = d[:w]
+		at = j.perText
+	}
+	j.pooled = d[at*w : (at+1)*w]
 	return nil
 }
 

@@ -25,6 +25,9 @@ type job struct {
 	// encode results
 	seq, hidden  int
 	cond, uncond []float32 // [seq, hidden] each
+	// with added conditioning (Components.Added): the pooled embeddings
+	// of the prompt and the negative prompt, [width] each
+	pooled, uncondPooled []float32
 
 	// per image
 	size       int // floats in one image's latents

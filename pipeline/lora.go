@@ -85,6 +85,9 @@ func (p *Pipeline) checkLoRAs(loras []LoRA) error {
 	if len(loras) == 0 {
 		return nil
 	}
+	if p.c.Added {
+		return invalid("LoRAs", "per-request LoRAs are not supported for models with added conditioning (SDXL)")
+	}
 	d, ok := p.c.UNet.(LoRADenoiser)
 	_, encOK := p.c.TextEncoder.(LoRAEncoder)
 	if !ok || !encOK {

@@ -25,6 +25,7 @@ type plan struct {
 	// chunks, each of the same length, with their emphasis weights (nil
 	// for none)
 	chunks  [][]int32
+	chunks2 [][]int32 // the same as Components.Tokenizer2 tokenizes them, or nil
 	weights [][]float32
 	perText int // chunks per prompt
 
@@ -146,6 +147,9 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 		}
 		r.Latents = append([]float32(nil), r.Latents...)
 	}
+	if err := p.resolveAdded(&r); err != nil {
+		return nil, err
+	}
 	pl := &plan{req: r, guided: g > 1}
 	if err := p.tokenize(pl); err != nil {
 		return nil, err
@@ -197,6 +201,17 @@ func (p *Pipeline) tokenize(pl *plan) error {
 		}
 		pl.chunks = append(pl.chunks, p.c.Tokenizer.Encode(stripLoRAs(r.Prompt)))
 		pl.weights = make([][]float32, len(pl.chunks))
+		if t2 := p.c.Tokenizer2; t2 != nil {
+			if pl.guided {
+				pl.chunks2 = append(pl.chunks2, t2.Encode(r.NegativePrompt))
+			}
+			pl.chunks2 = append(pl.chunks2, t2.Encode(stripLoRAs(r.Prompt)))
+			for _, c := range pl.chunks2 {
+				if len(c) != len(pl.chunks[0]) {
+					return fmt.Errorf("pipeline: the tokenizers gave sequences of %d and %d ids", len(pl.chunks[0]), len(c))
+				}
+			}
+		}
 	}
 	for _, c := range pl.chunks {
 		if len(c) != len(pl.chunks[0]) {
@@ -228,4 +243,42 @@ func randomSeed(max int64) int64 {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	return int64(binary.LittleEndian.Uint64(b[:]) % uint64(max+1))
+}
+
+// resolveAdded fills and checks the size and crop conditioning of a model
+// that takes it; for other models the fields must be zero or are ignored.
+func (p *Pipeline) resolveAdded(r *Request) error {
+	if !p.c.Added {
+		return nil
+	}
+	if r.OriginalWidth == 0 && r.OriginalHeight == 0 {
+		r.OriginalWidth, r.OriginalHeight = r.Width, r.Height
+	}
+	if r.TargetWidth == 0 && r.TargetHeight == 0 {
+		r.TargetWidth, r.TargetHeight = r.Width, r.Height
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+		min  int
+	}{
+		{"OriginalWidth", r.OriginalWidth, 1}, {"OriginalHeight", r.OriginalHeight, 1},
+		{"CropLeft", r.CropLeft, 0}, {"CropTop", r.CropTop, 0},
+		{"TargetWidth", r.TargetWidth, 1}, {"TargetHeight", r.TargetHeight, 1},
+	} {
+		if f.v < f.min || f.v > MaxSize {
+			return invalid(f.name, "%d is outside [%d, %d]", f.v, f.min, MaxSize)
+		}
+	}
+	return nil
+}
+
+// timeIDs returns SDXL's time ids of r: original size, crop top-left and
+// target size, each as height, width, in float32 as diffusers builds them.
+func timeIDs(r *Request) []float32 {
+	return []float32{
+		float32(r.OriginalHeight), float32(r.OriginalWidth),
+		float32(r.CropTop), float32(r.CropLeft),
+		float32(r.TargetHeight), float32(r.TargetWidth),
+	}
 }

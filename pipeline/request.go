@@ -91,6 +91,15 @@ type Request struct {
 	// inpainting_fill 1, 2 and 3); it needs a Mask.
 	MaskFill MaskFill
 
+	// OriginalWidth, OriginalHeight, CropLeft, CropTop, TargetWidth and
+	// TargetHeight are Stable Diffusion XL's size and crop conditioning
+	// (diffusers' original_size, crops_coords_top_left, target_size), for
+	// models that take it (Components.Added); models without it ignore
+	// them. Zero sizes mean the image's size, as diffusers defaults them.
+	OriginalWidth, OriginalHeight int
+	CropLeft, CropTop             int
+	TargetWidth, TargetHeight     int
+
 	// Preview asks for a cheap RGB preview of the latents with each
 	// progress event.
 	Preview bool

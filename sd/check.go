@@ -39,7 +39,11 @@ func (in *inspector) crossCheck(lay *layout) {
 	if n := un.SequenceLength(); n > 0 && seq > 0 && n != seq {
 		mismatch(UNet, "encoder_hidden_states has a fixed length of %d tokens, the text encoder (%s/%s) gives %d", n, TextEncoder, modelFile, seq)
 	}
-	if cross := un.CrossDim(); hidden > 0 && cross > 0 && hidden != cross {
+	if lay.xl != nil {
+		if h := xlHidden(te, lay.xl); h > 0 && un.CrossDim() > 0 && h != un.CrossDim() {
+			mismatch(UNet, "encoder_hidden_states is %d wide, the text encoders (%s, %s) give %d + %d", un.CrossDim(), TextEncoder, textEncoder2, te.HiddenSize(), lay.xl.te.HiddenSize())
+		}
+	} else if cross := un.CrossDim(); hidden > 0 && cross > 0 && hidden != cross {
 		mismatch(UNet, "encoder_hidden_states is %d wide, the text encoder (%s/%s) gives hidden states of %d", cross, TextEncoder, modelFile, hidden)
 	}
 	out := un.OutChannels()

@@ -1,6 +1,7 @@
 package sd_test
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,11 @@ func TestFromAnotherModule(t *testing.T) {
 	// the module cache has every dependency: never reach for the network
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOPROXY=off") // GOFLAGS and GOCACHE as this test's
 	b, err := cmd.CombinedOutput()
+	if err != nil && bytes.Contains(b, []byte("module lookup disabled by GOPROXY=off")) {
+		// -mod=mod resolves the whole module graph, whose go.mod files this
+		// machine's module cache may lack (the build itself needs none)
+		t.Skipf("the module cache lacks a module of the dependency graph, and the test never reaches the network:\n%s", b)
+	}
 	if err != nil {
 		t.Fatalf("go run in another module: %v\n%s", err, b)
 	}

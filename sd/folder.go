@@ -37,7 +37,9 @@ type Folder struct {
 	Dir           string            // the folder, as given to OpenFolder
 	Index         ModelIndex        // model_index.json
 	Tokenizer     *tokenizer.CLIP   // tokenizer/
-	TextEncoder   *textenc.Model    // text_encoder/model.onnx
+	TextEncoder   *textenc.Model    // text_encoder/model.onnx (for SDXL: its penultimate hidden states)
+	Tokenizer2    *tokenizer.CLIP   // SDXL's tokenizer_2/, else nil
+	TextEncoder2  *textenc.Model    // SDXL's text_encoder_2/model.onnx (penultimate hidden states and text_embeds), else nil
 	UNet          *unet.Model       // unet/model.onnx
 	VAEDecoder    *vae.Decoder      // vae_decoder/model.onnx
 	VAEEncoder    *vae.Encoder      // vae_encoder/model.onnx; nil when absent or skipped (WithoutVAEEncoder)
@@ -45,6 +47,7 @@ type Folder struct {
 	ScalingFactor float64           // scaling_factor of vae_decoder/config.json or vae/config.json, else DefaultScalingFactor
 	Info          ModelInfo         // sdpipe.json, when the folder has one
 	sampleSize    int               // unet/config.json's sample_size, or 0
+	zeroEmpty     bool              // SDXL's force_zeros_for_empty_prompt
 	sigMu         sync.Mutex
 	sigs          map[Component]*memSignature // what decides each component's memory (memory.go)
 	closeOnce     sync.Once
@@ -118,6 +121,13 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 		}
 		if err = f.load1(ctx, c, lay, cfg); err != nil {
 			return nil, errors.Join(err, f.closeModels())
+		}
+	}
+	if xl := lay.xl; xl != nil { // SDXL: placed as the first text encoder
+		f.Tokenizer2, f.zeroEmpty = xl.tok, xl.zeroEmpty
+		o := cfg.sessionOptions(TextEncoder)
+		if f.TextEncoder2, err = xl.te.Open(ctx, o); err != nil {
+			return nil, errors.Join(openError(lay.dir, TextEncoder, o.Device, err), f.closeModels())
 		}
 	}
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
@@ -202,6 +212,9 @@ func (f *Folder) closeModels() error {
 	}
 	if f.TextEncoder != nil {
 		errs = append(errs, f.TextEncoder.Close())
+	}
+	if f.TextEncoder2 != nil {
+		errs = append(errs, f.TextEncoder2.Close())
 	}
 	return errors.Join(errs...)
 }

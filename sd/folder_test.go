@@ -188,16 +188,29 @@ func TestOpenFolderBroken(t *testing.T) {
 			cause: isType[*json.UnmarshalTypeError],
 		},
 		{
-			name: "sdxl model_index.json",
+			name: "sdxl model_index.json on an SD 1.x folder",
 			brk: func(t *testing.T, d string) {
 				editJSON(t, d, "model_index.json", func(m map[string]any) {
 					m["_class_name"] = "ORTStableDiffusionXLPipeline"
 					m["text_encoder_2"] = []any{"transformers", "CLIPTextModelWithProjection"}
 				})
 			},
+			file:  "tokenizer_2",
+			cause: isErr(fs.ErrNotExist),
+			text:  "missing folder",
+		},
+		{
+			name: "sdxl refiner model_index.json",
+			brk: func(t *testing.T, d string) {
+				editJSON(t, d, "model_index.json", func(m map[string]any) {
+					m["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+					m["text_encoder"] = []any{nil, nil}
+					m["text_encoder_2"] = []any{"transformers", "CLIPTextModelWithProjection"}
+				})
+			},
 			file:  "model_index.json",
 			cause: isErr(sd.ErrUnsupported),
-			text:  "XL",
+			text:  "refiner",
 		},
 		{
 			name: "garbage scheduler_config.json",

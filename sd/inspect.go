@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/scheduler"
@@ -30,6 +29,7 @@ type layout struct {
 	// sampleSize is the UNet's sample_size from unet/config.json, or 0
 	sampleSize int
 	sigs       [len(components)]signature // nil for an absent or skipped component
+	xl         *xlLayout                  // SDXL's second tokenizer and text encoder, or nil (xl.go)
 }
 
 // signature is what the inspector needs of a component's signature (a
@@ -91,6 +91,7 @@ func inspect(dir string, cfg *loadConfig) (*layout, error) {
 	for _, c := range components {
 		lay.sigs[c] = in.readModel(c)
 	}
+	in.readXL(lay) // text_encoder_2 and tokenizer_2 of SDXL (xl.go)
 	lay.scaling = in.readScaling()
 	lay.sampleSize = in.readSampleSize()
 	if len(in.errs) > 0 {
@@ -99,6 +100,7 @@ func inspect(dir string, cfg *loadConfig) (*layout, error) {
 	// The slower checks, once every file is known to be there.
 	if lay.tok = in.loadTokenizer(); lay.tok != nil {
 		in.crossCheck(lay)
+		in.checkXL(lay) // xl.go
 	}
 	if len(in.errs) > 0 {
 		return nil, errors.Join(in.errs...)
@@ -117,11 +119,7 @@ func (in *inspector) readIndex() ModelIndex {
 		in.fail(indexFile, err)
 		return ModelIndex{}
 	}
-	if _, ok := idx.Components["text_encoder_2"]; ok || strings.Contains(idx.ClassName, "XL") {
-		in.fail(indexFile, &problem{
-			msg: fmt.Sprintf("%s (with text_encoder_2) is Stable Diffusion XL, which is not supported", cmpOr(idx.ClassName, "the pipeline")),
-			err: ErrUnsupported})
-	}
+	in.checkXLIndex(idx) // xl.go
 	return idx
 }
 
@@ -133,7 +131,10 @@ func cmpOr(s, def string) string {
 }
 
 // checkTokenizer checks the tokenizer folder's files without loading them.
-func (in *inspector) checkTokenizer() {
+func (in *inspector) checkTokenizer() { in.checkTokenizerAt(tokenizerDir) }
+
+// checkTokenizerAt checks the tokenizer folder tokenizerDir.
+func (in *inspector) checkTokenizerAt(tokenizerDir string) {
 	if st, err := os.Stat(in.path(tokenizerDir)); err != nil {
 		in.fail(tokenizerDir, folderError(err))
 		return
@@ -198,7 +199,12 @@ func (in *inspector) readModel(c Component) signature {
 	if c == VAEEncoder && in.cfg.skipVAEEncoder {
 		return nil
 	}
-	folder := c.String()
+	return in.readModelAt(c, c.String())
+}
+
+// readModelAt is readModel for a component of kind c in folder (SDXL's
+// text_encoder_2 is a TextEncoder in another folder).
+func (in *inspector) readModelAt(c Component, folder string) signature {
 	st, err := os.Stat(in.path(folder))
 	switch {
 	case err != nil && errors.Is(err, fs.ErrNotExist) && c == VAEEncoder:

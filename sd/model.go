@@ -69,6 +69,11 @@ func (f *Folder) Components() pipeline.Components {
 	if f.VAEEncoder != nil { // not a typed nil in the interface
 		c.VAEEncoder = f.VAEEncoder
 	}
+	if f.TextEncoder2 != nil { // SDXL
+		c.TextEncoder = newXLEncoder(f.TextEncoder, f.TextEncoder2, f.Tokenizer2)
+		c.Tokenizer2 = f.Tokenizer2
+		c.Added, c.ZeroEmptyNegative = true, f.zeroEmpty
+	}
 	return c
 }
 

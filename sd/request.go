@@ -89,6 +89,15 @@ type Request struct {
 	// fill, "only masked". It must be zero without a Mask.
 	Inpaint Inpaint
 
+	// OriginalWidth, OriginalHeight, CropLeft, CropTop, TargetWidth and
+	// TargetHeight are Stable Diffusion XL's size and crop conditioning
+	// (diffusers' original_size, crops_coords_top_left and target_size,
+	// the UNet's time_ids); other models ignore them. Zero sizes mean the
+	// image's size and the crop's corner defaults to 0, 0, as in diffusers.
+	OriginalWidth, OriginalHeight int
+	CropLeft, CropTop             int
+	TargetWidth, TargetHeight     int
+
 	// Preview asks for a cheap RGB preview of the first image's latents
 	// with each progress event (Progress.Preview).
 	Preview bool
@@ -213,6 +222,12 @@ func (r Request) engine() pipeline.Request {
 		Img2ImgLogic:    scheduler.Img2ImgLogic(r.Img2ImgLogic),
 		Mask:            r.Mask,
 		Preview:         r.Preview,
+		OriginalWidth:   r.OriginalWidth,
+		OriginalHeight:  r.OriginalHeight,
+		CropLeft:        r.CropLeft,
+		CropTop:         r.CropTop,
+		TargetWidth:     r.TargetWidth,
+		TargetHeight:    r.TargetHeight,
 	}
 	for _, l := range r.LoRAs {
 		p.LoRAs = append(p.LoRAs, pipeline.LoRA(l))
@@ -235,5 +250,7 @@ func (r Request) resolved(p pipeline.Request) Request {
 	r.ImagesPerPrompt = p.ImagesPerPrompt
 	r.Latents = p.Latents
 	r.Strength = p.Strength
+	r.OriginalWidth, r.OriginalHeight = p.OriginalWidth, p.OriginalHeight
+	r.TargetWidth, r.TargetHeight = p.TargetWidth, p.TargetHeight
 	return r
 }

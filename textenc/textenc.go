@@ -28,6 +28,8 @@ type Signature struct {
 	batch     int64        // fixed batch, or -1
 	vocab     int          // rows of the token embedding, or 0
 	positions int          // rows of the position embedding, or 0
+	all       []ort.IOInfo // every output the model declares
+	pooled    bool         // outs[1] is a pooled embedding (text_embeds)
 }
 
 // ReadSignature reads the model file at path (text_encoder/model.onnx)
@@ -72,7 +74,7 @@ func ReadSignature(path string) (*Signature, error) {
 	if len(last.Shape) != 3 {
 		return nil, bad("last_hidden_state has shape %v, want [batch, sequence, hidden]", last.Shape)
 	}
-	s := &Signature{path: path, io: io, ins: ins, outs: []ort.IOInfo{*last}, batch: in.Shape[0], seq: in.Shape[1],
+	s := &Signature{path: path, io: io, ins: ins, outs: []ort.IOInfo{*last}, all: outs, batch: in.Shape[0], seq: in.Shape[1],
 		vocab: initializerRows(io, "token_embedding.weight"), positions: initializerRows(io, "position_embedding.weight")}
 	if h := last.Shape[2]; h > 0 {
 		s.hidden = int(h)
@@ -187,6 +189,16 @@ var ErrInput = errors.New("textenc: bad input")
 // [batch, sequence, hidden] tensor that the caller owns. A model with a
 // fixed batch size of 1 is run once per row.
 func (m *Model) Encode(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error) {
+	outs, err := m.run(ctx, ids, batch)
+	if err != nil {
+		return nil, err
+	}
+	return outs[0], nil
+}
+
+// run calls the model on batch rows of ids and returns each selected
+// output, the hidden states first, batch rows each.
+func (m *Model) run(ctx context.Context, ids []int32, batch int) ([]*tensor.Dense, error) {
 	if batch <= 0 || len(ids) == 0 || len(ids)%batch != 0 {
 		return nil, fmt.Errorf("%w: %d ids for batch %d", ErrInput, len(ids), batch)
 	}
@@ -201,35 +213,44 @@ func (m *Model) Encode(ctx context.Context, ids []int32, batch int) (*tensor.Den
 			return nil, fmt.Errorf("%w: batch %d is not a multiple of the model's fixed batch %d", ErrInput, batch, step)
 		}
 	}
-	var all []float32
+	all := make([][]float32, len(m.outs))
+	shapes := make([][]int64, len(m.outs))
 	hidden := m.hidden
 	for r := 0; r < batch; r += step {
-		out := []ort.Tensor{{}}
+		out := make([]ort.Tensor, len(m.outs))
 		if hidden > 0 {
 			out[0].Shape = []int64{int64(step), int64(seq), int64(hidden)}
 			if step == batch {
-				all = make([]float32, batch*seq*hidden)
-				out[0].Data = all
+				out[0].Data = make([]float32, batch*seq*hidden)
 			}
 		}
 		in := []ort.Tensor{{Shape: []int64{int64(step), int64(seq)}, Data: ids[r*seq : (r+step)*seq]}}
 		if err := m.s.Run(ctx, in, out); err != nil {
 			return nil, fmt.Errorf("textenc: %w", err)
 		}
-		d := out[0].Data.([]float32)
 		if hidden == 0 {
 			hidden = int(out[0].Shape[2])
 		}
-		if step != batch {
-			all = append(all, d...)
-		} else {
-			all = d
+		for k := range out {
+			if d := out[k].Data.([]float32); step == batch {
+				all[k] = d
+			} else {
+				all[k] = append(all[k], d...)
+			}
+			shapes[k] = out[k].Shape
 		}
 	}
-	if len(all) != batch*seq*hidden {
-		return nil, fmt.Errorf("textenc: model returned %d values, want %d", len(all), batch*seq*hidden)
+	if len(all[0]) != batch*seq*hidden {
+		return nil, fmt.Errorf("textenc: model returned %d values, want %d", len(all[0]), batch*seq*hidden)
 	}
-	return tensor.New(tensor.WithShape(batch, seq, hidden), tensor.WithBacking(all)), nil
+	res := []*tensor.Dense{tensor.New(tensor.WithShape(batch, seq, hidden), tensor.WithBacking(all[0]))}
+	for k := 1; k < len(all); k++ {
+		if s := shapes[k]; len(s) != 2 || int(s[1])*batch != len(all[k]) {
+			return nil, fmt.Errorf("textenc: %s has shape %v, want [%d, width]", m.outs[k].Name, s, step)
+		}
+		res = append(res, tensor.New(tensor.WithShape(batch, int(shapes[k][1])), tensor.WithBacking(all[k])))
+	}
+	return res, nil
 }
 
 // WarmUp calls the encoder on a guided step's two sequences until its

@@ -23,6 +23,8 @@ type Signature struct {
 	io                         *onnxpb.IO
 	ins, outs                  []ort.IOInfo
 	sample, timestep, context_ int // input positions
+	textEmbeds, timeIDs        int // SDXL's added conditioning inputs, or -1
+	pooledDim, timeIDsDim      int // their widths
 	tsType                     ort.DType
 	tsShape                    []int64 // nil (scalar), [1] or [batch]
 	inChannels, outChannels    int
@@ -82,7 +84,7 @@ func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 	bad := func(format string, args ...any) error {
 		return &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf(format, args...)}
 	}
-	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1}
+	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1, textEmbeds: -1, timeIDs: -1}
 	for i, v := range ins {
 		switch v.Name {
 		case "sample":
@@ -91,9 +93,16 @@ func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 			m.timestep = i
 		case "encoder_hidden_states":
 			m.context_ = i
+		case "text_embeds":
+			m.textEmbeds = i
+		case "time_ids":
+			m.timeIDs = i
 		default:
-			return nil, bad("unexpected input %q (want sample, timestep, encoder_hidden_states)", v.Name)
+			return nil, bad("unexpected input %q (want sample, timestep, encoder_hidden_states, and for SDXL text_embeds, time_ids)", v.Name)
 		}
+	}
+	if err := m.checkAdded(ins, bad); err != nil {
+		return nil, err
 	}
 	if m.sample < 0 || m.timestep < 0 || m.context_ < 0 {
 		return nil, bad("missing inputs: have %v, want sample, timestep and encoder_hidden_states", ins)
@@ -205,7 +214,7 @@ func (m *Signature) exampleInputs() ([]ort.Tensor, error) {
 		batch = int(m.batch)
 	}
 	x, ts, c := m.example(batch, 8, 8, true)
-	return m.inputs(x, ts, c, 0, batch)
+	return m.inputs(x, ts, c, m.exampleAdded(batch, 8, 8, true), 0, batch)
 }
 
 // Open loads the UNet. The caller must Close the Model.
@@ -245,8 +254,9 @@ func (m *Model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
 // duration.
 func (m *Model) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
 	x, ts, c := m.example(2, w.Height/8, w.Width/8, false)
+	add := m.exampleAdded(2, w.Height/8, w.Width/8, false)
 	return ort.Repeat(ctx, func(ctx context.Context) error {
-		_, err := m.Predict(ctx, x, ts, c)
+		_, err := m.predict(ctx, x, ts, c, add)
 		return err
 	}, w.MaxCalls, w.Steady)
 }
@@ -260,6 +270,10 @@ var ErrInput = errors.New("unet: bad input")
 // which the caller owns. A model whose batch is fixed at 1 is called once
 // per item.
 func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64, context_ *tensor.Dense) (*tensor.Dense, error) {
+	return m.predict(ctx, sample, ts, context_, nil)
+}
+
+func (m *Model) predict(ctx context.Context, sample *tensor.Dense, ts []float64, context_ *tensor.Dense, add *Added) (*tensor.Dense, error) {
 	ss, cs := sample.Shape(), context_.Shape()
 	if len(ss) != 4 || len(cs) != 3 || ss[0] != cs[0] || ss[0] <= 0 {
 		return nil, fmt.Errorf("%w: sample %v and encoder_hidden_states %v", ErrInput, ss, cs)
@@ -289,7 +303,7 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 	out := make([]float32, b*m.outChannels*h*w)
 	on := m.outChannels * h * w
 	for r := 0; r < b; r += step {
-		in, err := m.inputs(sample, ts, context_, r, step)
+		in, err := m.inputs(sample, ts, context_, add, r, step)
 		if err != nil {
 			return nil, err
 		}
@@ -302,7 +316,7 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 }
 
 // inputs builds the session's inputs for rows [r, r+n) of a call.
-func (m *Signature) inputs(sample *tensor.Dense, ts []float64, context_ *tensor.Dense, r, n int) ([]ort.Tensor, error) {
+func (m *Signature) inputs(sample *tensor.Dense, ts []float64, context_ *tensor.Dense, add *Added, r, n int) ([]ort.Tensor, error) {
 	ss, cs := sample.Shape(), context_.Shape()
 	tsIn, err := m.timesteps(ts, r, n)
 	if err != nil {
@@ -310,10 +324,19 @@ func (m *Signature) inputs(sample *tensor.Dense, ts []float64, context_ *tensor.
 	}
 	sn, cn := ss[1]*ss[2]*ss[3], cs[1]*cs[2]
 	sd, cd := sample.Data().([]float32), context_.Data().([]float32)
-	in := make([]ort.Tensor, 3)
+	in := make([]ort.Tensor, len(m.ins))
 	in[m.sample] = ort.Tensor{Shape: []int64{int64(n), int64(ss[1]), int64(ss[2]), int64(ss[3])}, Data: sd[r*sn : (r+n)*sn]}
 	in[m.timestep] = tsIn
 	in[m.context_] = ort.Tensor{Shape: []int64{int64(n), int64(cs[1]), int64(cs[2])}, Data: cd[r*cn : (r+n)*cn]}
+	if m.textEmbeds >= 0 {
+		if add == nil {
+			return nil, fmt.Errorf("%w: the model takes text_embeds and time_ids (SDXL): call PredictAdded", ErrInput)
+		}
+		pd, td := add.TextEmbeds.Data().([]float32), add.TimeIDs.Data().([]float32)
+		pw, tw := m.pooledDim, m.timeIDsDim
+		in[m.textEmbeds] = ort.Tensor{Shape: []int64{int64(n), int64(pw)}, Data: pd[r*pw : (r+n)*pw]}
+		in[m.timeIDs] = ort.Tensor{Shape: []int64{int64(n), int64(tw)}, Data: td[r*tw : (r+n)*tw]}
+	}
 	return in, nil
 }
 
