@@ -1,0 +1,174 @@
+package sd
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/vae"
+)
+
+// TestTiledDecodeMeasured measures the peak RSS of one VAE decode, plain
+// and tiled, on the model folder $SDPIPE_MEASURE_TILED (an SD 1.5 folder,
+// e.g. one cmd/sdgen generated) at $SDPIPE_MEASURE_SIZE pixels (default
+// 1024) in tiles of $SDPIPE_MEASURE_TILE (default 512), each in a process of its own so that neither inherits the other's
+// arena; the decoder is opened as Open opens it (rewrites, no memory
+// pattern). It logs each decode's peak over the RSS after loading, beside
+// admission's estimate of the decode, and the tiled image's difference
+// from the plain one inside the tiles and on the seams. It is slow (a
+// 1024² SD 1.5 decode is minutes on two cores) and runs only when the
+// variable is set:
+//
+//	SDPIPE_MEASURE_TILED=/root/models/sd15 go test -run TestTiledDecodeMeasured -v -timeout 60m ./sd
+func TestTiledDecodeMeasured(t *testing.T) {
+	if mode := os.Getenv("SDPIPE_TILED_CHILD"); mode != "" {
+		tiledDecodeChild(t, mode)
+		return
+	}
+	dir := os.Getenv("SDPIPE_MEASURE_TILED")
+	if dir == "" {
+		t.Skip("set SDPIPE_MEASURE_TILED to an SD 1.5 model folder to measure tiled decoding")
+	}
+	testenv.RequireORT(t)
+	size := 1024
+	if s := os.Getenv("SDPIPE_MEASURE_SIZE"); s != "" {
+		var err error
+		if size, err = strconv.Atoi(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tile := 512
+	if s := os.Getenv("SDPIPE_MEASURE_TILE"); s != "" {
+		var err error
+		if tile, err = strconv.Atoi(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := map[string][]float32{}
+	peak := map[string]float64{}
+	for _, mode := range []string{"plain", "tiled"} {
+		file := filepath.Join(t.TempDir(), mode)
+		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestTiledDecodeMeasured$", "-test.v", "-test.timeout=0")
+		cmd.Env = append(os.Environ(), "SDPIPE_TILED_CHILD="+mode, "SDPIPE_TILED_DIR="+dir,
+			"SDPIPE_TILED_SIZE="+strconv.Itoa(size), "SDPIPE_TILED_TILE="+strconv.Itoa(tile), "SDPIPE_TILED_OUT="+file)
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", mode, err, b)
+		}
+		var open, hwm, est, secs float64
+		var line string
+		for _, l := range strings.Split(string(b), "\n") {
+			if n, _ := fmt.Sscanf(l, "tiled-measure: open %g hwm %g estimate %g seconds %g", &open, &hwm, &est, &secs); n == 4 {
+				line = l
+			}
+		}
+		if line == "" {
+			t.Fatalf("%s: no figures in\n%s", mode, b)
+		}
+		peak[mode] = hwm - open
+		t.Logf("%s decode %d² (tile %d): peak RSS %s, %s over the %s after loading; admission's estimate of the decode %s; %.0f s",
+			mode, size, tile, gib(int64(hwm)), gib(int64(hwm-open)), gib(int64(open)), gib(int64(est)), secs)
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := make([]float32, len(raw)/4)
+		for i := range v {
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+		out[mode] = v
+	}
+	lt := tile / vae.Factor
+	im, imean, sm, smean := tileDiff(out["tiled"], out["plain"], 3, size, size, vae.Factor*(lt-lt/4), vae.Factor*(lt/4))
+	t.Logf("tiled vs plain %d² in %d-pixel tiles: interior max %.3g mean %.3g, seams max %.3g mean %.3g", size, tile, im, imean, sm, smean)
+	if peak["tiled"] >= peak["plain"] {
+		t.Errorf("the tiled decode peaked %.2f GiB over the loaded model, the plain one %.2f GiB", peak["tiled"]/(1<<30), peak["plain"]/(1<<30))
+	}
+}
+
+// tiledDecodeChild is one measured decode.
+func tiledDecodeChild(t *testing.T, mode string) {
+	dir := os.Getenv("SDPIPE_TILED_DIR")
+	size, _ := strconv.Atoi(os.Getenv("SDPIPE_TILED_SIZE"))
+	tile, _ := strconv.Atoi(os.Getenv("SDPIPE_TILED_TILE"))
+	cfg := defaultLoadConfig()
+	cfg.check()
+	d, err := vae.OpenDecoder(t.Context(), filepath.Join(dir, "vae_decoder", "model.onnx"), cfg.sessionOptions(VAEDecoder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st, err := onnxpb.ReadStructure(d.Loaded.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lh := int64(size / vae.Factor)
+	c := callShape{rows: 1, h: lh, w: lh, visual: true}
+	if mode == "tiled" {
+		c.h, c.w = min(lh, int64(tile/vae.Factor)), min(lh, int64(tile/vae.Factor))
+	}
+	est := analyze(st).need(c)
+	r := rand.New(rand.NewPCG(1, 2))
+	lat := make([]float32, d.LatentChannels()*size*size/64)
+	for i := range lat {
+		lat[i] = float32(r.NormFloat64())
+	}
+	x := tensor.New(tensor.WithShape(1, d.LatentChannels(), size/vae.Factor, size/vae.Factor), tensor.WithBacking(lat))
+	open := testenv.ProcStatus(t, "VmRSS")
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil { // reset VmHWM
+		t.Fatal(err)
+	}
+	start := testenv.ProcStatus(t, "VmHWM")
+	t0 := time.Now()
+	var img *tensor.Dense
+	if mode == "tiled" {
+		img, err = d.DecodeTiled(t.Context(), x, tile)
+	} else {
+		img, err = d.Decode(t.Context(), x)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs := time.Since(t0).Seconds()
+	hwm := max(testenv.ProcStatus(t, "VmHWM"), start)
+	raw := make([]byte, 4*img.Size())
+	for i, v := range img.Data().([]float32) {
+		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+	}
+	if err := os.WriteFile(os.Getenv("SDPIPE_TILED_OUT"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("tiled-measure: open %g hwm %g estimate %g seconds %g\n", open, hwm, float64(est), secs)
+}
+
+// tileDiff is the max and mean absolute difference of a and b [planes, h,
+// w] inside the tiles and on the seams (the blended rows and columns).
+func tileDiff(a, b []float32, planes, h, w, stride, blend int) (interiorMax, interiorMean, seamMax, seamMean float64) {
+	seam := func(v int) bool { return v >= stride && v%stride < blend }
+	var ni, ns int
+	for p := range planes {
+		for y := range h {
+			for x := range w {
+				d := math.Abs(float64(a[(p*h+y)*w+x] - b[(p*h+y)*w+x]))
+				if seam(y) || seam(x) {
+					seamMax, seamMean, ns = max(seamMax, d), seamMean+d, ns+1
+				} else {
+					interiorMax, interiorMean, ni = max(interiorMax, d), interiorMean+d, ni+1
+				}
+			}
+		}
+	}
+	return interiorMax, interiorMean / float64(max(ni, 1)), seamMax, seamMean / float64(max(ns, 1))
+}
