@@ -8,7 +8,7 @@ import (
 // DDIM is diffusers' DDIMScheduler (denoising diffusion implicit models;
 // stochastic when Options.Eta > 0). It is not safe for concurrent use.
 type DDIM struct {
-	*base
+	alphaBase
 	stepRatio int
 	x0        []float32
 	buf       []float32 // thresholding scratch
@@ -40,7 +40,7 @@ func intTimesteps(p *params, n int) []float64 {
 }
 
 func newDDIM(b *base) (Scheduler, error) {
-	s := &DDIM{base: b, stepRatio: b.p.numTrainTimesteps / b.n}
+	s := &DDIM{alphaBase: alphaBase{b}, stepRatio: b.p.numTrainTimesteps / b.n}
 	s.full = intTimesteps(b.p, b.n)
 	s.x0 = make([]float32, b.size)
 	s.rnd = make([]float32, b.size)
@@ -49,15 +49,6 @@ func newDDIM(b *base) (Scheduler, error) {
 	}
 	return s, nil
 }
-
-// InitNoiseSigma implements Scheduler.
-func (s *DDIM) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; DDIM does not scale.
-func (s *DDIM) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *DDIM) AddNoise(dst, original, noise []float32) { s.alphasAddNoise(dst, original, noise) }
 
 // PredOriginal returns the x0 prediction of the last Step. The slice is
 // owned by the scheduler and overwritten by the next Step.

@@ -33,7 +33,7 @@ func predX0Alpha(x0, mo, sample, buf []float32, a float32, p *params) {
 // diffusion probabilistic model; draws one noise tensor per step with t > 0).
 // It is not safe for concurrent use.
 type DDPM struct {
-	*base
+	alphaBase
 	x0  []float32
 	buf []float32
 	rnd []float32
@@ -45,7 +45,7 @@ func newDDPM(b *base) (Scheduler, error) {
 	default:
 		return nil, &ConfigError{Field: "variance_type", Reason: fmt.Sprintf("%q is not supported", b.p.varianceType)}
 	}
-	s := &DDPM{base: b}
+	s := &DDPM{alphaBase: alphaBase{b}}
 	s.full = intTimesteps(b.p, b.n)
 	s.x0 = make([]float32, b.size)
 	s.rnd = make([]float32, b.size)
@@ -54,15 +54,6 @@ func newDDPM(b *base) (Scheduler, error) {
 	}
 	return s, nil
 }
-
-// InitNoiseSigma implements Scheduler.
-func (s *DDPM) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; DDPM does not scale.
-func (s *DDPM) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *DDPM) AddNoise(dst, original, noise []float32) { s.alphasAddNoise(dst, original, noise) }
 
 // PredOriginal returns the x0 prediction of the last Step. The slice is
 // owned by the scheduler and overwritten by the next Step.
@@ -118,7 +109,7 @@ func (s *DDPM) Step(mo, sample []float32, i int) error {
 // between steps). The pipeline must decode Denoised() after the last step,
 // which equals the final latents. It is not safe for concurrent use.
 type LCM struct {
-	*base
+	alphaBase
 	x0       []float32
 	denoised []float32
 	buf      []float32
@@ -141,7 +132,7 @@ func newLCM(b *base) (Scheduler, error) {
 		origin[orig-1-i] = float64((i+1)*k - 1)
 	}
 	ls := float64(len(origin)) / float64(b.n)
-	s := &LCM{base: b}
+	s := &LCM{alphaBase: alphaBase{b}}
 	for i := range b.n {
 		s.full = append(s.full, origin[int(math.Floor(float64(i)*ls))])
 	}
@@ -153,15 +144,6 @@ func newLCM(b *base) (Scheduler, error) {
 	}
 	return s, nil
 }
-
-// InitNoiseSigma implements Scheduler.
-func (s *LCM) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; LCM does not scale.
-func (s *LCM) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *LCM) AddNoise(dst, original, noise []float32) { s.alphasAddNoise(dst, original, noise) }
 
 // Denoised returns the consistency-model output (diffusers' "denoised") of
 // the last Step: what an LCM pipeline decodes. The slice is owned by the

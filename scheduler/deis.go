@@ -1,8 +1,6 @@
 package scheduler
 
-import (
-	"fmt"
-)
+import ()
 
 // DEIS is diffusers' DEISMultistepScheduler (diffusion exponential
 // integrator sampler, "logrho" solver, orders 1 to 3). It is not safe for
@@ -131,10 +129,8 @@ type DPMSinglestep struct {
 
 func newDPMSinglestep(b *base) (Scheduler, error) {
 	p := b.p
-	switch p.algorithmType {
-	case "dpmsolver++", "sde-dpmsolver++":
-	default:
-		return nil, &ConfigError{Field: "algorithm_type", Reason: fmt.Sprintf("%q is not supported (dpmsolver++, sde-dpmsolver++)", p.algorithmType)}
+	if err := checkDPMAlgorithm(p); err != nil {
+		return nil, err
 	}
 	if p.solverOrder > 2 {
 		return nil, &ConfigError{Field: "solver_order", Reason: "only orders 1 and 2 are supported for DPMSolverSinglestepScheduler"}

@@ -89,10 +89,8 @@ type DPMMultistep struct {
 
 func newDPMMultistep(b *base) (Scheduler, error) {
 	p := b.p
-	switch p.algorithmType {
-	case "dpmsolver++", "sde-dpmsolver++":
-	default:
-		return nil, &ConfigError{Field: "algorithm_type", Reason: fmt.Sprintf("%q is not supported (dpmsolver++, sde-dpmsolver++)", p.algorithmType)}
+	if err := checkDPMAlgorithm(p); err != nil {
+		return nil, err
 	}
 	if p.algorithmType == "sde-dpmsolver++" && p.solverOrder == 3 {
 		return nil, &ConfigError{Field: "solver_order", Reason: "3 is not supported with sde-dpmsolver++"}
@@ -105,6 +103,16 @@ func newDPMMultistep(b *base) (Scheduler, error) {
 		s.buf = make([]float32, b.size)
 	}
 	return s, nil
+}
+
+// checkDPMAlgorithm refuses the algorithm types the DPM-Solver schedulers
+// do not run.
+func checkDPMAlgorithm(p *params) error {
+	switch p.algorithmType {
+	case "dpmsolver++", "sde-dpmsolver++":
+		return nil
+	}
+	return &ConfigError{Field: "algorithm_type", Reason: fmt.Sprintf("%q is not supported (dpmsolver++, sde-dpmsolver++)", p.algorithmType)}
 }
 
 // convertX0 writes the data prediction (x0) of the model output into dst.

@@ -16,6 +16,21 @@ type sigmaBase struct {
 // followed by the final sigma. The caller must not modify the slice.
 func (s *sigmaBase) Sigmas() []float32 { return s.sigmas }
 
+// InitNoiseSigma implements Scheduler.
+func (s *sigmaBase) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
+
+// ScaleModelInput implements Scheduler: the sample over sqrt(sigma²+1) at
+// the step's sigma (KDPM2 and DPM++ SDE override it for their second
+// evaluations).
+func (s *sigmaBase) ScaleModelInput(dst, sample []float32, i int) {
+	scaleBySigma(dst, sample, s.sigmas[s.stepStart+i])
+}
+
+// AddNoise implements Scheduler.
+func (s *sigmaBase) AddNoise(dst, original, noise []float32) {
+	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
+}
+
 // kdiffSchedule computes float32-valued timesteps and the interpolated
 // float64 sigmas (before the final sigma is appended) as EulerDiscrete,
 // LMS, Heun and KDPM2 do in set_timesteps.
@@ -134,19 +149,6 @@ func newEuler(b *base) (Scheduler, error) {
 	return s, nil
 }
 
-// InitNoiseSigma implements Scheduler.
-func (s *Euler) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
-// ScaleModelInput implements Scheduler.
-func (s *Euler) ScaleModelInput(dst, sample []float32, i int) {
-	scaleBySigma(dst, sample, s.sigmas[s.stepStart+i])
-}
-
-// AddNoise implements Scheduler.
-func (s *Euler) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
-}
-
 // PredOriginal returns the x0 prediction of the last Step. The slice is
 // owned by the scheduler and overwritten by the next Step.
 func (s *Euler) PredOriginal() []float32 { return s.x0 }
@@ -187,19 +189,6 @@ func newEulerAncestral(b *base) (Scheduler, error) {
 	s.x0 = make([]float32, b.size)
 	s.rnd = make([]float32, b.size)
 	return s, nil
-}
-
-// InitNoiseSigma implements Scheduler.
-func (s *EulerAncestral) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
-// ScaleModelInput implements Scheduler.
-func (s *EulerAncestral) ScaleModelInput(dst, sample []float32, i int) {
-	scaleBySigma(dst, sample, s.sigmas[s.stepStart+i])
-}
-
-// AddNoise implements Scheduler.
-func (s *EulerAncestral) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
 }
 
 // Step implements Scheduler.

@@ -82,19 +82,6 @@ func newLMS(b *base) (Scheduler, error) {
 	return s, nil
 }
 
-// InitNoiseSigma implements Scheduler.
-func (s *LMS) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
-// ScaleModelInput implements Scheduler.
-func (s *LMS) ScaleModelInput(dst, sample []float32, i int) {
-	scaleBySigma(dst, sample, s.sigmas[s.stepStart+i])
-}
-
-// AddNoise implements Scheduler.
-func (s *LMS) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
-}
-
 // Step implements Scheduler.
 func (s *LMS) Step(mo, sample []float32, i int) error {
 	if err := s.checkStep(mo, sample, i); err != nil {
@@ -171,19 +158,6 @@ func newHeun(b *base) (Scheduler, error) {
 	return s, nil
 }
 
-// InitNoiseSigma implements Scheduler.
-func (s *Heun) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
-// ScaleModelInput implements Scheduler.
-func (s *Heun) ScaleModelInput(dst, sample []float32, i int) {
-	scaleBySigma(dst, sample, s.sigmas[s.stepStart+i])
-}
-
-// AddNoise implements Scheduler.
-func (s *Heun) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
-}
-
 // Step implements Scheduler.
 func (s *Heun) Step(mo, sample []float32, i int) error {
 	if err := s.checkStep(mo, sample, i); err != nil {
@@ -229,33 +203,8 @@ func (s *Heun) Step(mo, sample []float32, i int) error {
 // sigmaToT32 is _sigma_to_t called with torch tensors (as KDPM2 does for
 // its interpolated sigmas): every operation is float32.
 func sigmaToT32(sigma float32, logSigmas []float32) float32 {
-	ls := npLogF32(max(sigma, float32(1e-10)))
-	n := len(logSigmas)
-	cnt := 0
-	for _, l := range logSigmas {
-		if ls-l >= 0 {
-			cnt++
-		}
-	}
-	low := 0
-	if cnt > 0 {
-		c := 0
-		for i, l := range logSigmas {
-			if ls-l >= 0 {
-				c++
-			}
-			if c == cnt {
-				low = i
-				break
-			}
-		}
-	}
-	low = min(low, n-2)
-	high := low + 1
-	lo, hi := logSigmas[low], logSigmas[high]
-	w := (lo - ls) / (lo - hi)
-	w = max(0, min(1, w))
-	return float32((1-w)*float32(low)) + float32(w*float32(high))
+	low, w := sigmaLow(npLogF32(max(sigma, float32(1e-10))), logSigmas)
+	return float32((1-w)*float32(low)) + float32(w*float32(low+1))
 }
 
 // torchLerpHalf is torch.lerp(a, b, 0.5) in float32.
@@ -362,9 +311,6 @@ func interleaveAll(x []float32) []float32 {
 	return append(out, x[len(x)-1])
 }
 
-// InitNoiseSigma implements Scheduler.
-func (s *KDPM2) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
 // ScaleModelInput implements Scheduler.
 func (s *KDPM2) ScaleModelInput(dst, sample []float32, i int) {
 	k := s.stepStart + i
@@ -376,11 +322,6 @@ func (s *KDPM2) ScaleModelInput(dst, sample []float32, i int) {
 		}
 	}
 	scaleBySigma(dst, sample, sigma)
-}
-
-// AddNoise implements Scheduler.
-func (s *KDPM2) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
 }
 
 // Step implements Scheduler.
@@ -404,13 +345,7 @@ func (s *KDPM2) Step(mo, sample []float32, i int) error {
 	}
 	predX0(s.x0, mo, sample, input, s.p.predictionType)
 	if s.first {
-		dt := interp - sigma
-		for j := range sample {
-			d := (sample[j] - s.x0[j]) / sigma
-			s.saved[j] = sample[j]
-			sample[j] += float32(d * dt)
-		}
-		s.first = false
+		s.firstHalf(sample, sigma, interp)
 		return nil
 	}
 	dt := next - sigma
@@ -420,6 +355,18 @@ func (s *KDPM2) Step(mo, sample []float32, i int) error {
 	}
 	s.first = true
 	return nil
+}
+
+// firstHalf is KDPM2's first-order evaluation: an Euler step from sigma to
+// the interpolated sigma, keeping the sample for the second.
+func (s *KDPM2) firstHalf(sample []float32, sigma, interp float32) {
+	dt := interp - sigma
+	for j := range sample {
+		d := (sample[j] - s.x0[j]) / sigma
+		s.saved[j] = sample[j]
+		sample[j] += float32(d * dt)
+	}
+	s.first = false
 }
 
 func (s *KDPM2) stepAncestral(mo, sample []float32, k int) error {
@@ -436,13 +383,7 @@ func (s *KDPM2) stepAncestral(mo, sample []float32, k int) error {
 	}
 	predX0(s.x0, mo, sample, input, s.p.predictionType)
 	if s.first {
-		dt := interp - sigma
-		for j := range sample {
-			d := (sample[j] - s.x0[j]) / sigma
-			s.saved[j] = sample[j]
-			sample[j] += float32(d * dt)
-		}
-		s.first = false
+		s.firstHalf(sample, sigma, interp)
 		return nil
 	}
 	s.noise.Randn(s.rnd)

@@ -8,7 +8,7 @@ import (
 // warm-up steps unless skip_prk_steps, then linear multistep "PLMS"). It is
 // not safe for concurrent use.
 type PNDM struct {
-	*base
+	alphaBase
 	stepRatio int
 	prk       []float64 // PRK timesteps (empty with skip_prk_steps)
 
@@ -49,7 +49,7 @@ func newPNDM(b *base) (Scheduler, error) {
 	if p.predictionType == "sample" {
 		return nil, &ConfigError{Field: "prediction_type", Reason: "sample is not supported by PNDMScheduler"}
 	}
-	s := &PNDM{base: b, stepRatio: N / n}
+	s := &PNDM{alphaBase: alphaBase{b}, stepRatio: N / n}
 	var full []float64
 	if p.skipPRKSteps {
 		// concat(ts[:-1], ts[-2:-1], ts[-1:])[::-1]
@@ -97,15 +97,6 @@ func newPNDM(b *base) (Scheduler, error) {
 	s.tmp = make([]float32, b.size)
 	return s, nil
 }
-
-// InitNoiseSigma implements Scheduler.
-func (s *PNDM) InitNoiseSigma() float64 { return 1 }
-
-// ScaleModelInput implements Scheduler; PNDM does not scale.
-func (s *PNDM) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
-
-// AddNoise implements Scheduler.
-func (s *PNDM) AddNoise(dst, original, noise []float32) { s.alphasAddNoise(dst, original, noise) }
 
 // Step implements Scheduler.
 func (s *PNDM) Step(modelOutput, sample []float32, i int) error {

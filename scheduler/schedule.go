@@ -226,34 +226,24 @@ func karras(p *params, sigmaMax, sigmaMin float64, n int) []float64 {
 // weight are float32; only the final blend of the indices is float64.
 func sigmaToT(sigma float64, logSigmas []float32) float64 {
 	ls := float32(math.Log(math.Max(sigma, 1e-10)))
-	n := len(logSigmas)
-	// low = argmax(cumsum(dists >= 0)): the last index with dists >= 0
-	// (0 when there is none), clipped to n-2.
-	cnt := 0
-	for _, l := range logSigmas {
-		if ls-l >= 0 {
-			cnt++
-		}
-	}
+	low, w := sigmaLow(ls, logSigmas)
+	return float64(1-w)*float64(low) + float64(w)*float64(low+1)
+}
+
+// sigmaLow returns _sigma_to_t's index low (argmax(cumsum(dists >= 0)):
+// the last index whose log sigma is at most ls, 0 when there is none,
+// clipped to n-2) and its float32 weight towards low+1, clipped to [0, 1].
+func sigmaLow(ls float32, logSigmas []float32) (int, float32) {
 	low := 0
-	if cnt > 0 {
-		c := 0
-		for i, l := range logSigmas {
-			if ls-l >= 0 {
-				c++
-			}
-			if c == cnt {
-				low = i
-				break
-			}
+	for i, l := range logSigmas {
+		if ls-l >= 0 {
+			low = i
 		}
 	}
-	low = min(low, n-2)
-	high := low + 1
-	lo, hi := logSigmas[low], logSigmas[high]
+	low = min(low, len(logSigmas)-2)
+	lo, hi := logSigmas[low], logSigmas[low+1]
 	w := (lo - ls) / (lo - hi)
-	w = max(0, min(1, w))
-	return float64(1-w)*float64(low) + float64(w)*float64(high)
+	return low, max(0, min(1, w))
 }
 
 // spacedTimesteps returns the float64 timesteps for the sigma-based

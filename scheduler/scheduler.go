@@ -343,6 +343,20 @@ func (b *base) checkStep(modelOutput, sample []float32, i int) error {
 	return nil
 }
 
+// alphaBase is the base of the alphas_cumprod schedulers (DDIM, DDPM,
+// LCM, PNDM): no initial noise scaling, no input scaling, and
+// SchedulerMixin's add_noise.
+type alphaBase struct{ *base }
+
+// InitNoiseSigma implements Scheduler.
+func (alphaBase) InitNoiseSigma() float64 { return 1 }
+
+// ScaleModelInput implements Scheduler; these schedulers do not scale.
+func (alphaBase) ScaleModelInput(dst, sample []float32, i int) { copyScale(dst, sample) }
+
+// AddNoise implements Scheduler.
+func (s alphaBase) AddNoise(dst, original, noise []float32) { s.alphasAddNoise(dst, original, noise) }
+
 // alphasAddNoise is SchedulerMixin.add_noise for alphas_cumprod based
 // schedulers: sqrt(ac[t])*x + sqrt(1-ac[t])*noise in float32.
 func (b *base) alphasAddNoise(dst, original, noise []float32) {

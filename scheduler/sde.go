@@ -44,9 +44,6 @@ func newDPMSDE(b *base) (Scheduler, error) {
 	return s, nil
 }
 
-// InitNoiseSigma implements Scheduler.
-func (s *DPMSDE) InitNoiseSigma() float64 { return kdiffInitNoiseSigma(s.p, s.sigmas) }
-
 // ScaleModelInput implements Scheduler.
 func (s *DPMSDE) ScaleModelInput(dst, sample []float32, i int) {
 	sigma := s.sigmas[s.stepStart+i]
@@ -54,11 +51,6 @@ func (s *DPMSDE) ScaleModelInput(dst, sample []float32, i int) {
 		sigma = s.midSig
 	}
 	scaleBySigma(dst, sample, sigma)
-}
-
-// AddNoise implements Scheduler.
-func (s *DPMSDE) AddNoise(dst, original, noise []float32) {
-	sigmaAddNoise(dst, original, noise, s.sigmas[s.noiseIdx])
 }
 
 func tFn(sigma float32) float32 { return -log32(sigma) }
