@@ -1,7 +1,5 @@
 package scheduler
 
-import ()
-
 // DEIS is diffusers' DEISMultistepScheduler (diffusion exponential
 // integrator sampler, "logrho" solver, orders 1 to 3). It is not safe for
 // concurrent use.
