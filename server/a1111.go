@@ -44,6 +44,7 @@ type a1111Request struct {
 	SendImages        *bool    `json:"send_images,omitempty"`
 	EnableHR          bool     `json:"enable_hr,omitempty"`
 	RefinerCheckpoint string   `json:"refiner_checkpoint,omitempty"`
+	a1111Mask
 	// OverrideSettings are A1111 settings for this request only:
 	// sd_model_checkpoint and CLIP_stop_at_last_layers (clip skip) among
 	// them.
@@ -88,9 +89,6 @@ func validTaskID(id string) bool {
 }
 
 func (s *Server) a1111Spec(r *http.Request, in *a1111Request, img2img bool) (*spec, error) {
-	if in.Mask != "" {
-		return nil, errNoInpainting("mask")
-	}
 	warnings, err := s.checkA1111Fields(r, in, img2img)
 	if err != nil {
 		return nil, err
@@ -121,18 +119,41 @@ func (s *Server) a1111Spec(r *http.Request, in *a1111Request, img2img bool) (*sp
 		if len(in.InitImages) != 1 {
 			return nil, badRequest("init_images", "init_images: want exactly one base64 image, got %d", len(in.InitImages))
 		}
-		img, err := s.decodeImage("init_images", in.InitImages[0], in.Width, in.Height)
+		var o sd.Inpaint
+		if in.Mask != "" {
+			if o, err = a1111Inpaint(in); err != nil {
+				return nil, err
+			}
+		}
+		w, h := in.Width, in.Height
+		if o.OnlyMasked { // the image keeps its size; width × height is the crop's
+			w, h = 0, 0
+		}
+		img, err := s.decodeImage("init_images", in.InitImages[0], w, h)
 		if err != nil {
 			return nil, err
 		}
 		c.init = img
 		in.InitImages = nil // the decoded image is what the task keeps
 		c.width, c.height = img.Bounds().Dx(), img.Bounds().Dy()
+		if o.OnlyMasked && in.Width != 0 && in.Height != 0 {
+			c.width, c.height = in.Width, in.Height
+		}
 		if c.strength == 0 {
 			c.strength = 0.75 // AUTOMATIC1111's default
 		}
+		if in.Mask != "" {
+			m, err := s.decodeImage("mask", in.Mask, img.Bounds().Dx(), img.Bounds().Dy())
+			if err != nil {
+				return nil, err
+			}
+			c.mask, c.inpaint = maskOf(m, false), o
+			in.Mask = ""
+		}
 	} else if len(in.InitImages) > 0 {
 		return nil, badRequest("init_images", "init_images: use /sdapi/v1/img2img")
+	} else if in.Mask != "" {
+		return nil, badRequest("mask", "mask: use /sdapi/v1/img2img with init_images")
 	}
 	if in.ForceTaskID != "" && !validTaskID(in.ForceTaskID) {
 		return nil, badRequest("force_task_id", "force_task_id: want 1 to 64 letters, digits or -_.()")
@@ -207,12 +228,6 @@ func (s *Server) checkOverrides(o map[string]json.RawMessage) error {
 func errNoClipSkip(param string, n int) error {
 	return &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: param,
 		Msg: fmt.Sprintf("%s: clip skip %d is not supported: the engine uses the text encoder's last hidden state (its ONNX export has no earlier layers' states); send 1", param, n)}
-}
-
-// errNoInpainting refuses a mask: the engine does not inpaint yet.
-func errNoInpainting(param string) error {
-	return &apiError{Status: http.StatusNotImplemented, Type: "not_implemented", Param: param,
-		Msg: fmt.Sprintf("%s: inpainting is not supported by this server yet (the engine has no masked denoising: 9-channel inpainting UNets and masked img2img are still to come); send the request without a mask for plain img2img", param)}
 }
 
 // a1111Parameters is the "parameters" A1111 echoes: the request as it

@@ -15,8 +15,7 @@ import (
 // AUTOMATIC1111's clients send their whole request model, most fields at
 // its defaults: a field at A1111's default (or null) is what the service
 // does anyway, and is accepted. A field set to anything else that the
-// service does not do (hires fix, face restoration, scripts, a mask before
-// the engine inpaints, …), and a field A1111 does not have, is refused
+// service does not do (hires fix, face restoration, scripts, …), and a field A1111 does not have, is refused
 // with 400 naming every such field, so that a client never gets something
 // other than what it asked for without a sign of it.
 //
@@ -82,7 +81,6 @@ var (
 	noMask     = func(in *a1111Request) bool { return in.Mask == "" }
 	noRefiner  = func(in *a1111Request) bool { return in.RefinerCheckpoint == "" }
 	hiresWhy   = "hires fix (enable_hr) is not supported: generate at the size you want, or upscale elsewhere"
-	maskWhy    = "only applies with a mask"
 	refinerWhy = "a refiner is not supported"
 )
 
@@ -143,12 +141,14 @@ var a1111Rules = map[string]fieldRule{
 	"hr_cfg": whenOff(hiresWhy, hiresOff), "hr_distilled_cfg": whenOff(hiresWhy, hiresOff),
 	"hr_additional_modules": whenOff(hiresWhy, hiresOff),
 
-	// inpainting: the mask is refused apart (501) until the engine inpaints
-	"mask":      honoured(),
-	"mask_blur": whenOff(maskWhy, noMask), "mask_blur_x": whenOff(maskWhy, noMask), "mask_blur_y": whenOff(maskWhy, noMask),
-	"inpainting_fill": whenOff(maskWhy, noMask), "inpaint_full_res": whenOff(maskWhy, noMask),
-	"inpaint_full_res_padding": whenOff(maskWhy, noMask), "inpainting_mask_invert": whenOff(maskWhy, noMask),
-	"mask_round": whenOff(maskWhy, noMask),
+	// inpainting: read by a1111Spec with a mask, sent at their defaults
+	// without one
+	"mask": honoured(), "mask_blur": honoured(), "mask_blur_x": honoured(), "mask_blur_y": honoured(),
+	"inpainting_fill": honoured(), "inpaint_full_res": honoured(),
+	"inpaint_full_res_padding": honoured(), "inpainting_mask_invert": honoured(),
+	"mask_round": {why: "mask_round false is not supported: the latent mask is always rounded", ok: func(v json.RawMessage, in *a1111Request) bool {
+		return noMask(in) || isNull(v) || jsonEqual(v, "true")
+	}},
 }
 
 // overrideRule is a setting of override_settings the service has, with

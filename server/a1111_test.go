@@ -229,10 +229,6 @@ func TestA1111Fields(t *testing.T) {
 			t.Errorf("%s: %q (param %q), want %q about %s", tc.body, msg, param, tc.want, tc.param)
 		}
 	}
-	r = post(t, ts.URL+"/sdapi/v1/img2img", fmt.Sprintf(`{"prompt":"x","init_images":[%q],"mask":%q}`, pngBase64(t, 64, 64), pngBase64(t, 64, 64)))
-	if msg, _, _ := r.apiErr(t); r.code != http.StatusNotImplemented || !strings.Contains(msg, "inpainting is not supported") {
-		t.Errorf("mask: %d %q, want 501 naming inpainting", r.code, msg)
-	}
 }
 
 // a1111Run runs a txt2img body and returns its images and infotexts.

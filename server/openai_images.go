@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"image"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -69,8 +70,9 @@ func requireMultipart(r *http.Request) error {
 }
 
 // handleOpenAIEdit is POST /v1/images/edits: image-to-image from one
-// image and a prompt. A mask is refused with 501 until the engine
-// inpaints.
+// image and a prompt, inpainting with a mask (a PNG whose transparent
+// pixels are edited, as OpenAI's; the rest of the image comes back as
+// sent).
 func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 	body, release, err := s.readBodyOf(w, r, requireMultipart)
 	if err != nil {
@@ -92,8 +94,12 @@ func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 		return ""
 	}
 	files := append(form.File["image"], form.File["image[]"]...)
-	if len(form.File["mask"]) > 0 || val("mask") != "" {
-		s.writeError(w, errNoInpainting("mask"))
+	if val("mask") != "" {
+		s.writeError(w, badRequest("mask", "mask: send it as a PNG file part"))
+		return
+	}
+	if len(form.File["mask"]) > 1 {
+		s.writeError(w, badRequest("mask", "mask: want one file, got %d", len(form.File["mask"])))
 		return
 	}
 	if len(files) != 1 {
@@ -137,6 +143,9 @@ func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	strength := 0.75 // AUTOMATIC1111's img2img default
+	if len(form.File["mask"]) == 1 {
+		strength = 1 // the masked region is made anew, as OpenAI's edits
+	}
 	if v := val("strength"); v != "" {
 		if strength, err = strconv.ParseFloat(v, 64); err != nil {
 			s.writeError(w, badRequest("strength", "strength: %q is not a number", v))
@@ -171,10 +180,17 @@ func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := img.Bounds()
+	var mask image.Image
+	if len(form.File["mask"]) == 1 {
+		if mask, err = s.openAIMask(form.File["mask"][0], b.Dx(), b.Dy()); err != nil {
+			s.writeError(w, err)
+			return
+		}
+	}
 	sp, err := s.build(&common{
 		prompt: in.Prompt, negative: in.NegativePrompt, width: b.Dx(), height: b.Dy(),
 		quality: orDefault(in.Quality, modeFast), seed: in.Seed, perRequest: in.N,
-		init: img, strength: strength,
+		init: img, strength: strength, mask: mask,
 		names: map[string]string{"width": "size", "height": "size", "images": "n"},
 	})
 	if err != nil {
@@ -183,6 +199,26 @@ func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 	}
 	release() // the task holds the decoded image, not the body
 	s.runOpenAI(w, r, sp, o)
+}
+
+// openAIMask reads an edit's mask, resized to the image's w × h: OpenAI's
+// convention, its fully transparent pixels are edited and the rest kept.
+func (s *Server) openAIMask(fh *multipart.FileHeader, w, h int) (image.Image, error) {
+	raw, err := readPart(fh, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return nil, badRequest("mask", "mask: %v", err)
+	}
+	m, err := s.decodeImageBytes("mask", raw, w, h)
+	if err != nil {
+		return nil, err
+	}
+	g := maskOf(m, true)
+	for _, v := range g.Pix {
+		if v != 0 {
+			return g, nil
+		}
+	}
+	return nil, badRequest("mask", "mask: no transparent pixels: the transparent areas of the mask are the ones edited")
 }
 
 func readPart(fh *multipart.FileHeader, limit int64) ([]byte, error) {

@@ -150,10 +150,10 @@ func TestOpenAIEdits(t *testing.T) {
 	if _, text := decodePNG(t, out.Data[0].B64JSON); !strings.Contains(text, "Denoising strength: 0.75") {
 		t.Errorf("edit infotext %q: want img2img's strength", text)
 	}
-	b, ct = editBody(t, map[string]string{"prompt": "a cat"}, "image", "mask")
+	b, ct = editBody(t, map[string]string{"prompt": "a cat"}, "image", "mask") // an opaque mask: nothing to edit
 	r = post(t, ts.URL+"/v1/images/edits", b.String(), "Content-Type", ct)
-	if msg, _, param := r.apiErr(t); r.code != http.StatusNotImplemented || param != "mask" || !strings.Contains(msg, "inpainting") {
-		t.Errorf("mask: %d %q", r.code, msg)
+	if msg, _, param := r.apiErr(t); r.code != http.StatusBadRequest || param != "mask" || !strings.Contains(msg, "transparent") {
+		t.Errorf("opaque mask: %d %q", r.code, msg)
 	}
 	b, ct = editBody(t, map[string]string{"prompt": "a cat"}, "image")
 	r = post(t, ts.URL+"/v1/images/edits", b.String(), "Content-Type", ct, "Origin", "https://evil.example")

@@ -58,6 +58,8 @@ type common struct {
 	perRequest       int // images per engine request
 	requests         int // engine requests
 	init             image.Image
+	mask             image.Image // with init: inpainting, white repainted
+	inpaint          sd.Inpaint
 	strength         float64
 	eta              float64
 	latents          func(seed int64, per int) ([]float32, error) // the initial noise, when not the seed's
@@ -173,6 +175,9 @@ func (s *Server) build(c *common) (*spec, error) {
 		}
 		if c.init != nil {
 			r.InitImage, r.Strength = c.init, c.strength
+			if c.mask != nil {
+				r.Mask, r.Inpaint = c.mask, c.inpaint
+			}
 		}
 		sp.reqs = append(sp.reqs, r)
 	}

@@ -2,6 +2,7 @@
 // for the base URL, and exits non-zero saying what failed:
 //   node check.mjs http://127.0.0.1:7860
 import OpenAI, { toFile } from "openai";
+import { deflateSync } from "node:zlib";
 
 const base = process.argv[2];
 const client = new OpenAI({ baseURL: base + "/v1", apiKey: "sk-test", maxRetries: 0 });
@@ -36,12 +37,27 @@ const image = await toFile(Buffer.from(first.data[0].b64_json, "base64"), "in.pn
 res = await client.images.edit({ prompt: "make it autumn", image, size: "64x64" });
 if (!png(res.data[0].b64_json)) fail("edit: not a PNG");
 
-// an edit with a mask: a clear refusal (the engine does not inpaint yet)
+// an edit with a mask: its transparent pixels are edited (an RGBA PNG
+// made here: opaque but for a transparent square); an opaque mask edits
+// nothing and is refused naming the mask
+const crcTable = Array.from({ length: 256 }, (_, n) => { let c = n; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; return c >>> 0; });
+const crc = (buf) => { let c = 0xffffffff; for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
+const chunk = (type, data) => { const t = Buffer.concat([Buffer.from(type), data]); const len = Buffer.alloc(4); len.writeUInt32BE(data.length); const c = Buffer.alloc(4); c.writeUInt32BE(crc(t)); return Buffer.concat([len, t, c]); };
+const rgbaPNG = (w, h, alpha) => {
+  const raw = Buffer.alloc(h * (1 + 4 * w));
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) raw[y * (1 + 4 * w) + 1 + 4 * x + 3] = alpha(x, y);
+  const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(w, 0); ihdr.writeUInt32BE(h, 4); ihdr[8] = 8; ihdr[9] = 6;
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+};
+const inImage = () => toFile(Buffer.from(first.data[0].b64_json, "base64"), "in.png", { type: "image/png" });
+const hole = rgbaPNG(64, 64, (x, y) => (x >= 16 && x < 48 && y >= 16 && y < 48 ? 0 : 255));
+res = await client.images.edit({ prompt: "a red door", image: await inImage(), mask: await toFile(hole, "mask.png", { type: "image/png" }), size: "64x64" });
+if (!png(res.data[0].b64_json)) fail("edit with a mask: not a PNG");
 try {
-  await client.images.edit({ prompt: "x", image: await toFile(Buffer.from(first.data[0].b64_json, "base64"), "in.png", { type: "image/png" }), mask: await toFile(Buffer.from(first.data[0].b64_json, "base64"), "mask.png", { type: "image/png" }) });
-  fail("edit with a mask: no error");
+  await client.images.edit({ prompt: "x", image: await inImage(), mask: await toFile(rgbaPNG(64, 64, () => 255), "mask.png", { type: "image/png" }) });
+  fail("edit with an opaque mask: no error");
 } catch (e) {
-  if (!(e instanceof OpenAI.APIError) || e.status !== 501 || !/inpainting/.test(e.message)) fail("edit with a mask: " + e);
+  if (!(e instanceof OpenAI.BadRequestError) || e.param !== "mask" || !/transparent/.test(e.message)) fail("edit with an opaque mask: " + e);
 }
 
 // the error envelope, and a size error naming the limit
