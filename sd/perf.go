@@ -9,6 +9,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 	"github.com/sdpipe/sdpipe/session"
+	"github.com/sdpipe/sdpipe/textenc"
 )
 
 // Rewrite names a graph rewrite that OpenFolder applies to the component
@@ -213,7 +214,10 @@ func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 		m interface {
 			WarmUp(context.Context, session.Warmup) ([]time.Duration, error)
 		}
-	}{{TextEncoder, f.TextEncoder}, {UNet, f.UNet}, {VAEDecoder, f.VAEDecoder}} {
+	}{{TextEncoder, f.TextEncoder}, {TextEncoder, f.TextEncoder2}, {UNet, f.UNet}, {VAEDecoder, f.VAEDecoder}} {
+		if k.m == (*textenc.Model)(nil) {
+			continue // no text_encoder_2: not SDXL
+		}
 		start := time.Now()
 		times, err := k.m.WarmUp(ctx, sw)
 		if err != nil {
@@ -227,7 +231,9 @@ func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 			f.load.r.Warmup = make(map[Component]time.Duration)
 			f.load.r.WarmupCalls = make(map[Component][]time.Duration)
 		}
-		f.load.r.Warmup[k.c], f.load.r.WarmupCalls[k.c] = total, times
+		// SDXL's text_encoder_2 counts as the text encoder's
+		f.load.r.Warmup[k.c] += total
+		f.load.r.WarmupCalls[k.c] = append(f.load.r.WarmupCalls[k.c], times...)
 		f.load.mu.Unlock()
 	}
 	return ctx.Err()
