@@ -24,6 +24,7 @@ import (
 // check, so it runs only when asked:
 //
 //	SDPIPE_MEMORY_MEASURE=default|DIR [SDPIPE_MEMORY_SIZES=256,512,768] \
+//	  [SDPIPE_MEMORY_KINDS=components,request] [SDPIPE_MEMORY_VAE_ARENA=off] \
 //	  go test -run TestMemoryEstimateMeasured -v -timeout 30m ./sd
 //
 // Every figure comes from a fresh child process (one per size and kind),
@@ -49,7 +50,7 @@ func TestMemoryEstimateMeasured(t *testing.T) {
 	t.Logf("model %s", which)
 	t.Logf("%-5s %-12s %10s %10s %6s", "size", "part", "estimate", "measured", "ratio")
 	for _, size := range sizes {
-		for _, kind := range []string{"components", "request"} {
+		for _, kind := range strings.Split(cmp.Or(os.Getenv("SDPIPE_MEMORY_KINDS"), "components,request"), ",") {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryEstimateMeasured$", "-test.v", "-test.timeout=20m")
 			cmd.Env = append(os.Environ(), "sdpipe_memory_child="+size+":"+kind)
 			out, err := cmd.CombinedOutput()
@@ -85,7 +86,11 @@ func memoryChild(t *testing.T, which, spec string) {
 		}
 	}
 	ctx := context.Background()
-	m, err := Open(ctx, dir, WithMemoryBudget(1<<60))
+	opts := []Option{WithMemoryBudget(1 << 60)}
+	if os.Getenv("SDPIPE_MEMORY_VAE_ARENA") == "off" {
+		opts = append(opts, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: Off}))
+	}
+	m, err := Open(ctx, dir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
