@@ -32,11 +32,16 @@ func (p *Pipeline) encode(j *job) error {
 	}
 
 	j.items = make([]*item, r.ImagesPerPrompt)
+	var batchNoise []float32 // NoiseOneGenerator: the batch's noise, drawn at once
+	if r.BatchNoise == NoiseOneGenerator && r.Latents == nil && r.ImagesPerPrompt > 1 {
+		batchNoise = make([]float32, r.ImagesPerPrompt*j.size)
+		j.first.gen.Randn(batchNoise)
+	}
 	for i := range j.items {
 		it := j.first // built by resolve, which checked the request with it
 		if i > 0 {
 			var err error
-			if it, err = p.newItem(*r, i); err != nil {
+			if it, err = p.newItem(*r, i, j.first); err != nil {
 				return err
 			}
 		}
@@ -44,9 +49,12 @@ func (p *Pipeline) encode(j *job) error {
 		if init != nil {
 			noise = make([]float32, j.size)
 		}
-		if r.Latents != nil {
+		switch {
+		case r.Latents != nil:
 			copy(noise, r.Latents[i*j.size:(i+1)*j.size])
-		} else {
+		case batchNoise != nil:
+			copy(noise, batchNoise[i*j.size:(i+1)*j.size])
+		default:
 			it.gen.Randn(noise)
 		}
 		if init != nil && !fromNoise(r) {

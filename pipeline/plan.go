@@ -99,6 +99,9 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	if r.Generator != rng.KindNumpy && r.Generator != rng.KindTorchCPU {
 		return nil, invalid("Generator", "unknown generator %v", r.Generator)
 	}
+	if r.BatchNoise != NoisePerImage && r.BatchNoise != NoiseOneGenerator {
+		return nil, invalid("BatchNoise", "unknown noise mode %d", r.BatchNoise)
+	}
 	maxSeed := int64(math.MaxInt64)
 	if r.Generator == rng.KindNumpy {
 		maxSeed = math.MaxUint32
@@ -156,7 +159,7 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	}
 	// the first image's scheduler checks the name, the steps against the
 	// training schedule, and the strength; it gives the schedule
-	first, err := p.newItem(r, 0)
+	first, err := p.newItem(r, 0, nil)
 	if err != nil {
 		field := "Scheduler"
 		if errors.Is(err, scheduler.ErrOptions) {
@@ -221,11 +224,14 @@ func (p *Pipeline) tokenize(pl *plan) error {
 	return nil
 }
 
-// newItem returns image i of r with its generator and scheduler.
-func (p *Pipeline) newItem(r Request, i int) (*item, error) {
+// newItem returns image i of r with its generator and scheduler. With
+// NoiseOneGenerator the images after the first share first's generator.
+func (p *Pipeline) newItem(r Request, i int, first *item) (*item, error) {
 	it := &item{seed: r.Seed + int64(i), latents: make([]float32, p.c.LatentChannels*(r.Height/8)*(r.Width/8))}
 	var err error
-	if it.gen, err = rng.New(r.Generator, uint64(it.seed)); err != nil {
+	if r.BatchNoise == NoiseOneGenerator && first != nil {
+		it.seed, it.gen = first.seed, first.gen
+	} else if it.gen, err = rng.New(r.Generator, uint64(it.seed)); err != nil {
 		return nil, err
 	}
 	o := scheduler.Options{Steps: r.Steps, Eta: r.Eta, Noise: it.gen, Size: len(it.latents)}

@@ -55,8 +55,16 @@ type Request struct {
 	Eta       float64 // DDIM eta
 
 	// Seed seeds the first image; image i uses Seed+i (AUTOMATIC1111's
-	// semantics). -1 picks a random seed, reported in the Result.
+	// semantics) unless BatchNoise is NoiseOneGenerator. -1 picks a random
+	// seed, reported in the Result.
 	Seed int64
+	// BatchNoise chooses how the images of one request get their noise:
+	// NoisePerImage (the default: image i has its own generator seeded
+	// with Seed+i, as AUTOMATIC1111) or NoiseOneGenerator (one generator
+	// seeded with Seed draws the whole batch's initial noise at once and
+	// then each step's noise in image order, as diffusers and ComfyUI do,
+	// so that every image of a batch matches theirs).
+	BatchNoise NoiseMode
 	// Generator selects the random number generator for the seed:
 	// rng.KindNumpy (the default, also meant by 0: diffusers' ONNX pipelines) or
 	// rng.KindTorchCPU (diffusers' PyTorch pipelines on CPU, ComfyUI).
@@ -154,3 +162,12 @@ func (r Request) detached() Request {
 	}
 	return r
 }
+
+// NoiseMode is how the images of a request get their random noise.
+type NoiseMode int
+
+// Noise modes (Request.BatchNoise).
+const (
+	NoisePerImage     NoiseMode = iota // image i: its own generator, seed Seed+i (AUTOMATIC1111)
+	NoiseOneGenerator                  // one generator for the batch (diffusers, ComfyUI)
+)

@@ -51,8 +51,15 @@ type Request struct {
 	Eta float64
 
 	// Seed seeds the first image; image i uses Seed+i (AUTOMATIC1111's
-	// semantics). -1 picks a random seed, reported in Result.Seeds.
+	// semantics) unless BatchNoise is NoiseOneGenerator. -1 picks a random
+	// seed, reported in Result.Seeds.
 	Seed int64
+	// BatchNoise is how the images of the request get their noise:
+	// NoisePerImage (the default, AUTOMATIC1111's: image i is seed Seed+i,
+	// so any image can be made again alone) or NoiseOneGenerator
+	// (diffusers' and ComfyUI's: one generator seeded with Seed draws the
+	// whole batch's noise, so image 2 of a batch matches theirs too).
+	BatchNoise NoiseMode
 	// Generator is the random number generator the seed drives; 0 means
 	// GeneratorNumpy.
 	Generator Generator
@@ -182,6 +189,20 @@ func ParseGenerator(s string) (Generator, error) {
 	return Generator(k), nil
 }
 
+// NoiseMode is how the images of one request get their random noise
+// (Request.BatchNoise).
+type NoiseMode int
+
+// The noise modes a Request accepts.
+const (
+	// NoisePerImage gives image i its own generator seeded with Seed+i
+	// (AUTOMATIC1111), the default.
+	NoisePerImage = NoiseMode(pipeline.NoisePerImage)
+	// NoiseOneGenerator draws the whole batch's initial noise, then each
+	// step's, from one generator seeded with Seed (diffusers, ComfyUI).
+	NoiseOneGenerator = NoiseMode(pipeline.NoiseOneGenerator)
+)
+
 // Img2ImgLogic selects how an image-to-image Strength truncates the
 // schedule: the two diffusers pipelines differ, and both are what users
 // see.
@@ -215,6 +236,7 @@ func (r Request) engine() pipeline.Request {
 		Eta:             r.Eta,
 		Seed:            r.Seed,
 		Generator:       rng.Kind(r.Generator),
+		BatchNoise:      pipeline.NoiseMode(r.BatchNoise),
 		ImagesPerPrompt: r.ImagesPerPrompt,
 		Latents:         r.Latents,
 		InitImage:       r.InitImage,
