@@ -107,25 +107,35 @@ type memoryModel struct {
 	seq       int64 // tokens per chunk (the text encoder's sequence)
 	latentCh  int64
 	budget    int64
-	maxChunks int          // 0: no limit
-	tiling    tilingConfig // its tile resolved
+	maxChunks int // 0: no limit
+	tiling    tilingConfig
+	tiles     []int // the VAE tiles to try, largest first (tiling.go)
 	gate      *memoryGate
 }
 
 // estimate returns the memory of a request of shape s, with the VAE tiled
 // when WithTiledVAE says so: always (On), or when the plain decode does
-// not fit the budget and the tiled one needs less.
+// not fit the budget, in the largest of m.tiles that fits (else in the one
+// that needs least, when that is less than the plain decode).
 func (m *memoryModel) estimate(s memShape) MemoryEstimate {
-	e := m.estimateTiled(s, 0)
-	t := m.tiling.tile
-	if m.tiling.when == Off || (s.width <= t && s.height <= t) || (m.tiling.when == 0 && e.Total() <= m.budget) {
-		return e
+	best := m.estimateTiled(s, 0)
+	if m.tiling.when == Off || (m.tiling.when == 0 && best.Total() <= m.budget) {
+		return best
 	}
-	if te := m.estimateTiled(s, t); m.tiling.when == On || te.Total() < e.Total() {
-		te.VAETile = t
-		return te
+	for _, t := range m.tiles {
+		if s.width <= t && s.height <= t {
+			continue // one tile: the plain decode
+		}
+		e := m.estimateTiled(s, t)
+		e.VAETile = t
+		if m.tiling.when == On || e.Total() < best.Total() {
+			best = e
+		}
+		if best.Total() <= m.budget {
+			break
+		}
 	}
-	return e
+	return best
 }
 
 // estimateTiled returns the memory of a request of shape s with the VAE in
@@ -300,9 +310,7 @@ func (f *Folder) readSignature(c Component, path string, log interface{ Warn(str
 // taken now, after the models are loaded.
 func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
 	m := &memoryModel{sig: map[Component]*memSignature{}, seq: 77, latentCh: 4, maxChunks: c.maxChunks, budget: c.budget, tiling: c.tiling}
-	if m.tiling.tile == 0 {
-		m.tiling.tile = nativeTile(f)
-	}
+	m.tiles = vaeTiles(m.tiling, f)
 	if f.VAEDecoder == nil { // a checkpoint's runtime components: their VAE does not tile
 		m.tiling.when = Off
 	}

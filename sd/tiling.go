@@ -43,18 +43,26 @@ func (c tilingConfig) check() []error {
 // tiled image differs from the untiled one, most on the seams. tile is a
 // multiple of 8 of at least vae.MinTile pixels; 0 means the model's native
 // size (its UNet's sample_size × 8: 512 for SD 1.5), the size it decodes
-// best at.
+// best at, and, for automatic tiling when that does not fit, half of it.
 func WithTiledVAE(when Switch, tile int) EngineOption {
 	return func(c *engineConfig) { c.memory.tiling = tilingConfig{when: when, tile: tile} }
 }
 
-// nativeTile returns the tile a model decodes in by default: its UNet's
-// sample_size × 8, else 512.
-func nativeTile(f *Folder) int {
-	if f.sampleSize > 0 {
-		return max(f.sampleSize*8, vae.MinTile)
+// vaeTiles returns the tiles admission tries, largest first: c's tile, or
+// when c leaves it to the model its native size (its UNet's sample_size ×
+// 8, else 512) and, when tiling is automatic, half of that.
+func vaeTiles(c tilingConfig, f *Folder) []int {
+	if c.tile > 0 {
+		return []int{c.tile}
 	}
-	return 512
+	t := 512
+	if f.sampleSize > 0 {
+		t = max(f.sampleSize*8, vae.MinTile)
+	}
+	if half := t / 2 / 8 * 8; c.when == 0 && half >= vae.MinTile {
+		return []int{t, half}
+	}
+	return []int{t}
 }
 
 type vaeTileKey struct{}

@@ -32,6 +32,14 @@ import (
 // variable is set:
 //
 //	SDPIPE_MEASURE_TILED=/root/models/sd15 go test -run TestTiledDecodeMeasured -v -timeout 60m ./sd
+//
+// Measured on the generated SD 1.5 model (cmd/sdgen, random weights), at
+// 1024² from N(0,1) latents, on 2 cores: the plain decode peaked at
+// 4.6 GiB RSS, 4.0 GiB over the loaded model, where admission estimates
+// 3.0 GiB (192 s); in 512-pixel tiles (3×3) at 1.5 GiB, 1.1 GiB over the
+// loaded model, where admission estimates 768 MiB (263 s). The tiled
+// image differed from the plain one by at most 0.198 (mean 0.0147) inside
+// the tiles and 0.201 (mean 0.0158) on the seams, pixels in [-1, 1].
 func TestTiledDecodeMeasured(t *testing.T) {
 	if mode := os.Getenv("SDPIPE_TILED_CHILD"); mode != "" {
 		tiledDecodeChild(t, mode)

@@ -21,8 +21,8 @@ func pixelsOf(t *testing.T, r *Result) []byte {
 // TestTiledVAEAdmission: on a budget that the plain decode of a size
 // exceeds but its tiled decode fits, the size, refused without tiling, is
 // admitted and decoded tiled (the same image as forced tiling gives, not
-// the untiled one); a size that does not fit even tiled is refused with
-// the tiled decode counted.
+// the untiled one); on a smaller budget in half tiles; a size that does
+// not fit even tiled is refused with the tiled decode counted.
 func TestTiledVAEAdmission(t *testing.T) {
 	const size = 192 // 3×3 tiles of the default model's 64 pixels
 	req := Request{Prompt: "a red circle", Steps: 2, Seed: 3, Width: size, Height: size}
@@ -73,6 +73,24 @@ func TestTiledVAEAdmission(t *testing.T) {
 	if bytes.Equal(pixelsOf(t, got), pixelsOf(t, untiled)) {
 		t.Error("the automatically tiled image is the untiled one: the decode was not tiled")
 	}
+	// a budget that one native tile exceeds: half tiles
+	half := openDefault(t, WithMemoryBudget(1<<40), WithTiledVAE(On, 32))
+	halfEst, _ := half.EstimateMemory(req)
+	if halfEst.Total() >= tiled.Total() {
+		t.Fatalf("32-pixel tiles need %d bytes, 64-pixel ones %d", halfEst.Total(), tiled.Total())
+	}
+	smaller := openDefault(t, WithMemoryBudget((halfEst.Total()+tiled.Total())/2))
+	if e, _ := smaller.EstimateMemory(req); e != halfEst {
+		t.Errorf("on a budget below one native tile: %+v, want the 32-pixel tiles' %+v", e, halfEst)
+	}
+	g32, err1 := smaller.Generate(t.Context(), req)
+	w32, err2 := half.Generate(t.Context(), req)
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(pixelsOf(t, g32), pixelsOf(t, w32)) || bytes.Equal(pixelsOf(t, g32), pixelsOf(t, got)) {
+		t.Error("on a budget below one native tile the image is not the one decoded in 32-pixel tiles")
+	}
 	// a small image decodes untiled, bit for bit, under forced tiling too
 	small := Request{Prompt: "a red circle", Steps: 2, Seed: 3, Width: 64, Height: 64}
 	a, err1 := forced.Generate(t.Context(), small)
@@ -84,13 +102,13 @@ func TestTiledVAEAdmission(t *testing.T) {
 		t.Error("a one-tile image differs under forced tiling")
 	}
 
-	// too large even tiled: the refusal counts the tiled decode, and the
-	// largest size that fits is the tiled one
+	// too large even tiled: the refusal counts the tiled decode that needs
+	// least (half tiles), and the largest size that fits is the tiled one
 	big := req
 	big.Width, big.Height = 512, 512
-	bigTiled, _ := forced.EstimateMemory(big)
+	bigTiled, _ := half.EstimateMemory(big)
 	_, err = auto.Submit(t.Context(), big)
-	if !errors.As(err, &me) || me.VAETile != 64 || me.Need != bigTiled.Total() || !strings.Contains(err.Error(), "64-pixel tiles") {
+	if !errors.As(err, &me) || me.VAETile != 32 || me.Need != bigTiled.Total() || !strings.Contains(err.Error(), "32-pixel tiles") {
 		t.Fatalf("512² on a budget of %d: %v (need %d), want a *MemoryError counting the tiled decode (%d)", budget, err, me.Need, bigTiled.Total())
 	}
 	if me.FitWidth < size {
