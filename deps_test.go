@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	"internal/half":        {},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir", "internal/half", "session"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer", "internal/half"},
-	"internal/rewrite":     {"internal/onnxpb", "internal/ort", "internal/cachedir", "session"},
+	"internal/rewrite":     {"internal/onnxpb", "internal/ort", "internal/cachedir", "internal/half", "session"},
 	"internal/shareddir":   {},
 	"internal/testenv":     {"internal/ort", "internal/onnxpb", "internal/shareddir"},
 	"textenc":              {"internal/ort", "internal/onnxpb", "internal/rewrite", "session"},

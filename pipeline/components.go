@@ -100,6 +100,16 @@ type PooledEncoder interface {
 	EncodePooled(ctx context.Context, ids, ids2 []int32, batch int) (hidden, pooled *tensor.Dense, err error)
 }
 
+// SplitEncoder is an Encoder whose hidden states concatenate those of
+// several encoders along the hidden axis (SDXL: text_encoder's, then
+// text_encoder_2's). HiddenParts returns their widths, or nil when unknown.
+// Emphasis weights then restore each part's mean on its own, as
+// AUTOMATIC1111 does per embedder.
+type SplitEncoder interface {
+	Encoder
+	HiddenParts() []int
+}
+
 // AddedDenoiser is a UNet that takes Stable Diffusion XL's added
 // conditioning besides the text embeddings, row for row with sample:
 // textEmbeds [batch, width] (the pooled embeddings) and timeIDs

@@ -148,8 +148,16 @@ func (p *Pipeline) encodePrompts(j *job) error {
 	j.hidden = s[2]
 	d := emb.Data().([]float32)
 	per := n * j.hidden
+	parts := []int{j.hidden}
+	if se, ok := p.c.TextEncoder.(SplitEncoder); ok {
+		if ps := se.HiddenParts(); len(ps) > 0 && sum(ps) == j.hidden {
+			parts = ps
+		}
+	}
 	for c, w := range j.weights {
-		applyWeights(d[c*per:(c+1)*per], w, j.hidden)
+		for k, off := range partOffsets(parts) {
+			applyWeightsPart(d[c*per:(c+1)*per], w, j.hidden, off, parts[k])
+		}
 	}
 	// each prompt's chunks are consecutive, so concatenation along the
 	// sequence is a plain slice
@@ -194,6 +202,13 @@ func (j *job) setPooled(pooled *tensor.Dense, rows int) error {
 // the chunk's original mean, as AUTOMATIC1111 does. All-one weights leave z
 // untouched.
 func applyWeights(z []float32, w []float32, hidden int) {
+	applyWeightsPart(z, w, hidden, 0, hidden)
+}
+
+// applyWeightsPart is applyWeights on columns [off, off+width) of each
+// token's hidden state alone: one encoder's part of concatenated states,
+// whose mean AUTOMATIC1111 restores per encoder (SDXL's two embedders).
+func applyWeightsPart(z []float32, w []float32, hidden, off, width int) {
 	ones := true
 	for _, v := range w {
 		ones = ones && v == 1
@@ -201,20 +216,44 @@ func applyWeights(z []float32, w []float32, hidden int) {
 	if ones {
 		return
 	}
-	before := mean(z)
+	tokens := len(z) / hidden
+	cols := func(t int) []float32 { return z[t*hidden+off : t*hidden+off+width] }
+	partMean := func() float64 {
+		var s float64
+		for t := range tokens {
+			for _, v := range cols(t) {
+				s += float64(v)
+			}
+		}
+		return s / float64(tokens*width)
+	}
+	before := partMean()
 	for t, v := range w {
-		for i := t * hidden; i < (t+1)*hidden; i++ {
-			z[i] *= v
+		c := cols(t)
+		for i := range c {
+			c[i] *= v
 		}
 	}
-	after := mean(z)
+	after := partMean()
 	if after == 0 {
 		return
 	}
 	f := float32(before / after)
-	for i := range z {
-		z[i] *= f
+	for t := range tokens {
+		c := cols(t)
+		for i := range c {
+			c[i] *= f
+		}
 	}
+}
+
+// partOffsets returns where each part of widths parts starts.
+func partOffsets(parts []int) []int {
+	offs := make([]int, len(parts))
+	for i := 1; i < len(parts); i++ {
+		offs[i] = offs[i-1] + parts[i-1]
+	}
+	return offs
 }
 
 func mean(x []float32) float64 {
@@ -223,4 +262,12 @@ func mean(x []float32) float64 {
 		s += float64(v)
 	}
 	return s / float64(len(x))
+}
+
+func sum(x []int) int {
+	n := 0
+	for _, v := range x {
+		n += v
+	}
+	return n
 }

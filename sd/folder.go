@@ -148,6 +148,9 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 		case *unet.Signature:
 			f.UNet, err = sig.Open(ctx, o)
 		case *vae.DecoderSignature:
+			if lay.upcastVAE {
+				sig = upcastDecoder(sig, o, cfg.logger)
+			}
 			f.VAEDecoder, err = sig.Open(ctx, o)
 		case *vae.EncoderSignature:
 			f.VAEEncoder, err = sig.Open(ctx, o)

@@ -30,6 +30,7 @@ type layout struct {
 	sampleSize int
 	sigs       [len(components)]signature // nil for an absent or skipped component
 	xl         *xlLayout                  // SDXL's second tokenizer and text encoder, or nil (xl.go)
+	upcastVAE  bool                       // vae_decoder/config.json's force_upcast: a float16 decoder runs in float32
 }
 
 // signature is what the inspector needs of a component's signature (a
@@ -93,6 +94,7 @@ func inspect(dir string, cfg *loadConfig) (*layout, error) {
 	}
 	in.readXL(lay) // text_encoder_2 and tokenizer_2 of SDXL (xl.go)
 	lay.scaling = in.readScaling()
+	lay.upcastVAE = in.readForceUpcast() // xl.go
 	lay.sampleSize = in.readSampleSize()
 	if len(in.errs) > 0 {
 		return nil, errors.Join(in.errs...)

@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"slices"
 	"strings"
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/rewrite"
 	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/tokenizer"
 	"github.com/sdpipe/sdpipe/unet"
+	"github.com/sdpipe/sdpipe/vae"
 )
 
 // Stable Diffusion XL: a second tokenizer and text encoder (OpenCLIP
@@ -100,6 +104,9 @@ func (in *inspector) readXL(lay *layout) {
 		xl.projDim = cfg.ProjectionDim
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		in.fail(textEncoder2+"/"+configFile, err)
+	}
+	if xl.te != nil && xl.te.PooledWidth() == 0 {
+		xl.te = xl.te.WithPooledWidth(xl.projDim) // a float16 text_embeds needs its width
 	}
 	lay.xl = xl
 }
@@ -242,6 +249,15 @@ func (e *xlEncoder) EncodePooled(ctx context.Context, ids, ids2 []int32, batch i
 	return tensor.New(tensor.WithShape(b, seq, w1+w2), tensor.WithBacking(out)), pooled, nil
 }
 
+// HiddenParts returns the widths of the two encoders' hidden states, or
+// nil when a model leaves its width dynamic.
+func (e *xlEncoder) HiddenParts() []int {
+	if e.te1.HiddenSize() == 0 || e.te2.HiddenSize() == 0 {
+		return nil
+	}
+	return []int{e.te1.HiddenSize(), e.te2.HiddenSize()}
+}
+
 // repad returns ids with every id after each row's first EOS set to pad2.
 func (e *xlEncoder) repad(ids []int32, batch int) []int32 {
 	if e.pad2 == e.eos || batch <= 0 || len(ids)%batch != 0 {
@@ -258,4 +274,39 @@ func (e *xlEncoder) repad(ids []int32, batch int) []int32 {
 		}
 	}
 	return out
+}
+
+// readForceUpcast reads force_upcast from vae_decoder/config.json (or
+// vae/config.json): the VAE overflows in float16 (SDXL's does), so
+// diffusers decodes in float32.
+func (in *inspector) readForceUpcast() bool {
+	for _, file := range []string{"vae_decoder/" + configFile, "vae/" + configFile} {
+		var c struct {
+			ForceUpcast *bool `json:"force_upcast"`
+		}
+		if err := readJSON(in.path(file), &c); err == nil && c.ForceUpcast != nil {
+			return *c.ForceUpcast
+		}
+	}
+	return false
+}
+
+// upcastDecoder returns the signature of a float32 copy of a float16 VAE
+// decoder whose config says force_upcast (see rewrite.Upcast), or sig
+// itself when it is not float16 or cannot be widened (said in the log).
+func upcastDecoder(sig *vae.DecoderSignature, o session.Options, log *slog.Logger) *vae.DecoderSignature {
+	io, err := onnxpb.ReadIO(sig.Path())
+	if err != nil || len(io.Inputs) == 0 || io.Inputs[0].ElemType != onnxpb.Float16 {
+		return sig
+	}
+	p, err := rewrite.Upcast(sig.Path(), o.RewriteCache)
+	if err == nil {
+		var up *vae.DecoderSignature
+		if up, err = vae.ReadDecoderSignature(p); err == nil {
+			log.Info("sd: float16 VAE decoder runs in float32 (force_upcast)", "path", p)
+			return up
+		}
+	}
+	log.Warn("sd: float16 VAE decoder with force_upcast could not be widened to float32; it may give NaN", "error", err)
+	return sig
 }

@@ -5,9 +5,12 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
@@ -20,7 +23,8 @@ import (
 // The generated SDXL variants (the tiny-sdxl architecture, modelgen's
 // weights): as optimum 1.23 exports it (int32 ids for text_encoder, int64
 // for text_encoder_2, int64 timestep [steps]), and as newer optimum does
-// (int64 ids, float32 scalar timestep), with external data.
+// (int64 ids, float32 scalar timestep), with external data, and in float16
+// with a fixed batch of 1.
 func xlModel(t *testing.T) string {
 	return generate(t, "sdxl", modelgen.TinySDXL(), modelgen.Options{})
 }
@@ -28,6 +32,10 @@ func xlModel(t *testing.T) string {
 func xlNewerModel(t *testing.T) string {
 	return generate(t, "sdxl newer", modelgen.TinySDXL(), modelgen.Options{
 		IDs: onnxpb.Int64, Timestep: onnxpb.Float, TimestepShape: modelgen.TimestepScalar, ExternalFile: onnxpb.OptimumExternalFile})
+}
+
+func xlFP16Model(t *testing.T) string {
+	return generate(t, "sdxl fp16", modelgen.TinySDXL(), modelgen.Options{FP16: true, Batch: 1})
 }
 
 func xlInt32Model(t *testing.T) string {
@@ -46,10 +54,13 @@ func TestOpenFolderXLGenerated(t *testing.T) {
 		ids, ids2 ort.DType
 		tsType    session.DType
 		perItem   bool
+		tol       float64 // on the pixels, against the first variant's
 	}{
-		{"optimum 1.23", xlModel, ort.Int32, ort.Int64, session.Int64, true},
-		{"int64 ids, float scalar timestep, model.onnx_data", xlNewerModel, ort.Int64, ort.Int64, session.Float32, false},
-		{"int32 ids, float timestep [steps]", xlInt32Model, ort.Int32, ort.Int32, session.Float32, true},
+		{"optimum 1.23", xlModel, ort.Int32, ort.Int64, session.Int64, true, 0},
+		{"int64 ids, float scalar timestep, model.onnx_data", xlNewerModel, ort.Int64, ort.Int64, session.Float32, false, 1e-5},
+		{"int32 ids, float timestep [steps]", xlInt32Model, ort.Int32, ort.Int32, session.Float32, true, 1e-5},
+		// float16 weights and computation (measured 3.2e-3)
+		{"fp16, batch 1", xlFP16Model, ort.Int32, ort.Int64, session.Int64, true, 2e-2},
 	}
 	var first []float32
 	for _, tt := range tests {
@@ -84,6 +95,7 @@ func TestOpenFolderXLGenerated(t *testing.T) {
 				{"UNet.PooledDim", f.UNet.PooledDim(), cfg.Text2.ProjectionDim},
 				{"UNet.TimeIDsDim", f.UNet.TimeIDsDim(), 6},
 				{"Tokenizer2.Pad", int(f.Tokenizer2.Pad()), 0},
+				{"TextEncoder2.PooledWidth", f.TextEncoder2.PooledWidth(), cfg.Text2.ProjectionDim},
 			}
 			for _, ch := range checks {
 				if ch.got != ch.want {
@@ -117,8 +129,8 @@ func TestOpenFolderXLGenerated(t *testing.T) {
 			}
 			if first == nil {
 				first = px
-			} else if d := testenv.MaxAbsDiff(px, first); d > 1e-5 {
-				t.Errorf("pixels differ by %g from the %s variant of the same weights", d, tests[0].name)
+			} else if d := testenv.MaxAbsDiff(px, first); d > tt.tol {
+				t.Errorf("pixels differ by %g from the %s variant of the same weights, want at most %g", d, tests[0].name, tt.tol)
 			}
 		})
 	}
@@ -258,5 +270,50 @@ func TestXLWarmup(t *testing.T) {
 	}
 	if n := len(r.WarmupCalls[sd.UNet]); n != 1 {
 		t.Errorf("%d UNet warm-up calls, want 1", n)
+	}
+}
+
+// TestXLUpcastVAE opens a float16 SDXL whose VAE config says force_upcast:
+// the decoder runs as a float32 copy (as diffusers upcasts the VAE), which
+// decodes closer to the float32 model of the same weights than the float16
+// graph does; without force_upcast the float16 graph is kept.
+func TestXLUpcastVAE(t *testing.T) {
+	testenv.RequireORT(t)
+	cache := t.TempDir()
+	lat := make([]float32, 4*8*8)
+	for i := range lat {
+		lat[i] = float32(math.Sin(float64(i))) * 3
+	}
+	decode := func(dir string) ([]float32, ort.DType) {
+		f, err := sd.OpenFolder(t.Context(), dir, sd.WithRewriteCache(cache), sd.WithoutRewrites())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		out, err := f.VAEDecoder.Decode(t.Context(), tensor.New(tensor.WithShape(1, 4, 8, 8), tensor.WithBacking(slices.Clone(lat))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins, _, err := ort.ReadIO(f.VAEDecoder.Loaded.File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Data().([]float32), ins[0].DType
+	}
+	want, _ := decode(xlModel(t))
+	up, dt := decode(xlFP16Model(t))
+	if dt != ort.Float32 {
+		t.Errorf("float16 decoder with force_upcast runs a graph taking %v, want its float32 copy", dt)
+	}
+	plainDir := copyDir(t, xlFP16Model(t))
+	editJSON(t, plainDir, "vae_decoder/config.json", func(m map[string]any) { m["force_upcast"] = false })
+	plain, dt := decode(plainDir)
+	if dt != ort.Float16 {
+		t.Errorf("float16 decoder without force_upcast runs a graph taking %v, want its own float16", dt)
+	}
+	dUp, dPlain := testenv.MaxAbsDiff(up, want), testenv.MaxAbsDiff(plain, want)
+	t.Logf("against the float32 model: upcast float16 decoder %.3g, float16 decoder %.3g", dUp, dPlain)
+	if !(dUp < dPlain) || dUp > 1e-2 {
+		t.Errorf("upcast decoder differs from the float32 model by %g, the float16 one by %g: want the upcast one closer, within 1e-2", dUp, dPlain)
 	}
 }

@@ -107,6 +107,20 @@ func (s *Signature) PooledWidth() int {
 	return max(int(s.outs[1].Shape[1]), 0)
 }
 
+// WithPooledWidth returns the signature with text_embeds' width set to w
+// where the model leaves it dynamic (optimum declares it
+// [batch_size, "sequence_length"]; config.json's projection_dim gives it):
+// a float16 output needs it. A fixed width is kept.
+func (s *Signature) WithPooledWidth(w int) *Signature {
+	if !s.pooled || s.outs[1].Shape[1] > 0 || w <= 0 {
+		return s
+	}
+	c := *s
+	c.outs = slices.Clone(s.outs)
+	c.outs[1].Shape = []int64{s.outs[1].Shape[0], int64(w)}
+	return &c
+}
+
 // EncodePooled is Encode that also returns the pooled embedding of each
 // row, [batch, width], for a signature made by Penultimate(true).
 func (m *Model) EncodePooled(ctx context.Context, ids []int32, batch int) (hidden, pooled *tensor.Dense, err error) {

@@ -224,6 +224,11 @@ func (m *Model) run(ctx context.Context, ids []int32, batch int) ([]*tensor.Dens
 				out[0].Data = make([]float32, batch*seq*hidden)
 			}
 		}
+		for k := 1; k < len(out); k++ { // [batch, width] outputs of a fixed width
+			if s := m.outs[k].Shape; len(s) == 2 && s[1] > 0 {
+				out[k].Shape = []int64{int64(step), s[1]}
+			}
+		}
 		in := []ort.Tensor{{Shape: []int64{int64(step), int64(seq)}, Data: ids[r*seq : (r+step)*seq]}}
 		if err := m.s.Run(ctx, in, out); err != nil {
 			return nil, fmt.Errorf("textenc: %w", err)
