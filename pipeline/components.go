@@ -120,6 +120,16 @@ type AddedDenoiser interface {
 	PredictAdded(ctx context.Context, sample *tensor.Dense, ts []float64, cond, textEmbeds, timeIDs *tensor.Dense) (*tensor.Dense, error)
 }
 
+// CondDenoiser is a latent consistency UNet: instead of classifier-free
+// guidance it takes the guidance scale as an embedding, timestepCond
+// [batch, GuidanceEmbedding] row for row with sample (see
+// Components.GuidanceEmbedding). Implementations must be safe for
+// concurrent use.
+type CondDenoiser interface {
+	Denoiser
+	PredictCond(ctx context.Context, sample *tensor.Dense, ts []float64, cond, timestepCond *tensor.Dense) (*tensor.Dense, error)
+}
+
 // Components are the models and configuration a Pipeline runs. The
 // pipeline does not own them: the caller closes them after the pipeline.
 type Components struct {
@@ -153,6 +163,16 @@ type Components struct {
 	// empty NegativePrompt gives all-zero negative embeddings (hidden
 	// states and pooled) instead of the empty prompt's.
 	ZeroEmptyNegative bool
+	// GuidanceEmbedding is the width of a latent consistency UNet's
+	// timestep_cond (time_cond_proj_dim), 0 for other models. The UNet
+	// must then be a CondDenoiser: each request's guidance scale goes in
+	// as diffusers' guidance-scale embedding of GuidanceScale − 1 (the
+	// embed argument, see LatentConsistencyModelPipeline), and no request
+	// runs classifier-free guidance.
+	GuidanceEmbedding int
+	// Embed returns rows copies of the embedding of guidance; required
+	// with GuidanceEmbedding.
+	Embed func(guidance float64, dim, rows int) *tensor.Dense
 }
 
 func (c *Components) check() error {
@@ -171,6 +191,10 @@ func (c *Components) check() error {
 		return fmt.Errorf("pipeline: added conditioning needs a text encoder with pooled embeddings (PooledEncoder)")
 	case c.Added && !isAdded(c.UNet):
 		return fmt.Errorf("pipeline: added conditioning needs a unet that takes it (AddedDenoiser)")
+	case c.GuidanceEmbedding > 0 && (!isCond(c.UNet) || c.Embed == nil):
+		return fmt.Errorf("pipeline: a guidance embedding needs a unet that takes it (CondDenoiser) and Embed")
+	case c.GuidanceEmbedding > 0 && c.Added:
+		return fmt.Errorf("pipeline: a guidance embedding beside added conditioning (LCM-SDXL) is not supported")
 	case c.ScalingFactor < 0:
 		return fmt.Errorf("pipeline: negative scaling factor %g", c.ScalingFactor)
 	}
@@ -192,3 +216,8 @@ func (c *Components) check() error {
 
 func isPooled(e Encoder) bool { _, ok := e.(PooledEncoder); return ok }
 func isAdded(d Denoiser) bool { _, ok := d.(AddedDenoiser); return ok }
+
+func isCond(d Denoiser) bool {
+	_, ok := d.(CondDenoiser)
+	return ok
+}

@@ -215,6 +215,17 @@ func (b *unetBatch) added(k int) {
 	b.timeIDs = tensor.New(tensor.WithShape(k*n, len(ti)/(k*n)), tensor.WithBacking(ti))
 }
 
+// guidanceRows is a latent consistency UNet's timestep_cond for the batch:
+// each item's guidance embedding.
+func (p *Pipeline) guidanceRows(b *unetBatch) *tensor.Dense {
+	dim := p.c.GuidanceEmbedding
+	d := make([]float32, 0, len(b.items)*dim)
+	for m := range b.items {
+		d = append(d, p.c.Embed(*b.job[m].req.GuidanceScale, dim, 1).Data().([]float32)...)
+	}
+	return tensor.New(tensor.WithShape(len(b.items), dim), tensor.WithBacking(d))
+}
+
 // callContext is canceled when every job of the batch is: one canceled
 // request never stops a call that others still need.
 func callContext(jobs []*job) (context.Context, context.CancelFunc) {
@@ -259,6 +270,8 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 	var err error
 	if b.textEmbeds != nil {
 		pred, err = p.c.UNet.(AddedDenoiser).PredictAdded(ctx, sample, []float64{t}, b.cond, b.textEmbeds, b.timeIDs)
+	} else if p.c.GuidanceEmbedding > 0 {
+		pred, err = p.c.UNet.(CondDenoiser).PredictCond(ctx, sample, []float64{t}, b.cond, p.guidanceRows(b))
 	} else if rows := b.loraRows(); rows != nil {
 		pred, err = p.c.UNet.(LoRADenoiser).PredictLoRA(ctx, sample, []float64{t}, b.cond, rows)
 	} else {

@@ -153,7 +153,7 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	if err := p.resolveAdded(&r); err != nil {
 		return nil, err
 	}
-	pl := &plan{req: r, guided: g > 1}
+	pl := &plan{req: r, guided: g > 1 && p.c.GuidanceEmbedding == 0} // an LCM takes guidance as an embedding
 	if err := p.tokenize(pl); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/unet"
 )
 
 // Model is an opened model folder with its running engine. It is safe for
@@ -74,14 +75,25 @@ func (f *Folder) Components() pipeline.Components {
 		c.Tokenizer2 = f.Tokenizer2
 		c.Added, c.ZeroEmptyNegative = true, f.zeroEmpty
 	}
+	if n := f.UNet.TimestepCondDim(); n > 0 { // a latent consistency model
+		c.GuidanceEmbedding, c.Embed = n, unet.GuidanceEmbedding
+	}
 	return c
 }
 
+// lcmGuidance is diffusers' LatentConsistencyModelPipeline's default
+// guidance scale, which a UNet with timestep_cond gets by default.
+const lcmGuidance = 8.5
+
 // defaults returns the defaults of requests: those of over that are set,
 // else the folder's sdpipe.json's, else diffusers' (the UNet's
-// sample_size × 8, else 512×512, at guidance 7.5).
+// sample_size × 8, else 512×512, at guidance 7.5, or 8.5 for a latent
+// consistency UNet, as its pipeline).
 func (f *Folder) defaults(over Defaults) Defaults {
 	d := Defaults{Width: 512, Height: 512, GuidanceScale: pipeline.DefaultGuidance}
+	if f.UNet != nil && f.UNet.TimestepCondDim() > 0 {
+		d.GuidanceScale = lcmGuidance
+	}
 	if s := f.sampleSize; s > 0 {
 		d.Width, d.Height = 8*s, 8*s
 	}

@@ -3,6 +3,7 @@ package unet
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 
 	"gorgonia.org/tensor"
@@ -17,6 +18,7 @@ import (
 // each as height, width).
 type Added struct {
 	TextEmbeds, TimeIDs *tensor.Dense
+	TimestepCond        *tensor.Dense // LCM's guidance embedding [batch, TimestepCondDim()]
 }
 
 // checkAdded checks the optional text_embeds and time_ids inputs: both or
@@ -55,7 +57,10 @@ func (m *Signature) TimeIDsDim() int { return m.timeIDsDim }
 // exampleAdded returns added conditioning for example calls at latent size
 // h×w: random pooled embeddings (zeros unless random) and the time ids of
 // an uncropped image of that size; nil for a model without them.
-func (m *Signature) exampleAdded(batch, h, w int, random bool) *Added {
+func (m *Signature) exampleAdded(batch, h, w int, random bool, guidance float64) *Added {
+	if m.timestepCond >= 0 {
+		return &Added{TimestepCond: GuidanceEmbedding(guidance, m.condDim, batch)}
+	}
 	if !m.HasAdded() {
 		return nil
 	}
@@ -101,4 +106,74 @@ func (m *Model) PredictAdded(ctx context.Context, sample *tensor.Dense, ts []flo
 		}
 	}
 	return m.predict(ctx, sample, ts, context_, &Added{TextEmbeds: textEmbeds, TimeIDs: timeIDs})
+}
+
+// checkTimestepCond checks the optional timestep_cond input of a latent
+// consistency UNet: float [batch, width] with a fixed width, and not
+// beside SDXL's added conditioning (LCM-SDXL is not supported).
+func (m *Signature) checkTimestepCond(ins []ort.IOInfo, bad func(string, ...any) error) error {
+	if m.timestepCond < 0 {
+		return nil
+	}
+	v := ins[m.timestepCond]
+	if !isFloat(v.DType) || len(v.Shape) != 2 || v.Shape[1] <= 0 {
+		return bad("timestep_cond is %s%v, want float [batch, width] with a fixed width", v.DType, v.Shape)
+	}
+	if m.textEmbeds >= 0 {
+		return bad("timestep_cond beside text_embeds and time_ids (LCM-SDXL) is not supported")
+	}
+	m.condDim = int(v.Shape[1])
+	return nil
+}
+
+// TimestepCondDim returns the width of a latent consistency UNet's
+// timestep_cond input (its time_cond_proj_dim), or 0 for a model without
+// it: such a model is called with PredictCond and takes guidance as this
+// embedding instead of classifier-free guidance.
+func (m *Signature) TimestepCondDim() int { return max(m.condDim, 0) }
+
+// PredictCond is Predict for a latent consistency UNet: timestepCond is
+// [batch, TimestepCondDim()], row for row with sample (see
+// GuidanceEmbedding).
+func (m *Model) PredictCond(ctx context.Context, sample *tensor.Dense, ts []float64, context_, timestepCond *tensor.Dense) (*tensor.Dense, error) {
+	if m.timestepCond < 0 {
+		return nil, fmt.Errorf("%w: the model takes no timestep_cond", ErrInput)
+	}
+	b := -1
+	if ss := sample.Shape(); len(ss) == 4 {
+		b = ss[0]
+	}
+	if timestepCond == nil {
+		return nil, fmt.Errorf("%w: no timestep_cond", ErrInput)
+	}
+	if s := timestepCond.Shape(); len(s) != 2 || s[0] != b || s[1] != m.condDim {
+		return nil, fmt.Errorf("%w: timestep_cond has shape %v, model wants [%d %d]", ErrInput, s, b, m.condDim)
+	}
+	return m.predict(ctx, sample, ts, context_, &Added{TimestepCond: timestepCond})
+}
+
+// GuidanceEmbedding returns rows copies of the guidance-scale embedding a
+// latent consistency model takes as timestep_cond, as diffusers'
+// LatentConsistencyModelPipeline.get_guidance_scale_embedding computes it
+// for w = guidance − 1 (in float32): with half = dim/2 and
+// f_k = exp(−k·ln(10000)/(half−1)), the row is sin(1000·w·f_k) for k < half,
+// then cos(1000·w·f_k), zero-padded to an odd dim.
+func GuidanceEmbedding(guidance float64, dim, rows int) *tensor.Dense {
+	row := make([]float32, dim)
+	half := dim / 2
+	if half > 0 {
+		w := float32(guidance-1) * 1000
+		step := float32(math.Log(10000)) / float32(max(half-1, 1))
+		for k := range half {
+			f := float32(math.Exp(float64(float32(k) * -step)))
+			x := float64(w * f)
+			row[k] = float32(math.Sin(x))
+			row[half+k] = float32(math.Cos(x))
+		}
+	}
+	d := make([]float32, 0, rows*dim)
+	for range rows {
+		d = append(d, row...)
+	}
+	return tensor.New(tensor.WithShape(rows, dim), tensor.WithBacking(d))
 }

@@ -24,6 +24,7 @@ type Signature struct {
 	ins, outs                  []ort.IOInfo
 	sample, timestep, context_ int // input positions
 	textEmbeds, timeIDs        int // SDXL's added conditioning inputs, or -1
+	timestepCond, condDim      int // LCM's timestep_cond input (or -1) and its width
 	pooledDim, timeIDsDim      int // their widths
 	tsType                     ort.DType
 	tsShape                    []int64 // nil (scalar), [1] or [batch]
@@ -84,7 +85,7 @@ func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 	bad := func(format string, args ...any) error {
 		return &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf(format, args...)}
 	}
-	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1, textEmbeds: -1, timeIDs: -1}
+	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1, textEmbeds: -1, timeIDs: -1, timestepCond: -1}
 	for i, v := range ins {
 		switch v.Name {
 		case "sample":
@@ -97,11 +98,16 @@ func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
 			m.textEmbeds = i
 		case "time_ids":
 			m.timeIDs = i
+		case "timestep_cond":
+			m.timestepCond = i
 		default:
-			return nil, bad("unexpected input %q (want sample, timestep, encoder_hidden_states, and for SDXL text_embeds, time_ids)", v.Name)
+			return nil, bad("unexpected input %q (want sample, timestep, encoder_hidden_states, and for SDXL text_embeds, time_ids, for LCM timestep_cond)", v.Name)
 		}
 	}
 	if err := m.checkAdded(ins, bad); err != nil {
+		return nil, err
+	}
+	if err := m.checkTimestepCond(ins, bad); err != nil {
 		return nil, err
 	}
 	if m.sample < 0 || m.timestep < 0 || m.context_ < 0 {
@@ -214,7 +220,7 @@ func (m *Signature) exampleInputs() ([]ort.Tensor, error) {
 		batch = int(m.batch)
 	}
 	x, ts, c := m.example(batch, 8, 8, true)
-	return m.inputs(x, ts, c, m.exampleAdded(batch, 8, 8, true), 0, batch)
+	return m.inputs(x, ts, c, m.exampleAdded(batch, 8, 8, true, 8.5), 0, batch)
 }
 
 // Open loads the UNet. The caller must Close the Model.
@@ -254,7 +260,7 @@ func (m *Model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
 // duration.
 func (m *Model) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
 	x, ts, c := m.example(2, w.Height/8, w.Width/8, false)
-	add := m.exampleAdded(2, w.Height/8, w.Width/8, false)
+	add := m.exampleAdded(2, w.Height/8, w.Width/8, false, 8.5)
 	return ort.Repeat(ctx, func(ctx context.Context) error {
 		_, err := m.predict(ctx, x, ts, c, add)
 		return err
@@ -328,8 +334,15 @@ func (m *Signature) inputs(sample *tensor.Dense, ts []float64, context_ *tensor.
 	in[m.sample] = ort.Tensor{Shape: []int64{int64(n), int64(ss[1]), int64(ss[2]), int64(ss[3])}, Data: sd[r*sn : (r+n)*sn]}
 	in[m.timestep] = tsIn
 	in[m.context_] = ort.Tensor{Shape: []int64{int64(n), int64(cs[1]), int64(cs[2])}, Data: cd[r*cn : (r+n)*cn]}
+	if m.timestepCond >= 0 {
+		if add == nil || add.TimestepCond == nil {
+			return nil, fmt.Errorf("%w: the model takes timestep_cond (LCM): call PredictCond", ErrInput)
+		}
+		cd, w := add.TimestepCond.Data().([]float32), m.condDim
+		in[m.timestepCond] = ort.Tensor{Shape: []int64{int64(n), int64(w)}, Data: cd[r*w : (r+n)*w]}
+	}
 	if m.textEmbeds >= 0 {
-		if add == nil {
+		if add == nil || add.TextEmbeds == nil {
 			return nil, fmt.Errorf("%w: the model takes text_embeds and time_ids (SDXL): call PredictAdded", ErrInput)
 		}
 		pd, td := add.TextEmbeds.Data().([]float32), add.TimeIDs.Data().([]float32)
