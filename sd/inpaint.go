@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/color"
 	"math"
+	"strconv"
 
 	"golang.org/x/image/draw"
 	"gorgonia.org/tensor"
@@ -335,4 +336,24 @@ func resizeNRGBA(m *image.NRGBA, w, h int) *image.NRGBA {
 	d := image.NewNRGBA(image.Rect(0, 0, w, h))
 	draw.CatmullRom.Scale(d, d.Rect, m, m.Bounds(), draw.Src, nil)
 	return d
+}
+
+// Fields returns the options as AUTOMATIC1111's infotext writes them
+// ("Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked
+// area padding"), leaving out what is at its default.
+func (o Inpaint) Fields() [][2]string {
+	var f [][2]string
+	if o.Blur > 0 {
+		f = append(f, [2]string{"Mask blur", strconv.Itoa(o.Blur)})
+	}
+	if o.Invert {
+		f = append(f, [2]string{"Mask mode", "Inpaint not masked"})
+	}
+	if name, ok := map[InpaintFill]string{FillColors: "fill", FillLatentNoise: "latent noise", FillLatentNothing: "latent nothing"}[o.Fill]; ok {
+		f = append(f, [2]string{"Masked content", name})
+	}
+	if o.OnlyMasked {
+		f = append(f, [2]string{"Inpaint area", "Only masked"}, [2]string{"Masked area padding", strconv.Itoa(o.Padding)})
+	}
+	return f
 }

@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
@@ -142,6 +143,11 @@ func TestMaskedImg2Img(t *testing.T) {
 		}
 		if s := res.Pixels.Shape(); s[1] != size || s[2] != size {
 			t.Errorf("%+v: pixels are %v", o, s)
+		}
+		for _, kv := range o.Fields() {
+			if !strings.Contains(res.Infotexts[0], kv[0]+": "+kv[1]) {
+				t.Errorf("%+v: infotext %q lacks %s", o, res.Infotexts[0], kv[0])
+			}
 		}
 		return res.Images[0]
 	}

@@ -44,6 +44,9 @@ func Infotext(r Request, seed int64, model string) string {
 	if r.InitImage != nil {
 		fields = append(fields, [2]string{"Denoising strength", strconv.FormatFloat(r.Strength, 'g', -1, 64)})
 	}
+	if r.Mask != nil {
+		fields = append(fields, r.Inpaint.Fields()...)
+	}
 	if r.Eta != 0 {
 		fields = append(fields, [2]string{"Eta", strconv.FormatFloat(r.Eta, 'g', -1, 64)})
 	}

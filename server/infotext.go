@@ -105,6 +105,11 @@ func (ii imageInfo) infotext() string {
 	if r.InitImage != nil {
 		f = append(f, infoField{"Denoising strength", pyFloat(r.Strength)})
 	}
+	if r.Mask != nil {
+		for _, kv := range r.Inpaint.Fields() {
+			f = append(f, infoField{kv[0], kv[1]})
+		}
+	}
 	if r.Eta != 0 {
 		f = append(f, infoField{"Eta DDIM", pyFloat(r.Eta)})
 	}
