@@ -18,8 +18,8 @@ import (
 // Mask. The zero value is A1111's defaults with mask_blur 0 and
 // inpainting_fill "original".
 type Inpaint struct {
-	// Blur is mask_blur: the mask's Gaussian blur σ in pixels (A1111's
-	// default is 4); 0 leaves it sharp.
+	// Blur is mask_blur: the mask's Gaussian blur σ in pixels, up to 64
+	// (A1111's default is 4); 0 leaves it sharp.
 	Blur int
 	// Invert is inpainting_mask_invert: repaint the black region instead.
 	Invert bool
@@ -70,9 +70,10 @@ func A1111Fill(n int) (InpaintFill, error) {
 	return 0, fmt.Errorf("sd: inpainting_fill %d: want 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)", n)
 }
 
-// maxBlur bounds Inpaint.Blur and Padding, so a request cannot ask for
-// unbounded work.
-const maxBlur = 256
+// maxBlur bounds Inpaint.Blur (A1111's own slider stops at 64): the blur
+// costs 5σ operations per pixel, so a request cannot ask for unbounded
+// work.
+const maxBlur = 64
 
 // inpaintJob is what Submit prepared for a Request with a Mask and what
 // the result needs: the overlay and where the crop goes back.

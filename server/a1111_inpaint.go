@@ -54,8 +54,8 @@ func a1111Inpaint(in *a1111Request) (sd.Inpaint, error) {
 	if bx != by {
 		return o, badRequest("mask_blur_x", "mask_blur_x %d and mask_blur_y %d: one blur for both axes is supported (send mask_blur)", bx, by)
 	}
-	if bx < 0 || bx > 256 {
-		return o, badRequest("mask_blur", "mask_blur: %d is outside [0, 256]", bx)
+	if bx < 0 || bx > 64 {
+		return o, badRequest("mask_blur", "mask_blur: %d is outside [0, 64]", bx)
 	}
 	o.Blur = bx
 	if in.InpaintingFill != nil {
