@@ -144,10 +144,11 @@ func TestWebPageDevTools(t *testing.T) {
 		t.Errorf("download link %+v", dl)
 	}
 	c.click("#download")
-	waitFor(t, "the download", func() bool { return fileExists(filepath.Join(downloads, "sdpipe-7.png")) })
-	if b, err := os.ReadFile(filepath.Join(downloads, "sdpipe-7.png")); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
-		t.Errorf("downloaded file: %v", err)
-	}
+	// the file may show before Chromium has written it: wait for a PNG
+	waitFor(t, "the downloaded PNG", func() bool {
+		b, err := os.ReadFile(filepath.Join(downloads, "sdpipe-7.png"))
+		return err == nil && bytes.HasPrefix(b, []byte("\x89PNG"))
+	})
 
 	// reuse the seed after changing it, and copy the parameters
 	c.click("#seed")
