@@ -19,7 +19,10 @@ import (
 type Request struct {
 	// Prompt and NegativePrompt use AUTOMATIC1111's syntax: (word) ×1.1,
 	// [word] ÷1.1, (word:1.3), BREAK, and prompts beyond 75 tokens in
-	// chunks. "" is the unconditional prompt.
+	// chunks. "" is the unconditional prompt; for an SDXL model whose
+	// model_index.json says force_zeros_for_empty_prompt (diffusers'
+	// default) an empty NegativePrompt gives all-zero negative embeddings,
+	// as in diffusers.
 	Prompt         string
 	NegativePrompt string
 	// LiteralPrompt turns the syntax off: the prompts are tokenized as

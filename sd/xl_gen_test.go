@@ -317,3 +317,32 @@ func TestXLUpcastVAE(t *testing.T) {
 		t.Errorf("upcast decoder differs from the float32 model by %g, the float16 one by %g: want the upcast one closer, within 1e-2", dUp, dPlain)
 	}
 }
+
+// TestXLTurboSettings runs the SDXL-Turbo settings on the generated tiny
+// SDXL: trailing timesteps (its scheduler config), one step at timestep
+// 999, no guidance (one UNet row, no negative embeddings).
+func TestXLTurboSettings(t *testing.T) {
+	testenv.RequireORT(t)
+	dir := copyDir(t, xlModel(t))
+	editJSON(t, dir, "scheduler/scheduler_config.json", func(m map[string]any) { m["timestep_spacing"] = "trailing" })
+	m, err := sd.Open(t.Context(), dir, sd.WithoutRewrites())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var ts []float64
+	var rows []int
+	res, err := m.Generate(t.Context(), sd.Request{Prompt: "a cat", Steps: 1, GuidanceScale: new(0.0), Seed: 3,
+		OnStep: func(s sd.Step) { ts, rows = append(ts, s.Timestep), append(rows, s.TextEmbeddings.Shape()[0]) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ts, []float64{999}) || !slices.Equal(rows, []int{1}) {
+		t.Errorf("timesteps %v with embedding rows %v, want [999] and one row", ts, rows)
+	}
+	for _, v := range res.Pixels.Data().([]float32) {
+		if math.IsNaN(float64(v)) || v < 0 || v > 1 {
+			t.Fatalf("pixel %v", v)
+		}
+	}
+}
