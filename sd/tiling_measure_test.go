@@ -180,3 +180,85 @@ func tileDiff(a, b []float32, planes, h, w, stride, blend int) (interiorMax, int
 	}
 	return interiorMax, interiorMean / float64(max(ni, 1)), seamMax, seamMean / float64(max(ns, 1))
 }
+
+// TestTiledGenerateMeasured measures the peak RSS of a whole one-step
+// generation at $SDPIPE_MEASURE_SIZE (default 1024) on the model folder
+// $SDPIPE_MEASURE_TILED, with the VAE plain and tiled (WithTiledVAE, the
+// model's tile), each in a process of its own, beside admission's
+// estimate: whether a 1024² SD 1.5 image fits a budget with tiling. Like
+// TestTiledDecodeMeasured it runs only when the variable is set:
+//
+//	SDPIPE_MEASURE_TILED=/root/models/sd15 go test -run TestTiledGenerateMeasured -v -timeout 60m ./sd
+//
+// Measured on the generated SD 1.5 model, 1024², one step with guidance,
+// on 2 cores: plain, the process peaked at 9.3 GiB RSS (4.1 GiB after
+// loading; admission's estimate 4.0 GiB, 283 s); with the VAE in 512-pixel
+// tiles at 6.5 GiB (4.4 GiB after loading; estimate 1.7 GiB, 449 s).
+func TestTiledGenerateMeasured(t *testing.T) {
+	if mode := os.Getenv("SDPIPE_TILED_GEN"); mode != "" {
+		tiledGenerateChild(t, mode)
+		return
+	}
+	dir := os.Getenv("SDPIPE_MEASURE_TILED")
+	if dir == "" {
+		t.Skip("set SDPIPE_MEASURE_TILED to an SD 1.5 model folder to measure tiled generation")
+	}
+	testenv.RequireORT(t)
+	size := cmpOrAtoi(os.Getenv("SDPIPE_MEASURE_SIZE"), 1024)
+	for _, mode := range []string{"plain", "tiled"} {
+		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestTiledGenerateMeasured$", "-test.v", "-test.timeout=0")
+		cmd.Env = append(os.Environ(), "SDPIPE_TILED_GEN="+mode, "SDPIPE_TILED_DIR="+dir, "SDPIPE_TILED_SIZE="+strconv.Itoa(size))
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", mode, err, b)
+		}
+		var open, hwm, est, secs float64
+		var tile int
+		found := false
+		for _, l := range strings.Split(string(b), "\n") {
+			if n, _ := fmt.Sscanf(l, "tiled-generate: open %g hwm %g estimate %g tile %d seconds %g", &open, &hwm, &est, &tile, &secs); n == 5 {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("%s: no figures in\n%s", mode, b)
+		}
+		t.Logf("%s: a one-step %d² image (VAE tile %d) peaked at %s RSS, %s after loading; admission's estimate %s; %.0f s",
+			mode, size, tile, gib(int64(hwm)), gib(int64(open)), gib(int64(est)), secs)
+	}
+}
+
+func cmpOrAtoi(s string, def int) int {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n
+	}
+	return def
+}
+
+// tiledGenerateChild is one measured generation.
+func tiledGenerateChild(t *testing.T, mode string) {
+	when := Off
+	if mode == "tiled" {
+		when = On
+	}
+	size := cmpOrAtoi(os.Getenv("SDPIPE_TILED_SIZE"), 1024)
+	m, err := Open(t.Context(), os.Getenv("SDPIPE_TILED_DIR"), WithMemoryBudget(math.MaxInt64), WithTiledVAE(when, 0), WithoutVAEEncoder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	req := Request{Prompt: "a lighthouse at dusk", Steps: 1, Seed: 1, Width: size, Height: size}
+	e, err := m.EstimateMemory(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := testenv.ProcStatus(t, "VmRSS")
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil { // reset VmHWM: the generation's peak, not the load's
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := m.Generate(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("tiled-generate: open %g hwm %g estimate %g tile %d seconds %g\n", open, testenv.ProcStatus(t, "VmHWM"), float64(e.Total()), e.VAETile, time.Since(t0).Seconds())
+}
