@@ -161,7 +161,7 @@ func TestMaskedImg2Img(t *testing.T) {
 	if in != 0 || out < 10 {
 		t.Errorf("inverted: inside the mask %d levels from the init image (want 0), outside up to %d (want a change)", in, out)
 	}
-	reach := box.Inset(-2 * 10) // beyond the kernel of σ 4 (radius int(2.5σ+0.5) = 10), doubled
+	reach := box.Inset(-11) // beyond the kernel of σ 4 (radius int(2.5σ+0.5) = 10)
 	in, out = regionDiff(gen(Inpaint{Blur: 4}, 0.75), img, reach)
 	if out != 0 || in < 10 {
 		t.Errorf("blur 4: beyond the blur %d levels from the init image (want 0), within up to %d", out, in)

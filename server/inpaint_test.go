@@ -103,7 +103,7 @@ func TestA1111Inpaint(t *testing.T) {
 		{"alpha mask", sharp, amask, box, false},
 		{"inverted", sharp + `,"inpainting_mask_invert":1`, mask, box, true},
 		{"latent noise", `,"mask_blur":0,"inpaint_full_res":0,"inpainting_fill":2`, mask, box, false},
-		{"A1111's defaults (blur 4, only masked, fill)", "", mask, box.Inset(-20), false},
+		{"A1111's defaults (blur 4, only masked, fill)", "", mask, box.Inset(-11), false},
 		{"only masked, padding 8", `,"inpaint_full_res":true,"inpaint_full_res_padding":8,"mask_blur":0`, mask, box.Inset(-8), false},
 	} {
 		in, out := changed(run(c.mask, c.fields), img, c.region)
