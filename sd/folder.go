@@ -123,11 +123,9 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 			return nil, errors.Join(err, f.closeModels())
 		}
 	}
-	if xl := lay.xl; xl != nil { // SDXL: placed as the first text encoder
-		f.Tokenizer2, f.zeroEmpty = xl.tok, xl.zeroEmpty
-		o := cfg.sessionOptions(TextEncoder)
-		if f.TextEncoder2, err = xl.te.Open(ctx, o); err != nil {
-			return nil, errors.Join(openError(lay.dir, TextEncoder, o.Device, err), f.closeModels())
+	if lay.xl != nil {
+		if err := f.loadXL(ctx, lay, cfg); err != nil { // xl.go
+			return nil, errors.Join(err, f.closeModels())
 		}
 	}
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)

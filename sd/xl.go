@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
@@ -309,4 +311,39 @@ func upcastDecoder(sig *vae.DecoderSignature, o session.Options, log *slog.Logge
 	}
 	log.Warn("sd: float16 VAE decoder with force_upcast could not be widened to float32; it may give NaN", "error", err)
 	return sig
+}
+
+// loadXL loads SDXL's text_encoder_2, placed as the first text encoder
+// (WithDevice(TextEncoder, ...) and its session options); the load report
+// counts its time and rewrites as the text encoder's.
+func (f *Folder) loadXL(ctx context.Context, lay *layout, cfg *loadConfig) error {
+	xl := lay.xl
+	f.Tokenizer2, f.zeroEmpty = xl.tok, xl.zeroEmpty
+	o := cfg.sessionOptions(TextEncoder)
+	start := time.Now()
+	m, err := xl.te.Open(ctx, o)
+	if _, ok := errors.AsType[*ort.ProviderError](err); ok && cfg.auto(TextEncoder) {
+		cfg.logger.Warn("sd: GPU unavailable, running on the CPU", "component", textEncoder2, "error", err)
+		o.Device, o.ProviderOptions = session.CPU, nil
+		m, err = xl.te.Open(ctx, o)
+	}
+	if err != nil {
+		err = openError(lay.dir, TextEncoder, o.Device, err)
+		if fe, ok := errors.AsType[*FolderError](err); ok {
+			fe.File = textEncoder2 + "/" + modelFile
+		}
+		return err
+	}
+	f.TextEncoder2 = m
+	d := time.Since(start)
+	cfg.logger.Info("sd: loaded", "component", textEncoder2, "path", m.Loaded.File, "device", string(o.Device), "duration", d)
+	f.load.mu.Lock()
+	defer f.load.mu.Unlock()
+	if f.load.r.Open != nil {
+		f.load.r.Open[TextEncoder] += d
+	}
+	if r := m.Loaded.Rewrites; r != "" && f.load.r.Rewrites != nil {
+		f.load.r.Rewrites[TextEncoder] += "; " + textEncoder2 + ": " + r
+	}
+	return nil
 }

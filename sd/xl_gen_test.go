@@ -2,6 +2,7 @@ package sd_test
 
 import (
 	"errors"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -344,5 +345,28 @@ func TestXLTurboSettings(t *testing.T) {
 		if math.IsNaN(float64(v)) || v < 0 || v > 1 {
 			t.Fatalf("pixel %v", v)
 		}
+	}
+}
+
+// TestXLLoadReport checks that the load report and log count
+// text_encoder_2 with the text encoder: its load time, and its rewrites
+// beside text_encoder's.
+func TestXLLoadReport(t *testing.T) {
+	testenv.RequireORT(t)
+	rec := &recorder{}
+	f, err := sd.OpenFolder(t.Context(), xlModel(t), sd.WithLogger(slog.New(rec)), sd.WithRewriteCache(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := f.Load()
+	if r.Open[sd.TextEncoder] <= 0 || !strings.Contains(r.Rewrites[sd.TextEncoder], "text_encoder_2: ") {
+		t.Errorf("text encoder load %v, rewrites %q: want text_encoder_2's counted in", r.Open[sd.TextEncoder], r.Rewrites[sd.TextEncoder])
+	}
+	rec.mu.Lock()
+	logged := strings.Join(rec.msgs, "; ")
+	rec.mu.Unlock()
+	if !strings.Contains(logged, "sd: loaded text_encoder_2") {
+		t.Errorf("log %q does not report loading text_encoder_2", logged)
 	}
 }
