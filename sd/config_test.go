@@ -41,8 +41,15 @@ func TestMemoryPatternOption(t *testing.T) {
 	if c.sessionOptions(VAEDecoder).DisableMemoryPattern || !c.sessionOptions(TextEncoder).DisableMemoryPattern || !c.sessionOptions(VAEEncoder).DisableMemoryPattern {
 		t.Errorf("MemoryPattern not applied: decoder %+v, text encoder %+v", c.sessionOptions(VAEDecoder), c.sessionOptions(TextEncoder))
 	}
-	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: Off}))
-	if !c.sessionOptions(VAEDecoder).DisableMemoryArena || c.sessionOptions(UNet).DisableMemoryArena {
+	c = loadConfigOf(t)
+	for _, k := range components {
+		want := k == VAEDecoder || k == VAEEncoder
+		if got := c.sessionOptions(k).DisableMemoryArena; got != want {
+			t.Errorf("default: %v's memory arena disabled %v, want %v", k, got, want)
+		}
+	}
+	c = loadConfigOf(t, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: On}), WithSessionOptions(UNet, SessionOptions{MemoryArena: Off}))
+	if c.sessionOptions(VAEDecoder).DisableMemoryArena || !c.sessionOptions(UNet).DisableMemoryArena || !c.sessionOptions(VAEEncoder).DisableMemoryArena {
 		t.Errorf("MemoryArena not applied: decoder %+v, unet %+v", c.sessionOptions(VAEDecoder), c.sessionOptions(UNet))
 	}
 	c = loadConfigOf(t, WithSessionOptions(UNet, SessionOptions{ProviderOptions: map[string]string{"device_id": "1"}}), WithThreads(UNet, 3))

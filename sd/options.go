@@ -160,11 +160,14 @@ type SessionOptions struct {
 	// 512×512 it holds 0.25 GiB (UNet) and 0.9 GiB (VAE decoder) more for
 	// no speed, and on for the text encoder.
 	MemoryPattern Switch
-	// MemoryArena is ONNX Runtime's CPU memory arena (on by default). The
-	// arena keeps the largest amount of memory a call has needed for the
-	// next calls; off, a call's memory goes back to the system when it
-	// ends, so that sessions that run one after the other do not each hold
-	// their peak.
+	// MemoryArena is ONNX Runtime's CPU memory arena. The arena keeps the
+	// largest amount of memory a call has needed for the next calls; off,
+	// a call's memory goes back to the system when it ends, so that
+	// sessions that run one after the other do not each hold their peak.
+	// By default it is on for the text encoder and the UNet and off for
+	// the VAE, whose few large tensors the arena's doubling growth
+	// rounds up: an SD 1.5 decode at 768×768 peaked at 3.5 GiB with it and
+	// 1.7 GiB without, at 256×256 4% slower (8.0–8.2 s against 7.6–8.1 s).
 	MemoryArena Switch
 	// Spinning lets the idle threads of the session's pool spin for more
 	// work before they sleep (ONNX Runtime's allow_spinning; on by
@@ -315,7 +318,8 @@ func (c *loadConfig) check() []error {
 // placement, ONNX Runtime settings and rewrites.
 func (c *loadConfig) sessionOptions(k Component) session.Options {
 	o := session.Options{LibraryPath: c.libraryPath, Device: session.CPU, DisableMemoryPattern: k != TextEncoder,
-		RewriteCache: c.perf.cacheDir, Logger: c.logger.With("component", k.String())}
+		DisableMemoryArena: k == VAEDecoder || k == VAEEncoder,
+		RewriteCache:       c.perf.cacheDir, Logger: c.logger.With("component", k.String())}
 	if o.RewriteCache == "" {
 		o.RewriteCache = filepath.Join(cachedir.Dir(), "rewritten")
 	}
@@ -327,7 +331,7 @@ func (c *loadConfig) sessionOptions(k Component) session.Options {
 		o.ProviderOptions = maps.Clone(s.ProviderOptions)
 		o.Threads = p.threads
 		o.DisableMemoryPattern = !s.MemoryPattern.or(!o.DisableMemoryPattern)
-		o.DisableMemoryArena = !s.MemoryArena.or(true)
+		o.DisableMemoryArena = !s.MemoryArena.or(!o.DisableMemoryArena)
 		o.DisableSpinning = !s.Spinning.or(true)
 	}
 	for _, r := range c.perf.rewrites {
