@@ -50,6 +50,7 @@ type Folder struct {
 	zeroEmpty     bool              // SDXL's force_zeros_for_empty_prompt
 	sigMu         sync.Mutex
 	sigs          map[Component]*memSignature // what decides each component's memory (memory.go)
+	te2Sig        *memSignature               // the same for SDXL's text_encoder_2
 	closeOnce     sync.Once
 	closeErr      error
 	load          loadState // load times, rewrites and warm-up (perf.go)

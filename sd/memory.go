@@ -107,7 +107,8 @@ type memoryModel struct {
 	seq       int64 // tokens per chunk (the text encoder's sequence)
 	latentCh  int64
 	budget    int64
-	maxChunks int // 0: no limit
+	te2       *memSignature // SDXL's text_encoder_2, or nil
+	maxChunks int           // 0: no limit
 	tiling    tilingConfig
 	tiles     []int // the VAE tiles to try, largest first (tiling.go)
 	gate      *memoryGate
@@ -150,6 +151,8 @@ func (m *memoryModel) estimateTiled(s memShape, tile int) MemoryEstimate {
 	lh, lw := int64(s.height/8), int64(s.width/8)
 	var e MemoryEstimate
 	e.TextEncoder = m.sig[TextEncoder].need(callShape{rows: rows * chunks, h: m.seq, w: 1})
+	// SDXL's text_encoder_2 runs after it, and its session keeps its own peak
+	e.TextEncoder += m.te2.need(callShape{rows: rows * chunks, h: m.seq, w: 1})
 	e.UNet = m.sig[UNet].need(callShape{rows: rows * imgs, h: lh, w: lw, keys: m.seq * chunks, visual: true})
 	dh, dw, ph, pw := lh, lw, int64(s.height), int64(s.width) // one VAE call's latents and pixels
 	var tiles int64
@@ -318,6 +321,7 @@ func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
 	for k, s := range f.sigs {
 		m.sig[k] = s
 	}
+	m.te2 = f.te2Sig
 	f.sigMu.Unlock()
 	if f.Tokenizer != nil {
 		m.seq = int64(f.Tokenizer.MaxLength())

@@ -336,6 +336,13 @@ func (f *Folder) loadXL(ctx context.Context, lay *layout, cfg *loadConfig) error
 	}
 	f.TextEncoder2 = m
 	d := time.Since(start)
+	if st, err := onnxpb.ReadStructure(m.Loaded.File); err == nil {
+		f.sigMu.Lock()
+		f.te2Sig = analyze(st)
+		f.sigMu.Unlock()
+	} else {
+		cfg.logger.Warn("sd: no memory estimate for a component", "component", textEncoder2, "error", err)
+	}
 	cfg.logger.Info("sd: loaded", "component", textEncoder2, "path", m.Loaded.File, "device", string(o.Device), "duration", d)
 	f.load.mu.Lock()
 	defer f.load.mu.Unlock()
