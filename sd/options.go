@@ -167,7 +167,9 @@ type SessionOptions struct {
 	// By default it is on for the text encoder and the UNet and off for
 	// the VAE, whose few large tensors the arena's doubling growth
 	// rounds up: an SD 1.5 decode at 768×768 peaked at 3.5 GiB with it and
-	// 1.7 GiB without, at 256×256 4% slower (8.0–8.2 s against 7.6–8.1 s).
+	// 1.7 GiB without. The cost is speed: a 512×512 decode took 1.3× as
+	// long without it on a quiet machine (about 2% of a 20-step image), a
+	// 256×256 one 4% longer on a loaded one (BENCHMARKS.md).
 	MemoryArena Switch
 	// Spinning lets the idle threads of the session's pool spin for more
 	// work before they sleep (ONNX Runtime's allow_spinning; on by
