@@ -32,6 +32,7 @@ var allowed = map[string][]string{
 	"internal/ckptrun":     {"internal/ckpt", "internal/ort", "pipeline", "tokenizer", "scheduler", "vae"},
 	"session":              {},
 	"internal/half":        {},
+	"internal/webp":        {},
 	"internal/ort":         {"internal/onnxpb", "internal/cachedir", "internal/half", "session"},
 	"internal/modelgen":    {"internal/onnxpb", "tokenizer", "internal/half"},
 	"internal/rewrite":     {"internal/onnxpb", "internal/ort", "internal/cachedir", "internal/half", "session"},
@@ -42,7 +43,7 @@ var allowed = map[string][]string{
 	"vae":                  {"internal/ort", "internal/onnxpb", "internal/rewrite", "session"},
 	"pipeline":             {"tokenizer", "scheduler", "rng"},
 	"models":               {"internal/cachedir"},
-	"sd":                   {"tokenizer", "scheduler", "rng", "internal/cachedir", "internal/ort", "internal/onnxpb", "internal/rewrite", "session", "textenc", "unet", "vae", "pipeline", "internal/ckpt", "internal/ckptrun"},
+	"sd":                   {"tokenizer", "scheduler", "rng", "internal/cachedir", "internal/ort", "internal/onnxpb", "internal/rewrite", "session", "textenc", "unet", "vae", "pipeline", "internal/ckpt", "internal/ckptrun", "internal/webp"},
 	// server is the HTTP service library: a program on sd, like the
 	// examples, that other programs import
 	"server": {"sd"},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"github.com/sdpipe/sdpipe/internal/webp"
 	"hash/crc32"
 	"image"
 	"image/png"
@@ -93,6 +94,16 @@ func EncodePNG(w io.Writer, img image.Image, params string) error {
 	}
 	_, err := w.Write(b[ihdrEnd:])
 	return err
+}
+
+// EncodeWebP writes img as a lossless WebP file (VP8L, every pixel
+// exact; no metadata: WebP has no place A1111's tools read parameters
+// from).
+func EncodeWebP(w io.Writer, img image.Image) error {
+	if err := webp.Encode(w, img); err != nil {
+		return fmt.Errorf("sd: %w", err)
+	}
+	return nil
 }
 
 func writeTextChunk(w io.Writer, key, text string) error {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // ---- OpenAI images API: POST /v1/images/generations, POST
@@ -43,7 +45,7 @@ var openAIModels = []string{"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-
 
 // openAIOutput is how an OpenAI request wants its images.
 type openAIOutput struct {
-	format      string // png or jpeg
+	format      string // png, jpeg or webp
 	compression int    // JPEG quality, 0 to 100
 	url         bool   // response_format url
 	quality     string
@@ -66,7 +68,7 @@ func (s *Server) openAIOptions(in *openAIRequest) (*openAIOutput, error) {
 	case "jpeg", "jpg":
 		o.format = "jpeg"
 	case "webp":
-		return nil, badRequest("output_format", "output_format: webp is not supported: Go's standard library and golang.org/x/image have no WebP encoder, and the pure-Go one on offer runs libwebp in a WebAssembly runtime, a dependency this server does not take; use png or jpeg")
+		o.format = "webp" // lossless: output_compression does not shrink it
 	default:
 		return nil, badRequest("output_format", "output_format: %q is not png, jpeg or webp", in.OutputFormat)
 	}
@@ -242,10 +244,16 @@ func (s *Server) openAIData(r *http.Request, t *task, o *openAIOutput) ([]map[st
 	return data, nil
 }
 
-// encodeImage writes img in o's format: PNG with the infotext, or JPEG at
-// o's quality.
+// encodeImage writes img in o's format: PNG with the infotext, JPEG at
+// o's quality, or lossless WebP.
 func encodeImage(img image.Image, o *openAIOutput, infotext string) ([]byte, string, error) {
 	var buf bytes.Buffer
+	if o.format == "webp" {
+		if err := sd.EncodeWebP(&buf, img); err != nil {
+			return nil, "", err
+		}
+		return buf.Bytes(), "image/webp", nil
+	}
 	if o.format == "jpeg" {
 		if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: max(o.compression, 1)}); err != nil {
 			return nil, "", err

@@ -258,6 +258,9 @@ func (f *fileStore) put(r *http.Request, b []byte, ctype string) string {
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	ext := ".png"
+	if ctype == "image/webp" {
+		ext = ".webp"
+	}
 	if ctype == "image/jpeg" {
 		ext = ".jpeg"
 	}

@@ -5,11 +5,15 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"image/color"
 	"image/jpeg"
+	"image/png"
 	"mime/multipart"
 	"net/http"
 	"strings"
 	"testing"
+
+	xwebp "golang.org/x/image/webp"
 )
 
 // sseEvents reads a server-sent event stream into (event, data) pairs.
@@ -91,6 +95,30 @@ func TestOpenAIFormatsURLModels(t *testing.T) {
 	raw, _ := base64.StdEncoding.DecodeString(out.Data[0].B64JSON)
 	if img, err := jpeg.Decode(bytes.NewReader(raw)); err != nil || img.Bounds().Dx() != 64 || out.OutputFormat != "jpeg" {
 		t.Errorf("jpeg: %v %q", err, out.OutputFormat)
+	}
+	// webp: lossless, read back by golang.org/x/image/webp pixel for pixel
+	// against the same request as PNG
+	r = post(t, ts.URL+"/v1/images/generations", `{"prompt":"x","size":"64x64","seed":3,"output_format":"webp"}`)
+	r.json(t, &out)
+	raw, _ = base64.StdEncoding.DecodeString(out.Data[0].B64JSON)
+	wimg, err := xwebp.Decode(bytes.NewReader(raw))
+	if err != nil || out.OutputFormat != "webp" {
+		t.Fatalf("webp: %v %q (%d %s)", err, out.OutputFormat, r.code, r.body)
+	}
+	r = post(t, ts.URL+"/v1/images/generations", `{"prompt":"x","size":"64x64","seed":3}`)
+	r.json(t, &out)
+	raw, _ = base64.StdEncoding.DecodeString(out.Data[0].B64JSON)
+	pimg, err := png.Decode(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for y := range 64 {
+		for x := range 64 {
+			a, b := color.NRGBAModel.Convert(wimg.At(x, y)), color.NRGBAModel.Convert(pimg.At(x, y))
+			if a != b {
+				t.Fatalf("webp pixel (%d,%d) %v, png %v", x, y, a, b)
+			}
+		}
 	}
 	r = post(t, ts.URL+"/v1/images/generations", `{"prompt":"x","size":"64x64","response_format":"url"}`)
 	r.json(t, &out)

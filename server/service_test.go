@@ -285,7 +285,7 @@ func TestErrors(t *testing.T) {
 		{"sagemaker too many", "/invocations", `{"prompt":["a","b","c"],"num_images_per_prompt":2}`, 400, "num_images_per_prompt", "want 1 to 4"},
 		{"openai no prompt", "/v1/images/generations", `{"n":1}`, 400, "prompt", "required"},
 		{"openai response format", "/v1/images/generations", `{"prompt":"x","response_format":"gif"}`, 400, "response_format", "b64_json or url"},
-		{"openai webp", "/v1/images/generations", `{"prompt":"x","output_format":"webp"}`, 400, "output_format", "no WebP encoder"},
+		{"openai gif", "/v1/images/generations", `{"prompt":"x","output_format":"gif"}`, 400, "output_format", "not png, jpeg or webp"},
 		{"openai quality", "/v1/images/generations", `{"prompt":"x","quality":"ultra"}`, 400, "quality", "medium"},
 		{"openai odd size", "/v1/images/generations", `{"prompt":"x","size":"100x100"}`, 400, "size", "multiple of 8"},
 		{"openai size", "/v1/images/generations", `{"prompt":"x","size":"big"}`, 400, "size", "WIDTHxHEIGHT"},
