@@ -59,7 +59,7 @@ func TestSinglestepThirdOrderExact(t *testing.T) {
 			}
 			sig := s.(interface{ Sigmas() []float32 }).Sigmas()
 			lam := func(i int) float64 { return -math.Log(float64(sig[i])) } // log(α/σ_t) = −log σ
-			f := func(j int, l float64) float64 { // x0 of element j at λ
+			f := func(j int, l float64) float64 {                            // x0 of element j at λ
 				u := l - lam(0)
 				return 0.3*float64(j) - 1 + (0.2-0.05*float64(j))*u + tc.curve*u*u
 			}
