@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // The AUTOMATIC1111 endpoints a front-end calls at connect and around a
@@ -42,7 +44,7 @@ func (s *Server) a1111Routes(api func(string, http.HandlerFunc)) {
 	api("GET /sdapi/v1/face-restorers", emptyList)
 	api("GET /sdapi/v1/realesrgan-models", emptyList)
 	api("GET /sdapi/v1/prompt-styles", emptyList)
-	api("GET /sdapi/v1/loras", emptyList)
+	api("GET /sdapi/v1/loras", s.handleLoRAs)
 	api("GET /sdapi/v1/embeddings", s.handleEmbeddings)
 	api("GET /sdapi/v1/memory", s.handleMemory)
 	api("GET /sdapi/v1/scripts", s.handleScripts)
@@ -243,8 +245,36 @@ func (s *Server) handleSDModels(w http.ResponseWriter, r *http.Request) {
 	}})
 }
 
+// modelFiles is an Engine that offers LoRAs and embeddings by name
+// (sd.Model with a single-file checkpoint and WithLoRADir or
+// WithEmbeddingsDir).
+type modelFiles interface {
+	LoRAs() []sd.ModelFile
+	Embeddings() []sd.ModelFile
+}
+
+// handleLoRAs lists the LoRAs prompts may name (<lora:name:multiplier>),
+// as A1111's /sdapi/v1/loras.
+func (s *Server) handleLoRAs(w http.ResponseWriter, r *http.Request) {
+	out := []map[string]any{}
+	if f, ok := s.eng.(modelFiles); ok {
+		for _, l := range f.LoRAs() {
+			out = append(out, map[string]any{"name": l.Name, "alias": l.Name, "path": l.Path, "metadata": map[string]any{}})
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleEmbeddings lists the textual-inversion embeddings prompts may use,
+// as A1111's /sdapi/v1/embeddings.
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"loaded": map[string]any{}, "skipped": map[string]any{}})
+	loaded := map[string]any{}
+	if f, ok := s.eng.(modelFiles); ok {
+		for _, e := range f.Embeddings() {
+			loaded[e.Name] = map[string]any{"step": nil, "sd_checkpoint": nil, "sd_checkpoint_name": nil, "shape": e.Width, "vectors": e.Vectors}
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"loaded": loaded, "skipped": map[string]any{}})
 }
 
 func (s *Server) handleScripts(w http.ResponseWriter, r *http.Request) {

@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		linger    = fs.Duration("linger", server.DefaultLinger, "after the grace, how long to wait for clients to fetch the async jobs that ended meanwhile")
 		maxSize   = fs.Int("max-size", 0, "largest width or height (0 = twice the model's default size)")
 		memBudget = fs.String("memory-budget", "", "memory the requests in flight may need together, e.g. 6GiB (default 80% of what the machine or cgroup has free once the model is loaded); past it a request waits, and one that can never fit gets 400")
+		loraDir   = fs.String("lora-dir", "", "folder of LoRA files prompts may apply by name (<lora:name:0.8>; single-file checkpoints only), listed at /sdapi/v1/loras")
+		embedDir  = fs.String("embeddings-dir", "", "folder of textual-inversion embeddings prompts may use by name (single-file checkpoints only), listed at /sdapi/v1/embeddings")
 		tiled     = fs.String("tiled-vae", "auto", "decode (and encode) images in overlapping VAE tiles: auto = only when the plain decode would not fit the memory budget, on, off")
 		vaeTile   = fs.Int("vae-tile", 0, "VAE tile size in pixels, a multiple of 8 (0 = the model's native size)")
 		chunks    = fs.Int("max-prompt-chunks", 8, "most 75-token chunks in a prompt (past it 400; 0 = no limit)")
@@ -113,6 +115,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log),
 		sd.WithMemoryBudget(budget), sd.WithMaxPromptChunks(*chunks), sd.WithTiledVAE(when, *vaeTile)}
+	if *loraDir != "" {
+		opts = append(opts, sd.WithLoRADir(*loraDir))
+	}
+	if *embedDir != "" {
+		opts = append(opts, sd.WithEmbeddingsDir(*embedDir))
+	}
 	if *warmup {
 		opts = append(opts, sd.WithWarmup(sd.Warmup{}))
 	}

@@ -1,0 +1,50 @@
+package sd
+
+import "github.com/sdpipe/sdpipe/internal/ckptrun"
+
+// ModelFile is a file of a Model's LoRA or embeddings folder that requests
+// may name.
+type ModelFile struct {
+	// Name is what a prompt writes: <lora:Name:0.8>, or the embedding's
+	// Name itself.
+	Name string
+	Path string
+	// Vectors and Width are an embedding's token count and vector width
+	// (the first text encoder's); 0 for a LoRA.
+	Vectors, Width int
+}
+
+// LoRAs lists the LoRAs requests may apply by name (WithLoRADir), sorted
+// by name; nil without a LoRA folder.
+func (m *Model) LoRAs() []ModelFile {
+	rt, ok := m.rt.(*ckptrun.Components)
+	if !ok || rt.LoRAs == nil {
+		return nil
+	}
+	var out []ModelFile
+	for _, n := range rt.LoRAs.Names() {
+		p, _ := rt.LoRAs.Path(n)
+		out = append(out, ModelFile{Name: n, Path: p})
+	}
+	return out
+}
+
+// Embeddings lists the textual-inversion embeddings prompts may use
+// (WithEmbeddingsDir), sorted by name; nil without an embeddings folder.
+func (m *Model) Embeddings() []ModelFile {
+	rt, ok := m.rt.(*ckptrun.Components)
+	if !ok || rt.Embeddings == nil {
+		return nil
+	}
+	var out []ModelFile
+	for _, e := range rt.Embeddings.List() {
+		f := ModelFile{Name: e.Name, Path: e.Path, Vectors: e.Len()}
+		for w := range e.Vectors {
+			if f.Width == 0 || w < f.Width {
+				f.Width = w
+			}
+		}
+		out = append(out, f)
+	}
+	return out
+}
