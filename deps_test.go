@@ -43,7 +43,7 @@ var allowed = map[string][]string{
 	"vae":                  {"internal/ort", "internal/onnxpb", "internal/rewrite", "session"},
 	"pipeline":             {"tokenizer", "scheduler", "rng"},
 	"models":               {"internal/cachedir"},
-	"sd":                   {"tokenizer", "scheduler", "rng", "internal/cachedir", "internal/ort", "internal/onnxpb", "internal/rewrite", "session", "textenc", "unet", "vae", "pipeline", "internal/ckpt", "internal/ckptrun", "internal/webp"},
+	"sd":                   {"tokenizer", "scheduler", "rng", "internal/cachedir", "internal/ort", "internal/onnxpb", "internal/rewrite", "session", "textenc", "unet", "vae", "pipeline", "internal/ckpt", "internal/ckptrun", "internal/webp", "internal/modellib"},
 	// server is the HTTP service library: a program on sd, like the
 	// examples, that other programs import
 	"server": {"sd"},

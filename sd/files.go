@@ -1,6 +1,19 @@
 package sd
 
-import "github.com/sdpipe/sdpipe/internal/ckptrun"
+import (
+	"path/filepath"
+	"sync"
+
+	"github.com/sdpipe/sdpipe/internal/cachedir"
+	"github.com/sdpipe/sdpipe/internal/ckptrun"
+	"github.com/sdpipe/sdpipe/internal/modellib"
+)
+
+// fileHashes computes A1111's file hashes once per file (by path, size and
+// modification time), cached on disk beside the other derived files.
+var fileHashes = sync.OnceValue(func() *modellib.Hashes {
+	return modellib.NewHashes(filepath.Join(cachedir.Dir(), "hashes.json"))
+})
 
 // ModelFile is a file of a Model's LoRA or embeddings folder that requests
 // may name.
@@ -12,6 +25,10 @@ type ModelFile struct {
 	// Vectors and Width are an embedding's token count and vector width
 	// (the first text encoder's); 0 for a LoRA.
 	Vectors, Width int
+	// Hash is AUTOMATIC1111's short hash of the file (a LoRA's "addnet"
+	// hash, an embedding's SHA-256), which its infotexts record as
+	// "Lora hashes" and "TI hashes"; "" when the file cannot be read.
+	Hash string
 }
 
 // LoRAs lists the LoRAs requests may apply by name (WithLoRADir), sorted
@@ -24,7 +41,8 @@ func (m *Model) LoRAs() []ModelFile {
 	var out []ModelFile
 	for _, n := range rt.LoRAs.Names() {
 		p, _ := rt.LoRAs.Path(n)
-		out = append(out, ModelFile{Name: n, Path: p})
+		h, _ := fileHashes().LoRAHash(p)
+		out = append(out, ModelFile{Name: n, Path: p, Hash: h})
 	}
 	return out
 }
@@ -39,6 +57,7 @@ func (m *Model) Embeddings() []ModelFile {
 	var out []ModelFile
 	for _, e := range rt.Embeddings.List() {
 		f := ModelFile{Name: e.Name, Path: e.Path, Vectors: e.Len()}
+		f.Hash, _ = fileHashes().EmbeddingHash(e.Path)
 		for w := range e.Vectors {
 			if f.Width == 0 || w < f.Width {
 				f.Width = w

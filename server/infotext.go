@@ -37,7 +37,8 @@ type imageInfo struct {
 	sampler          string // A1111's names
 	schedule         string
 	model, modelHash string
-	interrupted      bool // the image is the preview of an interrupted request
+	loraHashes       string // A1111's "Lora hashes": "name: hash, ..." of the LoRAs the prompt applies
+	interrupted      bool   // the image is the preview of an interrupted request
 }
 
 // version is what infotexts give as Version: the module's version, or
@@ -98,6 +99,9 @@ func (ii imageInfo) infotext() string {
 	}
 	if ii.model != "" {
 		f = append(f, infoField{"Model", ii.model})
+	}
+	if ii.loraHashes != "" {
+		f = append(f, infoField{"Lora hashes", ii.loraHashes})
 	}
 	if ii.subseedStrength != 0 {
 		f = append(f, infoField{"Variation seed", strconv.FormatInt(ii.subseed, 10)}, infoField{"Variation seed strength", pyFloat(ii.subseedStrength)})
@@ -226,6 +230,42 @@ func joinLine(a, b string) string {
 	return a + "\n" + b
 }
 
+// loraPrompt matches AUTOMATIC1111's <lora:name:multiplier> in a prompt.
+var loraPrompt = regexp.MustCompile(`<lora:([^:>]+)(?::[^>]*)?>`)
+
+// loraHashes returns A1111's "Lora hashes" value for the LoRAs r applies
+// (in its prompts and r.LoRAs), in order of first use: "name: hash, ...";
+// "" when it applies none the engine lists.
+func (s *Server) loraHashes(r sd.Request) string {
+	f, ok := s.eng.(modelFiles)
+	if !ok {
+		return ""
+	}
+	var names []string
+	for _, m := range loraPrompt.FindAllStringSubmatch(r.Prompt+" "+r.NegativePrompt, -1) {
+		names = append(names, m[1])
+	}
+	for _, l := range r.LoRAs {
+		names = append(names, l.Name)
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	hash := map[string]string{}
+	for _, l := range f.LoRAs() {
+		hash[l.Name] = l.Hash
+	}
+	var parts []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		if h := hash[n]; h != "" && !seen[n] {
+			seen[n] = true
+			parts = append(parts, n+": "+h)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // imageInfos describes every image of t, in order: its results, then (for
 // an interrupted task) the previews of the requests it did not finish.
 func (s *Server) imageInfos(t *task) []imageInfo {
@@ -236,7 +276,7 @@ func (s *Server) imageInfos(t *task) []imageInfo {
 			ii := imageInfo{
 				img: img, req: res.Request, seed: res.Seeds[i],
 				sampler: t.spec.names.sampler, schedule: t.spec.names.schedule,
-				model: s.cfg.ModelName, modelHash: s.modelHash(),
+				model: s.cfg.ModelName, modelHash: s.modelHash(), loraHashes: s.loraHashes(res.Request),
 				interrupted: j < len(t.partial) && t.partial[j],
 			}
 			if ii.sampler == "" {
