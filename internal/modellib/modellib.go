@@ -210,9 +210,9 @@ func (h *Hashes) get(path string, addnet bool) (string, error) {
 	}
 	h.mu.Lock()
 	h.cache[abs] = c
-	err = h.save()
+	_ = h.save() // best effort: a cache that cannot be written (a read-only image) costs a rehash in the next process only
 	h.mu.Unlock()
-	return s, err
+	return s, nil
 }
 
 // hashFile hashes the whole file, or its safetensors data section.

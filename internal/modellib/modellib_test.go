@@ -82,3 +82,17 @@ func TestList(t *testing.T) {
 		t.Errorf("embeddings %v", got)
 	}
 }
+
+// TestHashesUnwritableCache: a cache file that cannot be written (a
+// read-only container) still gives the hash.
+func TestHashesUnwritableCache(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "a.bin")
+	if err := os.WriteFile(f, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHashes(filepath.Join(f, "not-a-folder", "hashes.json"))
+	s, err := h.SHA256(f)
+	if err != nil || s != "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" {
+		t.Errorf("SHA256 with an unwritable cache: %q, %v", s, err)
+	}
+}
