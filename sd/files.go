@@ -28,6 +28,8 @@ type ModelFile struct {
 	// Hash is AUTOMATIC1111's short hash of the file (a LoRA's "addnet"
 	// hash, an embedding's SHA-256), which its infotexts record as
 	// "Lora hashes" and "TI hashes"; "" when the file cannot be read.
+	// LoRA and Embeddings fill it; LoRAs leaves it empty, so that listing
+	// a folder of large files hashes none of them.
 	Hash string
 }
 
@@ -41,10 +43,23 @@ func (m *Model) LoRAs() []ModelFile {
 	var out []ModelFile
 	for _, n := range rt.LoRAs.Names() {
 		p, _ := rt.LoRAs.Path(n)
-		h, _ := fileHashes().LoRAHash(p)
-		out = append(out, ModelFile{Name: n, Path: p, Hash: h})
+		out = append(out, ModelFile{Name: n, Path: p})
 	}
 	return out
+}
+
+// LoRA returns the LoRA requests name name, with its hash.
+func (m *Model) LoRA(name string) (ModelFile, bool) {
+	rt, ok := m.rt.(*ckptrun.Components)
+	if !ok || rt.LoRAs == nil {
+		return ModelFile{}, false
+	}
+	p, ok := rt.LoRAs.Path(name)
+	if !ok {
+		return ModelFile{}, false
+	}
+	h, _ := fileHashes().LoRAHash(p)
+	return ModelFile{Name: name, Path: p, Hash: h}, true
 }
 
 // Embeddings lists the textual-inversion embeddings prompts may use

@@ -250,6 +250,7 @@ func (s *Server) handleSDModels(w http.ResponseWriter, r *http.Request) {
 // WithEmbeddingsDir).
 type modelFiles interface {
 	LoRAs() []sd.ModelFile
+	LoRA(name string) (sd.ModelFile, bool)
 	Embeddings() []sd.ModelFile
 }
 

@@ -251,16 +251,12 @@ func (s *Server) loraHashes(r sd.Request) string {
 	if len(names) == 0 {
 		return ""
 	}
-	hash := map[string]string{}
-	for _, l := range f.LoRAs() {
-		hash[l.Name] = l.Hash
-	}
 	var parts []string
 	seen := map[string]bool{}
 	for _, n := range names {
-		if h := hash[n]; h != "" && !seen[n] {
+		if l, ok := f.LoRA(n); ok && l.Hash != "" && !seen[n] {
 			seen[n] = true
-			parts = append(parts, n+": "+h)
+			parts = append(parts, n+": "+l.Hash)
 		}
 	}
 	return strings.Join(parts, ", ")
