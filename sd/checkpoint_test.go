@@ -1,6 +1,9 @@
 package sd_test
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,9 +84,26 @@ func TestOpenCheckpointPerRequest(t *testing.T) {
 	if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), ref.ORT.Image); d < 1e-2 {
 		t.Errorf("the LoRA changed the image by only %g", d)
 	}
+	// A1111's "Lora hashes", as the service writes them: the addnet hash
+	// (SHA-256 of the safetensors data after its header), 12 hex digits
+	b, err := os.ReadFile(lora)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b[8+binary.LittleEndian.Uint64(b[:8]):])
+	want := fmt.Sprintf(`Lora hashes: "tiny-lora: %x"`, sum[:6])
+	if len(res.Infotexts) != 1 || !strings.Contains(res.Infotexts[0], want) {
+		t.Errorf("infotexts %q lack %s", res.Infotexts, want)
+	}
+	if got := m.LoRAHashes(sd.Request{Prompt: "<lora:tiny-lora:1> a", LoRAs: []sd.LoRA{{Name: "tiny-lora", Multiplier: 1}, {Name: "nope"}}}); got != fmt.Sprintf("tiny-lora: %x", sum[:6]) {
+		t.Errorf("LoRAHashes: %q", got)
+	}
 	req.Prompt = ref.Call.Prompt
 	if res, err = m.Generate(t.Context(), req); err != nil {
 		t.Fatal(err)
+	}
+	if strings.Contains(res.Infotexts[0], "Lora hashes") {
+		t.Errorf("without a LoRA, the infotext has Lora hashes: %q", res.Infotexts[0])
 	}
 	if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), ref.ORT.Image); d > 1e-4 {
 		t.Errorf("without LoRA: image differs from diffusers' by %g", d)

@@ -2,11 +2,13 @@ package sd
 
 import (
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/ckptrun"
 	"github.com/sdpipe/sdpipe/internal/modellib"
+	"github.com/sdpipe/sdpipe/pipeline"
 )
 
 // fileHashes computes A1111's file hashes once per file (by path, size and
@@ -81,4 +83,39 @@ func (m *Model) Embeddings() []ModelFile {
 		out = append(out, f)
 	}
 	return out
+}
+
+// LoRAHashes returns AUTOMATIC1111's "Lora hashes" value for the LoRAs req
+// applies (its prompt's <lora:name:multiplier> tags, then req.LoRAs), in
+// order of first use: "name: hash, ..."; "" when it applies none that the
+// LoRA folder has. Result.Infotexts record it, and services that write
+// their own infotexts take it from here.
+func (m *Model) LoRAHashes(req Request) string {
+	_, tagged, _ := pipeline.ExtractLoRAs(req.Prompt)
+	names := make([]string, 0, len(tagged)+len(req.LoRAs))
+	for _, l := range tagged {
+		names = append(names, l.Name)
+	}
+	for _, l := range req.LoRAs {
+		names = append(names, l.Name)
+	}
+	var parts []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		if l, ok := m.LoRA(n); ok && l.Hash != "" {
+			parts = append(parts, n+": "+l.Hash)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// HashFile returns the hex SHA-256 of the file at path (AUTOMATIC1111's
+// checkpoint hash, whose first 10 digits are its "Model hash"), computed
+// once per path, size and modification time and kept in the cache folder.
+func HashFile(path string) (string, error) {
+	return fileHashes().SHA256(path)
 }

@@ -148,7 +148,7 @@ func (m *Model) Submit(ctx context.Context, req Request) (*Handle, error) {
 		return nil, engineError(err)
 	}
 	go func() { <-h.Done(); release() }()
-	return &Handle{h: h, req: req, model: m.name, inp: inp}, nil
+	return &Handle{h: h, req: req, model: m.name, m: m, inp: inp}, nil
 }
 
 // Generate is Submit followed by Handle.Wait.

@@ -22,6 +22,12 @@ import (
 //	Negative prompt: blurry
 //	Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: sd15, RNG: numpy, Version: sdpipe
 func Infotext(r Request, seed int64, model string) string {
+	return infotext(r, seed, model, "")
+}
+
+// infotext is Infotext with A1111's "Lora hashes" (Model.LoRAHashes; ""
+// leaves them out).
+func infotext(r Request, seed int64, model, loraHashes string) string {
 	var b strings.Builder
 	b.WriteString(r.Prompt)
 	if r.NegativePrompt != "" {
@@ -41,6 +47,9 @@ func Infotext(r Request, seed int64, model string) string {
 	}...)
 	if model != "" {
 		fields = append(fields, [2]string{"Model", model})
+	}
+	if loraHashes != "" {
+		fields = append(fields, [2]string{"Lora hashes", loraHashes})
 	}
 	if r.InitImage != nil {
 		fields = append(fields, [2]string{"Denoising strength", strconv.FormatFloat(r.Strength, 'g', -1, 64)})

@@ -103,6 +103,7 @@ type Handle struct {
 	h     *pipeline.Handle
 	req   Request     // the caller's request
 	model string      // for the infotexts
+	m     *Model      // for the infotexts' Lora hashes
 	inp   *inpaintJob // the Mask's overlay and crop, or nil
 
 	progressOnce sync.Once
@@ -169,8 +170,9 @@ func (h *Handle) result(res *pipeline.Result) *Result {
 		Request: h.req.resolved(res.Request),
 		Metrics: RequestMetrics(res.Metrics),
 	}
+	loras := h.m.LoRAHashes(r.Request)
 	for _, seed := range res.Seeds {
-		r.Infotexts = append(r.Infotexts, Infotext(r.Request, seed, h.model))
+		r.Infotexts = append(r.Infotexts, infotext(r.Request, seed, h.model, loras))
 	}
 	return r
 }

@@ -230,36 +230,19 @@ func joinLine(a, b string) string {
 	return a + "\n" + b
 }
 
-// loraPrompt matches AUTOMATIC1111's <lora:name:multiplier> in a prompt.
-var loraPrompt = regexp.MustCompile(`<lora:([^:>]+)(?::[^>]*)?>`)
+// loraHasher is an Engine that computes A1111's "Lora hashes" of the
+// LoRAs a request applies (sd.Model.LoRAHashes).
+type loraHasher interface {
+	LoRAHashes(r sd.Request) string
+}
 
 // loraHashes returns A1111's "Lora hashes" value for the LoRAs r applies
-// (in its prompts and r.LoRAs), in order of first use: "name: hash, ...";
-// "" when it applies none the engine lists.
-func (s *Server) loraHashes(r sd.Request) string {
-	f, ok := s.eng.(modelFiles)
-	if !ok {
-		return ""
+// on eng, "" when the engine names none.
+func loraHashes(eng Engine, r sd.Request) string {
+	if f, ok := eng.(loraHasher); ok {
+		return f.LoRAHashes(r)
 	}
-	var names []string
-	for _, m := range loraPrompt.FindAllStringSubmatch(r.Prompt+" "+r.NegativePrompt, -1) {
-		names = append(names, m[1])
-	}
-	for _, l := range r.LoRAs {
-		names = append(names, l.Name)
-	}
-	if len(names) == 0 {
-		return ""
-	}
-	var parts []string
-	seen := map[string]bool{}
-	for _, n := range names {
-		if l, ok := f.LoRA(n); ok && l.Hash != "" && !seen[n] {
-			seen[n] = true
-			parts = append(parts, n+": "+l.Hash)
-		}
-	}
-	return strings.Join(parts, ", ")
+	return ""
 }
 
 // imageInfos describes every image of t, in order: its results, then (for
@@ -272,7 +255,7 @@ func (s *Server) imageInfos(t *task) []imageInfo {
 			ii := imageInfo{
 				img: img, req: res.Request, seed: res.Seeds[i],
 				sampler: t.spec.names.sampler, schedule: t.spec.names.schedule,
-				model: s.cfg.ModelName, modelHash: s.modelHash(), loraHashes: s.loraHashes(res.Request),
+				model: s.cfg.ModelName, modelHash: s.modelHash(), loraHashes: loraHashes(s.eng, res.Request),
 				interrupted: j < len(t.partial) && t.partial[j],
 			}
 			if ii.sampler == "" {
