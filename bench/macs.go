@@ -46,12 +46,34 @@ func UNetMACs(cfg modelgen.Config, batch, latH, latW, seq int) MACs {
 	cross := u.CrossDim
 	if cross == 0 {
 		cross = cfg.Text.Hidden
+		if cfg.Text2 != nil {
+			cross += cfg.Text2.Hidden
+		}
 	}
 	var m MACs
 	ch0 := u.BlockChannels[0]
 	tdim := 4 * ch0
 	m.matmul(batch, ch0, tdim)
 	m.matmul(batch, tdim, tdim)
+	if u.AdditionEmbed == "text_time" { // SDXL's add_embedding
+		m.matmul(batch, u.ProjectionInputDim, tdim)
+		m.matmul(batch, tdim, tdim)
+	}
+	// proj_in/proj_out are 1×1 convolutions in SD 1.x and Linear layers
+	// (use_linear_projection) in SD 2.x and SDXL: the same products.
+	proj := func(c, h, w int) {
+		if u.LinearProjection {
+			m.matmul(batch*h*w, c, c)
+		} else {
+			m.conv(c, c, 1, h, w, batch)
+		}
+	}
+	layers := func(level int) int {
+		if len(u.TransformerLayers) > level {
+			return u.TransformerLayers[level]
+		}
+		return 1
+	}
 	resnet := func(in, out, h, w int) {
 		m.conv(in, out, 3, h, w, batch)
 		m.matmul(batch, tdim, out)
@@ -60,14 +82,17 @@ func UNetMACs(cfg modelgen.Config, batch, latH, latW, seq int) MACs {
 			m.conv(in, out, 1, h, w, batch)
 		}
 	}
-	transformer := func(c, h, w int) {
+	// transformer is a Transformer2DModel of depth blocks.
+	transformer := func(c, h, w, depth int) {
 		n := h * w
-		m.conv(c, c, 1, h, w, batch) // proj_in
-		m.attention(batch, n, n, c, c)
-		m.attention(batch, n, seq, c, cross)
-		m.matmul(batch*n, c, 8*c) // GEGLU proj
-		m.matmul(batch*n, 4*c, c)
-		m.conv(c, c, 1, h, w, batch) // proj_out
+		proj(c, h, w) // proj_in
+		for range depth {
+			m.attention(batch, n, n, c, c)
+			m.attention(batch, n, seq, c, cross)
+			m.matmul(batch*n, c, 8*c) // GEGLU proj
+			m.matmul(batch*n, 4*c, c)
+		}
+		proj(c, h, w) // proj_out
 	}
 	h, w := latH, latW
 	m.conv(u.InChannels, ch0, 3, h, w, batch)
@@ -79,7 +104,7 @@ func UNetMACs(cfg modelgen.Config, batch, latH, latW, seq int) MACs {
 			resnet(prev, ch, h, w)
 			prev = ch
 			if u.CrossAttention[i] {
-				transformer(ch, h, w)
+				transformer(ch, h, w, layers(i))
 			}
 			skips = append(skips, ch)
 		}
@@ -91,7 +116,7 @@ func UNetMACs(cfg modelgen.Config, batch, latH, latW, seq int) MACs {
 	}
 	top := u.BlockChannels[last]
 	resnet(top, top, h, w)
-	transformer(top, h, w)
+	transformer(top, h, w, layers(last))
 	resnet(top, top, h, w)
 	for i := range u.BlockChannels {
 		ch := u.BlockChannels[last-i]
@@ -101,7 +126,7 @@ func UNetMACs(cfg modelgen.Config, batch, latH, latW, seq int) MACs {
 			resnet(prev+s, ch, h, w)
 			prev = ch
 			if u.CrossAttention[last-i] {
-				transformer(ch, h, w)
+				transformer(ch, h, w, layers(last-i))
 			}
 		}
 		if i < last {
@@ -151,14 +176,21 @@ func VAEDecoderMACs(cfg modelgen.Config, batch, latH, latW int) MACs {
 }
 
 // TextEncoderMACs returns the MACs of encoding batch sequences of seq
-// tokens.
+// tokens, with both encoders where the architecture has two (SDXL).
 func TextEncoderMACs(cfg modelgen.Config, batch, seq int) MACs {
-	t := cfg.Text
 	var m MACs
-	for range t.Layers {
-		m.attention(batch, seq, seq, t.Hidden, t.Hidden)
-		m.matmul(batch*seq, t.Hidden, t.Intermediate)
-		m.matmul(batch*seq, t.Intermediate, t.Hidden)
+	for _, t := range []*modelgen.TextConfig{&cfg.Text, cfg.Text2} {
+		if t == nil {
+			continue
+		}
+		for range t.Layers {
+			m.attention(batch, seq, seq, t.Hidden, t.Hidden)
+			m.matmul(batch*seq, t.Hidden, t.Intermediate)
+			m.matmul(batch*seq, t.Intermediate, t.Hidden)
+		}
+		if t.ProjectionDim > 0 { // text_projection of the pooled token
+			m.matmul(batch, t.Hidden, t.ProjectionDim)
+		}
 	}
 	return m
 }
