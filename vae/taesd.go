@@ -1,0 +1,183 @@
+package vae
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"gorgonia.org/tensor"
+
+	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/session"
+)
+
+// Range is the pixel range of a TAESD model file's images.
+type Range int
+
+// The pixel ranges TAESD files use.
+const (
+	// Signed is [-1, 1], as the VAE's: diffusers' AutoencoderTiny and its
+	// ONNX exports (vae_decoder/model.onnx), and the graphs sdpipe builds.
+	Signed Range = iota
+	// Unit is [0, 1]: madebyollin's taesd.py modules as they are
+	// (taesd_decoder, taesd_encoder) and their ONNX exports.
+	Unit
+)
+
+// readTAESD reads a TAESD half at path: one float input and a float first
+// output, both of rank 4, whatever their names (read from the file).
+func readTAESD(path, what string, inCh func(int64) error) (*model, error) {
+	return read(path, func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error {
+		in := ins[0]
+		if !isFloat(in.DType) || len(in.Shape) != 4 {
+			return bad("TAESD %s input %s is %s%v, want float [batch, channels, height, width]", what, in.Name, in.DType, in.Shape)
+		}
+		if len(outs) == 0 || !isFloat(outs[0].DType) || len(outs[0].Shape) != 4 {
+			return bad("TAESD %s first output is %v, want float [batch, channels, height, width]", what, outs)
+		}
+		if err := inCh(in.Shape[1]); err != nil {
+			return bad("TAESD %s: %v", what, err)
+		}
+		return nil
+	})
+}
+
+// TAESDDecoder is a loaded TAESD decoder (madebyollin's tiny autoencoder):
+// it takes the latents as the UNet has them (TAESD has no scaling factor)
+// and gives pixels in [-1, 1], whatever the file's range. Decode is safe
+// for concurrent use; the caller must Close it.
+type TAESDDecoder struct {
+	session.Loaded // how it was loaded
+	m              *model
+	latentCh       int
+	rng            Range
+}
+
+// OpenTAESDDecoder loads the TAESD decoder at path, a model of one float
+// input [batch, channels, h, w] and a first output [batch, 3, 8h, 8w] in
+// the range r. The caller must Close it.
+func OpenTAESDDecoder(ctx context.Context, path string, r Range, o session.Options) (*TAESDDecoder, error) {
+	d := &TAESDDecoder{rng: r}
+	m, err := readTAESD(path, "decoder", func(c int64) error {
+		if c <= 0 {
+			return fmt.Errorf("latent channels %d, want a fixed count", c)
+		}
+		d.latentCh = int(c)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if oc := m.outs[0].Shape[1]; oc > 0 && oc != 3 {
+		return nil, &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf("TAESD decoder output has %d channels, want 3", oc)}
+	}
+	if d.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), int64(d.latentCh), 8, 8} }); err != nil {
+		return nil, err
+	}
+	d.Loaded = d.m.loaded
+	return d, nil
+}
+
+// Path returns the model file.
+func (d *TAESDDecoder) Path() string { return d.m.path }
+
+// LatentChannels returns the number of latent channels the decoder takes.
+func (d *TAESDDecoder) LatentChannels() int { return d.latentCh }
+
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (d *TAESDDecoder) Stats() (calls int64, busy time.Duration) { return d.m.s.Stats() }
+
+// Decode turns [batch, channels, h, w] latents as the UNet has them (not
+// divided by any scaling factor) into [batch, 3, 8h, 8w] pixels in about
+// [-1, 1], which the caller owns.
+func (d *TAESDDecoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error) {
+	s := latents.Shape()
+	if len(s) != 4 || s[0] <= 0 || s[1] != d.latentCh {
+		return nil, fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, d.latentCh)
+	}
+	b, h, w := s[0], s[2], s[3]
+	oh, ow := h*Factor, w*Factor
+	out := make([]float32, b*3*oh*ow)
+	if err := d.m.run(ctx, latents.Data().([]float32), b, d.latentCh*h*w, []int64{int64(d.latentCh), int64(h), int64(w)},
+		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
+		return nil, err
+	}
+	if d.rng == Unit {
+		for i, v := range out {
+			out[i] = 2*v - 1
+		}
+	}
+	return tensor.New(tensor.WithShape(b, 3, oh, ow), tensor.WithBacking(out)), nil
+}
+
+// Close frees the decoder. It waits for calls in flight and is idempotent.
+func (d *TAESDDecoder) Close() error { return d.m.s.Close() }
+
+// TAESDEncoder is a loaded TAESD encoder: pixels in [-1, 1], whatever the
+// file's range, to latents as the UNet takes them (TAESD has no scaling
+// factor). Encode is safe for concurrent use; the caller must Close it.
+type TAESDEncoder struct {
+	session.Loaded // how it was loaded
+	m              *model
+	latentCh       int
+	rng            Range
+}
+
+// OpenTAESDEncoder loads the TAESD encoder at path, a model of one float
+// input [batch, 3, H, W] in the range r and a first output
+// [batch, channels, H/8, W/8]. The caller must Close it.
+func OpenTAESDEncoder(ctx context.Context, path string, r Range, o session.Options) (*TAESDEncoder, error) {
+	e := &TAESDEncoder{rng: r}
+	m, err := readTAESD(path, "encoder", func(c int64) error {
+		if c > 0 && c != 3 {
+			return fmt.Errorf("%d image channels, want 3", c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if e.latentCh = int(m.outs[0].Shape[1]); e.latentCh <= 0 {
+		return nil, &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf("TAESD encoder output %v, want a fixed channel count", m.outs[0].Shape)}
+	}
+	if e.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), 3, 8 * Factor, 8 * Factor} }); err != nil {
+		return nil, err
+	}
+	e.Loaded = e.m.loaded
+	return e, nil
+}
+
+// Path returns the model file.
+func (e *TAESDEncoder) Path() string { return e.m.path }
+
+// LatentChannels returns the number of latent channels Encode returns.
+func (e *TAESDEncoder) LatentChannels() int { return e.latentCh }
+
+// Encode turns [batch, 3, H, W] pixels in [-1, 1] (H and W multiples of 8)
+// into [batch, c, H/8, W/8] latents as the UNet takes them.
+func (e *TAESDEncoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error) {
+	s := image.Shape()
+	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
+		return nil, fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
+	}
+	b, hp, wp := s[0], s[2], s[3]
+	in := image.Data().([]float32)
+	if e.rng == Unit {
+		u := make([]float32, len(in))
+		for i, v := range in {
+			u[i] = (v + 1) / 2
+		}
+		in = u
+	}
+	h, w := hp/Factor, wp/Factor
+	n := e.latentCh * h * w
+	out := make([]float32, b*n)
+	if err := e.m.run(ctx, in, b, 3*hp*wp, []int64{3, int64(hp), int64(wp)}, out, n, []int64{int64(e.latentCh), int64(h), int64(w)}); err != nil {
+		return nil, err
+	}
+	return tensor.New(tensor.WithShape(b, e.latentCh, h, w), tensor.WithBacking(out)), nil
+}
+
+// Close frees the encoder. It waits for calls in flight and is idempotent.
+func (e *TAESDEncoder) Close() error { return e.m.s.Close() }
