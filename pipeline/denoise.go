@@ -268,7 +268,9 @@ func (p *Pipeline) step(b *unetBatch, i int, t float64) (time.Duration, error) {
 	t0 := time.Now()
 	var pred *tensor.Dense
 	var err error
-	if b.textEmbeds != nil {
+	if sc, every := p.stepCacher(b); sc != nil {
+		pred, err = p.cachedPredict(ctx, sc, every, b, sample, k, i, t)
+	} else if b.textEmbeds != nil {
 		pred, err = p.c.UNet.(AddedDenoiser).PredictAdded(ctx, sample, []float64{t}, b.cond, b.textEmbeds, b.timeIDs)
 	} else if p.c.GuidanceEmbedding > 0 {
 		pred, err = p.c.UNet.(CondDenoiser).PredictCond(ctx, sample, []float64{t}, b.cond, p.guidanceRows(b))

@@ -72,7 +72,8 @@ type item struct {
 	gen     rng.Source
 	sched   scheduler.Scheduler
 	latents []float32
-	noise   []float32 // the initial noise, kept for blending a mask back
+	noise   []float32  // the initial noise, kept for blending a mask back
+	deep    *deepCache // step caching's features (stepcache.go), nil before the first full call
 }
 
 func (p *Pipeline) newJob(ctx context.Context, pl *plan) *job {

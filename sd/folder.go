@@ -145,7 +145,7 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 		case *textenc.Signature:
 			f.TextEncoder, err = sig.Open(ctx, o)
 		case *unet.Signature:
-			f.UNet, err = sig.Open(ctx, o)
+			f.UNet, err = cfg.openUNet(ctx, sig, o) // WithStepCache (stepcache.go)
 		case *vae.DecoderSignature:
 			if lay.upcastVAE {
 				sig = upcastDecoder(sig, o, cfg.logger)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/session"
+	"github.com/sdpipe/sdpipe/unet"
 )
 
 // An Option configures Open. There are two kinds, typed by what they
@@ -43,6 +44,7 @@ type loadConfig struct {
 	logger         *slog.Logger
 	perf           perfConfig       // rewrites and warm-up (perf.go)
 	ckpt           checkpointConfig // single-file checkpoints (checkpoint.go)
+	stepCache      *unet.StepCache  // WithStepCache (stepcache.go), nil when off
 	errs           []error          // from options given invalid arguments
 }
 
@@ -313,6 +315,7 @@ func (c *loadConfig) check() []error {
 			}
 		}
 	}
+	errs = append(errs, c.checkStepCache()...)
 	return append(errs, c.perf.check()...)
 }
 

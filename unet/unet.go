@@ -249,6 +249,7 @@ type Model struct {
 	*Signature     // what the model file declares
 	session.Loaded // how it was loaded
 	s              *ort.Session
+	cache          *stepCache // the shallow model of step caching, or nil (stepcache.go)
 }
 
 // Stats reports how many calls the session completed and the time spent
@@ -280,45 +281,77 @@ func (m *Model) Predict(ctx context.Context, sample *tensor.Dense, ts []float64,
 }
 
 func (m *Model) predict(ctx context.Context, sample *tensor.Dense, ts []float64, context_ *tensor.Dense, add *Added) (*tensor.Dense, error) {
+	pred, _, err := m.run(ctx, sample, ts, context_, add, nil)
+	return pred, err
+}
+
+// run runs one UNet call: the model's session, or with features the step
+// cache's shallow model on them. A step-cached model's full calls also
+// return the deep features of every row.
+func (m *Model) run(ctx context.Context, sample *tensor.Dense, ts []float64, context_ *tensor.Dense, add *Added, features *tensor.Dense) (pred, deep *tensor.Dense, err error) {
 	ss, cs := sample.Shape(), context_.Shape()
 	if len(ss) != 4 || len(cs) != 3 || ss[0] != cs[0] || ss[0] <= 0 {
-		return nil, fmt.Errorf("%w: sample %v and encoder_hidden_states %v", ErrInput, ss, cs)
+		return nil, nil, fmt.Errorf("%w: sample %v and encoder_hidden_states %v", ErrInput, ss, cs)
 	}
 	b, ch, h, w := ss[0], ss[1], ss[2], ss[3]
 	if ch != m.inChannels {
-		return nil, fmt.Errorf("%w: sample has %d channels, model wants %d", ErrInput, ch, m.inChannels)
+		return nil, nil, fmt.Errorf("%w: sample has %d channels, model wants %d", ErrInput, ch, m.inChannels)
 	}
 	if m.crossDim > 0 && cs[2] != m.crossDim {
-		return nil, fmt.Errorf("%w: encoder_hidden_states width %d, model wants %d", ErrInput, cs[2], m.crossDim)
+		return nil, nil, fmt.Errorf("%w: encoder_hidden_states width %d, model wants %d", ErrInput, cs[2], m.crossDim)
 	}
 	if len(ts) != 1 && len(ts) != b {
-		return nil, fmt.Errorf("%w: %d timesteps for batch %d", ErrInput, len(ts), b)
+		return nil, nil, fmt.Errorf("%w: %d timesteps for batch %d", ErrInput, len(ts), b)
 	}
 	for _, t := range ts {
 		if math.IsNaN(t) || math.IsInf(t, 0) {
-			return nil, fmt.Errorf("%w: timestep %v", ErrInput, t)
+			return nil, nil, fmt.Errorf("%w: timestep %v", ErrInput, t)
 		}
 	}
 	step := b
 	if m.batch > 0 {
 		step = int(m.batch)
 		if b%step != 0 {
-			return nil, fmt.Errorf("%w: batch %d is not a multiple of the model's fixed batch %d", ErrInput, b, step)
+			return nil, nil, fmt.Errorf("%w: batch %d is not a multiple of the model's fixed batch %d", ErrInput, b, step)
 		}
+	}
+	sess := m.s
+	if features != nil {
+		sess = m.cache.shallow
 	}
 	out := make([]float32, b*m.outChannels*h*w)
 	on := m.outChannels * h * w
+	var fd []float32
+	var fs []int64
 	for r := 0; r < b; r += step {
 		in, err := m.inputs(sample, ts, context_, add, r, step)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		o := []ort.Tensor{{Shape: []int64{int64(step), int64(m.outChannels), int64(h), int64(w)}, Data: out[r*on : (r+step)*on]}}
-		if err := m.s.Run(ctx, in, o); err != nil {
-			return nil, fmt.Errorf("unet: %w", err)
+		if features != nil {
+			f, err := m.cache.featureRows(features, b, r, step)
+			if err != nil {
+				return nil, nil, err
+			}
+			in = append(in, f)
+		} else if m.cache != nil {
+			o = append(o, ort.Tensor{}) // the deep features, allocated by ORT
+		}
+		if err := sess.Run(ctx, in, o); err != nil {
+			return nil, nil, fmt.Errorf("unet: %w", err)
+		}
+		if len(o) > 1 {
+			if fd, fs, err = gather(fd, fs, o[1], step); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
-	return tensor.New(tensor.WithShape(b, m.outChannels, h, w), tensor.WithBacking(out)), nil
+	pred = tensor.New(tensor.WithShape(b, m.outChannels, h, w), tensor.WithBacking(out))
+	if fs != nil {
+		deep = tensor.New(tensor.WithShape(int(fs[0]), int(fs[1]), int(fs[2]), int(fs[3])), tensor.WithBacking(fd))
+	}
+	return pred, deep, nil
 }
 
 // inputs builds the session's inputs for rows [r, r+n) of a call.
@@ -400,4 +433,4 @@ func (m *Signature) timesteps(ts []float64, r, n int) (ort.Tensor, error) {
 }
 
 // Close frees the model. It waits for calls in flight and is idempotent.
-func (m *Model) Close() error { return m.s.Close() }
+func (m *Model) Close() error { return errors.Join(m.s.Close(), m.cache.close()) }

@@ -61,6 +61,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		loraDir   = fs.String("lora-dir", "", "folder of LoRA files prompts may apply by name (<lora:name:0.8>; single-file checkpoints only), listed at /sdapi/v1/loras")
 		embedDir  = fs.String("embeddings-dir", "", "folder of textual-inversion embeddings prompts may use by name (single-file checkpoints only), listed at /sdapi/v1/embeddings")
 		tiled     = fs.String("tiled-vae", "auto", "decode (and encode) images in overlapping VAE tiles: auto = only when the plain decode would not fit the memory budget, on, off")
+		stepCache = fs.Int("step-cache", 0, "DeepCache step caching: run the full UNet every N steps and its shallow path on cached deep features in between (0 = off; faster, images change a little: BENCHMARKS.md)")
+		cacheAt   = fs.Int("step-cache-branch", 1, "step caching: the skip connection cut, 1 = the shallowest")
 		vaeTile   = fs.Int("vae-tile", 0, "VAE tile size in pixels, a multiple of 8 (0 = the model's native size)")
 		chunks    = fs.Int("max-prompt-chunks", 8, "most 75-token chunks in a prompt (past it 400; 0 = no limit)")
 		maxSteps  = fs.Int("max-steps", server.DefaultMaxSteps, "most denoising steps per request")
@@ -126,6 +128,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if !*rewrites {
 		opts = append(opts, sd.WithoutRewrites())
+	}
+	if *stepCache > 0 {
+		opts = append(opts, sd.WithStepCache(*stepCache, *cacheAt))
 	}
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
 		if *threads > 0 {
