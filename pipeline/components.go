@@ -143,6 +143,17 @@ type Components struct {
 	UNet        Denoiser
 	VAEDecoder  Decoder
 	VAEEncoder  ImageEncoder // optional: needed for img2img only
+	// PreviewDecoder, optional, renders the live previews of requests that
+	// ask for them (Request.Preview) every Options.PreviewEvery steps, off
+	// the denoise stage's path (preview.go): a tiny decoder such as TAESD
+	// that takes the latents as the UNet has them (not divided by
+	// ScalingFactor) and gives [batch, 3, 8h, 8w] pixels in about [-1, 1].
+	// Without it previews are the cheap latent-to-RGB map.
+	PreviewDecoder Decoder
+	// FastDecoder, optional, decodes the final images of requests that ask
+	// for it (Request.FastDecode) instead of VAEDecoder; it takes latents
+	// as PreviewDecoder does (TAESD).
+	FastDecoder Decoder
 
 	Scheduler      *scheduler.Config // the model's scheduler_config.json
 	ScalingFactor  float64           // VAE scaling factor; 0 means 0.18215

@@ -21,6 +21,10 @@ func (p *Pipeline) decode(j *job) error {
 	r := j.req
 	n := len(j.items)
 	inv := float32(1 / p.c.ScalingFactor) // 1/0.18215 as a float32 factor, as diffusers' numpy code
+	dec := p.c.VAEDecoder
+	if r.FastDecode { // TAESD takes the latents as they are
+		inv, dec = 1, p.c.FastDecoder
+	}
 	h, w := r.Height, r.Width
 	pixels := make([]float32, n*h*w*3)
 	res := &Result{Request: r.detached(), Pixels: tensor.New(tensor.WithShape(n, h, w, 3), tensor.WithBacking(pixels))}
@@ -38,7 +42,7 @@ func (p *Pipeline) decode(j *job) error {
 		}
 		t0 := time.Now()
 		// one image per call, as diffusers' ONNX pipeline decodes
-		img, err := p.c.VAEDecoder.Decode(j.ctx, tensor.New(tensor.WithShape(1, p.c.LatentChannels, j.latH, j.latW), tensor.WithBacking(lat)))
+		img, err := dec.Decode(j.ctx, tensor.New(tensor.WithShape(1, p.c.LatentChannels, j.latH, j.latW), tensor.WithBacking(lat)))
 		j.metrics.DecodeModel += time.Since(t0)
 		if err != nil {
 			return err

@@ -118,7 +118,7 @@ func (p *Pipeline) denoise(batch []*job, out chan<- *job) []*job {
 		for _, j := range live {
 			ev := Progress{Step: i + 1, Total: len(j.steps), Elapsed: time.Since(j.at.submitted)}
 			if j.req.Preview {
-				ev.Preview = preview(j.items[0].latents, p.c.LatentChannels, j.latH, j.latW)
+				ev.Preview = p.stepPreview(j, i+1)
 			}
 			j.emit(ev)
 			if f := j.req.OnStep; f != nil {

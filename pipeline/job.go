@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,8 @@ type job struct {
 	inp *inpainting // the mask's latents, nil without a mask on a 4-channel UNet
 
 	interrupted atomic.Bool // Handle.Interrupt: decode the latents as they are
+	// decodedPreview is the PreviewDecoder's latest preview (preview.go)
+	decodedPreview atomic.Pointer[image.NRGBA]
 
 	progress chan Progress
 	done     chan struct{}

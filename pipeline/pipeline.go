@@ -51,7 +51,11 @@ type Options struct {
 	// less) a default without guidance. A model trained for another scale
 	// says so in its sdpipe.json, which sd reads.
 	DefaultGuidance float64
-	Logger          *slog.Logger // nil discards
+	// PreviewEvery is how many denoising steps apart the PreviewDecoder
+	// renders a request's preview (Components.PreviewDecoder); 0 means
+	// DefaultPreviewEvery.
+	PreviewEvery int
+	Logger       *slog.Logger // nil discards
 }
 
 // Pipeline is the staged engine. It is safe for concurrent use; the caller
@@ -64,6 +68,7 @@ type Pipeline struct {
 	encodeIn  chan *job
 	denoiseIn chan *job
 	decodeIn  chan *job
+	previewIn chan previewTask // to the preview worker (preview.go), nil without a PreviewDecoder
 
 	mu      sync.RWMutex // Submit holds it shared while sending; Close exclusive
 	closing chan struct{}
@@ -84,7 +89,7 @@ func New(c Components, o Options) (*Pipeline, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	if o.EncodeWorkers < 0 || o.DenoiseWorkers < 0 || o.DecodeWorkers < 0 || o.MaxBatch < 0 || o.MaxBatchWait < 0 {
+	if o.EncodeWorkers < 0 || o.DenoiseWorkers < 0 || o.DecodeWorkers < 0 || o.MaxBatch < 0 || o.MaxBatchWait < 0 || o.PreviewEvery < 0 {
 		return nil, fmt.Errorf("pipeline: negative option in %+v", o)
 	}
 	o.EncodeWorkers = max(o.EncodeWorkers, 1)
@@ -96,6 +101,9 @@ func New(c Components, o Options) (*Pipeline, error) {
 	}
 	if o.DefaultGuidance == 0 {
 		o.DefaultGuidance = DefaultGuidance
+	}
+	if o.PreviewEvery == 0 {
+		o.PreviewEvery = DefaultPreviewEvery
 	}
 	if o.DefaultWidth == 0 {
 		o.DefaultWidth = DefaultSize
@@ -112,6 +120,7 @@ func New(c Components, o Options) (*Pipeline, error) {
 		encodeIn:  make(chan *job),
 		denoiseIn: make(chan *job, 1),
 		decodeIn:  make(chan *job, 1),
+		previewIn: newPreviewQueue(c),
 		closing:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -127,12 +136,20 @@ func New(c Components, o Options) (*Pipeline, error) {
 	for range o.DecodeWorkers {
 		decodeWG.Go(func() { p.stage("decode", p.decodeIn, nil, p.decode) })
 	}
+	var previewWG sync.WaitGroup
+	if p.previewIn != nil {
+		previewWG.Go(p.previewStage)
+	}
 	go func() { // the sender closes: each stage's out closes after its workers return
 		encodeWG.Wait()
 		close(p.denoiseIn)
 		denoiseWG.Wait()
 		close(p.decodeIn)
+		if p.previewIn != nil {
+			close(p.previewIn)
+		}
 		decodeWG.Wait()
+		previewWG.Wait()
 		close(p.done)
 	}()
 	return p, nil
@@ -142,7 +159,10 @@ func New(c Components, o Options) (*Pipeline, error) {
 type Progress struct {
 	Step, Total int           // denoising steps done and in all
 	Elapsed     time.Duration // since Submit
-	Preview     image.Image   // cheap RGB preview of the first image's latents, when asked for
+	// Preview is a preview of the first image's latents, when asked for:
+	// the PreviewDecoder's latest (Components.PreviewDecoder), else the
+	// cheap RGB map at latent resolution.
+	Preview image.Image
 }
 
 // Result is a finished request.

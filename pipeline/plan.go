@@ -118,6 +118,9 @@ func (p *Pipeline) resolve(r Request) (*plan, error) {
 	if err := p.resolveMask(&r); err != nil {
 		return nil, err
 	}
+	if r.FastDecode && p.c.FastDecoder == nil {
+		return nil, invalid("FastDecode", "this model has no fast decoder (TAESD)")
+	}
 	if r.InitImage != nil {
 		if p.c.VAEEncoder == nil {
 			return nil, invalid("InitImage", "this model has no VAE encoder, so img2img is unavailable")

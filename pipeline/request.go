@@ -109,8 +109,11 @@ type Request struct {
 	TargetWidth, TargetHeight     int
 
 	// Preview asks for a cheap RGB preview of the latents with each
-	// progress event.
+	// progress event (from Components.PreviewDecoder when there is one).
 	Preview bool
+	// FastDecode decodes the final images with Components.FastDecoder
+	// (TAESD) instead of the VAE decoder.
+	FastDecode bool
 
 	// LoRAs are applied to this request only, with the prompt's
 	// <lora:name:multiplier> tags (AUTOMATIC1111's syntax, removed from
