@@ -169,6 +169,9 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 	if err != nil || rt == nil {
 		return built, name, nil, err
 	}
+	if cfg.load.perf.int8 != nil {
+		return "", name, nil, errors.Join(int8Refused("a checkpoint with per-request LoRAs or embeddings runs its own components"), rt.Close())
+	}
 	m, err := openRuntime(rt, name, cfg)
 	if m != nil {
 		// The folder's own models are not loaded (the runtime components

@@ -54,6 +54,7 @@ type Folder struct {
 	closeOnce     sync.Once
 	closeErr      error
 	load          loadState // load times, rewrites and warm-up (perf.go)
+	int8          int8State // WithInt8's calibration (int8.go)
 }
 
 // OpenFolder opens the model folder dir. It first checks the folder without
@@ -129,6 +130,9 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 			return nil, errors.Join(err, f.closeModels())
 		}
 	}
+	if err := f.calibrateInt8(ctx, cfg); err != nil { // WithInt8 (int8.go)
+		return nil, errors.Join(err, f.closeModels())
+	}
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
@@ -145,7 +149,7 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 		case *textenc.Signature:
 			f.TextEncoder, err = sig.Open(ctx, o)
 		case *unet.Signature:
-			f.UNet, err = cfg.openUNet(ctx, sig, o) // WithStepCache (stepcache.go)
+			f.UNet, err = f.openUNet(ctx, sig, o, cfg) // WithInt8 (int8.go), WithStepCache (stepcache.go)
 		case *vae.DecoderSignature:
 			if lay.upcastVAE {
 				sig = upcastDecoder(sig, o, cfg.logger)

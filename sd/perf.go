@@ -52,6 +52,7 @@ type perfConfig struct {
 	defaults bool      // rewrites are DefaultRewrites()
 	cacheDir string
 	warmup   *Warmup
+	int8     *Int8 // WithInt8 (int8.go)
 }
 
 // WithRewrites sets the rewrites applied to the component graphs at load;
@@ -121,7 +122,7 @@ func (p *perfConfig) check() []error {
 			errs = append(errs, fmt.Errorf("sd: WithWarmup: negative MaxCalls %d or Steady %g", w.MaxCalls, w.Steady))
 		}
 	}
-	return errs
+	return append(errs, p.int8.check()...)
 }
 
 // LoadReport says how a Folder was loaded.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"gorgonia.org/tensor"
@@ -249,7 +250,8 @@ type Model struct {
 	*Signature     // what the model file declares
 	session.Loaded // how it was loaded
 	s              *ort.Session
-	cache          *stepCache // the shallow model of step caching, or nil (stepcache.go)
+	cache          *stepCache            // the shallow model of step caching, or nil (stepcache.go)
+	rec            atomic.Pointer[Calls] // Record's, or nil (int8.go)
 }
 
 // Stats reports how many calls the session completed and the time spent
@@ -327,6 +329,9 @@ func (m *Model) run(ctx context.Context, sample *tensor.Dense, ts []float64, con
 		in, err := m.inputs(sample, ts, context_, add, r, step)
 		if err != nil {
 			return nil, nil, err
+		}
+		if c := m.rec.Load(); c != nil {
+			c.add(in)
 		}
 		o := []ort.Tensor{{Shape: []int64{int64(step), int64(m.outChannels), int64(h), int64(w)}, Data: out[r*on : (r+step)*on]}}
 		if features != nil {

@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		grace     = fs.Duration("grace", server.DefaultGrace, "on SIGTERM, how long in-flight work may finish before it is canceled")
 		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
 		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
+		int8      = fs.Bool("int8", false, "run the UNet in int8 (sd.WithInt8: MatMuls quantized in the call, convolutions calibrated on the model's example prompts at the first start; opt-in until its quality is shown on the model, see BENCHMARKS.md)")
 		lenient   = fs.Bool("lenient", false, "A1111 endpoints: ignore the request fields the server cannot honour (listed as warnings) instead of refusing them with 400")
 		slackSig  = fs.String("slack-signing-secret", os.Getenv("SLACK_SIGNING_SECRET"), "turns on POST /slack/command, verified with this Slack signing secret (default $SLACK_SIGNING_SECRET)")
 		slackBot  = fs.String("slack-bot-token", os.Getenv("SLACK_BOT_TOKEN"), "Slack bot token: upload images to the channel instead of posting links (default $SLACK_BOT_TOKEN)")
@@ -131,6 +132,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *stepCache > 0 {
 		opts = append(opts, sd.WithStepCache(*stepCache, *cacheAt))
+	}
+	if *int8 {
+		opts = append(opts, sd.WithInt8(sd.Int8{}))
 	}
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
 		if *threads > 0 {

@@ -2,6 +2,9 @@ package rewrite
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -142,4 +145,69 @@ func WidenRanges(rs map[string]Range, frac float64) map[string]Range {
 		out[n] = Range{Min: float32(float64(r.Min) - w), Max: float32(float64(r.Max) + w)}
 	}
 	return out
+}
+
+// rangesFile is the name of a calibration entry in the cache.
+const rangesFile = "ranges.json"
+
+type rangesEntry struct {
+	Source string           `json:"source"`
+	ID     string           `json:"id"`
+	Ranges map[string]Range `json:"ranges"`
+}
+
+func rangesDir(src, id, cacheDir string) (string, error) {
+	exts, err := onnxpb.ExternalFiles(src)
+	if err != nil {
+		return "", fmt.Errorf("rewrite: %s: %w", src, err)
+	}
+	base, err := cacheKey(src, exts, nil)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256([]byte("ranges v1\n" + base + "\n" + id))
+	return filepath.Join(cacheDir, "ranges-"+hex.EncodeToString(h[:])[:32]), nil
+}
+
+// CachedRanges returns the ranges SaveRanges kept for the model file src
+// (its content and the identity of its external data) calibrated as id
+// says (the prompt set, size and steps of the run), and whether there
+// were any.
+func CachedRanges(src, id, cacheDir string) (map[string]Range, bool) {
+	dir, err := rangesDir(src, id, cacheDir)
+	if err != nil {
+		return nil, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, rangesFile))
+	if err != nil {
+		return nil, false
+	}
+	var e rangesEntry
+	if json.Unmarshal(b, &e) != nil || e.ID != id || len(e.Ranges) == 0 {
+		return nil, false
+	}
+	return e.Ranges, true
+}
+
+// SaveRanges keeps rs, calibrated on src as id says, for CachedRanges.
+func SaveRanges(src, id, cacheDir string, rs map[string]Range) error {
+	dir, err := rangesDir(src, id, cacheDir)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rangesEntry{Source: src, ID: id, Ranges: rs})
+	if err != nil {
+		return fmt.Errorf("rewrite: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("rewrite: %w", err)
+	}
+	tmp := filepath.Join(dir, rangesFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("rewrite: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, rangesFile)); err != nil {
+		return fmt.Errorf("rewrite: %w", err)
+	}
+	return nil
 }

@@ -52,6 +52,11 @@ type QuantizeOptions struct {
 	// a Conv whose input and output both have one is quantized statically
 	// (QLinearConv); others dynamically (ConvInteger).
 	Ranges map[string]Range
+	// StaticOnly keeps a Conv without calibrated ranges in float32
+	// instead of the dynamic ConvInteger form: ONNX Runtime's ConvInteger
+	// (uint8 × uint8) is barely faster than the float32 Conv on the
+	// machines measured (bench -kernels), so only QLinearConv pays.
+	StaticOnly bool
 	// MinReduction is the shortest reduction (a MatMul's K, a Conv's
 	// input channels × kernel area) that is quantized; 0 means 64. Shorter
 	// layers are cheap and, like an image's first convolution, sensitive.
@@ -61,6 +66,9 @@ type QuantizeOptions struct {
 func (o QuantizeOptions) key() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "int8 v1 matmul=%t conv=%t minred=%d", o.MatMul, o.Conv, o.minReduction())
+	if o.StaticOnly {
+		b.WriteString(" static-only")
+	}
 	names := make([]string, 0, len(o.Ranges))
 	for n := range o.Ranges {
 		names = append(names, n)
@@ -678,6 +686,13 @@ func (z *quantizer) conv(n *onnxpb.Node) error {
 			return nil
 		}
 	}
+	rx, okx := z.o.Ranges[x]
+	ry, oky := z.o.Ranges[y]
+	static := okx && oky
+	if !static && z.o.StaticOnly {
+		z.keep(n, "no calibrated range")
+		return nil
+	}
 	vals, err := z.src.floats32(w)
 	if err != nil {
 		return fmt.Errorf("rewrite: int8: %w", err)
@@ -686,9 +701,7 @@ func (z *quantizer) conv(n *onnxpb.Node) error {
 	ch := func(i int) int { return i / per }
 	scale := channelScales(vals, int(m), ch)
 	vals = nil
-	rx, okx := z.o.Ranges[x]
-	ry, oky := z.o.Ranges[y]
-	if okx && oky {
+	if static {
 		z.staticConv(n, w, bias, scale, rx, ry)
 	} else {
 		z.dynamicConv(n, w, bias, scale)

@@ -251,3 +251,44 @@ func TestBuildInt8(t *testing.T) {
 		}
 	}
 }
+
+// TestQuantizeStaticOnly keeps the convolutions without ranges in float32
+// instead of writing the slow ConvInteger form, and quantizes the one
+// that has them.
+func TestQuantizeStaticOnly(t *testing.T) {
+	src := layerModel(t, t.TempDir())
+	values := rewrite.ConvValues(readModel(t, src))
+	if len(values) < 3 {
+		t.Fatalf("conv values %v", values)
+	}
+	// ranges for the first convolution only
+	rs := map[string]rewrite.Range{values[0]: {Min: -3, Max: 3}, values[1]: {Min: -4, Max: 4}}
+	_, rep := writeQuantized(t, src, t.TempDir(), rewrite.QuantizeOptions{MatMul: true, Conv: true, StaticOnly: true, Ranges: rs})
+	if rep.ConvStat != 1 || rep.ConvDyn != 0 {
+		t.Errorf("static-only: %v, want one calibrated conv and no dynamic one", rep)
+	}
+	if !strings.Contains(strings.Join(rep.Kept, "\n"), "no calibrated range") {
+		t.Errorf("kept %q, want the conv without ranges", rep.Kept)
+	}
+}
+
+// TestCachedRanges round-trips calibration ranges through the cache,
+// keyed by the model and the calibration's ID.
+func TestCachedRanges(t *testing.T) {
+	src := layerModel(t, t.TempDir())
+	cache := t.TempDir()
+	if _, ok := rewrite.CachedRanges(src, "a", cache); ok {
+		t.Fatal("ranges in an empty cache")
+	}
+	rs := map[string]rewrite.Range{"x": {Min: -1, Max: 2.5}}
+	if err := rewrite.SaveRanges(src, "a", cache, rs); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := rewrite.CachedRanges(src, "a", cache)
+	if !ok || got["x"] != rs["x"] || len(got) != 1 {
+		t.Errorf("cached ranges %v %v, want %v", got, ok, rs)
+	}
+	if _, ok := rewrite.CachedRanges(src, "b", cache); ok {
+		t.Error("ranges found under another calibration ID")
+	}
+}

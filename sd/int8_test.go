@@ -1,0 +1,120 @@
+package sd_test
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
+	. "github.com/sdpipe/sdpipe/sd"
+	"github.com/sdpipe/sdpipe/unet"
+)
+
+// TestInt8Reference runs diffusers' reference call (tiny-onnx-sd, see
+// ../shared/reference/README.md) with the int8 UNet and checks the image
+// against diffusers' own float32 one, within int8Tol; it opens the model
+// twice from one cache and checks that the second open calibrates
+// nothing and gives the same pixels.
+func TestInt8Reference(t *testing.T) {
+	testenv.RequireORT(t)
+	// the largest per-pixel difference to diffusers' float32 image (pixels
+	// in [0, 1]) and the root mean square one allowed
+	const maxTol, rmsTol = 0.15, 0.03 // measured: 0.112 and 0.0205
+	ref := testenv.LoadTinyReference(t)
+	cache := t.TempDir()
+	var first []float32
+	for i, name := range []string{"calibrated", "cached"} {
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		img, m := referenceImage(t, WithThreads(UNet, 1), WithoutVAEEncoder(), WithInt8(Int8{}),
+			WithRewriteCache(cache), WithLogger(log))
+		rep := m.Load().Rewrites[UNet]
+		if !strings.HasPrefix(rep, "int8: ") || strings.Contains(rep, "conv×0 ") {
+			t.Errorf("%s: UNet report %q, want int8 convolutions", name, rep)
+		}
+		calibrated := strings.Contains(logs.String(), "int8 calibration run")
+		if calibrated != (i == 0) {
+			t.Errorf("%s: calibration ran: %v", name, calibrated)
+		}
+		maxd := testenv.MaxAbsDiff(img, ref.ORT.Image)
+		rms := rmsDiff(img, ref.ORT.Image)
+		t.Logf("%s: %s; image vs diffusers: max |Δ| %.4f, RMS %.4f", name, rep, maxd, rms)
+		if maxd > maxTol || rms > rmsTol {
+			t.Errorf("%s: int8 image differs from diffusers' by max %.4f, RMS %.4f; want at most %g and %g", name, maxd, rms, maxTol, rmsTol)
+		}
+		if i == 0 {
+			first = img
+		} else if d := testenv.MaxAbsDiff(img, first); d != 0 {
+			t.Errorf("the cached int8 model's image differs from the first by %g", d)
+		}
+	}
+}
+
+func rmsDiff(a, b []float32) float64 {
+	if len(a) != len(b) || len(a) == 0 {
+		return math.Inf(1)
+	}
+	var s float64
+	for i := range a {
+		d := float64(a[i]) - float64(b[i])
+		s += d * d
+	}
+	return math.Sqrt(s / float64(len(a)))
+}
+
+// TestInt8Refusals checks that int8 fails clearly where it cannot apply.
+func TestInt8Refusals(t *testing.T) {
+	testenv.RequireORT(t)
+	t.Run("float16", func(t *testing.T) {
+		_, err := OpenFolder(t.Context(), fp16Model(t), WithRewriteCache(t.TempDir()), WithThreads(UNet, 1), WithInt8(Int8{}))
+		if !errors.Is(err, unet.ErrInt8) || !strings.Contains(err.Error(), "float16") {
+			t.Errorf("float16 UNet with int8: %v, want an error wrapping unet.ErrInt8 that names float16", err)
+		}
+	})
+	t.Run("matmul only", func(t *testing.T) {
+		f, err := OpenFolder(t.Context(), legacyModel(t), WithRewriteCache(t.TempDir()), WithThreads(UNet, 1),
+			WithInt8(Int8{MatMulOnly: true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if rep := f.Load().Rewrites[UNet]; !strings.HasPrefix(rep, "int8: matmul×") || !strings.Contains(rep, " conv×0 ") {
+			t.Errorf("MatMul-only int8: UNet report %q, want MatMuls and no convolution", rep)
+		}
+	})
+	t.Run("bad options", func(t *testing.T) {
+		_, err := OpenFolder(t.Context(), legacyModel(t), WithInt8(Int8{Size: 30, Steps: -1}))
+		if err == nil || !strings.Contains(err.Error(), "calibration size 30") || !strings.Contains(err.Error(), "steps -1") {
+			t.Errorf("bad WithInt8 options: %v", err)
+		}
+	})
+}
+
+// TestInt8CacheFiles checks that the int8 entry keeps its weights as
+// int8: its weight file is smaller than the float32 model's.
+func TestInt8CacheFiles(t *testing.T) {
+	testenv.RequireORT(t)
+	cache := t.TempDir()
+	referenceImage(t, WithThreads(UNet, 1), WithoutVAEEncoder(), WithInt8(Int8{}), WithRewriteCache(cache))
+	ws, err := filepath.Glob(filepath.Join(cache, "built-*", "weights.bin"))
+	if err != nil || len(ws) != 1 {
+		t.Fatalf("int8 entries in the cache: %v %v, want one", ws, err)
+	}
+	st, err := os.Stat(ws[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.Stat(filepath.Join(testenv.TinyReferenceModel(t), "unet", "weights.pb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("int8 weights %d bytes, float32 %d", st.Size(), orig.Size())
+	if st.Size() >= orig.Size()*6/10 {
+		t.Errorf("int8 weights %d bytes, float32 %d: want well under", st.Size(), orig.Size())
+	}
+}
