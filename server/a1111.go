@@ -101,7 +101,8 @@ func (s *Server) a1111Spec(r *http.Request, in *a1111Request, img2img bool) (*sp
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkOverrides(in.OverrideSettings); err != nil {
+	model, err := s.checkOverrides(in.OverrideSettings)
+	if err != nil {
 		return nil, err
 	}
 	eta, err := a1111Eta(in, choice)
@@ -112,7 +113,7 @@ func (s *Server) a1111Spec(r *http.Request, in *a1111Request, img2img bool) (*sp
 		prompt: in.Prompt, negative: in.NegativePrompt, width: in.Width, height: in.Height,
 		steps: in.Steps, quality: in.Quality, guidance: in.CFGScale, sampler: choice.engine,
 		seed: in.Seed, perRequest: in.BatchSize, requests: in.NIter, strength: in.DenoisingStrength,
-		eta:   eta,
+		eta: eta, model: model,
 		names: map[string]string{"guidance": "cfg_scale", "sampler": field, "images": "batch_size×n_iter", "strength": "denoising_strength"},
 	}
 	if img2img {
@@ -201,27 +202,30 @@ func a1111Eta(in *a1111Request, c samplerChoice) (float64, error) {
 }
 
 // checkOverrides checks the override_settings the service honours: the
-// model (one the server has) and clip skip.
-func (s *Server) checkOverrides(o map[string]json.RawMessage) error {
+// model (one the server has, for this request only, as in A1111: the
+// default stays) and clip skip. It returns the model, nil for the default.
+func (s *Server) checkOverrides(o map[string]json.RawMessage) (*modelEntry, error) {
+	var model *modelEntry
 	if raw, ok := o["sd_model_checkpoint"]; ok && !isNull(raw) {
 		var name string
 		if err := json.Unmarshal(raw, &name); err != nil {
-			return badRequest("override_settings.sd_model_checkpoint", "override_settings.sd_model_checkpoint: want a string")
+			return nil, badRequest("override_settings.sd_model_checkpoint", "override_settings.sd_model_checkpoint: want a string")
 		}
-		if err := s.checkModelName("override_settings.sd_model_checkpoint", name); err != nil {
-			return err
+		var err error
+		if model, err = s.models.find("override_settings.sd_model_checkpoint", name); err != nil {
+			return nil, err
 		}
 	}
 	if raw, ok := o["CLIP_stop_at_last_layers"]; ok && !isNull(raw) {
 		var n int
 		if err := json.Unmarshal(raw, &n); err != nil {
-			return badRequest("override_settings.CLIP_stop_at_last_layers", "override_settings.CLIP_stop_at_last_layers: want an integer")
+			return nil, badRequest("override_settings.CLIP_stop_at_last_layers", "override_settings.CLIP_stop_at_last_layers: want an integer")
 		}
 		if n > 1 {
-			return errNoClipSkip("override_settings.CLIP_stop_at_last_layers", n)
+			return nil, errNoClipSkip("override_settings.CLIP_stop_at_last_layers", n)
 		}
 	}
-	return nil
+	return model, nil
 }
 
 // errNoClipSkip refuses a clip skip the engine cannot do.
@@ -286,6 +290,10 @@ func (s *Server) a1111Result(t *task) (*a1111Response, int, error) {
 	r := t.results[0].Request
 	n := len(b64)
 	sampler, schedule := s.samplerNames(t)
+	model, _ := t.runOn()
+	if model == nil {
+		model = s.models.defaultModel()
+	}
 	all := func(v any) []any { return slices.Repeat([]any{v}, n) }
 	subseeds := make([]int64, n)
 	for i := range subseeds {
@@ -309,8 +317,8 @@ func (s *Server) a1111Result(t *task) (*a1111Response, int, error) {
 		"batch_size":                       r.ImagesPerPrompt,
 		"restore_faces":                    false,
 		"face_restoration_model":           nil,
-		"sd_model_name":                    s.cfg.ModelName,
-		"sd_model_hash":                    s.modelHash(),
+		"sd_model_name":                    model.name,
+		"sd_model_hash":                    model.shortHash(),
 		"sd_vae_name":                      nil,
 		"sd_vae_hash":                      nil,
 		"seed_resize_from_w":               -1,

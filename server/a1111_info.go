@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -59,8 +58,8 @@ func (s *Server) a1111Routes(api func(string, http.HandlerFunc)) {
 		"interrogate":        "interrogation (CLIP, DeepBooru) is not supported: the server has no captioning model",
 		"extra-single-image": "upscaling and face restoration (extras) are not supported: the server has no upscaler",
 		"extra-batch-images": "upscaling and face restoration (extras) are not supported: the server has no upscaler",
-		"unload-checkpoint":  "unloading the model is not supported: the server serves one model for its lifetime",
-		"reload-checkpoint":  "reloading the model is not supported: the server serves one model for its lifetime",
+		"unload-checkpoint":  "unloading the model is not supported: models are loaded on demand and the least recently used idle ones closed when the models' memory budget is full",
+		"reload-checkpoint":  "reloading the model is not supported: POST /sdapi/v1/refresh-checkpoints rescans the models folder, and a model loads on its first request",
 	} {
 		api("POST /sdapi/v1/"+p, s.notImplemented(why))
 	}
@@ -77,41 +76,27 @@ func (s *Server) notImplemented(why string) http.HandlerFunc {
 
 func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	refuseEarly(w, r)
+	if r.URL.Path == "/sdapi/v1/refresh-checkpoints" {
+		if err := s.models.Refresh(); err != nil {
+			s.writeError(w, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "refreshing the models failed", cause: err})
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, nil)
 }
 
-// modelTitle is the model's A1111 title: "name [hash]".
-func (s *Server) modelTitle() string {
-	if h := s.modelHash(); h != "" {
-		return fmt.Sprintf("%s [%s]", s.cfg.ModelName, h)
-	}
-	return s.cfg.ModelName
-}
-
-// checkModelName accepts the names A1111 accepts for the server's model:
-// its title, name (with or without a file extension), short hash or
-// SHA-256.
-func (s *Server) checkModelName(param, name string) error {
-	n := strings.TrimSpace(name)
-	for _, ext := range []string{".safetensors", ".ckpt", ".onnx"} {
-		n = strings.TrimSuffix(n, ext)
-	}
-	ok := n == s.cfg.ModelName || name == s.modelTitle() || strings.TrimSuffix(n, " ["+s.modelHash()+"]") == s.cfg.ModelName
-	if h := s.cfg.ModelSHA256; h != "" {
-		ok = ok || strings.EqualFold(n, h) || strings.EqualFold(n, s.modelHash())
-	}
-	if !ok {
-		return &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: param,
-			Msg: fmt.Sprintf("%s: no model %q on this server (it serves %q; GET /sdapi/v1/sd-models)", param, name, s.modelTitle())}
-	}
-	return nil
+// checkModelName returns the model a name names (see Models.find), or a
+// 400 naming param.
+func (s *Server) checkModelName(param, name string) (*modelEntry, error) {
+	return s.models.find(param, name)
 }
 
 // options are the A1111 settings the server has, at the values it runs.
 func (s *Server) options() map[string]any {
+	d := s.models.defaultModel()
 	return map[string]any{
-		"sd_model_checkpoint":         s.modelTitle(),
-		"sd_checkpoint_hash":          s.cfg.ModelSHA256,
+		"sd_model_checkpoint":         d.title,
+		"sd_checkpoint_hash":          d.sha256,
 		"sd_vae":                      "Automatic",
 		"CLIP_stop_at_last_layers":    1,
 		"samples_format":              "png",
@@ -124,7 +109,7 @@ func (s *Server) options() map[string]any {
 		"live_previews_enable":        true,
 		"show_progress_every_n_steps": 1,
 		"live_previews_image_format":  "png",
-		"add_model_hash_to_info":      s.cfg.ModelSHA256 != "",
+		"add_model_hash_to_info":      d.sha256 != "",
 		"add_model_name_to_info":      true,
 		"add_version_to_infotext":     true,
 		"img2img_fix_steps":           false,
@@ -152,6 +137,7 @@ func (s *Server) handleSetOptions(w http.ResponseWriter, r *http.Request) {
 	release()
 	cur := s.options()
 	var problems []string
+	var model *modelEntry
 	for k, v := range in {
 		if k == "sd_model_checkpoint" {
 			var name string
@@ -159,7 +145,7 @@ func (s *Server) handleSetOptions(w http.ResponseWriter, r *http.Request) {
 				s.writeError(w, badRequest(k, "sd_model_checkpoint: want a string"))
 				return
 			}
-			if err := s.checkModelName(k, name); err != nil {
+			if model, err = s.checkModelName(k, name); err != nil {
 				s.writeError(w, err)
 				return
 			}
@@ -184,6 +170,12 @@ func (s *Server) handleSetOptions(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Sdpipe-Warnings", strings.Join(problems, "; "))
 	}
+	if model != nil { // A1111 loads the model before it answers
+		if err := s.models.setDefault(r.Context(), model); err != nil {
+			s.writeError(w, err)
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, nil)
 }
 
@@ -191,7 +183,7 @@ func (s *Server) handleCmdFlags(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"api": true, "nowebui": false, "api_log": false,
 		"api_auth": nil, "api_server_stop": false,
-		"ckpt": s.cfg.ModelName, "ckpt_dir": nil, "vae_dir": nil, "lora_dir": nil, "embeddings_dir": nil,
+		"ckpt": s.models.defaultModel().file, "ckpt_dir": s.models.dir(), "vae_dir": nil, "lora_dir": nil, "embeddings_dir": nil,
 		"no_half": true, "no_half_vae": true, "lowvram": false, "medvram": false,
 		"skip_version_check": true, "disable_safe_unpickle": false,
 	})
@@ -234,15 +226,20 @@ func (s *Server) handleUpscalers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, []map[string]any{{"name": "None", "model_name": nil, "model_path": nil, "model_url": nil, "scale": 4}})
 }
 
+// handleSDModels lists the models as A1111's /sdapi/v1/sd-models.
 func (s *Server) handleSDModels(w http.ResponseWriter, r *http.Request) {
-	var hash, sha any
-	if h := s.modelHash(); h != "" {
-		hash, sha = h, s.cfg.ModelSHA256
+	out := []map[string]any{}
+	for _, e := range s.models.list() {
+		var hash, sha any
+		if h := e.shortHash(); h != "" {
+			hash, sha = h, e.sha256
+		}
+		out = append(out, map[string]any{
+			"title": e.title, "model_name": e.name, "hash": hash, "sha256": sha,
+			"filename": e.file, "config": nil,
+		})
 	}
-	writeJSON(w, http.StatusOK, []map[string]any{{
-		"title": s.modelTitle(), "model_name": s.cfg.ModelName, "hash": hash, "sha256": sha,
-		"filename": s.cfg.ModelName, "config": nil,
-	}})
+	writeJSON(w, http.StatusOK, out)
 }
 
 // modelFiles is an Engine that offers LoRAs and embeddings by name
@@ -258,7 +255,7 @@ type modelFiles interface {
 // as A1111's /sdapi/v1/loras.
 func (s *Server) handleLoRAs(w http.ResponseWriter, r *http.Request) {
 	out := []map[string]any{}
-	if f, ok := s.eng.(modelFiles); ok {
+	if f, ok := s.defaultEngine().(modelFiles); ok {
 		for _, l := range f.LoRAs() {
 			out = append(out, map[string]any{"name": l.Name, "alias": l.Name, "path": l.Path, "metadata": map[string]any{}})
 		}
@@ -270,7 +267,7 @@ func (s *Server) handleLoRAs(w http.ResponseWriter, r *http.Request) {
 // as A1111's /sdapi/v1/embeddings.
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	loaded := map[string]any{}
-	if f, ok := s.eng.(modelFiles); ok {
+	if f, ok := s.defaultEngine().(modelFiles); ok {
 		for _, e := range f.Embeddings() {
 			loaded[e.Name] = map[string]any{"step": nil, "sd_checkpoint": nil, "sd_checkpoint_name": nil, "shape": e.Width, "vectors": e.Vectors}
 		}
@@ -409,6 +406,9 @@ func HashModel(path string) (string, error) {
 	if !fi.IsDir() {
 		return hashFile(path)
 	}
+	if path, err = filepath.EvalSymlinks(path); err != nil { // a linked folder: walk its files
+		return "", fmt.Errorf("server: hashing the model: %w", err)
+	}
 	var lines []string
 	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
@@ -437,15 +437,9 @@ func HashModel(path string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-func hashFile(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
+// hashFile is a file's SHA-256, cached by path, size and modification
+// time (sd.HashFile).
+func hashFile(p string) (string, error) { return sd.HashFile(p) }
+
+// hashModel is HashModel without its error prefix.
+func hashModel(p string) (string, error) { return HashModel(p) }

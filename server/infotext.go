@@ -250,12 +250,16 @@ func loraHashes(eng Engine, r sd.Request) string {
 func (s *Server) imageInfos(t *task) []imageInfo {
 	var out []imageInfo
 	k := 0
+	model, eng := t.runOn()
+	if model == nil {
+		model = s.models.defaultModel()
+	}
 	for j, res := range t.results {
 		for i, img := range res.Images {
 			ii := imageInfo{
 				img: img, req: res.Request, seed: res.Seeds[i],
 				sampler: t.spec.names.sampler, schedule: t.spec.names.schedule,
-				model: s.cfg.ModelName, modelHash: s.modelHash(), loraHashes: loraHashes(s.eng, res.Request),
+				model: model.name, modelHash: model.shortHash(), loraHashes: loraHashes(eng, res.Request),
 				interrupted: j < len(t.partial) && t.partial[j],
 			}
 			if ii.sampler == "" {
@@ -272,13 +276,15 @@ func (s *Server) imageInfos(t *task) []imageInfo {
 	return out
 }
 
-// modelHash is A1111's short hash of the model: the first 10 hex digits
-// of its SHA-256 (Config.ModelSHA256), or "".
-func (s *Server) modelHash() string {
-	if h := s.cfg.ModelSHA256; len(h) >= 10 {
-		return h[:10]
+// runOn returns the model t ran on, and its engine (nil when the task
+// never got it).
+func (t *task) runOn() (*modelEntry, Engine) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.model == nil {
+		return t.spec.model, nil
 	}
-	return ""
+	return t.model, t.eng
 }
 
 // scaled returns img scaled to w × h (bilinear), or img at that size.

@@ -121,8 +121,12 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, err)
 		return
 	}
-	for _, req := range sp.reqs { // the client hears of a bad request now, not from its job
-		if err := s.eng.Check(req); err != nil {
+	eng := s.models.loaded(sp.model) // a model not loaded yet checks the requests when it runs them
+	for _, req := range sp.reqs {    // the client hears of a bad request now, not from its job
+		if eng == nil {
+			break
+		}
+		if err := eng.Check(req); err != nil {
 			s.writeError(w, err)
 			return
 		}

@@ -151,7 +151,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if m, ok := s.jobs.(interface{ Len() int }); ok {
 		jobs = m.Len() // the records of running jobs included
 	}
-	em := s.eng.Metrics()
+	em := s.models.metrics()
 	draining := 0.0
 	if s.draining.Load() {
 		draining = 1

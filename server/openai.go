@@ -51,7 +51,8 @@ type openAIOutput struct {
 	quality     string
 	stream      bool
 	partials    int
-	edit        bool // for the stream's event names
+	edit        bool        // for the stream's event names
+	model       *modelEntry // the model field's; nil: the default
 }
 
 // openAIOptions checks the fields every OpenAI images request shares.
@@ -59,10 +60,11 @@ func (s *Server) openAIOptions(in *openAIRequest) (*openAIOutput, error) {
 	if in.Prompt == "" {
 		return nil, badRequest("prompt", "prompt is required")
 	}
-	if err := s.checkOpenAIModel(in.Model); err != nil {
+	model, err := s.checkOpenAIModel(in.Model)
+	if err != nil {
 		return nil, err
 	}
-	o := &openAIOutput{format: "png", compression: 100, quality: in.Quality, stream: in.Stream, partials: in.PartialImages}
+	o := &openAIOutput{format: "png", compression: 100, quality: in.Quality, stream: in.Stream, partials: in.PartialImages, model: model}
 	switch f := strings.ToLower(in.OutputFormat); f {
 	case "", "png":
 	case "jpeg", "jpg":
@@ -115,17 +117,23 @@ func (s *Server) openAIOptions(in *openAIRequest) (*openAIOutput, error) {
 	return o, nil
 }
 
-// checkOpenAIModel accepts no model, the server's, and OpenAI's image
-// model names (which mean the server's: a client written for OpenAI runs
-// unchanged).
-func (s *Server) checkOpenAIModel(m string) error {
-	if m == "" || s.cfg.ModelName == "" || m == s.cfg.ModelName || slices.Contains(openAIModels, m) {
-		return nil
+// checkOpenAIModel returns the model the model field names (by any name
+// A1111 accepts, see Models.find), or nil for none and for OpenAI's image
+// model names, which mean the default model (a client written for OpenAI
+// runs unchanged). An unknown name is a 400 invalid_request_error on
+// param "model", as OpenAI answers an invalid value.
+func (s *Server) checkOpenAIModel(m string) (*modelEntry, error) {
+	if m == "" || slices.Contains(openAIModels, m) || s.models.unnamed() {
+		return nil, nil
 	}
-	if err := s.checkModelName("model", m); err == nil {
-		return nil
+	if e, err := s.checkModelName("model", m); err == nil {
+		return e, nil
 	}
-	return badRequest("model", "model: no model %q on this server (it serves %q, which OpenAI's image model names also mean; GET /v1/models)", m, s.cfg.ModelName)
+	var ids []string
+	for _, e := range s.models.list() {
+		ids = append(ids, fmt.Sprintf("%q", e.name))
+	}
+	return nil, badRequest("model", "model: no model %q on this server (it serves %s, and OpenAI's image model names mean the default, %q; GET /v1/models)", m, strings.Join(ids, ", "), s.models.defaultModel().name)
 }
 
 // openAISize parses size ("WIDTHxHEIGHT" or "auto").
@@ -160,7 +168,7 @@ func (s *Server) handleOpenAI(w http.ResponseWriter, r *http.Request) {
 	}
 	sp, err := s.build(&common{
 		prompt: in.Prompt, negative: in.NegativePrompt, width: width, height: height,
-		quality: orDefault(in.Quality, modeFast), seed: in.Seed, perRequest: in.N,
+		quality: orDefault(in.Quality, modeFast), seed: in.Seed, perRequest: in.N, model: o.model,
 		names: map[string]string{"width": "size", "height": "size", "images": "n"},
 	})
 	if err != nil {
@@ -180,7 +188,7 @@ func orDefault(v, def string) string {
 // runOpenAI runs sp and answers in OpenAI's shape: a stream of events, or
 // one JSON body.
 func (s *Server) runOpenAI(w http.ResponseWriter, r *http.Request, sp *spec, o *openAIOutput) {
-	w.Header().Set("Sdpipe-Model", s.cfg.ModelName)
+	w.Header().Set("Sdpipe-Model", sp.model.name)
 	if o.stream {
 		s.streamOpenAI(w, r, sp, o)
 		return

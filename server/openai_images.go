@@ -34,21 +34,30 @@ func (s *Server) clientRoutes(open, api func(string, http.HandlerFunc)) {
 
 var started = time.Now()
 
-func (s *Server) modelObject() map[string]any {
-	return map[string]any{"id": s.cfg.ModelName, "object": "model", "created": started.Unix(), "owned_by": "sdpipe"}
+func modelObject(e *modelEntry) map[string]any {
+	return map[string]any{"id": e.name, "object": "model", "created": started.Unix(), "owned_by": "sdpipe"}
 }
 
+// handleModels lists the models as OpenAI's GET /v1/models, by name.
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []any{s.modelObject()}})
+	data := []any{}
+	for _, e := range s.models.list() {
+		data = append(data, modelObject(e))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
+// handleModel is OpenAI's GET /v1/models/{id}: 404 model_not_found for a
+// model the server has not got.
 func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
-	if id := r.PathValue("id"); id != s.cfg.ModelName {
+	id := r.PathValue("id")
+	e, err := s.models.find("model", id)
+	if err != nil {
 		s.writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Param: "model",
-			Msg: fmt.Sprintf("the model %q does not exist on this server (it serves %q)", id, s.cfg.ModelName)})
+			Msg: fmt.Sprintf("the model %q does not exist on this server (GET /v1/models lists them)", id)})
 		return
 	}
-	writeJSON(w, http.StatusOK, s.modelObject())
+	writeJSON(w, http.StatusOK, modelObject(e))
 }
 
 // requireMultipart accepts a multipart/form-data body from the page's own
@@ -190,7 +199,7 @@ func (s *Server) handleOpenAIEdit(w http.ResponseWriter, r *http.Request) {
 	sp, err := s.build(&common{
 		prompt: in.Prompt, negative: in.NegativePrompt, width: b.Dx(), height: b.Dy(),
 		quality: orDefault(in.Quality, modeFast), seed: in.Seed, perRequest: in.N,
-		init: img, strength: strength, mask: mask,
+		init: img, strength: strength, mask: mask, model: o.model,
 		names: map[string]string{"width": "size", "height": "size", "images": "n"},
 	})
 	if err != nil {

@@ -42,7 +42,15 @@ type sageMakerRequest struct {
 	Seed               *int64     `json:"seed"`
 	Scheduler          string     `json:"scheduler"`
 	Quality            string     `json:"quality"`
+	// Model names a model of the server's (see Models); "" means the
+	// X-Amzn-SageMaker-Target-Model header's (a multi-model endpoint's
+	// target), else the default.
+	Model string `json:"model"`
 }
+
+// sageMakerTargetHeader names the model of a SageMaker multi-model
+// endpoint's invocation.
+const sageMakerTargetHeader = "X-Amzn-SageMaker-Target-Model"
 
 func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 	var in sageMakerRequest
@@ -62,7 +70,17 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	names := map[string]string{"steps": "num_inference_steps", "guidance": "guidance_scale", "sampler": "scheduler", "images": "num_images_per_prompt"}
-	sp := &spec{}
+	sp := &spec{model: s.models.defaultModel()}
+	name, param := in.Model, "model"
+	if name == "" {
+		name, param = r.Header.Get(sageMakerTargetHeader), sageMakerTargetHeader
+	}
+	if name != "" {
+		if sp.model, err = s.checkModelName(param, name); err != nil {
+			s.writeError(w, err)
+			return
+		}
+	}
 	for k, p := range in.Prompt.list {
 		var seed *int64
 		if in.Seed != nil {
@@ -75,7 +93,7 @@ func (s *Server) handleSageMaker(w http.ResponseWriter, r *http.Request) {
 		one, err := s.build(&common{
 			prompt: p, negative: in.NegativePrompt, width: in.Width, height: in.Height,
 			steps: in.NumInferenceSteps, quality: in.Quality, guidance: in.GuidanceScale, sampler: in.Scheduler,
-			seed: seed, perRequest: in.NumImagesPerPrompt, names: names,
+			seed: seed, perRequest: in.NumImagesPerPrompt, names: names, model: sp.model,
 		})
 		if err != nil {
 			s.writeError(w, err)

@@ -119,6 +119,11 @@ type Config struct {
 	// Load, when set, is how the model was opened (Folder.Load): /metrics
 	// exports its open and warm-up times per component.
 	Load *sd.LoadReport
+	// Models, when set, is a folder of models the service loads on demand
+	// and requests choose by name (see Models); the Engine given to New,
+	// when not nil, is one more model, named ModelName, always loaded and
+	// the default.
+	Models *Models
 }
 
 func (c *Config) fill(d sd.Defaults) error {
@@ -185,7 +190,8 @@ func (c *Config) fill(d sd.Defaults) error {
 // Shutdown (or let Serve's context end) to finish or cancel the work in
 // flight; neither closes the Engine.
 type Server struct {
-	eng      Engine
+	eng      Engine // the default model at New: its defaults and limits are the server's
+	models   *Models
 	cfg      Config
 	log      *slog.Logger
 	samplers []string
@@ -213,13 +219,32 @@ type Server struct {
 	met collector
 }
 
-// New returns a Server for eng, or an error for an invalid Config.
+// New returns a Server for eng, or an error for an invalid Config. With
+// Config.Models, eng may be nil: New then loads the folder's default model.
 func New(eng Engine, cfg Config) (*Server, error) {
+	models := cfg.Models
+	switch {
+	case models == nil && eng == nil:
+		return nil, errors.New("server: New needs an Engine or Config.Models")
+	case models == nil:
+		models = fixedModels(eng, cfg.ModelName, cfg.ModelSHA256)
+	case eng != nil:
+		models.addFixed(eng, cfg.ModelName, cfg.ModelSHA256)
+	default:
+		d := models.defaultModel()
+		e, release, err := models.acquire(context.Background(), d)
+		if err != nil {
+			return nil, fmt.Errorf("server: loading the default model: %w", err)
+		}
+		release()
+		eng = e
+	}
 	if err := cfg.fill(eng.Defaults()); err != nil {
 		return nil, err
 	}
 	s := &Server{
 		eng:      eng,
+		models:   models,
 		cfg:      cfg,
 		log:      cfg.Logger,
 		samplers: schedulers(),
@@ -353,7 +378,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		code, status = http.StatusServiceUnavailable, "draining"
 	}
-	writeJSON(w, code, map[string]any{"status": status, "replica": s.cfg.ReplicaID, "model": s.cfg.ModelName})
+	writeJSON(w, code, map[string]any{"status": status, "replica": s.cfg.ReplicaID, "model": s.models.defaultModel().name})
 }
 
 func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) {
@@ -368,7 +393,7 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
 	dw, dh := engineDefaults(s.eng) // the model's default size, when the engine tells it
 	writeJSON(w, http.StatusOK, map[string]any{
 		"default_width": dw, "default_height": dh,
-		"model":         s.cfg.ModelName,
+		"model":         s.models.defaultModel().name,
 		"replica":       s.cfg.ReplicaID,
 		"samplers":      a1111SamplerNames(), // A1111's names; the engine's own are accepted too
 		"schedulers":    []string{"Automatic", "Karras"},

@@ -188,7 +188,7 @@ func (s *Server) slackDeliver(ctx context.Context, t *task, r *http.Request, res
 		"blocks": []any{
 			map[string]any{"type": "image", "image_url": link, "alt_text": prompt,
 				"title": map[string]any{"type": "plain_text", "text": prompt}},
-			map[string]any{"type": "context", "elements": []any{map[string]any{"type": "mrkdwn", "text": fmt.Sprintf("Seed %d · %s", ii.seed, s.cfg.ModelName)}}},
+			map[string]any{"type": "context", "elements": []any{map[string]any{"type": "mrkdwn", "text": fmt.Sprintf("Seed %d · %s", ii.seed, ii.model)}}},
 		},
 	})
 }

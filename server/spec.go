@@ -41,6 +41,9 @@ type spec struct {
 	warnings        []string
 	subseed         int64
 	subseedStrength float64
+	// model is the model the request runs on (the default model when it
+	// names none, as the default was when it came).
+	model *modelEntry
 }
 
 // maxSeed is the largest seed of the default (numpy) generator.
@@ -66,6 +69,7 @@ type common struct {
 	baseSeed         int64                                        // the resolved seed, for latents
 	subseed          int64
 	subseedStrength  float64
+	model            *modelEntry       // nil: the default model
 	names            map[string]string // our name → the API's field name
 }
 
@@ -153,7 +157,10 @@ func (s *Server) build(c *common) (*spec, error) {
 		return nil, badRequest(c.name("strength"), "%s: %v is outside (0, 1]", c.name("strength"), c.strength)
 	}
 	c.baseSeed = seed
-	sp := &spec{mode: mode, subseed: c.subseed, subseedStrength: c.subseedStrength}
+	sp := &spec{mode: mode, subseed: c.subseed, subseedStrength: c.subseedStrength, model: c.model}
+	if sp.model == nil {
+		sp.model = s.models.defaultModel()
+	}
 	sp.names.sampler, sp.names.schedule = a1111Names(c.sampler)
 	sp.names.engine = c.sampler
 	for k := range n {

@@ -66,6 +66,9 @@ type task struct {
 
 	cancelRequested bool         // by the async API
 	handles         []*sd.Handle // its engine requests, as they are submitted
+
+	model *modelEntry // the model it runs on
+	eng   Engine      // that model's engine, once loaded
 }
 
 // interrupt ends t as AUTOMATIC1111's interrupt does: its engine requests
@@ -173,10 +176,32 @@ func (s *Server) execute(ctx context.Context, t *task) {
 		close(t.done)
 	}()
 	handles := make([]*sd.Handle, 0, len(t.spec.reqs))
-	var err error
+	model := cmp.Or(t.spec.model, s.models.defaultModel())
+	eng, release, err := s.models.acquire(ctx, model) // loads the model when it is not loaded
+	if err != nil {
+		t.mu.Lock()
+		t.finished = time.Now()
+		t.state, t.err = stateFailed, err
+		if ctx.Err() != nil {
+			t.state, t.err = stateCanceled, errCanceled
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				t.err = cause
+			}
+			if errors.Is(t.err, errShutdown) {
+				t.state = stateFailed // the client did not ask for it
+			}
+		}
+		t.mu.Unlock()
+		s.met.finished(t, time.Since(start), t.err)
+		return
+	}
+	defer release() // after the requests end: a model in use is never evicted
+	t.mu.Lock()
+	t.model, t.eng = model, eng
+	t.mu.Unlock()
 	for _, r := range t.spec.reqs {
 		var h *sd.Handle
-		h, err = s.eng.Submit(ctx, r)
+		h, err = eng.Submit(ctx, r)
 		if err != nil {
 			break
 		}

@@ -4,6 +4,7 @@
 //
 //	go run ./examples/server                      # the default model on 127.0.0.1:7860
 //	go run ./examples/server -model models/sd15-onnx -batch 4 -queue 32 -token secret
+//	go run ./examples/server -models-dir ~/models -models-memory 12GiB  # several checkpoints, loaded on demand
 //
 // See package server for the endpoints, and cmd/sdload for a load
 // generator.
@@ -45,7 +46,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var (
 		addr      = fs.String("addr", "127.0.0.1:7860", "listen address (loopback by default)")
-		model     = fs.String("model", "", "model folder (diffusers ONNX layout); empty = the default model")
+		model     = fs.String("model", "", "model folder (diffusers ONNX layout) or single-file checkpoint; empty = the default model (or, with -models-dir, none)")
+		modelsDir = fs.String("models-dir", "", "folder of models (ONNX folders and .safetensors checkpoints) loaded on demand, listed at /sdapi/v1/sd-models and chosen per request (override_settings.sd_model_checkpoint, OpenAI's model); -model, when given, is one more, the default")
+		modelsMem = fs.String("models-memory", "", "with -models-dir: the most bytes of model files loaded at once, e.g. 12GiB; past it the least recently used idle models are closed (default: no limit)")
+		defModel  = fs.String("default-model", "", "with -models-dir and no -model: the default model's name (default: the first by name)")
 		token     = fs.String("token", os.Getenv("SDPIPE_TOKEN"), "bearer token the API requires (default $SDPIPE_TOKEN; empty = none)")
 		replica   = fs.String("replica", "", "replica id sent as X-Replica-ID (default host:port)")
 		queue     = fs.Int("queue", server.DefaultMaxQueue, "most generations admitted at once; past it 429")
@@ -104,10 +108,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("-mode: %q is not latency or throughput", *mode)
 	}
-	dir, err := cli.Model(*model)
-	if err != nil {
-		return err
-	}
 	budget, err := parseBytes(*memBudget)
 	if err != nil {
 		return fmt.Errorf("-memory-budget: %w", err)
@@ -141,42 +141,67 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			opts = append(opts, sd.WithThreads(c, *threads))
 		}
 	}
-	start := time.Now()
-	mdl, err := sd.Open(ctx, dir, opts...)
-	if err != nil {
-		return err
+	var models *server.Models
+	if *modelsDir != "" {
+		mb, err := parseBytes(*modelsMem)
+		if err != nil {
+			return fmt.Errorf("-models-memory: %w", err)
+		}
+		models, err = server.NewModels(server.ModelsConfig{Dir: *modelsDir, Budget: mb, Default: *defModel, Logger: log,
+			Open: func(ctx context.Context, path string) (server.Engine, error) { return sd.Open(ctx, path, opts...) }})
+		if err != nil {
+			return err
+		}
+		defer models.Close()
 	}
-	b, _ := mdl.MemoryBudget()
-	log.Info("model loaded", "dir", dir, "seconds", time.Since(start).Seconds(), "memory_budget_mib", b>>20)
+	var mdl *sd.Model
+	var opened sd.LoadReport
+	var name, sum string
+	if models == nil || *model != "" {
+		dir, err := cli.Model(*model)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if mdl, err = sd.Open(ctx, dir, opts...); err != nil {
+			return err
+		}
+		defer mdl.Close()
+		b, _ := mdl.MemoryBudget()
+		log.Info("model loaded", "dir", dir, "seconds", time.Since(start).Seconds(), "memory_budget_mib", b>>20)
+		opened = mdl.Load()
+		hashStart := time.Now()
+		if sum, err = server.HashModel(dir); err != nil {
+			return err
+		}
+		log.Info("model hashed", "sha256", sum, "seconds", time.Since(hashStart).Seconds())
+		name = filepath.Base(filepath.Clean(dir))
+	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
-		return errors.Join(err, mdl.Close())
+		return err
 	}
 	id := *replica
 	if id == "" {
 		host, _ := os.Hostname()
 		id = host + ":" + portOf(ln.Addr())
 	}
-	opened := mdl.Load()
-	hashStart := time.Now()
-	sum, err := server.HashModel(dir)
-	if err != nil {
-		return errors.Join(err, ln.Close(), mdl.Close())
-	}
-	log.Info("model hashed", "sha256", sum, "seconds", time.Since(hashStart).Seconds())
 	cfg := server.Config{
-		ReplicaID: id, ModelName: filepath.Base(filepath.Clean(dir)), ModelSHA256: sum, Token: *token, Lenient: *lenient,
+		ReplicaID: id, ModelName: name, ModelSHA256: sum, Models: models, Token: *token, Lenient: *lenient,
 		SlackSigningSecret: *slackSig, SlackBotToken: *slackBot, SlackAPIURL: *slackAPI,
 		MaxQueue: *queue, MaxBodyBytes: *maxBody, MaxBodyMemory: *bodyMem, MaxConns: *maxConns,
 		BodyTimeout: *bodyTime, BodyIdleTimeout: *bodyIdle, IdleTimeout: *idle,
 		MaxSize: *maxSize, MaxSteps: *maxSteps, MaxImages: *maxImages,
 		FastSteps: *fast, QualitySteps: *quality, Grace: *grace, Linger: *linger,
-		Logger: log, Load: &opened,
+		Logger: log,
+	}
+	if mdl != nil {
+		cfg.Load = &opened
 	}
 	closeBroker, err := bf.open(ctx, &cfg, *addr) // broker.go
 	if err != nil {
-		return errors.Join(err, ln.Close(), mdl.Close())
+		return errors.Join(err, ln.Close())
 	}
 	defer closeBroker()
 	switch {
@@ -187,14 +212,21 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		log.Info("jobs", "data", "memory (lost on restart)")
 	}
-	srv, err := server.New(mdl, cfg)
+	var eng server.Engine
+	if mdl != nil {
+		eng = mdl
+	}
+	srv, err := server.New(eng, cfg)
 	if err != nil {
-		return errors.Join(err, ln.Close(), mdl.Close())
+		return errors.Join(err, ln.Close())
 	}
 	serveErr := srv.Serve(ctx, ln)
-	mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err = errors.Join(serveErr, mdl.Shutdown(mctx))
+	err = serveErr
+	if mdl != nil {
+		mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err = errors.Join(serveErr, mdl.Shutdown(mctx))
+	}
 	log.Info("stopped", "err", err)
 	return err
 }
