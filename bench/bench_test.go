@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -249,5 +250,44 @@ func TestCommand(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "| batched |") {
 		t.Errorf("stdout lacks the batched row:\n%s", stdout.String())
+	}
+}
+
+// TestCommandSDXL runs the bench's engine modes on a generated tiny SDXL
+// (two text encoders, added conditioning through the call recorder) and
+// checks that the SD 1.x-only measurements are refused by name, not run
+// into a UNet input error.
+func TestCommandSDXL(t *testing.T) {
+	testenv.RequireORT(t)
+	dir := filepath.Join(t.TempDir(), "tiny-sdxl")
+	if err := EnsureModel(dir, modelgen.TinySDXL(), modelgen.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	base := []string{"-model", dir, "-arch", "tiny-sdxl", "-n", "2", "-steps", "1", "-size", "64", "-matmul", "64", "-q"}
+	err := run(t.Context(), append(slices.Clone(base), "-out", t.TempDir(), "-modes", "sequential,batched"), &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "two text encoders") || !strings.Contains(err.Error(), "-modes sequential") {
+		t.Fatalf("sequential mode on SDXL: %v, want an error naming it", err)
+	}
+	out := t.TempDir()
+	args := append(slices.Clone(base), "-out", out, "-modes", "pipelined-full,batched", "-single", "0", "-scaling=false")
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 2 || rep.UNetMACs <= 0 {
+		t.Errorf("report: %d runs, UNet %.3g MACs a call; want 2 runs and a count", len(rep.Runs), rep.UNetMACs)
+	}
+	for _, r := range rep.Runs {
+		if r.Requests != 2 || r.Sessions["unet"].Calls < 1 || r.Sessions["text_encoder"].Calls < 1 {
+			t.Errorf("%s: %d requests, sessions %v; want 2 requests through the text encoders and the UNet", r.Mode, r.Requests, r.Sessions)
+		}
 	}
 }

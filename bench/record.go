@@ -39,18 +39,93 @@ func (r *callRecorder) reset() map[string][]interval {
 	return c
 }
 
+// encoder returns e with its calls recorded, keeping the optional
+// interfaces the pipeline asks for (SDXL's pooled, split encoder).
 func (r *callRecorder) encoder(e pipeline.Encoder) pipeline.Encoder {
-	return pipeline.EncoderFunc(func(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error) {
-		defer r.add("text_encoder", time.Now())
-		return e.Encode(ctx, ids, batch)
-	})
+	rec := recEncoder{r, e}
+	if p, ok := e.(pipeline.PooledEncoder); ok {
+		if s, ok := e.(pipeline.SplitEncoder); ok {
+			return recXLEncoder{rec, p, s}
+		}
+		return recPooledEncoder{rec, p}
+	}
+	return rec
 }
 
+type recEncoder struct {
+	r *callRecorder
+	e pipeline.Encoder
+}
+
+func (e recEncoder) Encode(ctx context.Context, ids []int32, batch int) (*tensor.Dense, error) {
+	defer e.r.add("text_encoder", time.Now())
+	return e.e.Encode(ctx, ids, batch)
+}
+
+type recPooledEncoder struct {
+	recEncoder
+	p pipeline.PooledEncoder
+}
+
+func (e recPooledEncoder) EncodePooled(ctx context.Context, ids, ids2 []int32, batch int) (hidden, pooled *tensor.Dense, err error) {
+	defer e.r.add("text_encoder", time.Now())
+	return e.p.EncodePooled(ctx, ids, ids2, batch)
+}
+
+type recXLEncoder struct {
+	recEncoder
+	p pipeline.PooledEncoder
+	s pipeline.SplitEncoder
+}
+
+func (e recXLEncoder) EncodePooled(ctx context.Context, ids, ids2 []int32, batch int) (hidden, pooled *tensor.Dense, err error) {
+	return recPooledEncoder{e.recEncoder, e.p}.EncodePooled(ctx, ids, ids2, batch)
+}
+
+func (e recXLEncoder) HiddenParts() []int { return e.s.HiddenParts() }
+
+// denoiser returns d with its calls recorded, keeping the optional
+// interfaces the pipeline asks for (SDXL's added conditioning, a latent
+// consistency model's guidance embedding).
 func (r *callRecorder) denoiser(d pipeline.Denoiser) pipeline.Denoiser {
-	return pipeline.DenoiserFunc(func(ctx context.Context, x *tensor.Dense, ts []float64, c *tensor.Dense) (*tensor.Dense, error) {
-		defer r.add("unet", time.Now())
-		return d.Predict(ctx, x, ts, c)
-	})
+	rec := recDenoiser{r, d}
+	if a, ok := d.(pipeline.AddedDenoiser); ok {
+		return recAdded{rec, a}
+	}
+	if c, ok := d.(pipeline.CondDenoiser); ok {
+		return recCond{rec, c}
+	}
+	return rec
+}
+
+type recDenoiser struct {
+	r *callRecorder
+	d pipeline.Denoiser
+}
+
+func (d recDenoiser) Predict(ctx context.Context, x *tensor.Dense, ts []float64, c *tensor.Dense) (*tensor.Dense, error) {
+	defer d.r.add("unet", time.Now())
+	return d.d.Predict(ctx, x, ts, c)
+}
+
+type recAdded struct {
+	recDenoiser
+	a pipeline.AddedDenoiser
+}
+
+func (d recAdded) PredictAdded(ctx context.Context, x *tensor.Dense, ts []float64, c, textEmbeds, timeIDs *tensor.Dense) (*tensor.Dense, error) {
+	defer d.r.add("unet", time.Now())
+	return d.a.PredictAdded(ctx, x, ts, c, textEmbeds, timeIDs)
+}
+
+type recCond struct {
+	recDenoiser
+	c pipeline.CondDenoiser
+}
+
+func (d recCond) PredictCond(ctx context.Context, x *tensor.Dense, ts []float64, c, timestepCond *tensor.Dense) (*tensor.Dense, error) {
+	defer d.r.add("unet", time.Now())
+	return d.c.PredictCond(ctx, x, ts, c, timestepCond)
 }
 
 func (r *callRecorder) decoder(d pipeline.Decoder) pipeline.Decoder {

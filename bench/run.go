@@ -8,6 +8,7 @@ import (
 	"image"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,6 +196,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if h.f, err = sd.OpenFolder(ctx, cfg.ModelDir, opts...); err != nil {
 		return nil, err
 	}
+	if err := checkFamily(h.f, cfg); err != nil {
+		return nil, err
+	}
 	if h.model, err = pipeline.New(h.f.Components(), pipeline.Options{}); err != nil {
 		return nil, err
 	}
@@ -215,6 +219,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		"text_encoder": h.f.TextEncoder,
 		"unet":         h.f.UNet,
 		"vae_decoder":  h.f.VAEDecoder,
+	}
+	if h.f.TextEncoder2 != nil {
+		h.stats["text_encoder_2"] = h.f.TextEncoder2
 	}
 	halfThreads := max(1, runtime.NumCPU()/2)
 	if slices.Contains(cfg.Modes, Pipelined) || (cfg.MatMulN > 0 && !cfg.NoScaling) {
@@ -286,6 +293,33 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	return rep, nil
 }
 
+// checkFamily refuses the measurements that speak SD 1.x/2.x only on a
+// model of another family: the sequential baseline and the UNet scaling
+// calls build plain UNet inputs, and the pipelined mode opens the model a
+// second time, which for SDXL's 13 GB of weights a machine rarely holds.
+func checkFamily(f *sd.Folder, cfg Config) error {
+	if f.TextEncoder2 == nil {
+		return nil
+	}
+	var refused []string
+	for _, m := range cfg.Modes {
+		if m == Sequential || m == Pipelined {
+			refused = append(refused, "-modes "+string(m))
+		}
+	}
+	if cfg.LatencyRepeats > 0 {
+		refused = append(refused, "-single (the sequential baseline)")
+	}
+	if cfg.MatMulN > 0 && !cfg.NoScaling {
+		refused = append(refused, "-scaling")
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	return fmt.Errorf("bench: %s has two text encoders (SDXL), which %s do not support: run with -modes pipelined-full,batched -single 0 -scaling=false",
+		cfg.ModelDir, strings.Join(refused, ", "))
+}
+
 func (h *harness) concurrency(m Mode) int {
 	if m == Sequential {
 		return 1
@@ -299,8 +333,10 @@ func (h *harness) warmUp(ctx context.Context) error {
 	req := h.cfg.request(0)
 	req.Steps = min(req.Steps, 2)
 	h.cfg.Logger.Info("bench: warming up")
-	if _, _, err := h.seq.generate(ctx, req); err != nil {
-		return fmt.Errorf("bench: warm-up: %w", err)
+	if slices.Contains(h.cfg.Modes, Sequential) || h.cfg.LatencyRepeats > 0 {
+		if _, _, err := h.seq.generate(ctx, req); err != nil {
+			return fmt.Errorf("bench: warm-up: %w", err)
+		}
 	}
 	if _, err := h.model.Generate(ctx, req); err != nil {
 		return fmt.Errorf("bench: warm-up: %w", err)
