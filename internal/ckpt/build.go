@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
@@ -224,45 +225,42 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 
 	root := opt.CacheDir
 	if root == "" {
-		root = filepath.Join(cacheRoot(), "checkpoints")
+		root = filepath.Join(cachedir.Dir(), "checkpoints")
 	}
 	b.Key, err = buildKey(f, vaeFile, opt, a, tokDir)
 	if err != nil {
 		return nil, err
 	}
 	b.Dir = filepath.Join(root, b.Key)
-	if _, err := os.Stat(filepath.Join(b.Dir, doneFile)); err == nil {
+	valid := func(dir string) error {
+		_, err := os.Stat(filepath.Join(dir, doneFile))
+		return err
+	}
+	if valid(b.Dir) == nil {
 		b.Cached, b.Took = true, time.Since(start)
 		log.Info("ckpt: using built model", "checkpoint", path, "dir", b.Dir)
 		return b, nil
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("ckpt: %w", err)
-	}
-	tmp, err := os.MkdirTemp(root, ".build-"+b.Key[:12]+"-")
-	if err != nil {
-		return nil, fmt.Errorf("ckpt: %w", err)
-	}
-	defer os.RemoveAll(tmp) // a no-op once renamed
 	log.Info("ckpt: building graphs", "checkpoint", path, "family", a.Family, "dir", b.Dir)
 	gopt := opt.Graph
 	if opt.LoRABranches {
 		gopt.OnModule = BranchHook(&Branches{})
 	}
-	if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, gopt, opt.ExtraTokens); err != nil {
-		return nil, err
-	}
-	if b.Copied {
-		log.Warn("ckpt: the cache is on another file system than the checkpoint: its weights were copied (set SDPIPE_CACHE_DIR to a folder on the checkpoint's file system to avoid it)", "checkpoint", path)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, doneFile), []byte(path+"\n"), 0o644); err != nil {
+	built := false
+	err = cachedir.Build(b.Dir, valid, func(tmp string) error {
+		built = true
+		var err error
+		if b.Copied, err = writeFolder(ctx, tmp, f, m, vaeFile, vaeMap, Deltas(applied), cfg, a, tokDir, gopt, opt.ExtraTokens); err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(tmp, doneFile), []byte(path+"\n"), 0o644)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("ckpt: %w", err)
 	}
-	if err := os.Rename(tmp, b.Dir); err != nil {
-		if _, serr := os.Stat(filepath.Join(b.Dir, doneFile)); serr != nil { // not another process's finished build
-			return nil, fmt.Errorf("ckpt: %w", err)
-		}
-		b.Cached = true
+	b.Cached = !built // another process built it first
+	if b.Copied {
+		log.Warn("ckpt: the cache is on another file system than the checkpoint: its weights were copied (set SDPIPE_CACHE_DIR to a folder on the checkpoint's file system to avoid it)", "checkpoint", path)
 	}
 	b.Took = time.Since(start)
 	log.Info("ckpt: built graphs", "checkpoint", path, "took", b.Took)
@@ -272,21 +270,6 @@ func Build(ctx context.Context, path string, opt BuildOptions) (*Built, error) {
 // doneFile marks a completely built folder.
 const doneFile = "sdpipe-checkpoint.txt"
 
-// cacheRoot is the project's cache root ($SDPIPE_CACHE_DIR or the user
-// cache), without importing internal/cachedir's callers.
-func cacheRoot() string {
-	if d := os.Getenv("SDPIPE_CACHE_DIR"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "sdpipe")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".cache", "sdpipe")
-	}
-	return filepath.Join(os.TempDir(), "sdpipe-cache")
-}
-
 // FindTokenizer returns the folder holding the CLIP tokenizer files
 // (vocab.json and merges.txt) for the checkpoint at path: opt.TokenizerDir,
 // else tokenizer/ beside the checkpoint, else <cache>/tokenizer. No
@@ -294,7 +277,7 @@ func cacheRoot() string {
 // registry) and nothing is downloaded; the error says what to put where.
 func FindTokenizer(path string, opt BuildOptions) (string, error) {
 	var tried []string
-	for _, d := range []string{opt.TokenizerDir, filepath.Join(filepath.Dir(path), "tokenizer"), filepath.Join(cacheRoot(), "tokenizer")} {
+	for _, d := range []string{opt.TokenizerDir, filepath.Join(filepath.Dir(path), "tokenizer"), filepath.Join(cachedir.Dir(), "tokenizer")} {
 		if d == "" {
 			continue
 		}
