@@ -9,10 +9,8 @@ import (
 // stochastic when Options.Eta > 0). It is not safe for concurrent use.
 type DDIM struct {
 	alphaBase
+	predState
 	stepRatio int
-	x0        []float32
-	buf       []float32 // thresholding scratch
-	rnd       []float32
 }
 
 // intTimesteps returns the integer timesteps of DDIM/DDPM/LCM-style
@@ -40,19 +38,10 @@ func intTimesteps(p *params, n int) []float64 {
 }
 
 func newDDIM(b *base) (Scheduler, error) {
-	s := &DDIM{alphaBase: alphaBase{b}, stepRatio: b.p.numTrainTimesteps / b.n}
+	s := &DDIM{alphaBase: alphaBase{b}, predState: newPredState(b), stepRatio: b.p.numTrainTimesteps / b.n}
 	s.full = intTimesteps(b.p, b.n)
-	s.x0 = make([]float32, b.size)
-	s.rnd = make([]float32, b.size)
-	if b.p.thresholding {
-		s.buf = make([]float32, b.size)
-	}
 	return s, nil
 }
-
-// PredOriginal returns the x0 prediction of the last Step. The slice is
-// owned by the scheduler and overwritten by the next Step.
-func (s *DDIM) PredOriginal() []float32 { return s.x0 }
 
 // Step implements Scheduler.
 func (s *DDIM) Step(mo, sample []float32, i int) error {

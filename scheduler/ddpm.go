@@ -8,35 +8,34 @@ import (
 // predX0Alpha writes the x0 prediction of alphas_cumprod-parameterized
 // schedulers (DDPM, LCM) into x0, then clips or thresholds it.
 func predX0Alpha(x0, mo, sample, buf []float32, a float32, p *params) {
-	b := 1 - a
-	sa, sb := sqrt32(a), sqrt32(b)
-	switch p.predictionType {
-	case "epsilon":
-		for j := range x0 {
-			x0[j] = (sample[j] - float32(sb*mo[j])) / sa
-		}
-	case "sample":
-		copy(x0, mo)
-	case "v_prediction":
-		for j := range x0 {
-			x0[j] = float32(sa*sample[j]) - float32(sb*mo[j])
-		}
-	}
-	if p.thresholding {
-		thresholdSample(x0, buf, p.dynThreshRatio, p.sampleMaxValue)
-	} else if p.clipSample {
+	convertX0(x0, mo, sample, sqrt32(a), sqrt32(1-a), p, buf) // thresholds
+	if !p.thresholding && p.clipSample {
 		clampAll(x0, float32(p.clipSampleRange))
 	}
 }
+
+// predState is the x0 prediction, thresholding scratch and noise buffer
+// of the alphas_cumprod samplers (DDIM, DDPM, LCM).
+type predState struct{ x0, buf, rnd []float32 }
+
+func newPredState(b *base) predState {
+	s := predState{x0: make([]float32, b.size), rnd: make([]float32, b.size)}
+	if b.p.thresholding {
+		s.buf = make([]float32, b.size)
+	}
+	return s
+}
+
+// PredOriginal returns the x0 prediction of the last Step. The slice is
+// owned by the scheduler and overwritten by the next Step.
+func (s *predState) PredOriginal() []float32 { return s.x0 }
 
 // DDPM is diffusers' DDPMScheduler (ancestral sampling of the denoising
 // diffusion probabilistic model; draws one noise tensor per step with t > 0).
 // It is not safe for concurrent use.
 type DDPM struct {
 	alphaBase
-	x0  []float32
-	buf []float32
-	rnd []float32
+	predState
 }
 
 func newDDPM(b *base) (Scheduler, error) {
@@ -45,19 +44,10 @@ func newDDPM(b *base) (Scheduler, error) {
 	default:
 		return nil, &ConfigError{Field: "variance_type", Reason: fmt.Sprintf("%q is not supported", b.p.varianceType)}
 	}
-	s := &DDPM{alphaBase: alphaBase{b}}
+	s := &DDPM{alphaBase: alphaBase{b}, predState: newPredState(b)}
 	s.full = intTimesteps(b.p, b.n)
-	s.x0 = make([]float32, b.size)
-	s.rnd = make([]float32, b.size)
-	if b.p.thresholding {
-		s.buf = make([]float32, b.size)
-	}
 	return s, nil
 }
-
-// PredOriginal returns the x0 prediction of the last Step. The slice is
-// owned by the scheduler and overwritten by the next Step.
-func (s *DDPM) PredOriginal() []float32 { return s.x0 }
 
 // Step implements Scheduler.
 func (s *DDPM) Step(mo, sample []float32, i int) error {
@@ -110,10 +100,8 @@ func (s *DDPM) Step(mo, sample []float32, i int) error {
 // which equals the final latents. It is not safe for concurrent use.
 type LCM struct {
 	alphaBase
-	x0       []float32
+	predState
 	denoised []float32
-	buf      []float32
-	rnd      []float32
 }
 
 func newLCM(b *base) (Scheduler, error) {
@@ -132,16 +120,11 @@ func newLCM(b *base) (Scheduler, error) {
 		origin[orig-1-i] = float64((i+1)*k - 1)
 	}
 	ls := float64(len(origin)) / float64(b.n)
-	s := &LCM{alphaBase: alphaBase{b}}
+	s := &LCM{alphaBase: alphaBase{b}, predState: newPredState(b)}
 	for i := range b.n {
 		s.full = append(s.full, origin[int(math.Floor(float64(i)*ls))])
 	}
-	s.x0 = make([]float32, b.size)
 	s.denoised = make([]float32, b.size)
-	s.rnd = make([]float32, b.size)
-	if p.thresholding {
-		s.buf = make([]float32, b.size)
-	}
 	return s, nil
 }
 

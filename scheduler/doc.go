@@ -27,8 +27,8 @@
 //
 // The concrete types returned by New (*Euler, *DPMMultistep, ...) offer
 // optional methods beyond Scheduler: Sigmas() []float32 on sigma-based
-// schedulers, PredOriginal() []float32 (x0 of the last step) on DDIM, DDPM
-// and Euler, and Denoised() []float32 on LCM.
+// schedulers, PredOriginal() []float32 (x0 of the last step) on DDIM, DDPM,
+// LCM and Euler, and Denoised() []float32 on LCM.
 //
 // Img2img: with Options.Strength in (0, 1] the schedule is truncated as
 // Options.Img2Img says (Modern: StableDiffusionImg2ImgPipeline; LegacyONNX:

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"fmt"
-	"math"
 )
 
 // dpmSchedule computes the integer timesteps and float32 sigmas (with the
@@ -146,10 +145,7 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 	lowerSecond := k == n-2 && p.lowerOrderFinal && n < 15
 
 	// shift history and convert the new output
-	first := s.outs[0]
-	copy(s.outs, s.outs[1:])
-	s.outs[len(s.outs)-1] = first
-	m0 := first
+	m0 := s.shift()
 	a0, sg0 := alphaSigma(s.sigmas[k])
 	convertX0(m0, mo, sample, a0, sg0, p, s.buf)
 
@@ -157,13 +153,7 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 	if sde {
 		s.noise.Randn(s.rnd)
 	}
-	order := 3
-	switch {
-	case p.solverOrder == 1 || s.lowerNum < 1 || lowerFinal:
-		order = 1
-	case p.solverOrder == 2 || s.lowerNum < 2 || lowerSecond:
-		order = 2
-	}
+	order := multistepOrder(p.solverOrder, s.lowerNum, lowerFinal, lowerSecond)
 
 	alphaT, sigmaT := alphaSigma(s.sigmas[k+1])
 	lamT := lambda(alphaT, sigmaT)
@@ -173,21 +163,7 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 	ratio := sigmaT / sg0
 	switch order {
 	case 1:
-		if sde {
-			e2 := exp32(float32(-2.0 * h))
-			A := float32(ratio * exp32(-h))
-			B := alphaT * (1 - e2)
-			E := sigmaT * sqrt32(1-e2)
-			for j := range sample {
-				x := float32(A*sample[j]) + float32(B*m0[j])
-				sample[j] = x + float32(E*s.rnd[j])
-			}
-		} else {
-			B := alphaT * emh
-			for j := range sample {
-				sample[j] = float32(ratio*sample[j]) - float32(B*m0[j])
-			}
-		}
+		dpmFirst(sample, sample, m0, s.rnd, ratio, alphaT, sigmaT, h, sde)
 	case 2:
 		m1 := s.outs[len(s.outs)-2]
 		_, sg1 := alphaSigma(s.sigmas[k-1])
@@ -196,41 +172,7 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 		h0 := lam0 - lam1
 		r0 := h0 / h
 		rinv := 1 / r0
-		if sde {
-			e2 := exp32(float32(-2.0 * h))
-			A := float32(ratio * exp32(-h))
-			B := alphaT * (1 - e2)
-			var C float32
-			if p.solverType == "midpoint" {
-				C = float32(0.5 * B)
-			} else {
-				C = alphaT * ((1-e2)/float32(-2.0*h) + 1)
-			}
-			E := sigmaT * sqrt32(1-e2)
-			for j := range sample {
-				d1 := float32(rinv * (m0[j] - m1[j]))
-				x := float32(A*sample[j]) + float32(B*m0[j])
-				x += float32(C * d1)
-				sample[j] = x + float32(E*s.rnd[j])
-			}
-		} else {
-			B := alphaT * emh
-			if p.solverType == "midpoint" {
-				C := float32(0.5 * B)
-				for j := range sample {
-					d1 := float32(rinv * (m0[j] - m1[j]))
-					x := float32(ratio*sample[j]) - float32(B*m0[j])
-					sample[j] = x - float32(C*d1)
-				}
-			} else {
-				C := alphaT * (emh/h + 1)
-				for j := range sample {
-					d1 := float32(rinv * (m0[j] - m1[j]))
-					x := float32(ratio*sample[j]) - float32(B*m0[j])
-					sample[j] = x + float32(C*d1)
-				}
-			}
-		}
+		dpmSecond(sample, sample, m0, m0, m1, s.rnd, rinv, ratio, alphaT, sigmaT, h, sde, p.solverType != "midpoint")
 	case 3:
 		m1, m2 := s.outs[len(s.outs)-2], s.outs[len(s.outs)-3]
 		a1, sg1 := alphaSigma(s.sigmas[k-1])
@@ -257,7 +199,6 @@ func (s *DPMMultistep) Step(mo, sample []float32, i int) error {
 	if s.lowerNum < p.solverOrder {
 		s.lowerNum++
 	}
-	_ = math.Inf
 	return nil
 }
 
@@ -268,6 +209,92 @@ type dpmState struct {
 	*base
 	sigmas []float32
 	outs   [][]float32 // model outputs, oldest first; len solver_order
+}
+
+// shift rotates the output history: the oldest buffer becomes the newest
+// and is returned, for the step's new output.
+func (s *dpmState) shift() []float32 {
+	first := s.outs[0]
+	copy(s.outs, s.outs[1:])
+	s.outs[len(s.outs)-1] = first
+	return first
+}
+
+// multistepOrder is the order a multistep solver (DPM-Solver++, DEIS)
+// runs a step at: its solver_order, lowered while the history fills
+// (lowerNum outputs so far) and at the last steps.
+func multistepOrder(solverOrder, lowerNum int, lowerFinal, lowerSecond bool) int {
+	switch {
+	case solverOrder == 1 || lowerNum < 1 || lowerFinal:
+		return 1
+	case solverOrder == 2 || lowerNum < 2 || lowerSecond:
+		return 2
+	}
+	return 3
+}
+
+// dpmFirst is DPM-Solver++'s first-order update from the sample x (at the
+// sigma of the data prediction d) to dst, ratio = σ_t/σ_s and h = λ_t − λ_s;
+// the SDE variant adds the step's noise rnd. dst may be x.
+func dpmFirst(dst, x, d, rnd []float32, ratio, alphaT, sigmaT, h float32, sde bool) {
+	if sde {
+		e2 := exp32(float32(-2.0 * h))
+		A := float32(ratio * exp32(-h))
+		B := alphaT * (1 - e2)
+		E := sigmaT * sqrt32(1-e2)
+		for j := range dst {
+			v := float32(A*x[j]) + float32(B*d[j])
+			dst[j] = v + float32(E*rnd[j])
+		}
+		return
+	}
+	B := alphaT * (exp32(-h) - 1)
+	for j := range dst {
+		dst[j] = float32(ratio*x[j]) - float32(B*d[j])
+	}
+}
+
+// dpmSecond is DPM-Solver++'s second-order update from the sample x to
+// dst: the first-order step on the data prediction d plus the correction
+// of the difference D1 = rinv·(m0 − m1), midpoint (heun false) or heun;
+// the SDE variant adds the step's noise rnd. The multistep solver passes
+// d = m0, the singlestep solver d = m1 (its block's first evaluation).
+// dst may be x.
+func dpmSecond(dst, x, d, m0, m1, rnd []float32, rinv, ratio, alphaT, sigmaT, h float32, sde, heun bool) {
+	if sde {
+		e2 := exp32(float32(-2.0 * h))
+		A := float32(ratio * exp32(-h))
+		B := alphaT * (1 - e2)
+		C := float32(0.5 * B)
+		if heun {
+			C = alphaT * ((1-e2)/float32(-2.0*h) + 1)
+		}
+		E := sigmaT * sqrt32(1-e2)
+		for j := range dst {
+			d1 := float32(rinv * (m0[j] - m1[j]))
+			v := float32(A*x[j]) + float32(B*d[j])
+			v += float32(C * d1)
+			dst[j] = v + float32(E*rnd[j])
+		}
+		return
+	}
+	emh := exp32(-h) - 1
+	B := alphaT * emh
+	if heun {
+		C := alphaT * (emh/h + 1)
+		for j := range dst {
+			d1 := float32(rinv * (m0[j] - m1[j]))
+			v := float32(ratio*x[j]) - float32(B*d[j])
+			dst[j] = v + float32(C*d1)
+		}
+		return
+	}
+	C := float32(0.5 * B)
+	for j := range dst {
+		d1 := float32(rinv * (m0[j] - m1[j]))
+		v := float32(ratio*x[j]) - float32(B*d[j])
+		dst[j] = v - float32(C*d1)
+	}
 }
 
 // allocOuts allocates the output history.
