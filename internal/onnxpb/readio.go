@@ -80,26 +80,31 @@ func find(vs []ValueInfo, name string) (ValueInfo, bool) {
 // Errors name the file and the problem, e.g.
 // "onnxpb: unet/model.onnx: truncated at byte 1234" (a *DecodeError).
 // ReadIO is safe for concurrent use.
-func ReadIO(path string) (*IO, error) {
+func ReadIO(path string) (*IO, error) { return scanFile(path, readIO) }
+
+// scanFile runs scan on the model file at path and names the file in its
+// errors (a *DecodeError gets the Path).
+func scanFile[T any](path string, scan func(f io.ReaderAt, size int64) (T, error)) (T, error) {
+	var zero T
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("onnxpb: %w", err)
+		return zero, fmt.Errorf("onnxpb: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("onnxpb: %w", err)
+		return zero, fmt.Errorf("onnxpb: %w", err)
 	}
-	m, err := readIO(f, st.Size())
+	v, err := scan(f, st.Size())
 	if err != nil {
 		var de *DecodeError
 		if errors.As(err, &de) {
 			de.Path = path
-			return nil, de
+			return zero, de
 		}
-		return nil, fmt.Errorf("onnxpb: %s: %w", path, err)
+		return zero, fmt.Errorf("onnxpb: %s: %w", path, err)
 	}
-	return m, nil
+	return v, nil
 }
 
 // ExternalFiles returns the external data files (relative to the model's
@@ -267,6 +272,16 @@ func (s *sreader) sub(typ protowire.Type, what string) (int64, error) {
 	return s.pos + n, nil
 }
 
+// nested runs parse on the nested message (what) whose field the scan is
+// at, with the message's end.
+func (s *sreader) nested(typ protowire.Type, what string, parse func(end int64) error) error {
+	end, err := s.sub(typ, what)
+	if err != nil {
+		return err
+	}
+	return parse(end)
+}
+
 // small reads a whole nested message into memory, for the small messages
 // (opsets, value infos, string entries) that the in-memory decoder handles.
 func (s *sreader) small(typ protowire.Type, what string) ([]byte, int, error) {
@@ -311,11 +326,7 @@ func readIO(r io.ReaderAt, size int64) (*IO, error) {
 			return nil
 		case num == fModelGraph:
 			sawGraph = true
-			end, err := s.sub(typ, "graph")
-			if err != nil {
-				return err
-			}
-			return s.graph(end, m, &inputs)
+			return s.nested(typ, "graph", func(end int64) error { return s.graph(end, m, &inputs) })
 		}
 		return s.skip(typ)
 	})
@@ -356,16 +367,11 @@ func (s *sreader) graph(end int64, m *IO, inputs *[]ValueInfo) error {
 			}
 			return nil
 		case fGraphInitializer:
-			end, err := s.sub(typ, "initializer")
-			if err != nil {
+			return s.nested(typ, "initializer", func(end int64) error {
+				t, err := s.initializer(end)
+				m.Initializers = append(m.Initializers, t)
 				return err
-			}
-			t, err := s.initializer(end)
-			if err != nil {
-				return err
-			}
-			m.Initializers = append(m.Initializers, t)
-			return nil
+			})
 		}
 		return s.skip(typ)
 	})

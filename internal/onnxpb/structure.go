@@ -2,9 +2,7 @@ package onnxpb
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"os"
+	"io"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -33,47 +31,36 @@ const (
 // tensor data, so it reads the graph's nodes and a few kilobytes more even
 // of a multi-gigabyte model. ReadStructure is safe for concurrent use.
 func ReadStructure(path string) (*Structure, error) {
-	io, err := ReadIO(path)
+	sig, err := ReadIO(path)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("onnxpb: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("onnxpb: %w", err)
-	}
-	s := &sreader{r: f, size: st.Size(), buf: make([]byte, 32<<10), bufOff: -1}
-	out := &Structure{IO: io, Ints: map[string][]int64{}}
-	err = s.message(s.size, "model", func(num protowire.Number, typ protowire.Type) error {
-		if num != fModelGraph {
-			return s.skip(typ)
-		}
-		end, err := s.sub(typ, "graph")
-		if err != nil {
-			return err
-		}
-		return s.message(end, "graph", func(num protowire.Number, typ protowire.Type) error {
-			switch num {
-			case fGraphNode:
-				end, err := s.sub(typ, "node")
-				if err != nil {
-					return err
-				}
+	return scanFile(path, func(f io.ReaderAt, size int64) (*Structure, error) {
+		s := &sreader{r: f, size: size, buf: make([]byte, 32<<10), bufOff: -1}
+		out := &Structure{IO: sig, Ints: map[string][]int64{}}
+		err := s.message(s.size, "model", func(num protowire.Number, typ protowire.Type) error {
+			if num != fModelGraph {
+				return s.skip(typ)
+			}
+			return s.nested(typ, "graph", func(end int64) error { return s.structureGraph(end, out) })
+		})
+		return out, err
+	})
+}
+
+// structureGraph reads the nodes and the small integer initializers of the
+// graph message ending at end into out.
+func (s *sreader) structureGraph(end int64, out *Structure) error {
+	return s.message(end, "graph", func(num protowire.Number, typ protowire.Type) error {
+		switch num {
+		case fGraphNode:
+			return s.nested(typ, "node", func(end int64) error {
 				n, err := s.node(end)
-				if err != nil {
-					return err
-				}
 				out.Nodes = append(out.Nodes, n)
-				return nil
-			case fGraphInitializer:
-				end, err := s.sub(typ, "initializer")
-				if err != nil {
-					return err
-				}
+				return err
+			})
+		case fGraphInitializer:
+			return s.nested(typ, "initializer", func(end int64) error {
 				if end-s.pos > 8<<10 { // too large to be a small integer tensor
 					s.pos = end
 					return nil
@@ -90,19 +77,10 @@ func ReadStructure(path string) (*Structure, error) {
 					out.Ints[t.Name] = v
 				}
 				return nil
-			}
-			return s.skip(typ)
-		})
-	})
-	if err != nil {
-		var de *DecodeError
-		if errors.As(err, &de) {
-			de.Path = path
-			return nil, de
+			})
 		}
-		return nil, fmt.Errorf("onnxpb: %s: %w", path, err)
-	}
-	return out, nil
+		return s.skip(typ)
+	})
 }
 
 // node reads a node message ending at end, leaving out large attributes.
