@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
@@ -255,7 +256,7 @@ func BuildTAESD(ctx context.Context, paths []string, opt BuildOptions) (_ *Built
 	}
 	root := opt.CacheDir
 	if root == "" {
-		root = filepath.Join(cacheRoot(), "taesd")
+		root = filepath.Join(cachedir.Dir(), "taesd")
 	}
 	b := &BuiltTAESD{Dir: filepath.Join(root, hex.EncodeToString(hash.Sum(nil))[:32])}
 	b.Decoder = filepath.Join(b.Dir, modelgen.VAEDecoderDir, modelgen.ModelFile)
