@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"gorgonia.org/tensor"
 
@@ -251,6 +252,19 @@ func gather(all []float32, shape []int64, t ort.Tensor, n int) ([]float32, []int
 	}
 	shape[0] += int64(n)
 	return append(all, d...), shape, nil
+}
+
+// warmShallow warms the step cache's shallow model up on the features of
+// one full call at the warm-up's inputs.
+func (m *Model) warmShallow(ctx context.Context, w session.Warmup, x *tensor.Dense, ts []float64, c *tensor.Dense, add *Added) ([]time.Duration, error) {
+	_, deep, err := m.run(ctx, x, ts, c, add, nil)
+	if err != nil {
+		return nil, err
+	}
+	return ort.Repeat(ctx, func(ctx context.Context) error {
+		_, _, err := m.run(ctx, x, ts, c, add, deep)
+		return err
+	}, w.MaxCalls, w.Steady)
 }
 
 func (c *stepCache) close() error {

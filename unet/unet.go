@@ -260,14 +260,20 @@ func (m *Model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
 
 // WarmUp calls the UNet on a guided step at the warm-up's image size until
 // its call time is steady (see session.Warmup) and returns each call's
-// duration.
+// duration; a step-cached model warms its shallow model up the same way
+// after the full one.
 func (m *Model) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration, error) {
 	x, ts, c := m.example(2, w.Height/8, w.Width/8, false)
 	add := m.exampleAdded(2, w.Height/8, w.Width/8, false, 8.5)
-	return ort.Repeat(ctx, func(ctx context.Context) error {
+	times, err := ort.Repeat(ctx, func(ctx context.Context) error {
 		_, err := m.predict(ctx, x, ts, c, add)
 		return err
 	}, w.MaxCalls, w.Steady)
+	if err != nil || m.cache == nil {
+		return times, err
+	}
+	more, err := m.warmShallow(ctx, w, x, ts, c, add) // stepcache.go
+	return append(times, more...), err
 }
 
 // ErrInput reports inputs that do not fit the model.
