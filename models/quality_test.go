@@ -15,6 +15,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/sd"
 )
 
 // TestClassifierOnTrainingLikeImages checks the measure the quality test
@@ -259,6 +260,63 @@ func TestQualitySweep(t *testing.T) {
 			if dump := os.Getenv("SDPIPE_QUALITY_DUMP"); dump != "" {
 				name := fmt.Sprintf("%s-%g.png", strings.ReplaceAll(s, " ", "_"), g)
 				writePNG(t, filepath.Join(dump, name), contactSheet(imgs, 8, 3))
+			}
+		}
+	}
+}
+
+// TestQualityInt8 measures TestQuality's grid (every scheduler, the
+// model's guidance, the same prompts and seeds) with the UNet in int8
+// (sd.WithInt8: calibrated on the model's example prompts, not on the
+// grid) against float32, and fails when int8 loses more than 3 points of
+// colour, background, shape or all-three accuracy on any scheduler. The
+// grid is 100 prompts (SDPIPE_QUALITY_N), so that one image is one point.
+// It takes about 80 s on 2 cores; -short skips it.
+func TestQualityInt8(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: 800 images")
+	}
+	const maxLoss = 0.03
+	n := 2 * qualityGrid // one image is one point
+	if v := os.Getenv("SDPIPE_QUALITY_N"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("SDPIPE_QUALITY_N=%q: want a positive count", v)
+		}
+	}
+	testenv.RequireORT(t)
+	dir, err := DefaultDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp32 := openDefault(t)
+	var opts []sd.LoadOption
+	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder} {
+		opts = append(opts, sd.WithThreads(c, 1))
+	}
+	f, err := sd.OpenFolder(t.Context(), dir, append(opts, sd.WithInt8(sd.Int8{}), sd.WithRewriteCache(t.TempDir()), sd.WithoutVAEEncoder())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	t.Logf("UNet: %s", f.Load().Rewrites[sd.UNet])
+	int8, err := pipeline.New(f.Components(), pipeline.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { int8.Close() })
+	g := defaultGuidance(t)
+	for _, s := range []string{"PNDMScheduler", "Euler a", "DPM++ 2M", "DDIM"} {
+		a := measure(t, fp32, n, s, g)
+		b := measure(t, int8, n, s, g)
+		t.Logf("%-13s float32: %v", s, a)
+		t.Logf("%-13s int8:    %v", s, b)
+		for _, c := range []struct {
+			name   string
+			fp, q8 float64
+		}{{"colour", a.color, b.color}, {"background", a.bg, b.bg}, {"shape", a.shape, b.shape}, {"all three", a.all, b.all}} {
+			if c.fp-c.q8 > maxLoss+1e-9 {
+				t.Errorf("%s: int8 %s accuracy %.0f%%, float32 %.0f%%: more than %.0f points lost", s, c.name, 100*c.q8, 100*c.fp, 100*maxLoss)
 			}
 		}
 	}
