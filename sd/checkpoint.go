@@ -172,7 +172,7 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 	if cfg.load.perf.int8 != nil {
 		return "", name, nil, errors.Join(int8Refused("a checkpoint with per-request LoRAs or embeddings runs its own components"), rt.Close())
 	}
-	m, err := openRuntime(rt, name, cfg)
+	m, err := openRuntime(ctx, rt, name, cfg)
 	if m != nil {
 		// The folder's own models are not loaded (the runtime components
 		// run it); the Folder still tells where it is and what it holds.
@@ -185,12 +185,17 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 }
 
 // openRuntime starts the engine on a checkpoint's runtime components.
-func openRuntime(rt *ckptrun.Components, name string, cfg *config) (*Model, error) {
+func openRuntime(ctx context.Context, rt *ckptrun.Components, name string, cfg *config) (*Model, error) {
 	f := &Folder{sampleSize: rt.ImageSize / 8}
 	d := f.defaults(cfg.engine.defaults)
-	p, err := pipeline.New(rt.Components, cfg.engine.pipelineOptions(d, cfg.load.logger))
+	c := rt.Components
+	t, err := openTAESD(ctx, cfg, &c)
 	if err != nil {
 		return nil, errors.Join(err, rt.Close())
 	}
-	return &Model{p: p, rt: rt, name: name, defaults: d, mem: newMemoryModel(f, cfg.engine.memory)}, nil
+	p, err := pipeline.New(c, cfg.engine.pipelineOptions(d, cfg.load.logger))
+	if err != nil {
+		return nil, errors.Join(err, t.Close(), rt.Close())
+	}
+	return &Model{p: p, rt: rt, name: name, defaults: d, mem: newMemoryModel(f, cfg.engine.memory), taesd: t}, nil
 }

@@ -26,6 +26,7 @@ type engineConfig struct {
 	batchWait time.Duration
 	defaults  Defaults
 	memory    memoryConfig // memory admission (memory.go)
+	taesd     taesdConfig  // TAESD previews and fast decoding (taesd.go)
 }
 
 // Mode is a performance hint, like OpenVINO's: it picks worker counts and
@@ -125,12 +126,13 @@ func (c *engineConfig) pipelineOptions(d Defaults, log *slog.Logger) pipeline.Op
 		DefaultWidth:    d.Width,
 		DefaultHeight:   d.Height,
 		DefaultGuidance: d.GuidanceScale,
+		PreviewEvery:    c.taesd.previewEvery,
 		Logger:          log,
 	}
 }
 
 func (c *engineConfig) check() []error {
-	errs := c.memory.check()
+	errs := append(c.memory.check(), c.taesd.check()...)
 	if w := c.workers; w.Encode < 0 || w.Denoise < 0 || w.Decode < 0 {
 		errs = append(errs, fmt.Errorf("sd: WithWorkers: negative count in %+v", w))
 	}

@@ -21,6 +21,7 @@ type Model struct {
 	name     string // for image metadata
 	defaults Defaults
 	mem      *memoryModel // memory admission (memory.go)
+	taesd    *taesdModels // WithTAESD's sessions (taesd.go), nil without
 	once     sync.Once
 	err      error
 }
@@ -45,8 +46,12 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	m = &Model{f: f, name: cmp.Or(f.Info.Name, name)}
 	m.defaults = f.defaults(cfg.engine.defaults)
 	po := cfg.engine.pipelineOptions(m.defaults, cfg.load.logger)
-	if m.p, err = pipeline.New(tiledComponents(f.Components(), f), po); err != nil {
+	c := tiledComponents(f.Components(), f)
+	if m.taesd, err = openTAESD(ctx, cfg, &c); err != nil {
 		return nil, errors.Join(err, f.Close())
+	}
+	if m.p, err = pipeline.New(c, po); err != nil {
+		return nil, errors.Join(err, m.taesd.Close(), f.Close())
 	}
 	m.mem = newMemoryModel(f, cfg.engine.memory)
 	return m, nil
@@ -171,6 +176,7 @@ func (m *Model) Close() error {
 		if m.rt != nil {
 			m.err = errors.Join(m.err, m.rt.Close())
 		}
+		m.err = errors.Join(m.err, m.taesd.Close())
 	})
 	return m.err
 }

@@ -109,8 +109,12 @@ type Request struct {
 	TargetWidth, TargetHeight     int
 
 	// Preview asks for a cheap RGB preview of the first image's latents
-	// with each progress event (Progress.Preview).
+	// with each progress event (Progress.Preview); with WithTAESD, TAESD's
+	// decode of them every few steps.
 	Preview bool
+	// FastDecode decodes the final images with the TAESD of WithTAESD
+	// instead of the VAE: much faster, somewhat less detailed.
+	FastDecode bool
 
 	// LoRAs are applied to this request only, besides the prompt's
 	// <lora:name:multiplier> tags (AUTOMATIC1111's syntax, removed from the
@@ -247,6 +251,7 @@ func (r Request) engine() pipeline.Request {
 		Img2ImgLogic:    scheduler.Img2ImgLogic(r.Img2ImgLogic),
 		Mask:            r.Mask,
 		Preview:         r.Preview,
+		FastDecode:      r.FastDecode,
 		OriginalWidth:   r.OriginalWidth,
 		OriginalHeight:  r.OriginalHeight,
 		CropLeft:        r.CropLeft,

@@ -48,7 +48,7 @@ func (r *Result) EncodePNG(w io.Writer, i int) error {
 type Progress struct {
 	Step, Total int           // denoising steps (UNet calls) done, and in all
 	Elapsed     time.Duration // since Submit
-	Preview     image.Image   // a cheap RGB preview of the first image's latents, when Request.Preview asks for it
+	Preview     image.Image   // a preview of the first image's latents, when Request.Preview asks for it: the cheap latent-resolution map, or with WithTAESD its newest full-size decode
 }
 
 // RequestMetrics are one request's timings. Each stage's span starts when
