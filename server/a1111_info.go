@@ -24,7 +24,7 @@ import (
 // The AUTOMATIC1111 endpoints a front-end calls at connect and around a
 // generation (Open WebUI and SillyTavern probe options and sd-models
 // first), in A1111's JSON shapes (its modules/api/models.py), with what
-// this server really has: one model, the samplers and schedule types the
+// this server really has: its models, the samplers and schedule types the
 // engine runs, no upscalers, VAEs, LoRAs, embeddings, styles or scripts.
 // What the server cannot do answers 501 naming what is missing.
 

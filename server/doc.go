@@ -1,6 +1,7 @@
-// Package server is an HTTP image service on an sd model: it serves one
-// loaded model to many clients, whose concurrent requests the engine
-// batches dynamically.
+// Package server is an HTTP image service on sd models: it serves a loaded
+// model to many clients, whose concurrent requests the engine batches
+// dynamically, or a folder of models loaded on demand and chosen per
+// request (Models, models.go).
 //
 // It speaks several API dialects, one file each: the AUTOMATIC1111 subset
 // (POST /sdapi/v1/txt2img, img2img, GET progress, POST interrupt, GET

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"image"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/sd"
 )
@@ -302,11 +304,13 @@ func TestModelsRefresh(t *testing.T) {
 	}
 }
 
-// TestModelsConcurrent runs requests for both models at once: each image
-// comes from the model its request named.
+// TestModelsConcurrent runs requests for both models at once (b not
+// loaded yet): each image comes from the model its request named, and the
+// requests for b share one load.
 func TestModelsConcurrent(t *testing.T) {
 	dir := twoModels(t)
-	reg := newModels(t, dir, 0, &loader{})
+	l := &loader{}
+	reg := newModels(t, dir, 0, l)
 	_, ts := newServerOn(t, nil, Config{Models: reg})
 	var wg sync.WaitGroup
 	for i := range 6 {
@@ -319,6 +323,79 @@ func TestModelsConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if l.count("a") != 1 || l.count("b") != 1 {
+		t.Errorf("loads %v, want one of each model", l.loads)
+	}
+}
+
+// TestModelsOpenAIGoSDK drives a server with two models with the official
+// OpenAI Go SDK (testdata/openai-go, "models" mode): the list, the model
+// field, and the errors for an unknown model.
+func TestModelsOpenAIGoSDK(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the OpenAI Go SDK: not in -short")
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go not found in PATH")
+	}
+	reg := newModels(t, twoModels(t), 0, &loader{})
+	_, ts := newServerOn(t, nil, Config{Models: reg, FastSteps: 2})
+	dir, err := filepath.Abs("testdata/openai-go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runClient(t, dir, 5*time.Minute, goBin, "mod", "download"); err != nil {
+		t.Skipf("downloading the pinned OpenAI Go SDK failed (no module proxy?): %v\n%s", err, out)
+	}
+	out, err := runClient(t, dir, 5*time.Minute, goBin, "run", ".", ts.URL, "models", "a", "b")
+	if err != nil || !strings.Contains(out, "all checks passed") {
+		t.Fatalf("the OpenAI Go SDK against a server with two models: %v\n%s", err, out)
+	}
+}
+
+// TestModelsCheckpoint serves a folder holding a single-file checkpoint
+// (the shared tiny-sd.safetensors, with its configs) beside an ONNX
+// folder: it is listed by its file name and A1111's hash of the file, and
+// runs when a request names it.
+func TestModelsCheckpoint(t *testing.T) {
+	src := twoModels(t)
+	shared := shareddir.Path(t, "reference/tiny-ckpt/tiny-sd.safetensors")
+	ckptDir := filepath.Join(shared, "reference", "tiny-ckpt")
+	dir := t.TempDir()
+	links := map[string]string{"a": filepath.Join(src, "a"), "tiny-sd.safetensors": filepath.Join(ckptDir, "tiny-sd.safetensors")}
+	for _, n := range []string{"text_encoder_config.json", "unet_config.json", "vae_config.json"} {
+		links[n] = filepath.Join(ckptDir, n) // the checkpoint's configs lie beside it
+	}
+	for n, target := range links {
+		if err := os.Symlink(target, filepath.Join(dir, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cache := t.TempDir()
+	reg, err := NewModels(ModelsConfig{Dir: dir, Open: func(ctx context.Context, path string) (Engine, error) {
+		opts := []sd.Option{sd.WithThreads(sd.UNet, 1)}
+		if strings.HasSuffix(path, ".safetensors") {
+			opts = append(opts, sd.WithTokenizer(filepath.Join(shared, "clip-tokenizer")), sd.WithCheckpointCache(cache))
+		}
+		return sd.Open(ctx, path, opts...)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	_, ts := newServerOn(t, nil, Config{Models: reg})
+	sha := fileSHA(t, filepath.Join(ckptDir, "tiny-sd.safetensors"))
+	title := "tiny-sd.safetensors [" + sha[:10] + "]"
+	var list []map[string]any
+	get(t, ts.URL+"/sdapi/v1/sd-models").json(t, &list)
+	if len(list) != 2 || list[1]["title"] != title || list[1]["model_name"] != "tiny-sd" || list[1]["sha256"] != sha {
+		t.Fatalf("sd-models: %v, want a, then %s", list, title)
+	}
+	_, texts, _ := a1111Run(t, ts.URL, fmt.Sprintf(`{"prompt":"a cat","steps":2,"width":64,"height":64,"override_settings":{"sd_model_checkpoint":%q}}`, title))
+	if !strings.Contains(texts[0], "Model hash: "+sha[:10]+", Model: tiny-sd,") {
+		t.Errorf("the checkpoint's infotext: %q", texts[0])
+	}
 }
 
 // TestModelsEviction loads models under a budget that holds one: loading

@@ -4,6 +4,7 @@
 // module of its own so that the SDK stays out of sdpipe's go.mod.
 //
 //	go run . http://127.0.0.1:7860
+//	go run . http://127.0.0.1:7860 models a b  # a server with a models folder holding a and b
 package main
 
 import (
@@ -16,7 +17,9 @@ import (
 	"image/color"
 	_ "image/jpeg" // decodes the jpeg output
 	"image/png"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/openai/openai-go/v3"
@@ -24,6 +27,10 @@ import (
 )
 
 func main() {
+	run := run
+	if len(os.Args) > 2 && os.Args[2] == "models" {
+		run = func(ctx context.Context, base string) error { return runModels(ctx, base, os.Args[3:]) }
+	}
 	if err := run(context.Background(), os.Args[1]); err != nil {
 		fmt.Fprintln(os.Stderr, "openai-go:", err)
 		os.Exit(1)
@@ -120,6 +127,48 @@ func run(ctx context.Context, base string) error {
 	page, err := c.Models.List(ctx)
 	if err != nil || len(page.Data) != 1 {
 		return fmt.Errorf("models: %v", err)
+	}
+	return nil
+}
+
+// runModels checks a server with several models: the list names them, the
+// model field chooses the one that runs (the server says which in its
+// Sdpipe-Model header), and an unknown model is OpenAI's 400 on param
+// "model" (404 from the models endpoint).
+func runModels(ctx context.Context, base string, names []string) error {
+	c := openai.NewClient(option.WithBaseURL(base+"/v1/"), option.WithAPIKey("sk-test"), option.WithMaxRetries(0))
+	page, err := c.Models.List(ctx)
+	if err != nil {
+		return fmt.Errorf("models: %w", err)
+	}
+	var ids []string
+	for _, m := range page.Data {
+		ids = append(ids, m.ID)
+	}
+	for _, n := range names {
+		if !slices.Contains(ids, n) {
+			return fmt.Errorf("models: %v lacks %q", ids, n)
+		}
+		if m, err := c.Models.Get(ctx, n); err != nil || m.ID != n {
+			return fmt.Errorf("models.get %q: %v", n, err)
+		}
+		var resp *http.Response
+		res, err := c.Images.Generate(ctx, openai.ImageGenerateParams{Prompt: "a lighthouse", Model: openai.ImageModel(n), Size: "64x64", Quality: openai.ImageGenerateParamsQualityLow},
+			option.WithResponseInto(&resp))
+		if err != nil {
+			return fmt.Errorf("generate with model %q: %w", n, err)
+		}
+		if got := resp.Header.Get("Sdpipe-Model"); got != n || len(res.Data) != 1 {
+			return fmt.Errorf("generate with model %q ran %q", n, got)
+		}
+	}
+	_, err = c.Images.Generate(ctx, openai.ImageGenerateParams{Prompt: "x", Model: "no-such-model", Size: "64x64"})
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "model" || !strings.Contains(apiErr.Message, "no-such-model") {
+		return fmt.Errorf("an unknown model: %v, want a 400 *openai.Error on param model", err)
+	}
+	if _, err = c.Models.Get(ctx, "no-such-model"); !errors.As(err, &apiErr) || apiErr.StatusCode != 404 {
+		return fmt.Errorf("models.get of an unknown model: %v, want a 404", err)
 	}
 	return nil
 }
