@@ -26,6 +26,9 @@ type jobStatus struct {
 	Replica         string     `json:"replica,omitempty"`
 	StatusURL       string     `json:"status_url"`
 	ResultURL       string     `json:"result_url"`
+	// CurrentImage is the live preview of a running job as base64 PNG,
+	// when ?preview=true asks for it (the web page shows it).
+	CurrentImage *string `json:"current_image,omitempty"`
 }
 
 type jobProgress struct {
@@ -236,7 +239,11 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 	t, rec := s.job(w, r)
 	switch {
 	case t != nil:
-		writeJSON(w, http.StatusOK, s.status(t))
+		st := s.status(t)
+		if r.URL.Query().Get("preview") == "true" {
+			st.CurrentImage = t.previewPNG()
+		}
+		writeJSON(w, http.StatusOK, st)
 	case rec != nil:
 		st := recordStatus(rec)
 		s.sharedPosition(r.Context(), &st)

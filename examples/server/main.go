@@ -81,6 +81,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
 		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
 		int8      = fs.Bool("int8", false, "run the UNet in int8 (sd.WithInt8: MatMuls quantized in the call, convolutions calibrated on the model's example prompts at the first start; opt-in until its quality is shown on the model, see BENCHMARKS.md)")
+		taesd     = fs.String("taesd", "", "TAESD (madebyollin's tiny autoencoder: a folder or file, ONNX or safetensors) for live previews: /sdapi/v1/progress current_image and the web page show its decode instead of the latent map")
+		previewN  = fs.Int("preview-every", 0, "with -taesd: render a preview every N denoising steps (0 = 5)")
 		lenient   = fs.Bool("lenient", false, "A1111 endpoints: ignore the request fields the server cannot honour (listed as warnings) instead of refusing them with 400")
 		slackSig  = fs.String("slack-signing-secret", os.Getenv("SLACK_SIGNING_SECRET"), "turns on POST /slack/command, verified with this Slack signing secret (default $SLACK_SIGNING_SECRET)")
 		slackBot  = fs.String("slack-bot-token", os.Getenv("SLACK_BOT_TOKEN"), "Slack bot token: upload images to the channel instead of posting links (default $SLACK_BOT_TOKEN)")
@@ -118,6 +120,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts := []sd.Option{sd.WithMode(m), sd.WithBatching(*batch, *batchWait), sd.WithLogger(log),
 		sd.WithMemoryBudget(budget), sd.WithMaxPromptChunks(*chunks), sd.WithTiledVAE(when, *vaeTile)}
+	if *taesd != "" {
+		opts = append(opts, sd.WithTAESD(*taesd), sd.WithPreviewEvery(*previewN))
+	}
 	if *loraDir != "" {
 		opts = append(opts, sd.WithLoRADir(*loraDir))
 	}
