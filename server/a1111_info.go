@@ -53,13 +53,13 @@ func (s *Server) a1111Routes(api func(string, http.HandlerFunc)) {
 	for _, p := range []string{"refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings"} {
 		api("POST /sdapi/v1/"+p, s.handleRefresh) // the server's lists do not change while it runs
 	}
+	api("POST /sdapi/v1/unload-checkpoint", s.handleUnload)
+	api("POST /sdapi/v1/reload-checkpoint", s.handleReload)
 	for p, why := range map[string]string{
 		"skip":               "skipping one image of a batch is not supported: use /sdapi/v1/interrupt",
 		"interrogate":        "interrogation (CLIP, DeepBooru) is not supported: the server has no captioning model",
 		"extra-single-image": "upscaling and face restoration (extras) are not supported: the server has no upscaler",
 		"extra-batch-images": "upscaling and face restoration (extras) are not supported: the server has no upscaler",
-		"unload-checkpoint":  "unloading the model is not supported: models are loaded on demand and the least recently used idle ones closed when the models' memory budget is full",
-		"reload-checkpoint":  "reloading the model is not supported: POST /sdapi/v1/refresh-checkpoints rescans the models folder, and a model loads on its first request",
 	} {
 		api("POST /sdapi/v1/"+p, s.notImplemented(why))
 	}
@@ -81,6 +81,25 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Msg: "refreshing the models failed", cause: err})
 			return
 		}
+	}
+	writeJSON(w, http.StatusOK, nil)
+}
+
+// handleUnload is A1111's unload-checkpoint: it closes the models loaded
+// from the models folder that no request uses (a model given to New stays
+// loaded); the next request for one loads it again.
+func (s *Server) handleUnload(w http.ResponseWriter, r *http.Request) {
+	refuseEarly(w, r)
+	s.models.unloadIdle()
+	writeJSON(w, http.StatusOK, nil)
+}
+
+// handleReload is A1111's reload-checkpoint: it loads the default model.
+func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
+	refuseEarly(w, r)
+	if err := s.models.setDefault(r.Context(), s.models.defaultModel()); err != nil {
+		s.writeError(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, nil)
 }

@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"maps"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -183,6 +180,8 @@ func (m *Models) Refresh() error {
 	m.entries = kept
 	switch {
 	case m.def != nil && !m.def.gone:
+	case m.def != nil && m.sameFile(m.def) != nil: // the default's file changed: its new version
+		m.def = m.sameFile(m.def)
 	case m.cfg.Default != "":
 		d, err := m.findLocked(m.cfg.Default)
 		if err != nil {
@@ -198,94 +197,18 @@ func (m *Models) Refresh() error {
 	}
 	m.broadcast()
 	m.mu.Unlock()
-	if m.def == nil {
-		return fmt.Errorf("server: no model in %s (ONNX folders with a model_index.json, or .safetensors files)", m.cfg.Dir)
-	}
 	return nil
 }
 
-// scanModels lists the models under dir, sorted by their relative path.
-func scanModels(dir string) ([]*modelEntry, error) {
-	var out []*modelEntry
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+// sameFile returns the listed model at e's path, or nil. Called with m.mu
+// held.
+func (m *Models) sameFile(e *modelEntry) *modelEntry {
+	for _, o := range m.entries {
+		if o.file == e.file && !o.gone {
+			return o
 		}
-		if p != dir && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		isDir := d.IsDir()
-		if d.Type()&fs.ModeSymlink != 0 { // a linked model folder counts as a folder
-			if info, err := os.Stat(p); err == nil && info.IsDir() {
-				isDir = true
-			}
-		}
-		switch {
-		case isDir:
-			if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil || p == dir {
-				return nil
-			}
-			size, mod, err := folderSize(p)
-			if err != nil {
-				return err
-			}
-			out = append(out, &modelEntry{name: rel, rel: rel, file: p, size: size, modTime: mod})
-			if !d.IsDir() {
-				return nil // a link: SkipDir would skip the rest of its parent
-			}
-			return filepath.SkipDir
-		case d.Type().IsRegular() || d.Type()&fs.ModeSymlink != 0:
-			ext := strings.ToLower(filepath.Ext(p))
-			if ext != ".safetensors" && ext != ".ckpt" {
-				return nil
-			}
-			info, err := os.Stat(p)
-			if err != nil {
-				return err
-			}
-			out = append(out, &modelEntry{name: strings.TrimSuffix(rel, filepath.Ext(rel)), rel: rel, file: p, size: info.Size(), modTime: info.ModTime()})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("server: scanning the models folder: %w", err)
 	}
-	slices.SortFunc(out, func(a, b *modelEntry) int { return strings.Compare(a.rel, b.rel) })
-	return out, nil
-}
-
-// folderSize returns the bytes of a folder's files and the latest
-// modification time among them.
-func folderSize(dir string) (int64, time.Time, error) {
-	var n int64
-	var mod time.Time
-	dir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return 0, mod, err
-	}
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		info, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		n += info.Size()
-		if info.ModTime().After(mod) {
-			mod = info.ModTime()
-		}
-		return nil
-	})
-	return n, mod, err
+	return nil
 }
 
 // errUnknownModel refuses a model name the server has not got.
@@ -336,7 +259,7 @@ func (m *Models) findLocked(name string) (*modelEntry, error) {
 	return nil, fmt.Errorf("no model %q", name)
 }
 
-// defaultModel returns the default model.
+// defaultModel returns the default model (nil only for an empty folder).
 func (m *Models) defaultModel() *modelEntry {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -533,48 +456,6 @@ func gib(n int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
-// metrics sums the counters of every model, those closed included (their
-// last counters are kept), so that the service's counters never go back.
-func (m *Models) metrics() sd.Metrics {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	sum := m.closed
-	sum.BatchSizes = maps.Clone(sum.BatchSizes)
-	for _, e := range m.entries {
-		if e.eng != nil {
-			addMetrics(&sum, e.eng.Metrics())
-		}
-	}
-	return sum
-}
-
-// addMetrics adds b's counters to a.
-func addMetrics(a *sd.Metrics, b sd.Metrics) {
-	a.Submitted += b.Submitted
-	a.Rejected += b.Rejected
-	a.Completed += b.Completed
-	a.Failed += b.Failed
-	a.Canceled += b.Canceled
-	a.InFlight += b.InFlight
-	a.Images += b.Images
-	a.UNetCalls += b.UNetCalls
-	a.UNetItems += b.UNetItems
-	a.UNetTime += b.UNetTime
-	a.Encode += b.Encode
-	a.Denoise += b.Denoise
-	a.Decode += b.Decode
-	a.EncodeModel += b.EncodeModel
-	a.DenoiseModel += b.DenoiseModel
-	a.DecodeModel += b.DecodeModel
-	a.QueueWait += b.QueueWait
-	for k, v := range b.BatchSizes {
-		if a.BatchSizes == nil {
-			a.BatchSizes = map[int]int64{}
-		}
-		a.BatchSizes[k] += v
-	}
-}
-
 // dir is the models folder, or nil without one (as A1111's ckpt_dir).
 func (m *Models) dir() any {
 	if m.cfg.Dir == "" {
@@ -598,4 +479,16 @@ func (m *Models) unnamed() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.entries) == 1 && m.entries[0].fixed && m.entries[0].name == ""
+}
+
+// unloadIdle closes every idle model it loaded.
+func (m *Models) unloadIdle() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.entries {
+		if e.busy == 0 {
+			m.unload(e)
+		}
+	}
+	m.broadcast()
 }

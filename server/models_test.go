@@ -292,6 +292,16 @@ func TestModelsRefresh(t *testing.T) {
 		t.Fatalf("after adding b: %v", got)
 	}
 	a1111Run(t, ts.URL, `{"prompt":"x","steps":2,"override_settings":{"sd_model_checkpoint":"b"}}`)
+	// A1111's unload-checkpoint closes the idle models; reload-checkpoint
+	// loads the default again
+	a, _ := reg.find("model", "a")
+	b, _ := reg.find("model", "b")
+	if r := post(t, ts.URL+"/sdapi/v1/unload-checkpoint", ""); r.code != 200 || reg.loaded(a) != nil || reg.loaded(b) != nil {
+		t.Fatalf("unload-checkpoint: %d %s; a loaded %v, b loaded %v", r.code, r.body, reg.loaded(a) != nil, reg.loaded(b) != nil)
+	}
+	if r := post(t, ts.URL+"/sdapi/v1/reload-checkpoint", ""); r.code != 200 || reg.loaded(a) == nil || l.count("a") != 2 {
+		t.Fatalf("reload-checkpoint: %d %s; a loaded %d times", r.code, r.body, l.count("a"))
+	}
 	if err := os.Remove(filepath.Join(dir, "b")); err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +311,24 @@ func TestModelsRefresh(t *testing.T) {
 	}
 	if r := post(t, ts.URL+"/sdapi/v1/txt2img", `{"prompt":"x","steps":2,"override_settings":{"sd_model_checkpoint":"b"}}`); r.code != 400 {
 		t.Errorf("the removed model: %d %s", r.code, r.body)
+	}
+}
+
+// TestModelsBesideEngine serves an Engine given to New beside an empty
+// models folder: it is the one model listed, and the default.
+func TestModelsBesideEngine(t *testing.T) {
+	reg := newModels(t, t.TempDir(), 0, &loader{})
+	_, ts := newServerOn(t, openModel(t), Config{Models: reg, ModelName: "tiny", ModelSHA256: strings.Repeat("ab", 32)})
+	var list []map[string]any
+	get(t, ts.URL+"/sdapi/v1/sd-models").json(t, &list)
+	if len(list) != 1 || list[0]["title"] != "tiny [ababababab]" {
+		t.Fatalf("sd-models: %v", list)
+	}
+	if _, texts, _ := a1111Run(t, ts.URL, `{"prompt":"x","steps":2,"override_settings":{"sd_model_checkpoint":"tiny"}}`); !strings.Contains(texts[0], "Model: tiny,") {
+		t.Errorf("infotext %q", texts[0])
+	}
+	if _, err := New(nil, Config{Models: newModels(t, t.TempDir(), 0, &loader{})}); err == nil || !strings.Contains(err.Error(), "no model in") {
+		t.Errorf("an empty folder and no Engine: %v", err)
 	}
 }
 

@@ -232,6 +232,9 @@ func New(eng Engine, cfg Config) (*Server, error) {
 		models.addFixed(eng, cfg.ModelName, cfg.ModelSHA256)
 	default:
 		d := models.defaultModel()
+		if d == nil {
+			return nil, fmt.Errorf("server: no model in %s (ONNX folders with a model_index.json, or .safetensors files)", models.cfg.Dir)
+		}
 		e, release, err := models.acquire(context.Background(), d)
 		if err != nil {
 			return nil, fmt.Errorf("server: loading the default model: %w", err)
