@@ -25,6 +25,7 @@ import (
 //
 //	SDPIPE_MEMORY_MEASURE=default|DIR [SDPIPE_MEMORY_SIZES=256,512,768] \
 //	  [SDPIPE_MEMORY_KINDS=components,request] [SDPIPE_MEMORY_VAE_ARENA=off] \
+//	  [SDPIPE_MEMORY_BUDGET_GIB=8] \
 //	  go test -run TestMemoryEstimateMeasured -v -timeout 30m ./sd
 //
 // Every figure comes from a fresh child process (one per size and kind),
@@ -33,6 +34,10 @@ import (
 // the RSS before it. "components" runs the text encoder, the UNet and the
 // VAE decoder once each at the request's shape (a guided request: two
 // rows); "request" runs a whole 2-step guided request through the engine.
+// With SDPIPE_MEMORY_BUDGET_GIB the model is opened with that memory
+// budget, so admission tiles the VAE where the plain decode would not fit
+// (the request's line says which tile), and the request's child also
+// reports the whole process's peak RSS (weights included) against it.
 func TestMemoryEstimateMeasured(t *testing.T) {
 	which := os.Getenv("SDPIPE_MEMORY_MEASURE")
 	if which == "" {
@@ -60,6 +65,9 @@ func TestMemoryEstimateMeasured(t *testing.T) {
 			sc := bufio.NewScanner(bytes.NewReader(out))
 			for sc.Scan() {
 				f := strings.Fields(sc.Text())
+				if len(f) > 1 && f[0] == "NOTE" {
+					t.Logf("%-5s %s", size, strings.Join(f[1:], " "))
+				}
 				if len(f) == 4 && f[0] == "MEASURE" {
 					est, _ := strconv.ParseInt(f[2], 10, 64)
 					got, _ := strconv.ParseInt(f[3], 10, 64)
@@ -86,7 +94,15 @@ func memoryChild(t *testing.T, which, spec string) {
 		}
 	}
 	ctx := context.Background()
-	opts := []Option{WithMemoryBudget(1 << 60)}
+	budget := int64(1 << 60)
+	if g := os.Getenv("SDPIPE_MEMORY_BUDGET_GIB"); g != "" {
+		v, err := strconv.ParseFloat(g, 64)
+		if err != nil {
+			t.Fatalf("SDPIPE_MEMORY_BUDGET_GIB: %v", err)
+		}
+		budget = int64(v * (1 << 30))
+	}
+	opts := []Option{WithMemoryBudget(budget)}
 	if os.Getenv("SDPIPE_MEMORY_VAE_ARENA") == "off" {
 		opts = append(opts, WithSessionOptions(VAEDecoder, SessionOptions{MemoryArena: Off}))
 	}
@@ -97,19 +113,26 @@ func memoryChild(t *testing.T, which, spec string) {
 	defer m.Close()
 	est := m.mem.estimate(memShape{width: size, height: size, images: 1, guided: true, chunks: 1})
 	report := func(part string, est int64, call func() error) {
-		resetPeak(t)
-		before := rssField(t, "VmRSS")
+		testenv.ResetPeakRSS(t)
+		before := testenv.RSS(t, "VmRSS")
 		if err := call(); err != nil {
 			t.Fatalf("%s: %v", part, err)
 		}
-		fmt.Printf("MEASURE %s %d %d\n", part, est, rssField(t, "VmHWM")-before)
+		fmt.Printf("MEASURE %s %d %d\n", part, est, testenv.RSS(t, "VmHWM")-before)
 	}
 	if kind == "request" {
 		g := 7.5
+		req := Request{Prompt: "a red circle", Width: size, Height: size, Steps: 2, GuidanceScale: &g, Seed: 1}
+		if e, err := m.EstimateMemory(req); err == nil {
+			fmt.Printf("NOTE request: estimate %s, VAE tile %d (0: untiled)\n", mib(e.Total()), e.VAETile)
+		}
 		report("request", est.Total(), func() error {
-			_, err := m.Generate(ctx, Request{Prompt: "a red circle", Width: size, Height: size, Steps: 2, GuidanceScale: &g, Seed: 1})
+			_, err := m.Generate(ctx, req)
 			return err
 		})
+		if budget < 1<<60 {
+			fmt.Printf("MEASURE process-peak %d %d\n", budget, testenv.RSS(t, "VmHWM"))
+		}
 		return
 	}
 	f := m.f
@@ -132,30 +155,4 @@ func memoryChild(t *testing.T, which, spec string) {
 		_, err := f.VAEDecoder.Decode(ctx, lat)
 		return err
 	})
-}
-
-// resetPeak resets the process's peak RSS (VmHWM) to its current RSS.
-func resetPeak(t *testing.T) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// rssField returns a VmRSS-like field of /proc/self/status in bytes.
-func rssField(t *testing.T, name string) int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", name)
-	return 0
 }
