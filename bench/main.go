@@ -93,13 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Arch, err = modelgen.ConfigByName(*arch); err != nil {
 		return err
 	}
-	switch *attention {
-	case "efficient":
-		cfg.Attention = modelgen.Efficient
-	case "baddbmm":
-		cfg.Attention = modelgen.Baddbmm
-	default:
-		return fmt.Errorf("-attention: %q is not efficient or baddbmm", *attention)
+	if cfg.Attention, err = modelgen.ParseAttention(*attention); err != nil {
+		return fmt.Errorf("-attention: %w", err)
 	}
 	if *prompts != "" {
 		cfg.Prompts = strings.Split(*prompts, "|")

@@ -84,32 +84,14 @@ func run(args []string, stdout io.Writer) error {
 			return fmt.Errorf("-timestep: %w", err)
 		}
 	}
-	switch *layout {
-	case "auto":
-	case "legacy":
-		opt.Layout = modelgen.Legacy
-	case "optimum":
-		opt.Layout = modelgen.Optimum
-	default:
-		return fmt.Errorf("-layout: %q is not auto, legacy or optimum", *layout)
+	if opt.Layout, err = modelgen.ParseLayout(*layout); err != nil {
+		return fmt.Errorf("-layout: %w", err)
 	}
-	switch *tsShape {
-	case "batch":
-		opt.TimestepShape = modelgen.TimestepBatch
-	case "one":
-		opt.TimestepShape = modelgen.TimestepOne
-	case "scalar":
-		opt.TimestepShape = modelgen.TimestepScalar
-	default:
-		return fmt.Errorf("-timestep-shape: %q is not batch, one or scalar", *tsShape)
+	if opt.TimestepShape, err = modelgen.ParseTimestepShape(*tsShape); err != nil {
+		return fmt.Errorf("-timestep-shape: %w", err)
 	}
-	switch *attention {
-	case "efficient":
-		opt.Attention = modelgen.Efficient
-	case "baddbmm":
-		opt.Attention = modelgen.Baddbmm
-	default:
-		return fmt.Errorf("-attention: %q is not efficient or baddbmm", *attention)
+	if opt.Attention, err = modelgen.ParseAttention(*attention); err != nil {
+		return fmt.Errorf("-attention: %w", err)
 	}
 	start := time.Now()
 	if strings.HasSuffix(*config, "taesd") {
