@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -456,9 +457,29 @@ func HashModel(path string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
+// cacheHashesFrom is the size from which a file's SHA-256 is kept in the
+// hash cache (sd.HashFile): model weights, which take seconds to hash;
+// small files are hashed each time, so that the cache holds no entry per
+// config file.
+const cacheHashesFrom = 64 << 20
+
 // hashFile is a file's SHA-256, cached by path, size and modification
-// time (sd.HashFile).
-func hashFile(p string) (string, error) { return sd.HashFile(p) }
+// time for a large file.
+func hashFile(p string) (string, error) {
+	if st, err := os.Stat(p); err == nil && st.Size() >= cacheHashesFrom {
+		return sd.HashFile(p)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
 
 // hashModel is HashModel without its error prefix.
 func hashModel(p string) (string, error) { return HashModel(p) }

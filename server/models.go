@@ -55,6 +55,8 @@ type Models struct {
 	cfg ModelsConfig
 	log *slog.Logger
 
+	refreshing sync.Mutex // one Refresh at a time (it hashes without mu)
+
 	mu      sync.Mutex
 	entries []*modelEntry // sorted: the fixed engine first, then by name
 	def     *modelEntry
@@ -138,6 +140,8 @@ func (m *Models) Refresh() error {
 	if m.cfg.Dir == "" {
 		return nil
 	}
+	m.refreshing.Lock()
+	defer m.refreshing.Unlock()
 	found, err := scanModels(m.cfg.Dir)
 	if err != nil {
 		return err
