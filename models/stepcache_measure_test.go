@@ -77,7 +77,8 @@ func envInts(t *testing.T, name string, def []int) []int {
 // SDPIPE_STEPCACHE_STEPS (default 20,50) a guided image of
 // SDPIPE_STEPCACHE_SIZE² pixels (default 256) with the model's scheduler,
 // uncached and with step caching at each interval of
-// SDPIPE_STEPCACHE_INTERVAL (default 3; branch 1), interleaved in one
+// SDPIPE_STEPCACHE_INTERVAL (default 3) at branch SDPIPE_STEPCACHE_BRANCH
+// (default 1), interleaved in one
 // process on the same sessions, for
 // SDPIPE_STEPCACHE_ROUNDS rounds (default 1). It logs each whole-image
 // time, the speed-up and the cached image's PSNR against the uncached one
@@ -94,6 +95,7 @@ func TestStepCacheMeasured(t *testing.T) {
 	steps := envInts(t, "SDPIPE_STEPCACHE_STEPS", []int{20, 50})
 	intervals := envInts(t, "SDPIPE_STEPCACHE_INTERVAL", []int{3})
 	rounds := envInts(t, "SDPIPE_STEPCACHE_ROUNDS", []int{1})[0]
+	branch := envInts(t, "SDPIPE_STEPCACHE_BRANCH", []int{1})[0]
 	ctx := t.Context()
 	o := session.Options{Rewrites: []string{"baddbmm", "mha"}, RewriteCache: filepath.Join(cachedir.Dir(), "rewritten"),
 		DisableMemoryPattern: true}
@@ -111,7 +113,7 @@ func TestStepCacheMeasured(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	un, err := sig.OpenStepCache(ctx, o, unet.StepCache{Interval: intervals[0], Branch: 1})
+	un, err := sig.OpenStepCache(ctx, o, unet.StepCache{Interval: intervals[0], Branch: branch})
 	if err != nil {
 		t.Fatal(err)
 	}
