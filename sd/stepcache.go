@@ -10,7 +10,8 @@ import (
 
 // WithStepCache turns on DeepCache-style step caching (Ma et al. 2023):
 // the UNet is split at open, at skip connection branch of its up path
-// (1 = the shallowest, whose shallow path is the cheapest; 0 means 1),
+// (1 = the shallowest, whose shallow path is the cheapest; 0 means
+// unet.DefaultStepCacheBranch, 2, the one measured within the quality bar),
 // into a full model that also returns the deep features feeding that
 // skip connection and a shallow model that reuses them. Each image then
 // runs the full model once every interval steps and the shallow model on

@@ -2,6 +2,7 @@ package unet_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func TestStepCacheModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if m.StepCacheInterval() != 2 || !strings.Contains(m.Rewrites, "step cache: branch 1") || !strings.Contains(m.Rewrites, "baddbmm") {
+	if m.StepCacheInterval() != 2 || !strings.Contains(m.Rewrites, fmt.Sprintf("step cache: branch %d ", unet.DefaultStepCacheBranch)) || !strings.Contains(m.Rewrites, "baddbmm") {
 		t.Errorf("interval %d, load report %q", m.StepCacheInterval(), m.Rewrites)
 	}
 	calls := ref.ORT.TextEncoderCalls

@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		embedDir  = fs.String("embeddings-dir", "", "folder of textual-inversion embeddings prompts may use by name (single-file checkpoints only), listed at /sdapi/v1/embeddings")
 		tiled     = fs.String("tiled-vae", "auto", "decode (and encode) images in overlapping VAE tiles: auto = only when the plain decode would not fit the memory budget, on, off")
 		stepCache = fs.Int("step-cache", 0, "DeepCache step caching: run the full UNet every N steps and its shallow path on cached deep features in between (0 = off; faster, images change a little: BENCHMARKS.md)")
-		cacheAt   = fs.Int("step-cache-branch", 1, "step caching: the skip connection cut, 1 = the shallowest")
+		cacheAt   = fs.Int("step-cache-branch", 0, "step caching: the skip connection cut, 1 = the shallowest (0: unet.DefaultStepCacheBranch, 2)")
 		vaeTile   = fs.Int("vae-tile", 0, "VAE tile size in pixels, a multiple of 8 (0 = the model's native size)")
 		chunks    = fs.Int("max-prompt-chunks", 8, "most 75-token chunks in a prompt (past it 400; 0 = no limit)")
 		maxSteps  = fs.Int("max-steps", server.DefaultMaxSteps, "most denoising steps per request")
