@@ -101,11 +101,7 @@ func (m *Signature) OpenStepCache(ctx context.Context, o session.Options, c Step
 	if err != nil {
 		return nil, err
 	}
-	_, fullOuts, err := ort.ReadIO(b.Path)
-	if err != nil {
-		return nil, fmt.Errorf("unet: %w", err)
-	}
-	feature, err := featureInfo(fullOuts)
+	feature, err := featureInfo(b.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +125,13 @@ func (m *Signature) OpenStepCache(ctx context.Context, o session.Options, c Step
 		cache: &stepCache{StepCache: c, shallow: shallow, feature: feature}}, nil
 }
 
-func featureInfo(outs []ort.IOInfo) (ort.IOInfo, error) {
+// featureInfo reads the deep-feature output of the step cache's full model
+// at path.
+func featureInfo(path string) (ort.IOInfo, error) {
+	_, outs, err := ort.ReadIO(path)
+	if err != nil {
+		return ort.IOInfo{}, fmt.Errorf("unet: %w", err)
+	}
 	for _, v := range outs {
 		if v.Name == rewrite.FeatureInput {
 			return v, nil
@@ -169,11 +171,7 @@ func (m *Signature) checkSplit(ctx context.Context, b *rewrite.Built, o ort.Opti
 	if err != nil {
 		return nil, err
 	}
-	_, fullOuts, err := ort.ReadIO(b.Path)
-	if err != nil {
-		return nil, fmt.Errorf("unet: %w", err)
-	}
-	feature, err := featureInfo(fullOuts)
+	feature, err := featureInfo(b.Path)
 	if err != nil {
 		return nil, err
 	}
