@@ -176,6 +176,11 @@ func Unmarshal(b []byte) (*Model, error) {
 			if err != nil {
 				return err
 			}
+			// an external initializer whose location ONNX Runtime would
+			// refuse (and Marshal would not write) is a broken file
+			if err := checkExternalRefs(g); err != nil {
+				return &DecodeError{Offset: int64(f.off), Msg: "graph: " + err.Error(), Err: err}
+			}
 			m.Graph = g
 		case fModelMetadata:
 			if err := f.want(protowire.BytesType, "model metadata_props"); err != nil {
