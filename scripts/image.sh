@@ -144,6 +144,10 @@ build() {
 	fi
 	say "building $tag"
 	pod build "${buildflags[@]}" "${args[@]}" -t "$tag" -f Dockerfile .
+	# each build leaves its builder stages and the image it untagged
+	# behind (about 2 GB a build in vfs storage): without this, repeated
+	# builds on one machine fill its disk
+	pod image prune -f >/dev/null
 }
 
 mkdir -p "$store" 2>/dev/null || true
