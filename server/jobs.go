@@ -37,32 +37,16 @@ type jobProgress struct {
 	Fraction float64 `json:"fraction"`
 }
 
-// status describes a job of this server that has not finished.
+// status describes a job of this server that has not finished: its
+// record's status, with its place in the queue and whether a cancel was
+// asked for.
 func (s *Server) status(t *task) jobStatus {
-	step, total, state := t.progress()
-	st := jobStatus{
-		ID: t.id, Status: state, Mode: t.mode, Created: t.created, Replica: s.cfg.ReplicaID,
-		Progress:  jobProgress{Step: step, Total: total},
-		StatusURL: "/v1/jobs/" + t.id, ResultURL: "/v1/jobs/" + t.id + "/result",
-	}
-	if total > 0 {
-		st.Progress.Fraction = float64(step) / float64(total)
-	}
-	if state == stateQueued {
+	rec := s.record(t, nil, 0)
+	st := recordStatus(&rec)
+	if rec.Status == stateQueued {
 		st.QueuePosition = s.queuePosition(t)
 	}
 	t.mu.Lock()
-	if !t.started.IsZero() {
-		v := t.started
-		st.Started = &v
-	}
-	if !t.finished.IsZero() {
-		v := t.finished
-		st.Finished = &v
-	}
-	if t.err != nil {
-		st.Error = asAPIError(t.err).Msg
-	}
 	st.CancelRequested = t.cancelRequested && t.finished.IsZero()
 	t.mu.Unlock()
 	return st
@@ -108,6 +92,28 @@ func (s *Server) record(t *task, result []byte, images int) JobRecord {
 		rec.Error = &JobError{Status: e.Status, Type: e.Type, Message: e.Msg, RetryAfter: e.RetryAfter}
 	}
 	return rec
+}
+
+// endRecord is the record of a job that has run: its result encoded as
+// the A1111 response, whose images the store holds from now on (a result
+// that cannot be encoded fails the job).
+func (s *Server) endRecord(t *task) JobRecord {
+	var body []byte
+	var images int
+	if t.err == nil {
+		out, n, err := s.a1111Result(t)
+		if err == nil {
+			body, err = json.Marshal(out)
+		}
+		if err != nil {
+			t.mu.Lock()
+			t.state, t.err = stateFailed, err
+			t.mu.Unlock()
+		}
+		images = n
+		t.results = nil
+	}
+	return s.record(t, body, images)
 }
 
 func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
@@ -171,22 +177,7 @@ func (s *Server) runJob(ctx context.Context, t *task) {
 		close(t.stored)
 	}()
 	s.execute(ctx, t)
-	var body []byte
-	var images int
-	if t.err == nil {
-		out, n, err := s.a1111Result(t)
-		if err == nil {
-			body, err = json.Marshal(out)
-		}
-		if err != nil {
-			t.mu.Lock()
-			t.state, t.err = stateFailed, err
-			t.mu.Unlock()
-		}
-		images = n
-		t.results = nil // the store holds the encoded images now
-	}
-	if err := s.jobs.Put(context.WithoutCancel(ctx), s.record(t, body, images)); err != nil {
+	if err := s.jobs.Put(context.WithoutCancel(ctx), s.endRecord(t)); err != nil {
 		s.log.Error("server: job store", "job", t.id, "err", err)
 	}
 	s.mu.Lock()

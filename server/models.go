@@ -349,14 +349,9 @@ func (m *Models) acquire(ctx context.Context, e *modelEntry) (Engine, func(), er
 			m.mu.Unlock()
 			return nil, nil, err
 		case e.loading != nil: // another request loads it: wait for that load
-			ch := e.loading
-			m.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
+			if err := m.wait(ctx, e.loading); err != nil {
+				return nil, nil, err
 			}
-			m.mu.Lock()
 			continue
 		}
 		if b := m.cfg.Budget; b > 0 && e.size > b {
@@ -365,14 +360,9 @@ func (m *Models) acquire(ctx context.Context, e *modelEntry) (Engine, func(), er
 			continue
 		}
 		if !m.makeRoom(e) { // every loaded model is busy: wait for one to be idle
-			ch := m.changed
-			m.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
+			if err := m.wait(ctx, m.changed); err != nil {
+				return nil, nil, err
 			}
-			m.mu.Lock()
 			continue
 		}
 		e.loading = make(chan struct{})
@@ -395,6 +385,20 @@ func (m *Models) acquire(ctx context.Context, e *modelEntry) (Engine, func(), er
 		}
 		m.broadcast()
 	}
+}
+
+// wait waits, with m.mu released, until ch is closed or ctx is done. It
+// is called with m.mu held and returns with it held, except when it
+// returns ctx's error.
+func (m *Models) wait(ctx context.Context, ch <-chan struct{}) error {
+	m.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	m.mu.Lock()
+	return nil
 }
 
 // makeRoom evicts the least recently used idle models until e fits the

@@ -279,22 +279,7 @@ func (s *Server) runDelivery(pullCtx context.Context, d Delivery) {
 		close(t.stored)
 		return
 	}
-	var body []byte
-	var images int
-	if t.err == nil {
-		out, n, err := s.a1111Result(t)
-		if err == nil {
-			body, err = json.Marshal(out)
-		}
-		if err != nil {
-			t.mu.Lock()
-			t.state, t.err = stateFailed, err
-			t.mu.Unlock()
-		}
-		images = n
-		t.results = nil
-	}
-	stored := s.jobs.Put(ctx, s.record(t, body, images))
+	stored := s.jobs.Put(ctx, s.endRecord(t))
 	s.mu.Lock()
 	delete(s.live, t.id)
 	s.mu.Unlock()
