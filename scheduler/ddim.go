@@ -50,12 +50,7 @@ func (s *DDIM) Step(mo, sample []float32, i int) error {
 	}
 	t := int(s.full[s.begin+i])
 	prevT := t - s.stepRatio
-	ac := s.ts.alphasCumprod
-	a := ac[t]
-	aPrev := s.ts.finalAlphaProd
-	if prevT >= 0 {
-		aPrev = ac[prevT]
-	}
+	a, aPrev := s.ts.alphaProds(t, prevT)
 	b := 1 - a
 	sa, sb := sqrt32(a), sqrt32(b)
 	x0 := s.x0

@@ -144,12 +144,7 @@ func (s *LCM) Step(mo, sample []float32, i int) error {
 	if k+1 < len(s.full) {
 		prevT = int(s.full[k+1])
 	}
-	ac := s.ts.alphasCumprod
-	a := ac[t]
-	aPrev := s.ts.finalAlphaProd
-	if prevT >= 0 {
-		aPrev = ac[prevT]
-	}
+	a, aPrev := s.ts.alphaProds(t, prevT)
 	bPrev := 1 - aPrev
 	// get_scalings_for_boundary_condition_discrete
 	const sigmaData = float32(0.25) // sigma_data**2 with sigma_data = 0.5

@@ -130,6 +130,32 @@ func interleaveMid(x []float32) []float32 {
 	return append(out, x[len(x)-1])
 }
 
+// twoStage is the sigmaBase of a scheduler of two model evaluations per
+// step but the last (Heun, DPMSDE): each sigma but the first and the final
+// is evaluated twice, and the timesteps are ts[0], then mid(i) and ts[i+1]
+// for each later step i; its order is 2.
+func twoStage(b *base, ts, sig []float64, logSig []float32, mid func(i int) float64) sigmaBase {
+	s := sigmaBase{base: b, logSigmas: logSig}
+	s.sigmas = interleaveMid(appendFinal(b, sig))
+	full := []float64{ts[0]}
+	for i, t := range ts[1:] {
+		full = append(full, mid(i), t)
+	}
+	s.full = full
+	s.order = 2
+	return s
+}
+
+// stageSigmas returns the interval of a two-stage step at evaluation k:
+// from sigmas[k] to sigmas[k+1] at its first evaluation, and at its second
+// (whose sigma stands once more in sigmas) from sigmas[k-1] to sigmas[k].
+func (s *sigmaBase) stageSigmas(k int, first bool) (sigma, next float32) {
+	if first {
+		return s.sigmas[k], s.sigmas[k+1]
+	}
+	return s.sigmas[k-1], s.sigmas[k]
+}
+
 // Heun is diffusers' HeunDiscreteScheduler (Heun's second-order method: two
 // model evaluations per step except the last). It is not safe for
 // concurrent use.
@@ -144,14 +170,7 @@ type Heun struct {
 
 func newHeun(b *base) (Scheduler, error) {
 	ts, sig, logSig := kdiffSchedule(b, true)
-	s := &Heun{sigmaBase: sigmaBase{base: b, logSigmas: logSig}, first: true}
-	s.sigmas = interleaveMid(appendFinal(b, sig))
-	full := []float64{ts[0]}
-	for _, t := range ts[1:] {
-		full = append(full, t, t)
-	}
-	s.full = full
-	s.order = 2
+	s := &Heun{sigmaBase: twoStage(b, ts, sig, logSig, func(i int) float64 { return ts[i+1] }), first: true}
 	s.prevDer = make([]float32, b.size)
 	s.saved = make([]float32, b.size)
 	s.x0 = make([]float32, b.size)
@@ -164,12 +183,7 @@ func (s *Heun) Step(mo, sample []float32, i int) error {
 		return err
 	}
 	k := s.stepStart + i
-	var sigma, next float32
-	if s.first {
-		sigma, next = s.sigmas[k], s.sigmas[k+1]
-	} else {
-		sigma, next = s.sigmas[k-1], s.sigmas[k]
-	}
+	sigma, next := s.stageSigmas(k, s.first)
 	input := sigma
 	if !s.first {
 		input = next

@@ -211,12 +211,7 @@ func (s *PNDM) stepPLMS(mo, sample []float32, t int) {
 // prevSample is PNDM's _get_prev_sample (formula (9) of the PNDM paper),
 // writing to dst from src.
 func (s *PNDM) prevSample(dst, src []float32, t, prevT int, mo []float32) {
-	ac := s.ts.alphasCumprod
-	a := ac[t]
-	aPrev := s.ts.finalAlphaProd
-	if prevT >= 0 {
-		aPrev = ac[prevT]
-	}
+	a, aPrev := s.ts.alphaProds(t, prevT)
 	b := 1 - a
 	bPrev := 1 - aPrev
 	sc := sqrt32(aPrev / a)

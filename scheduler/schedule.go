@@ -58,6 +58,17 @@ type trainSchedule struct {
 	finalAlphaProd float32 // alphas_cumprod[0] or 1 (set_alpha_to_one)
 }
 
+// alphaProds returns the alphas_cumprod of timestep t and of the previous
+// timestep prevT (the final alpha product when prevT is before the
+// schedule), as DDIM's, PNDM's and LCM's steps read them.
+func (ts trainSchedule) alphaProds(t, prevT int) (a, aPrev float32) {
+	a, aPrev = ts.alphasCumprod[t], ts.finalAlphaProd
+	if prevT >= 0 {
+		aPrev = ts.alphasCumprod[prevT]
+	}
+	return a, aPrev
+}
+
 // newTrainSchedule computes betas and alphas_cumprod as diffusers does, in
 // torch float32 arithmetic (cumprod accumulates in double on CPU).
 func newTrainSchedule(p *params) trainSchedule {

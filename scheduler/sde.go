@@ -23,7 +23,6 @@ func newDPMSDE(b *base) (Scheduler, error) {
 		return nil, &ConfigError{Field: "prediction_type", Reason: "sample is not supported by DPMSolverSDEScheduler"}
 	}
 	ts, sig, logSig := kdiffSchedule(b, true)
-	s := &DPMSDE{sigmaBase: sigmaBase{base: b, logSigmas: logSig}, first: true}
 	// _second_order_timesteps in float64 numpy.
 	second := make([]float64, 0, len(sig))
 	for i := 0; i+1 < len(sig); i++ {
@@ -31,13 +30,7 @@ func newDPMSDE(b *base) (Scheduler, error) {
 		tp := t0 + (t1-t0)*0.5
 		second = append(second, float64(float32(sigmaToT(math.Exp(-tp), logSig))))
 	}
-	s.sigmas = interleaveMid(appendFinal(b, sig))
-	full := []float64{ts[0]}
-	for i, t := range ts[1:] {
-		full = append(full, second[i], t)
-	}
-	s.full = full
-	s.order = 2
+	s := &DPMSDE{sigmaBase: twoStage(b, ts, sig, logSig, func(i int) float64 { return second[i] }), first: true}
 	s.saved = make([]float32, b.size)
 	s.x0 = make([]float32, b.size)
 	s.rnd = make([]float32, b.size)
@@ -62,12 +55,7 @@ func (s *DPMSDE) Step(mo, sample []float32, i int) error {
 		return err
 	}
 	k := s.stepStart + i
-	var sigma, next float32
-	if s.first {
-		sigma, next = s.sigmas[k], s.sigmas[k+1]
-	} else {
-		sigma, next = s.sigmas[k-1], s.sigmas[k]
-	}
+	sigma, next := s.stageSigmas(k, s.first)
 	t, tNext := tFn(sigma), tFn(next)
 	tProp := t + float32((tNext-t)*0.5)
 	input := sigma
