@@ -19,9 +19,11 @@ import (
 // KernelResult is the speed of one ONNX Runtime kernel on one shape,
 // measured in the same process and rounds as the others (KernelLimits).
 type KernelResult struct {
-	Name    string  `json:"name"`  // e.g. "MatMulInteger u8×s8 (constant weights)"
-	Op      string  `json:"op"`    // what the graph computes
-	Shape   string  `json:"shape"` // M×K×N, or the convolution's shape
+	Name    string  `json:"name"`   // e.g. "MatMulInteger u8×s8 (constant weights)"
+	Family  string  `json:"family"` // MatMul or Conv
+	FP32    bool    `json:"fp32"`   // the family's float32 reference
+	Op      string  `json:"op"`     // what the graph computes
+	Shape   string  `json:"shape"`  // M×K×N, or the convolution's shape
 	GMAC    float64 `json:"gmac"`
 	BestS   float64 `json:"best_s"`
 	MedianS float64 `json:"median_s"`
@@ -359,7 +361,7 @@ func KernelLimits(ctx context.Context, kc KernelConfig) ([]KernelResult, []error
 			continue
 		}
 		slices.Sort(o.runs)
-		kr := KernelResult{Name: o.k.name, Op: o.k.op, Shape: o.k.shape, GMAC: o.k.macs / 1e9,
+		kr := KernelResult{Name: o.k.name, Family: o.k.family, FP32: o.k.fp32, Op: o.k.op, Shape: o.k.shape, GMAC: o.k.macs / 1e9,
 			BestS: o.runs[0], MedianS: o.runs[len(o.runs)/2]}
 		kr.GOPS = 2 * o.k.macs / kr.BestS / 1e9
 		family[kr.Name] = o.k.family

@@ -7,6 +7,10 @@ import "github.com/sdpipe/sdpipe/internal/modelgen"
 type MACs struct {
 	Conv   float64 `json:"conv"`   // Conv (including 1×1 projections)
 	MatMul float64 `json:"matmul"` // MatMul/Gemm: linear layers and attention
+	// Attention is the part of MatMul that multiplies activations by
+	// activations (attention scores and values), which int8 leaves in
+	// float32; the rest of MatMul has constant weights.
+	Attention float64 `json:"attention_products"`
 }
 
 // Total returns Conv + MatMul.
@@ -28,7 +32,9 @@ func (m *MACs) attention(batch, n, ctx, dim, ctxDim int) {
 	m.matmul(batch*ctx, ctxDim, dim) // k
 	m.matmul(batch*ctx, ctxDim, dim) // v
 	m.matmul(batch*n, dim, dim)      // out
-	m.MatMul += 2 * float64(batch) * float64(n) * float64(ctx) * float64(dim)
+	p := 2 * float64(batch) * float64(n) * float64(ctx) * float64(dim)
+	m.MatMul += p
+	m.Attention += p
 }
 
 // The counts below follow the graphs internal/modelgen builds (diffusers'

@@ -27,6 +27,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 2 && args[0] == "-compare-child" { // hidden: Compare's child process
+		return runChild(ctx, args[1], stderr)
+	}
 	fs := flag.NewFlagSet("sdbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -54,7 +57,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		spin      = fs.Bool("spin", true, "let ONNX Runtime's idle pool threads spin (sd.SessionOptions.Spinning)")
 		scaling   = fs.Bool("scaling", true, "time a UNet call on half the cores (opens a second UNet)")
 		kernelsF  = fs.Bool("kernels", false, "only time the fp32 and int8 MatMul and Conv kernels (KernelLimits) and exit")
-		threads   = fs.Int("threads", 0, "intra-op threads of -kernels (0: ORT's default)")
+		threads   = fs.Int("threads", 0, "intra-op threads of -kernels and -compare's kernel limits (0: ORT's default)")
+		compare   = fs.String("compare", "", "only compare whole images in these configurations, each in its own process (plain, rewrites, int8, stepcache, int8+stepcache; comma-separated), and exit")
+		interval  = fs.Int("step-cache-interval", 3, "-compare's step cache interval")
+		branch    = fs.Int("step-cache-branch", 0, "-compare's step cache branch (0: the library's default)")
+		warmup    = fs.Int("warmup-steps", 0, "-compare's warm-up image steps (0: 2, or interval+1 with the step cache)")
+		kRounds   = fs.Int("kernel-rounds", 5, "-compare's kernel limit rounds, before and after the images (0: skip)")
+		rwCache   = fs.String("rewrite-cache", "", "-compare's rewrite cache (sd.WithRewriteCache; default: the library's)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,6 +75,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		WriteKernels(stdout, rs, errs)
 		return nil
+	}
+	if *compare != "" {
+		cc := CompareConfig{
+			ModelDir: *model, LibraryPath: *lib, RewriteCache: *rwCache, Width: *size, Height: *size, Steps: *steps,
+			Scheduler: *sched, Guidance: *guidance, Seed: *seed, Rounds: *rounds, WarmupSteps: *warmup,
+			StepCacheInterval: *interval, StepCacheBranch: *branch, Out: *out,
+			Kernels: KernelConfig{Threads: *threads, Rounds: *kRounds},
+		}
+		if *kRounds == 0 {
+			cc.Kernels.Rounds = -1
+		}
+		return runCompare(ctx, cc, *compare, *arch, *attention, *prompts, *quiet, stdout, stderr)
 	}
 	cfg := Config{
 		ModelDir: *model, LibraryPath: *lib,
@@ -122,6 +143,51 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return rep.WriteMarkdown(stdout)
+}
+
+// runCompare is the -compare mode.
+func runCompare(ctx context.Context, cc CompareConfig, list, arch, attention, prompts string, quiet bool, stdout, stderr io.Writer) error {
+	if cc.StepCacheInterval < 1 {
+		return fmt.Errorf("bench: -step-cache-interval %d, want ≥ 1", cc.StepCacheInterval)
+	}
+	var err error
+	if cc.Variants, err = ParseVariants(list); err != nil {
+		return err
+	}
+	if cc.Arch, err = modelgen.ConfigByName(arch); err != nil {
+		return err
+	}
+	if cc.Attention, err = modelgen.ParseAttention(attention); err != nil {
+		return fmt.Errorf("-attention: %w", err)
+	}
+	if prompts != "" {
+		cc.Prompt, _, _ = strings.Cut(prompts, "|")
+	}
+	if !quiet {
+		cc.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	var werr error
+	cc.OnProgress = func(r *CompareReport) { werr = writeCompare(cc.Out, r) }
+	rep, err := Compare(ctx, cc)
+	if rep == nil {
+		return err
+	}
+	if err := errors.Join(err, werr, writeCompare(cc.Out, rep)); err != nil {
+		rep.WriteMarkdown(stdout)
+		return err
+	}
+	return rep.WriteMarkdown(stdout)
+}
+
+func writeCompare(dir string, rep *CompareReport) error {
+	write := func(name string, f func(io.Writer) error) error {
+		file, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		return errors.Join(f(file), file.Close())
+	}
+	return errors.Join(write("report.json", rep.WriteJSON), write("report.md", rep.WriteMarkdown))
 }
 
 // writeReport writes report.json, report.md and timeline.svg to dir.
