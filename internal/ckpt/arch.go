@@ -506,15 +506,23 @@ func detectCLIP(k keyset, p string, c Component, cfg *Config) (TextArch, error) 
 	if !k.hasPrefix(tm) && k.hasPrefix(p+"embeddings.") {
 		tm = p // old transformers naming without text_model.
 	}
-	emb := tm + "embeddings.token_embedding.weight"
-	t.Vocab, t.Hidden = k.dim(emb, 0), k.dim(emb, 1)
-	t.MaxPositions = k.dim(tm+"embeddings.position_embedding.weight", 0)
-	t.Layers = k.count(tm + "encoder.layers.")
-	t.Intermediate = k.dim(tm+"encoder.layers.0.mlp.fc1.weight", 0)
-	if t.Vocab <= 0 || t.MaxPositions <= 0 || t.Layers == 0 || t.Intermediate <= 0 {
+	if !k.textSizes(&t, tm+"embeddings.token_embedding.weight", tm+"embeddings.position_embedding.weight",
+		tm+"encoder.layers.", tm+"encoder.layers.0.mlp.fc1.weight") {
 		return TextArch{}, &FormatError{Reason: fmt.Sprintf("%s: incomplete CLIP text encoder under %s", c, p)}
 	}
 	return t, textHyper(&t, cfg)
+}
+
+// textSizes reads a text encoder's sizes into t from the token embedding
+// emb, the position embedding pos, the number of layers under layers and
+// the first layer's MLP input weight fc1, and reports whether all of them
+// are there.
+func (k keyset) textSizes(t *TextArch, emb, pos, layers, fc1 string) bool {
+	t.Vocab, t.Hidden = k.dim(emb, 0), k.dim(emb, 1)
+	t.MaxPositions = k.dim(pos, 0)
+	t.Layers = k.count(layers)
+	t.Intermediate = k.dim(fc1, 0)
+	return t.Vocab > 0 && t.MaxPositions > 0 && t.Layers != 0 && t.Intermediate > 0
 }
 
 // detectOpenCLIP reads an OpenCLIP text tower under prefix. SD 2.x uses its
@@ -522,12 +530,8 @@ func detectCLIP(k keyset, p string, c Component, cfg *Config) (TextArch, error) 
 // projection, as diffusers' loader does.
 func detectOpenCLIP(k keyset, p string, c Component, penultimate bool, cfg *Config) (TextArch, error) {
 	t := TextArch{Component: c, Act: "gelu", LayerNormEps: 1e-5, PadToken: "!"}
-	emb := p + "token_embedding.weight"
-	t.Vocab, t.Hidden = k.dim(emb, 0), k.dim(emb, 1)
-	t.MaxPositions = k.dim(p+"positional_embedding", 0)
-	t.Layers = k.count(p + "transformer.resblocks.")
-	t.Intermediate = k.dim(p+"transformer.resblocks.0.mlp.c_fc.weight", 0)
-	if t.Vocab <= 0 || t.MaxPositions <= 0 || t.Layers == 0 || t.Intermediate <= 0 {
+	if !k.textSizes(&t, p+"token_embedding.weight", p+"positional_embedding",
+		p+"transformer.resblocks.", p+"transformer.resblocks.0.mlp.c_fc.weight") {
 		return TextArch{}, &FormatError{Reason: fmt.Sprintf("%s: incomplete OpenCLIP text encoder under %s", c, p)}
 	}
 	if in := k.dim(p+"transformer.resblocks.0.attn.in_proj_weight", 0); in != 3*t.Hidden {

@@ -277,25 +277,27 @@ func (b *Builder) Tensor(name string, shape []int64, vals []float32) string {
 // Scalar returns a 0-d constant of the builder's float type (shared between
 // uses).
 func (b *Builder) Scalar(v float32) string {
-	key := fmt.Sprintf("f:%v", v)
-	if n, ok := b.consts[key]; ok {
-		return n
-	}
-	name := fmt.Sprintf("const/%d", len(b.consts))
-	b.consts[key] = name
-	return b.Tensor(name, nil, []float32{v})
+	return b.shared(fmt.Sprintf("f:%v", v), func(name string) string { return b.Tensor(name, nil, []float32{v}) })
 }
 
 // Ints returns a 1-d int64 constant (shared between uses).
 func (b *Builder) Ints(v ...int64) string {
-	key := fmt.Sprintf("i:%v", v)
+	return b.shared(fmt.Sprintf("i:%v", v), func(name string) string {
+		b.g.Initializer = append(b.g.Initializer, &onnxpb.Tensor{Name: name, Dims: []int64{int64(len(v))}, DataType: onnxpb.Int64, Int64Data: v})
+		return name
+	})
+}
+
+// shared returns the constant that key stands for, adding it under the
+// next name "const/N" (add writes it and returns its name) at its first
+// use.
+func (b *Builder) shared(key string, add func(name string) string) string {
 	if n, ok := b.consts[key]; ok {
 		return n
 	}
 	name := fmt.Sprintf("const/%d", len(b.consts))
 	b.consts[key] = name
-	b.g.Initializer = append(b.g.Initializer, &onnxpb.Tensor{Name: name, Dims: []int64{int64(len(v))}, DataType: onnxpb.Int64, Int64Data: v})
-	return name
+	return add(name)
 }
 
 // AttrInt returns an INT attribute.

@@ -263,13 +263,7 @@ func (b *Builder) attention(x, ctx string, s attnSpec) string {
 // scalar32 returns a 0-d float32 constant whatever the builder's float
 // type (shared between uses).
 func (b *Builder) scalar32(v float32) string {
-	key := fmt.Sprintf("f32:%v", v)
-	if n, ok := b.consts[key]; ok {
-		return n
-	}
-	name := fmt.Sprintf("const/%d", len(b.consts))
-	b.consts[key] = name
-	return b.float32Tensor(name, nil, []float32{v})
+	return b.shared(fmt.Sprintf("f32:%v", v), func(name string) string { return b.float32Tensor(name, nil, []float32{v}) })
 }
 
 // zeroTensor is a one-element zero of the builder's float type, for

@@ -73,13 +73,9 @@ func (b *Builder) taesdBlock(x, name string, c int) string {
 	return b.Op("Relu", []string{b.Op("Add", []string{h, x})})
 }
 
-// BuildTAESDEncoder returns TAESD's encoder (component TAESD, keys
-// "encoder.layers.N…" as diffusers' AutoencoderTiny; madebyollin's
-// taesd_encoder.pth has the same keys without "encoder.layers."): sample
-// [batch, 3, height, width] in [-1, 1] → latent_sample [batch, 4,
-// height/8, width/8], the scaled latents the UNet works on (scaling factor
-// 1). Options.Seed, FP16, Batch, Source and OnModule apply.
-func BuildTAESDEncoder(tc TAESDConfig, opt Options) (*onnxpb.Model, error) {
+// newTAESDBuilder checks tc and opt and starts a builder for a half of
+// TAESD, whose files have the legacy layout.
+func newTAESDBuilder(tc TAESDConfig, opt Options) (*Builder, error) {
 	if err := tc.validate(); err != nil {
 		return nil, err
 	}
@@ -87,7 +83,17 @@ func BuildTAESDEncoder(tc TAESDConfig, opt Options) (*onnxpb.Model, error) {
 		return nil, err
 	}
 	opt.Layout = Legacy
-	b, err := NewSourceBuilder(opt.source(), TAESD, opt.floatType(), opt.OnModule)
+	return NewSourceBuilder(opt.source(), TAESD, opt.floatType(), opt.OnModule)
+}
+
+// BuildTAESDEncoder returns TAESD's encoder (component TAESD, keys
+// "encoder.layers.N…" as diffusers' AutoencoderTiny; madebyollin's
+// taesd_encoder.pth has the same keys without "encoder.layers."): sample
+// [batch, 3, height, width] in [-1, 1] → latent_sample [batch, 4,
+// height/8, width/8], the scaled latents the UNet works on (scaling factor
+// 1). Options.Seed, FP16, Batch, Source and OnModule apply.
+func BuildTAESDEncoder(tc TAESDConfig, opt Options) (*onnxpb.Model, error) {
+	b, err := newTAESDBuilder(tc, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -118,14 +124,7 @@ func BuildTAESDEncoder(tc TAESDConfig, opt Options) (*onnxpb.Model, error) {
 // scaled latents) → sample [batch, 3, 8h, 8w] in [-1, 1]: tanh(z/3)·3,
 // conv, ReLU, blocks with nearest ×2 upsampling and convs, then ·2 − 1.
 func BuildTAESDDecoder(tc TAESDConfig, opt Options) (*onnxpb.Model, error) {
-	if err := tc.validate(); err != nil {
-		return nil, err
-	}
-	if err := opt.validate(); err != nil {
-		return nil, err
-	}
-	opt.Layout = Legacy
-	b, err := NewSourceBuilder(opt.source(), TAESD, opt.floatType(), opt.OnModule)
+	b, err := newTAESDBuilder(tc, opt)
 	if err != nil {
 		return nil, err
 	}

@@ -146,12 +146,8 @@ func buildText(cfg Config, tc TextConfig, comp Component, idsType onnxpb.DataTyp
 
 // intTensor32 returns a 0-d int32 constant.
 func (b *Builder) intTensor32(v int32) string {
-	key := fmt.Sprintf("i32:%d", v)
-	if n, ok := b.consts[key]; ok {
-		return n
-	}
-	name := fmt.Sprintf("const/%d", len(b.consts))
-	b.consts[key] = name
-	b.g.Initializer = append(b.g.Initializer, &onnxpb.Tensor{Name: name, DataType: onnxpb.Int32, Int32Data: []int32{v}})
-	return name
+	return b.shared(fmt.Sprintf("i32:%d", v), func(name string) string {
+		b.g.Initializer = append(b.g.Initializer, &onnxpb.Tensor{Name: name, DataType: onnxpb.Int32, Int32Data: []int32{v}})
+		return name
+	})
 }
