@@ -36,6 +36,12 @@ usage() {
 	sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
+# misuse says how a command is used, on stderr, and exits 2.
+misuse() {
+	echo "sdpipe: usage: $*" >&2
+	exit 2
+}
+
 # modeldir prints the configured model folder, or nothing for the default.
 modeldir() {
 	if [ -n "${SDPIPE_MODEL:-}" ]; then
@@ -72,10 +78,7 @@ grid)
 	exec grid "$@"
 	;;
 grid-shard)
-	[ $# -ge 1 ] || {
-		echo "sdpipe: usage: grid-shard ROOT [grid run flags]" >&2
-		exit 2
-	}
+	[ $# -ge 1 ] || misuse "grid-shard ROOT [grid run flags]"
 	root=$1
 	shift
 	k=$(shardindex)
@@ -84,10 +87,7 @@ grid-shard)
 	exec grid run -out "$root/shard-$k" "$@"
 	;;
 grid-merge)
-	[ $# -ge 1 ] || {
-		echo "sdpipe: usage: grid-merge ROOT [grid merge flags]" >&2
-		exit 2
-	}
+	[ $# -ge 1 ] || misuse "grid-merge ROOT [grid merge flags]"
 	root=$1
 	shift
 	set -- "$@" -out "$root/merged"

@@ -22,13 +22,9 @@
 # The storage lives in $SDPIPE_PODMAN_DIR (default the sdpipe cache folder's
 # podman/); remove it to start over.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
-
-say() { echo "image.sh: $*" >&2; }
-die() {
-	say "$*"
-	exit 1
-}
 
 cache="${SDPIPE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sdpipe}"
 store="${SDPIPE_PODMAN_DIR:-$cache/podman}"
@@ -60,12 +56,7 @@ install() {
 		say "podman and debootstrap already installed"
 		return
 	fi
-	local sudo=""
-	[ "$(id -u)" = 0 ] || sudo="sudo -n"
-	say "installing podman and debootstrap with apt-get"
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-		podman runc crun conmon netavark uidmap debootstrap ca-certificates >/dev/null
+	aptinstall "podman and debootstrap" podman runc crun conmon netavark uidmap debootstrap ca-certificates
 }
 
 check() {

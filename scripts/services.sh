@@ -8,18 +8,16 @@
 #   scripts/services.sh install   apt-get install nats-server and nginx
 #                                 (root or sudo); does nothing when present
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
 case "${1:-}" in
 install)
 	if have nats-server && have nginx; then
-		echo "services.sh: nats-server and nginx already installed" >&2
+		say "nats-server and nginx already installed"
 		exit 0
 	fi
-	sudo=""
-	[ "$(id -u)" = 0 ] || sudo="sudo -n"
-	echo "services.sh: installing nats-server and nginx with apt-get" >&2
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server nginx >/dev/null
+	aptinstall "nats-server and nginx" nats-server nginx
 	;;
 *)
 	echo "usage: services.sh install" >&2

@@ -26,12 +26,8 @@
 # node offers every CPU of the machine (CR_CPU), so array tasks that ask for
 # one CPU each run side by side.
 set -euo pipefail
-
-say() { echo "slurm.sh: $*" >&2; }
-die() {
-	say "$*"
-	exit 1
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 sbin() { # a daemon's path, also where /usr/sbin is not on PATH
 	command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || return 1
@@ -60,11 +56,7 @@ install() {
 		say "slurm-wlm and munge already installed"
 		return
 	fi
-	local sudo=""
-	[ "$(id -u)" = 0 ] || sudo="sudo -n"
-	say "installing slurm-wlm and munge with apt-get"
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+	aptinstall "slurm-wlm and munge" slurm-wlm munge
 	check
 }
 

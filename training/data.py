@@ -103,22 +103,16 @@ def caption(a, rng):
         size_opt = ""
     pos = "in the center" if a["pos"] == "center" else "in the " + a["pos"]
     c, s, b = a["color"], a["shape"], a["bg"]
-    k = rng.integers(8)
-    if k == 0:
-        return f"a {size_opt}{c} {s} on a {b} background"
-    if k == 1:
-        return f"a {size}{c} {s} {pos}"
-    if k == 2:
-        return f"a {c} {s}"
-    if k == 3:
-        return f"{c} {s}, {b} background"
-    if k == 4:
-        return f"a {size}{c} {s} on a {b} background {pos}"
-    if k == 5:
-        return f"a {c} {s} on {b}"
-    if k == 6:
-        return f"a {b} background with a {size_opt}{c} {s}"
-    return f"a {size_opt}{c} {s} on a {b} background"
+    templates = [
+        f"a {size_opt}{c} {s} on a {b} background",
+        f"a {size}{c} {s} {pos}",
+        f"a {c} {s}",
+        f"{c} {s}, {b} background",
+        f"a {size}{c} {s} on a {b} background {pos}",
+        f"a {c} {s} on {b}",
+        f"a {b} background with a {size_opt}{c} {s}",
+    ]
+    return templates[rng.integers(8) % len(templates)]  # 7 gives the first again
 
 
 def dataset(n, seed):
