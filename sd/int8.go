@@ -139,13 +139,10 @@ func (f *Folder) openUNet(ctx context.Context, sig *unet.Signature, o session.Op
 	if q == nil {
 		return cfg.openUNet(ctx, sig, o) // stepcache.go
 	}
-	if cfg.stepCache != nil {
-		return nil, int8Refused("WithStepCache and WithInt8 together are not supported yet")
-	}
 	if o.Device != session.CPU {
 		return nil, int8Refused(fmt.Sprintf("the UNet runs on %s; the int8 kernels are ONNX Runtime's CPU ones", o.Device))
 	}
-	m, rep, err := sig.OpenInt8(ctx, o, q.unetOptions(f), nil)
+	m, rep, err := openInt8(ctx, sig, o, q.unetOptions(f), nil, cfg)
 	if errors.Is(err, unet.ErrNeedCalls) {
 		f.int8 = int8State{pending: sig, opts: o}
 		return sig.Open(ctx, o)
@@ -155,6 +152,16 @@ func (f *Folder) openUNet(ctx context.Context, sig *unet.Signature, o session.Op
 	}
 	logInt8(cfg, rep)
 	return m, nil
+}
+
+// openInt8 opens the int8 UNet, split for step caching when
+// WithStepCache asked for it too: quantized first, then split, so that
+// both halves run int8 (unet.Signature.OpenInt8StepCache).
+func openInt8(ctx context.Context, sig *unet.Signature, o session.Options, q unet.Int8, calls *unet.Calls, cfg *loadConfig) (*unet.Model, unet.Int8Report, error) {
+	if cfg.stepCache != nil {
+		return sig.OpenInt8StepCache(ctx, o, q, calls, *cfg.stepCache)
+	}
+	return sig.OpenInt8(ctx, o, q, calls)
 }
 
 func logInt8(cfg *loadConfig, rep unet.Int8Report) {
@@ -208,7 +215,7 @@ func (f *Folder) calibrateInt8(ctx context.Context, cfg *loadConfig) error {
 	if err != nil {
 		return fmt.Errorf("sd: %w", err)
 	}
-	m, rep, err := st.pending.OpenInt8(ctx, st.opts, q.unetOptions(f), calls)
+	m, rep, err := openInt8(ctx, st.pending, st.opts, q.unetOptions(f), calls, cfg)
 	if err != nil {
 		return fmt.Errorf("sd: WithInt8: %w", err)
 	}

@@ -118,3 +118,56 @@ func TestInt8CacheFiles(t *testing.T) {
 		t.Errorf("int8 weights %d bytes, float32 %d: want well under", st.Size(), orig.Size())
 	}
 }
+
+// TestInt8StepCache opens the tiny reference folder with int8 and step
+// caching together (quantized, then split) beside int8 alone, from one
+// cache: at interval 1 (the split's full model at every step) the images
+// are int8's own within the rewrites' tolerance, which proves the int8
+// split's full model exact; at interval 3 the int8 shallow model runs on
+// cached features, so they differ, by less than stepCacheBound; and the
+// load report names both.
+func TestInt8StepCache(t *testing.T) {
+	testenv.RequireORT(t)
+	dir := testenv.TinyReferenceModel(t)
+	cache := t.TempDir()
+	open := func(opts ...Option) *Model {
+		t.Helper()
+		m, err := Open(t.Context(), dir, append(opts, WithRewriteCache(cache), WithoutVAEEncoder(), WithThreads(UNet, 1), WithInt8(Int8{}))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	gen := func(m *Model, seed int64) []float32 {
+		t.Helper()
+		res, err := m.Generate(t.Context(), Request{Prompt: "a lighthouse on a cliff", Seed: seed, Width: 64, Height: 64, Steps: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Pixels.Data().([]float32)
+	}
+	plain := open()
+	one := open(WithStepCache(1, 0))
+	three := open(WithStepCache(3, 0))
+	for name, m := range map[string]*Model{"interval 1": one, "interval 3": three} {
+		if l := m.Load().Rewrites[UNet]; !strings.HasPrefix(l, "int8: ") || !strings.Contains(l, "step cache: branch ") {
+			t.Errorf("%s: the UNet's load report %q does not name int8 and the split", name, l)
+		}
+	}
+	for _, seed := range []int64{1, 2} {
+		p := gen(plain, seed)
+		if d := testenv.MaxAbsDiff(p, gen(one, seed)); d > 1e-4 {
+			t.Errorf("seed %d: int8 at interval 1 differs from int8 alone by %g", seed, d)
+		}
+		c := gen(three, seed)
+		d, mean := testenv.MaxAbsDiff(p, c), meanAbsDiff(p, c)
+		t.Logf("seed %d: int8 at interval 3 against int8 alone: max %.4f, mean %.5f", seed, d, mean)
+		if d < 1e-4 {
+			t.Errorf("seed %d: interval 3 changed the int8 image by only %g: is the shallow model used?", seed, d)
+		}
+		if mean > stepCacheBound {
+			t.Errorf("seed %d: interval 3 changed the int8 image by %g on average, bound %g", seed, mean, stepCacheBound)
+		}
+	}
+}

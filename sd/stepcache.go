@@ -22,7 +22,10 @@ import (
 // figures in BENCHMARKS.md). The split is built once into the rewrite
 // cache (see WithRewriteCache), with the graph rewrites, and proven
 // exact on the UNet's example inputs before use. Only float32 UNets can
-// be split; LoRAs applied per request (WithLoRADir) run without it.
+// be split; LoRAs applied per request (WithLoRADir) run without it. With
+// WithInt8 the UNet is quantized first and the int8 graph split, so that
+// the shallow steps run int8 too; the split is then proven exact against
+// the int8 model (unet.Signature.OpenInt8StepCache).
 func WithStepCache(interval, branch int) LoadOption {
 	return func(c *loadConfig) { c.stepCache = &unet.StepCache{Interval: interval, Branch: branch} }
 }

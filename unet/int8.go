@@ -124,6 +124,30 @@ type Int8Report struct {
 // A model that cannot be quantized gives an error wrapping ErrInt8; it is
 // never silently loaded in float32.
 func (m *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8, calls *Calls) (*Model, Int8Report, error) {
+	return m.openInt8(ctx, o, q, calls, nil)
+}
+
+// OpenInt8StepCache is OpenInt8 and OpenStepCache together: the UNet is
+// quantized first, then the int8 graph is split for step caching (see
+// StepCache), so that the full and the shallow model share one int8
+// weight file and the shallow path runs the same int8 kernels as the full
+// one. The split is proven at open as OpenStepCache's is, against the
+// int8 model: the shallow model fed the full model's features must give
+// the full model's prediction within session.RewriteTolerance; the full
+// model must stay within q.MaxRelError of the float32 UNet, as OpenInt8's
+// model must. Unlike OpenStepCache it does not fall back to the graph
+// without rewrites: a refused split fails with an error wrapping ErrInt8.
+func (m *Signature) OpenInt8StepCache(ctx context.Context, o session.Options, q Int8, calls *Calls, c StepCache) (*Model, Int8Report, error) {
+	if err := c.Check(); err != nil {
+		return nil, Int8Report{}, err
+	}
+	if c.Branch == 0 {
+		c.Branch = DefaultStepCacheBranch
+	}
+	return m.openInt8(ctx, o, q, calls, &c)
+}
+
+func (m *Signature) openInt8(ctx context.Context, o session.Options, q Int8, calls *Calls, sc *StepCache) (*Model, Int8Report, error) {
 	var rep Int8Report
 	for _, v := range m.ins {
 		if v.DType == ort.Float16 {
@@ -160,7 +184,11 @@ func (m *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8, cal
 		}
 		qo.Ranges = rewrite.WidenRanges(ranges, q.margin())
 	}
-	built, err := rewrite.Build(m.path, rewrite.Plan{Rewrites: rs, Int8: &qo}, o.RewriteCache)
+	plan := rewrite.Plan{Rewrites: rs, Int8: &qo}
+	if sc != nil {
+		plan.StepCache = sc.Branch
+	}
+	built, err := rewrite.Build(m.path, plan, o.RewriteCache)
 	if err != nil {
 		return nil, rep, fmt.Errorf("%w: %v", ErrInt8, err)
 	}
@@ -169,19 +197,18 @@ func (m *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8, cal
 	if built.Rewrites.Changed() {
 		rep.Summary += "; " + built.Rewrites.String()
 	}
+	if sc != nil {
+		rep.Summary += "; " + built.Split.String()
+	}
 	if !built.Int8.Changed() {
 		return nil, rep, fmt.Errorf("%w: %s: no layer could be quantized (%d kept in float32)", ErrInt8, m.path, len(built.Int8.Kept))
 	}
 	if built.Checked == nil {
-		in, err := m.exampleInputs()
+		fig, err := m.checkInt8(ctx, built, o)
 		if err != nil {
 			return nil, rep, err
 		}
-		e, err := rewrite.Compare(ctx, m.path, built.Path, in, ort.Options{LibraryPath: o.LibraryPath, IntraOpThreads: o.Threads})
-		if err != nil {
-			return nil, rep, fmt.Errorf("%w: check: %v", ErrInt8, err)
-		}
-		if err := built.MarkChecked(map[string]float64{"rel_rms": e.RelRMS, "max_abs": e.MaxAbs}); err != nil {
+		if err := built.MarkChecked(fig); err != nil {
 			log.Warn("unet: int8: check not cached", "error", err)
 		}
 	}
@@ -189,13 +216,23 @@ func (m *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8, cal
 	if !(rep.RelRMS <= q.maxRel()) {
 		return nil, rep, fmt.Errorf("%w: %s: int8 output differs from float32's by %.3g (relative RMS), more than %g", ErrInt8, m.path, rep.RelRMS, q.maxRel())
 	}
-	sig, err := ReadSignature(built.Path)
-	if err != nil {
-		return nil, rep, err
+	if sc != nil {
+		if d := built.Checked["shallow_max_abs"]; !(d <= session.RewriteTolerance) {
+			return nil, rep, fmt.Errorf("%w: %s: int8 step cache split (%s) refused: the shallow model with fresh features differs from the full one by %g (tolerance %g)",
+				ErrInt8, m.path, built.Split, d, session.RewriteTolerance)
+		}
 	}
 	oq := o
 	oq.Rewrites = nil // the built graph has them
-	mod, err := sig.Open(ctx, oq)
+	var mod *Model
+	if sc != nil {
+		mod, err = m.openSplit(ctx, oq, built, *sc)
+	} else {
+		var sig *Signature
+		if sig, err = ReadSignature(built.Path); err == nil {
+			mod, err = sig.Open(ctx, oq)
+		}
+	}
 	if err != nil {
 		return nil, rep, err
 	}
@@ -203,6 +240,30 @@ func (m *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8, cal
 	log.Info("unet: int8", "quantized", rep.Summary, "kept_float32", len(rep.Kept), "rel_rms", rep.RelRMS,
 		"calibrated_calls", rep.Calibrated, "cached", rep.Cached, "path", built.Path)
 	return mod, rep, nil
+}
+
+// checkInt8 compares the built int8 model with the float32 one on the
+// example inputs (rel_rms, max_abs) and, for a step-cache split, its
+// shallow model fed the full model's features with the full model
+// (shallow_max_abs).
+func (m *Signature) checkInt8(ctx context.Context, b *rewrite.Built, o session.Options) (map[string]float64, error) {
+	oo := ort.Options{LibraryPath: o.LibraryPath, IntraOpThreads: o.Threads}
+	if b.ShallowPath != "" {
+		fig, err := m.checkSplit(ctx, b, oo)
+		if err != nil {
+			return nil, fmt.Errorf("%w: check: %v", ErrInt8, err)
+		}
+		return fig, nil
+	}
+	in, err := m.exampleInputs()
+	if err != nil {
+		return nil, err
+	}
+	e, err := rewrite.Compare(ctx, m.path, b.Path, in, oo)
+	if err != nil {
+		return nil, fmt.Errorf("%w: check: %v", ErrInt8, err)
+	}
+	return map[string]float64{"rel_rms": e.RelRMS, "max_abs": e.MaxAbs}, nil
 }
 
 // calibrate returns the ranges of the convolutions' inputs and outputs on

@@ -101,6 +101,18 @@ func (m *Signature) OpenStepCache(ctx context.Context, o session.Options, c Step
 	if err != nil {
 		return nil, err
 	}
+	m2, err := m.openSplit(ctx, o, b, c)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger != nil {
+		o.Logger.Info("unet: step cache", "split", m2.Loaded.Rewrites, "interval", c.Interval, "cached", b.Cached, "checked", b.Checked, "path", b.Path)
+	}
+	return m2, nil
+}
+
+// openSplit opens the full and the shallow model of the split b.
+func (m *Signature) openSplit(ctx context.Context, o session.Options, b *rewrite.Built, c StepCache) (*Model, error) {
 	feature, err := featureInfo(b.Path)
 	if err != nil {
 		return nil, err
@@ -117,9 +129,6 @@ func (m *Signature) OpenStepCache(ctx context.Context, o session.Options, c Step
 	what := b.Split.String()
 	if b.Rewrites.Changed() {
 		what = b.Rewrites.String() + "; " + what
-	}
-	if o.Logger != nil {
-		o.Logger.Info("unet: step cache", "split", what, "interval", c.Interval, "cached", b.Cached, "checked", b.Checked, "path", b.Path)
 	}
 	return &Model{Signature: m, s: full, Loaded: session.Loaded{File: b.Path, Rewrites: what},
 		cache: &stepCache{StepCache: c, shallow: shallow, feature: feature}}, nil
@@ -200,9 +209,13 @@ func (m *Signature) checkSplit(ctx context.Context, b *rewrite.Built, o ort.Opti
 		return nil, err
 	}
 	p0, p1, p2 := want[0].Data.([]float32), full[0].Data.([]float32), shallow[0].Data.([]float32)
+	d := rewrite.Diff(p0, p1)
 	return map[string]float64{
-		"full_max_abs":    rewrite.Diff(p0, p1).MaxAbs,
+		"full_max_abs":    d.MaxAbs,
 		"shallow_max_abs": rewrite.Diff(p1, p2).MaxAbs,
+		// the int8 split's check reads these as OpenInt8's
+		"rel_rms": d.RelRMS,
+		"max_abs": d.MaxAbs,
 	}, nil
 }
 
