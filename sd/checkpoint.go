@@ -172,6 +172,9 @@ func resolveModel(ctx context.Context, dir string, cfg *config) (string, string,
 	if cfg.load.perf.int8 != nil {
 		return "", name, nil, errors.Join(int8Refused("a checkpoint with per-request LoRAs or embeddings runs its own components"), rt.Close())
 	}
+	if cfg.load.offload.TextEncoders {
+		return "", name, nil, errors.Join(errors.New("sd: WithOffload: a checkpoint with per-request LoRAs or embeddings runs its own components, which are not offloaded"), rt.Close())
+	}
 	m, err := openRuntime(ctx, rt, name, cfg)
 	if m != nil {
 		// The folder's own models are not loaded (the runtime components

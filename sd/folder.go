@@ -53,8 +53,9 @@ type Folder struct {
 	te2Sig        *memSignature               // the same for SDXL's text_encoder_2
 	closeOnce     sync.Once
 	closeErr      error
-	load          loadState // load times, rewrites and warm-up (perf.go)
-	int8          int8State // WithInt8's calibration (int8.go)
+	load          loadState    // load times, rewrites and warm-up (perf.go)
+	int8          int8State    // WithInt8's calibration (int8.go)
+	offText       *offloadText // WithOffload's text encoding (offload.go), nil without
 }
 
 // OpenFolder opens the model folder dir. It first checks the folder without
@@ -136,6 +137,9 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
+	if err := f.offloadTextEncoders(cfg); err != nil { // WithOffload (offload.go)
+		return nil, errors.Join(err, f.closeModels())
+	}
 	return f, nil
 }
 
@@ -206,7 +210,7 @@ func (f *Folder) Close() error {
 }
 
 func (f *Folder) closeModels() error {
-	var errs []error
+	errs := []error{f.offText.close()}
 	if f.VAEEncoder != nil {
 		errs = append(errs, f.VAEEncoder.Close())
 	}

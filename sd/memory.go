@@ -36,6 +36,8 @@ const MaxPromptWeight = 10
 // MemoryEstimate is the memory a request is estimated to need, in bytes:
 // what each component's calls hold at their peak (ONNX Runtime keeps each
 // session's peak in its memory arena), and the request's own buffers.
+// With WithOffload's text encoders, TextEncoder counts their weights too:
+// the request loads them.
 type MemoryEstimate struct {
 	TextEncoder, UNet, VAEDecoder, VAEEncoder int64
 	Buffers                                   int64 // latents, embeddings, decoded images
@@ -108,6 +110,7 @@ type memoryModel struct {
 	latentCh  int64
 	budget    int64
 	te2       *memSignature // SDXL's text_encoder_2, or nil
+	textLoad  int64         // the text encoders' weights, which a request loads (WithOffload), else 0
 	maxChunks int           // 0: no limit
 	tiling    tilingConfig
 	tiles     []int // the VAE tiles to try, largest first (tiling.go)
@@ -153,6 +156,7 @@ func (m *memoryModel) estimateTiled(s memShape, tile int) MemoryEstimate {
 	e.TextEncoder = m.sig[TextEncoder].need(callShape{rows: rows * chunks, h: m.seq, w: 1})
 	// SDXL's text_encoder_2 runs after it, and its session keeps its own peak
 	e.TextEncoder += m.te2.need(callShape{rows: rows * chunks, h: m.seq, w: 1})
+	e.TextEncoder += m.textLoad // offloaded: the request loads them (offload.go)
 	e.UNet = m.sig[UNet].need(callShape{rows: rows * imgs, h: lh, w: lw, keys: m.seq * chunks, visual: true})
 	dh, dw, ph, pw := lh, lw, int64(s.height), int64(s.width) // one VAE call's latents and pixels
 	var tiles int64
@@ -323,6 +327,9 @@ func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
 	}
 	m.te2 = f.te2Sig
 	f.sigMu.Unlock()
+	if f.offText != nil {
+		m.textLoad = f.offText.weights
+	}
 	if f.Tokenizer != nil {
 		m.seq = int64(f.Tokenizer.MaxLength())
 	}

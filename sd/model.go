@@ -80,6 +80,9 @@ func (f *Folder) Components() pipeline.Components {
 		c.Tokenizer2 = f.Tokenizer2
 		c.Added, c.ZeroEmptyNegative = true, f.zeroEmpty
 	}
+	if f.offText != nil { // WithOffload (offload.go)
+		c.TextEncoder = f.offText
+	}
 	if n := f.UNet.TimestepCondDim(); n > 0 { // a latent consistency model
 		c.GuidanceEmbedding, c.Embed = n, unet.GuidanceEmbedding
 	}

@@ -45,6 +45,7 @@ type loadConfig struct {
 	perf           perfConfig       // rewrites and warm-up (perf.go)
 	ckpt           checkpointConfig // single-file checkpoints (checkpoint.go)
 	stepCache      *unet.StepCache  // WithStepCache (stepcache.go), nil when off
+	offload        Offload          // WithOffload (offload.go)
 	errs           []error          // from options given invalid arguments
 }
 

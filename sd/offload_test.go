@@ -1,0 +1,99 @@
+package sd
+
+import (
+	"bytes"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
+)
+
+// openTinyXL opens the tiny SDXL reference model.
+func openTinyXL(t *testing.T, opts ...Option) *Model {
+	t.Helper()
+	testenv.RequireORT(t)
+	dir := filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl", "model")
+	m, err := Open(t.Context(), dir, append([]Option{WithThreads(UNet, 1), WithThreads(TextEncoder, 1)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// TestOffloadTextEncoders: with the text encoders offloaded, SDXL (both
+// encoders, pooled embeddings) and SD 1.x give the same image as with
+// them loaded; no encoder session is open between requests, each request
+// opens them once, and admission counts their weights.
+func TestOffloadTextEncoders(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		open func(*testing.T, ...Option) *Model
+	}{{"sdxl", openTinyXL}, {"sd", openDefault}} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := Request{Prompt: "a lighthouse at dusk", NegativePrompt: "blurry", Steps: 2, Seed: 5, Width: 64, Height: 64}
+			loaded := tc.open(t, WithMemoryBudget(1<<40))
+			off := tc.open(t, WithMemoryBudget(1<<40), WithOffload(Offload{TextEncoders: true}))
+			o := off.f.offText
+			if o == nil {
+				t.Fatal("WithOffload: no offloaded text encoding")
+			}
+			if o.te1 != nil || o.weights <= 0 {
+				t.Fatalf("after Open: encoder open %v, weights %d; want closed, and their bytes known", o.te1 != nil, o.weights)
+			}
+			if xl := tc.name == "sdxl"; xl != (o.sig2 != nil) || xl && len(o.hidden) != 2 {
+				t.Fatalf("sdxl %v: second encoder %v, hidden parts %v", xl, o.sig2 != nil, o.hidden)
+			}
+			want, err := loaded.Generate(t.Context(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i <= 2; i++ {
+				got, err := off.Generate(t.Context(), req)
+				if err != nil {
+					t.Fatalf("offloaded, request %d: %v", i, err)
+				}
+				if !bytes.Equal(pixelsOf(t, got), pixelsOf(t, want)) {
+					t.Errorf("request %d: offloaded text encoders give another image", i)
+				}
+				if o.te1 != nil || o.te2 != nil || o.users != 0 || o.opens != i {
+					t.Errorf("after request %d: open %v/%v, users %d, opened %d times; want closed, opened once per request",
+						i, o.te1 != nil, o.te2 != nil, o.users, o.opens)
+				}
+			}
+			el, _ := loaded.EstimateMemory(req)
+			eo, _ := off.EstimateMemory(req)
+			if eo.TextEncoder != el.TextEncoder+o.weights || eo.UNet != el.UNet || eo.VAEDecoder != el.VAEDecoder {
+				t.Errorf("estimates: loaded %+v, offloaded %+v; want the text encoders' %d bytes of weights added", el, eo, o.weights)
+			}
+		})
+	}
+}
+
+// TestOffloadAdmission: a budget that the request fits with the text
+// encoders loaded, but not once their weights come with the request, is
+// refused with a *MemoryError naming the budget, before anything runs.
+func TestOffloadAdmission(t *testing.T) {
+	req := Request{Prompt: "a lighthouse", Steps: 2, Seed: 1, Width: 64, Height: 64}
+	probe := openTinyXL(t, WithMemoryBudget(1<<40))
+	e, err := probe.EstimateMemory(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := e.Total() + 1
+	m := openTinyXL(t, WithMemoryBudget(budget), WithTiledVAE(Off, 0), WithOffload(Offload{TextEncoders: true}))
+	_, err = m.Submit(t.Context(), req)
+	var me *MemoryError
+	if !errors.As(err, &me) || me.Budget != budget || !strings.Contains(err.Error(), "memory budget of "+gib(budget)) {
+		t.Fatalf("offloaded on a budget of %d (the loaded request's %d + 1): %v, want a *MemoryError naming the budget", budget, e.Total(), err)
+	}
+	if m.f.offText.opens != 0 {
+		t.Errorf("a refused request opened the text encoders %d times", m.f.offText.opens)
+	}
+	loaded := openTinyXL(t, WithMemoryBudget(budget), WithTiledVAE(Off, 0))
+	if err := loaded.Check(req); err != nil {
+		t.Errorf("loaded, on the same budget: %v, want it admitted", err)
+	}
+}
