@@ -10,7 +10,6 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/ort"
-	"github.com/sdpipe/sdpipe/session"
 )
 
 // hiddenStatesPrefix names the per-layer outputs optimum exports
@@ -55,9 +54,7 @@ func (s *Signature) HasPooled() bool {
 // when pooled is true, whose EncodePooled also returns text_embeds. A model
 // that does not export them gives a *session.SignatureError.
 func (s *Signature) Penultimate(pooled bool) (*Signature, error) {
-	bad := func(format string, args ...any) error {
-		return &session.SignatureError{Component: "textenc", Path: s.path, Reason: fmt.Sprintf(format, args...)}
-	}
+	bad := ort.Bad("textenc", s.path)
 	n := s.HiddenLayers()
 	if n < 2 {
 		return nil, bad("no hidden_states.N outputs to take the penultimate layer from (export the model with its hidden states)")

@@ -38,17 +38,11 @@ type Signature struct {
 // shape [batch, sequence, hidden]. A model with other inputs or outputs
 // gives a *session.SignatureError.
 func ReadSignature(path string) (*Signature, error) {
-	io, err := onnxpb.ReadIO(path)
+	io, ins, outs, err := ort.ReadModel("textenc", path)
 	if err != nil {
-		return nil, fmt.Errorf("textenc: %w", err)
+		return nil, err
 	}
-	ins, outs, err := ort.IOOf(io)
-	if err != nil {
-		return nil, fmt.Errorf("textenc: %s: %w", path, err)
-	}
-	bad := func(format string, args ...any) error {
-		return &session.SignatureError{Component: "textenc", Path: path, Reason: fmt.Sprintf(format, args...)}
-	}
+	bad := ort.Bad("textenc", path)
 	if len(ins) != 1 || ins[0].Name != "input_ids" {
 		return nil, bad("want one input named input_ids, have %v", ins)
 	}
@@ -162,11 +156,7 @@ func (s *Signature) Open(ctx context.Context, o session.Options) (*Model, error)
 // and checks the signature (ReadSignature), then loads the weights. The
 // caller must Close the Model.
 func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
-	s, err := ReadSignature(path)
-	if err != nil {
-		return nil, err
-	}
-	return s.Open(ctx, o)
+	return ort.OpenFile(ctx, path, o, ReadSignature)
 }
 
 // Model is a loaded text encoder. Encode is safe for concurrent use; the

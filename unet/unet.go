@@ -43,13 +43,9 @@ type Signature struct {
 // shape [batch, 4, h, w]. A model with other inputs or outputs gives a
 // *session.SignatureError.
 func ReadSignature(path string) (*Signature, error) {
-	io, err := onnxpb.ReadIO(path)
+	io, ins, outs, err := ort.ReadModel("unet", path)
 	if err != nil {
-		return nil, fmt.Errorf("unet: %w", err)
-	}
-	ins, outs, err := ort.IOOf(io)
-	if err != nil {
-		return nil, fmt.Errorf("unet: %s: %w", path, err)
+		return nil, err
 	}
 	m, err := check(path, ins, outs)
 	if err != nil {
@@ -61,7 +57,7 @@ func ReadSignature(path string) (*Signature, error) {
 		// first convolution's weight [out, in, kh, kw] says it
 		if n := convInChannels(io); n > 0 {
 			if n != 4 && n != 9 {
-				return nil, &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf("conv_in.weight takes %d channels, want 4 (or 9 for inpainting)", n)}
+				return nil, ort.Bad("unet", path)("conv_in.weight takes %d channels, want 4 (or 9 for inpainting)", n)
 			}
 			m.inChannels = n
 		}
@@ -83,9 +79,7 @@ func convInChannels(io *onnxpb.IO) int {
 func isFloat(d ort.DType) bool { return d == ort.Float32 || d == ort.Float16 }
 
 func check(path string, ins, outs []ort.IOInfo) (*Signature, error) {
-	bad := func(format string, args ...any) error {
-		return &session.SignatureError{Component: "unet", Path: path, Reason: fmt.Sprintf(format, args...)}
-	}
+	bad := ort.Bad("unet", path)
 	m := &Signature{path: path, sample: -1, timestep: -1, context_: -1, textEmbeds: -1, timeIDs: -1, timestepCond: -1}
 	for i, v := range ins {
 		switch v.Name {
@@ -237,11 +231,7 @@ func (m *Signature) Open(ctx context.Context, o session.Options) (*Model, error)
 // are found): it reads and checks the signature (ReadSignature), then
 // loads the weights. The caller must Close the Model.
 func Open(ctx context.Context, path string, o session.Options) (*Model, error) {
-	s, err := ReadSignature(path)
-	if err != nil {
-		return nil, err
-	}
-	return s.Open(ctx, o)
+	return ort.OpenFile(ctx, path, o, ReadSignature)
 }
 
 // Model is a loaded UNet. Predict is safe for concurrent use; the caller

@@ -69,7 +69,7 @@ func OpenTAESDDecoder(ctx context.Context, path string, r Range, o session.Optio
 		return nil, err
 	}
 	if oc := m.outs[0].Shape[1]; oc > 0 && oc != 3 {
-		return nil, &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf("TAESD decoder output has %d channels, want 3", oc)}
+		return nil, ort.Bad("vae", path)("TAESD decoder output has %d channels, want 3", oc)
 	}
 	if d.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), int64(d.latentCh), 8, 8} }); err != nil {
 		return nil, err
@@ -139,7 +139,7 @@ func OpenTAESDEncoder(ctx context.Context, path string, r Range, o session.Optio
 		return nil, err
 	}
 	if e.latentCh = int(m.outs[0].Shape[1]); e.latentCh <= 0 {
-		return nil, &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf("TAESD encoder output %v, want a fixed channel count", m.outs[0].Shape)}
+		return nil, ort.Bad("vae", path)("TAESD encoder output %v, want a fixed channel count", m.outs[0].Shape)
 	}
 	if e.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), 3, 8 * Factor, 8 * Factor} }); err != nil {
 		return nil, err

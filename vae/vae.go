@@ -37,17 +37,11 @@ type model struct {
 
 // read reads the model file at path: its signature, checked by check.
 func read(path string, check func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error) (*model, error) {
-	io, err := onnxpb.ReadIO(path)
+	io, ins, outs, err := ort.ReadModel("vae", path)
 	if err != nil {
-		return nil, fmt.Errorf("vae: %w", err)
+		return nil, err
 	}
-	ins, outs, err := ort.IOOf(io)
-	if err != nil {
-		return nil, fmt.Errorf("vae: %s: %w", path, err)
-	}
-	bad := func(format string, args ...any) error {
-		return &session.SignatureError{Component: "vae", Path: path, Reason: fmt.Sprintf(format, args...)}
-	}
+	bad := ort.Bad("vae", path)
 	if len(ins) != 1 {
 		return nil, bad("want one input, have %v", ins)
 	}
@@ -167,11 +161,7 @@ func (s *DecoderSignature) Open(ctx context.Context, o session.Options) (*Decode
 // and checks the signature (ReadDecoderSignature), then loads the weights.
 // The caller must Close the Decoder.
 func OpenDecoder(ctx context.Context, path string, o session.Options) (*Decoder, error) {
-	s, err := ReadDecoderSignature(path)
-	if err != nil {
-		return nil, err
-	}
-	return s.Open(ctx, o)
+	return ort.OpenFile(ctx, path, o, ReadDecoderSignature)
 }
 
 // Decoder is a loaded VAE decoder. Decode is safe for concurrent use; the
@@ -322,11 +312,7 @@ func (s *EncoderSignature) Open(ctx context.Context, o session.Options) (*Encode
 // and checks the signature (ReadEncoderSignature), then loads the weights.
 // The caller must Close the Encoder.
 func OpenEncoder(ctx context.Context, path string, o session.Options) (*Encoder, error) {
-	s, err := ReadEncoderSignature(path)
-	if err != nil {
-		return nil, err
-	}
-	return s.Open(ctx, o)
+	return ort.OpenFile(ctx, path, o, ReadEncoderSignature)
 }
 
 // Encoder is a loaded VAE encoder. Encode is safe for concurrent use; the

@@ -87,3 +87,40 @@ func (o Options) Session() session.Options {
 		DisableSpinning:      o.NoSpinning,
 	}
 }
+
+// ReadModel reads the model file at path for a component package
+// (component is its name, "textenc", "unet" or "vae", which prefixes the
+// errors): the file's signature as onnxpb reads it, and the inputs and
+// outputs it declares.
+func ReadModel(component, path string) (io *onnxpb.IO, ins, outs []IOInfo, err error) {
+	if io, err = onnxpb.ReadIO(path); err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", component, err)
+	}
+	if ins, outs, err = IOOf(io); err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %s: %w", component, path, err)
+	}
+	return io, ins, outs, nil
+}
+
+// Bad returns the constructor of the *session.SignatureError that the
+// component package component gives for its model file at path, whose
+// Reason format and args word.
+func Bad(component, path string) func(format string, args ...any) error {
+	return func(format string, args ...any) error {
+		return &session.SignatureError{Component: component, Path: path, Reason: fmt.Sprintf(format, args...)}
+	}
+}
+
+// OpenFile is a component package's Open of the model file at path: it
+// reads and checks the file's signature with read, then loads the model
+// with the signature's Open.
+func OpenFile[S interface {
+	Open(context.Context, session.Options) (M, error)
+}, M any](ctx context.Context, path string, o session.Options, read func(string) (S, error)) (M, error) {
+	s, err := read(path)
+	if err != nil {
+		var zero M
+		return zero, err
+	}
+	return s.Open(ctx, o)
+}
