@@ -246,7 +246,7 @@ func Compare(ctx context.Context, cc CompareConfig) (rep *CompareReport, err err
 			}
 			if err != nil {
 				failed = append(failed, err)
-				run = &ChildRun{ChildResult: ChildResult{Variant: v, Round: r + 1}, Failed: err.Error()}
+				run = &ChildRun{ChildResult: ChildResult{Variant: v, Round: r + 1}, Failed: err.Error(), Load: loadAvg()}
 			}
 			log.Info("bench: compare", "config", v, "round", r+1, "image_s", run.ImageS, "refused", run.Refused, "failed", run.Failed)
 			rep.Runs = append(rep.Runs, run)
@@ -276,6 +276,7 @@ type ChildRun struct {
 	ChildResult
 	// MaxRSS is the child's peak resident set (getrusage's ru_maxrss).
 	MaxRSS int64   `json:"max_rss"`
+	Start  string  `json:"start"`  // when the child started, UTC
 	WallS  float64 `json:"wall_s"` // the whole child process
 	Load   string  `json:"loadavg"`
 	Failed string  `json:"failed,omitempty"`
@@ -313,7 +314,7 @@ func (cc *CompareConfig) child(ctx context.Context, v Variant, round int) (*Chil
 	cc.Logger.Info("bench: compare child", "config", v, "round", round, "log", logf.Name())
 	t0 := time.Now()
 	err = cmd.Run()
-	run := &ChildRun{WallS: time.Since(t0).Seconds(), Load: loadAvg(), Log: logf.Name()}
+	run := &ChildRun{Start: t0.UTC().Format(time.TimeOnly), WallS: time.Since(t0).Seconds(), Load: loadAvg(), Log: logf.Name()}
 	if cmd.ProcessState != nil {
 		run.MaxRSS = maxRSS(cmd.ProcessState)
 	}

@@ -100,7 +100,7 @@ func runChild(ctx context.Context, specJSON string, stderr io.Writer) error {
 
 func measureChild(ctx context.Context, spec childSpec, log *slog.Logger) (*ChildResult, error) {
 	res := &ChildResult{Variant: spec.Variant, Round: spec.Round, WarmupSteps: spec.WarmupSteps}
-	opts := []sd.LoadOption{sd.WithoutVAEEncoder()}
+	opts := []sd.LoadOption{sd.WithoutVAEEncoder(), sd.WithLogger(log)}
 	if spec.LibraryPath != "" {
 		opts = append(opts, sd.WithLibraryPath(spec.LibraryPath))
 	}

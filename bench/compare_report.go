@@ -391,15 +391,15 @@ func (r *CompareReport) WriteMarkdown(w io.Writer) error {
 		p("| %s | %s | %s | %.1f | %s | %s | %s | %s | %s | %.2f (%.2f) | %s |\n", s.Variant, rw, floats(s.OpenS, 1), s.WarmupS, calls,
 			pct(s.PctFP32), pct(s.PctInt8), floats(s.ImageS, 1), vs, float64(s.MaxRSS)/(1<<30), float64(s.RSSLoad)/(1<<30), q)
 	}
-	p("\n| run | round | config | open s | image s (encode / denoise / decode) | UNet calls full + shallow | process s | peak RSS GiB | load avg after |\n|---:|---:|---|---:|---:|---:|---:|---:|---|\n")
+	p("\n| run | start UTC | round | config | open s | image s (encode / denoise / decode) | UNet calls full + shallow | process s | peak RSS GiB | load avg after |\n|---:|---|---:|---|---:|---:|---:|---:|---:|---|\n")
 	for i, run := range r.Runs {
 		switch {
 		case run.Refused != "":
-			p("| %d | %d | %s | refused | | | %.1f | | %s |\n", i+1, run.Round, run.Variant, run.WallS, run.Load)
+			p("| %d | %s | %d | %s | refused | | | %.1f | | %s |\n", i+1, run.Start, run.Round, run.Variant, run.WallS, run.Load)
 		case run.Failed != "":
-			p("| %d | %d | %s | failed | | | %.1f | | %s |\n", i+1, run.Round, run.Variant, run.WallS, run.Load)
+			p("| %d | %s | %d | %s | failed | | | %.1f | | %s |\n", i+1, run.Start, run.Round, run.Variant, run.WallS, run.Load)
 		default:
-			p("| %d | %d | %s | %.1f | %.1f (%.1f / %.1f / %.1f) | %d + %d | %.1f | %.2f | %s |\n", i+1, run.Round, run.Variant, run.OpenS,
+			p("| %d | %s | %d | %s | %.1f | %.1f (%.1f / %.1f / %.1f) | %d + %d | %.1f | %.2f | %s |\n", i+1, run.Start, run.Round, run.Variant, run.OpenS,
 				run.ImageS, run.EncodeS, run.DenoiseS, run.DecodeS, run.FullCalls, run.ShallowCalls, run.WallS, float64(run.MaxRSS)/(1<<30), run.Load)
 		}
 	}

@@ -11,6 +11,8 @@
 //	go run ./bench -rounds 2 -out /tmp/b     # ABBA: each mode twice, order reversed in round 2
 //	go run ./bench -model DIR -arch sd15     # any SD 1.x ONNX folder
 //	go run ./bench -attention baddbmm        # the diffusers-converter attention form
+//	go run ./bench -compare plain,rewrites,int8,stepcache -size 512 -steps 20 -rounds 2
+//	                                         # whole images per library configuration, a child process each
 //
 // It writes report.json, report.md and timeline.svg to -out (rewritten after
 // each stream, so a run cut short keeps its figures) and prints the Markdown
