@@ -218,32 +218,21 @@ func (s *Server) slackPost(ctx context.Context, to string, msg any) error {
 // slackUpload uploads the image to the channel with the bot token, by
 // Slack's external upload flow.
 func (s *Server) slackUpload(ctx context.Context, channel string, png []byte, prompt, infotext string) error {
-	api := s.slackAPI()
 	form := url.Values{"filename": {"sdpipe.png"}, "length": {strconv.Itoa(len(png))}, "alt_text": {prompt}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/files.getUploadURLExternal", strings.NewReader(form.Encode()))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Authorization", "Bearer "+s.cfg.SlackBotToken)
 	var up struct {
-		OK        bool   `json:"ok"`
-		Error     string `json:"error"`
+		slackAnswer
 		UploadURL string `json:"upload_url"`
 		FileID    string `json:"file_id"`
 	}
-	if err := slackDo(req, &up); err != nil {
-		return fmt.Errorf("files.getUploadURLExternal: %w", err)
-	}
-	if !up.OK {
-		return fmt.Errorf("files.getUploadURLExternal: %s", up.Error)
+	if err := s.slackCall(ctx, "files.getUploadURLExternal", "application/x-www-form-urlencoded", strings.NewReader(form.Encode()), &up); err != nil {
+		return err
 	}
 	var mp bytes.Buffer
 	mw := multipart.NewWriter(&mp)
 	fw, _ := mw.CreateFormFile("file", "sdpipe.png")
 	_, _ = fw.Write(png)
 	_ = mw.Close()
-	req, err = http.NewRequestWithContext(ctx, http.MethodPost, up.UploadURL, &mp)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, up.UploadURL, &mp)
 	if err != nil {
 		return err
 	}
@@ -253,21 +242,34 @@ func (s *Server) slackUpload(ctx context.Context, channel string, png []byte, pr
 	}
 	files, _ := json.Marshal([]map[string]string{{"id": up.FileID, "title": prompt}})
 	body, _ := json.Marshal(map[string]any{"files": json.RawMessage(files), "channel_id": channel, "initial_comment": infotext})
-	req, err = http.NewRequestWithContext(ctx, http.MethodPost, api+"/files.completeUploadExternal", bytes.NewReader(body))
+	var done slackAnswer
+	return s.slackCall(ctx, "files.completeUploadExternal", "application/json; charset=utf-8", bytes.NewReader(body), &done)
+}
+
+// slackAnswer is what every answer of Slack's Web API says: whether it did
+// what was asked, and if not, why.
+type slackAnswer struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error"`
+}
+
+func (a *slackAnswer) answer() *slackAnswer { return a }
+
+// slackCall posts body, of type contentType, to the Web API method with
+// the bot token and decodes the answer into v; an answer that is not ok
+// is an error.
+func (s *Server) slackCall(ctx context.Context, method, contentType string, body io.Reader, v interface{ answer() *slackAnswer }) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.slackAPI()+"/"+method, body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Authorization", "Bearer "+s.cfg.SlackBotToken)
-	var done struct {
-		OK    bool   `json:"ok"`
-		Error string `json:"error"`
+	if err := slackDo(req, v); err != nil {
+		return fmt.Errorf("%s: %w", method, err)
 	}
-	if err := slackDo(req, &done); err != nil {
-		return fmt.Errorf("files.completeUploadExternal: %w", err)
-	}
-	if !done.OK {
-		return fmt.Errorf("files.completeUploadExternal: %s", done.Error)
+	if a := v.answer(); !a.OK {
+		return fmt.Errorf("%s: %s", method, a.Error)
 	}
 	return nil
 }
