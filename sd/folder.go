@@ -131,13 +131,13 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 			return nil, errors.Join(err, f.closeModels())
 		}
 	}
+	if err := f.offloadTextEncoders(cfg); err != nil { // WithOffload (offload.go): before calibrating, which then encodes through them
+		return nil, errors.Join(err, f.closeModels())
+	}
 	if err := f.calibrateInt8(ctx, cfg); err != nil { // WithInt8 (int8.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
-		return nil, errors.Join(err, f.closeModels())
-	}
-	if err := f.offloadTextEncoders(cfg); err != nil { // WithOffload (offload.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
 	return f, nil

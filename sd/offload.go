@@ -37,7 +37,8 @@ type Offload struct {
 
 // WithOffload loads the components o names only while they run (see
 // Offload). The Folder's TextEncoder and TextEncoder2 are closed once it
-// is loaded (and warmed up or calibrated): its Components encode through
+// is loaded, before WithInt8 calibrates (which then loads them per
+// prompt) and without WithWarmup warming them: its Components encode through
 // the offloaded encoders. A single-file checkpoint that runs its own
 // components (per-request LoRAs or embeddings) is refused with it.
 func WithOffload(o Offload) LoadOption {

@@ -219,6 +219,9 @@ func (f *Folder) warm(ctx context.Context, c *loadConfig) error {
 		if k.m == (*textenc.Model)(nil) {
 			continue // no text_encoder_2: not SDXL
 		}
+		if k.c == TextEncoder && f.offText != nil {
+			continue // offloaded (WithOffload): loaded per request
+		}
 		start := time.Now()
 		times, err := k.m.WarmUp(ctx, sw)
 		if err != nil {
