@@ -74,6 +74,7 @@ type ChildResult struct {
 	FullMedianS    float64   `json:"full_call_median_s"`    // full calls
 	ShallowMedianS float64   `json:"shallow_call_median_s"` // 0 without step caching
 	SeqLen         int       `json:"seq_len"`
+	Scheduler      string    `json:"scheduler"`  // the one that ran
 	RSSLoaded      int64     `json:"rss_loaded"` // VmRSS after the open
 	VmHWM          int64     `json:"vm_hwm"`     // the child's own peak at the end
 	Image          string    `json:"image"`      // raw little-endian float32 [h, w, 3] in [0, 1]
@@ -126,6 +127,10 @@ func measureChild(ctx context.Context, spec childSpec, log *slog.Logger) (*Child
 	res.UNetRewrite = f.Load().Rewrites[sd.UNet]
 	res.RSSLoaded = procStatus("VmRSS")
 	res.SeqLen = f.Tokenizer.MaxLength()
+	res.Scheduler = spec.Scheduler
+	if res.Scheduler == "" {
+		res.Scheduler = f.Scheduler.ClassName()
+	}
 	c := f.Components()
 	tu := &timedUNet{m: f.UNet}
 	c.UNet = tu

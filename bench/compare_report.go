@@ -217,6 +217,9 @@ func (r *CompareReport) summarize() {
 		if run.SeqLen > 0 {
 			seq = run.SeqLen
 		}
+		if run.Scheduler != "" && strings.HasPrefix(r.Scheduler, "(") {
+			r.Scheduler = "(model's) " + run.Scheduler
+		}
 	}
 	r.UNetMACs = UNetMACs(r.arch, 2, r.Height/8, r.Width/8, seq)
 	r.Limits = callLimits(r.UNetMACs, r.Kernels)

@@ -149,6 +149,9 @@ func TestCompareTiny(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	if !strings.HasPrefix(rep.Scheduler, "(model's) ") || len(rep.Scheduler) == len("(model's) ") {
+		t.Errorf("scheduler %q, want the model's, named", rep.Scheduler)
+	}
 	if rep.Reference != Plain {
 		t.Errorf("reference %s, want plain", rep.Reference)
 	}
