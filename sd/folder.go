@@ -106,6 +106,7 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 	if _, _, err := ort.Version(cfg.libraryPath); err != nil {
 		return nil, fmt.Errorf("sd: %w", err)
 	}
+	tuneHeap() // freed tensors go back to the system (int8_trim.go)
 	f := &Folder{
 		Dir:           dir,
 		Index:         lay.index,
@@ -137,6 +138,8 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 	if err := f.calibrateInt8(ctx, cfg); err != nil { // WithInt8 (int8.go)
 		return nil, errors.Join(err, f.closeModels())
 	}
+	// what loading freed goes back to the system (int8_trim.go)
+	trimHeap()
 	if err := f.warm(ctx, cfg); err != nil { // WithWarmup (perf.go)
 		return nil, errors.Join(err, f.closeModels())
 	}

@@ -215,6 +215,7 @@ func (f *Folder) calibrateInt8(ctx context.Context, cfg *loadConfig) error {
 	if err != nil {
 		return fmt.Errorf("sd: %w", err)
 	}
+	trimHeap()
 	m, rep, err := openInt8(ctx, st.pending, st.opts, q.unetOptions(f), calls, cfg)
 	if err != nil {
 		return fmt.Errorf("sd: WithInt8: %w", err)

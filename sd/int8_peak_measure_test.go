@@ -2,6 +2,7 @@ package sd_test
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -68,8 +69,14 @@ func TestInt8PeakMeasured(t *testing.T) {
 	}
 	defer m.Close()
 	openPeak := gib("VmHWM")
-	t.Logf("open: %.1f s, UNet %s; resident %.2f GiB, peak %.2f GiB", time.Since(start).Seconds(),
-		m.Load().Rewrites[UNet], gib("VmRSS"), openPeak)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("open: %.1f s, UNet %s; resident %.2f GiB (Go heap in use %d MiB), peak %.2f GiB", time.Since(start).Seconds(),
+		m.Load().Rewrites[UNet], gib("VmRSS"), ms.HeapInuse>>20, openPeak)
+	if os.Getenv("SDPIPE_INT8_TRIM") != "" {
+		ok := TrimHeap()
+		t.Logf("malloc_trim (%v): resident %.2f GiB", ok, gib("VmRSS"))
+	}
 	g := 7.5
 	req := Request{Prompt: "a photograph of a mountain lake at sunrise", Width: size, Height: size,
 		Steps: steps, GuidanceScale: &g, Seed: 1}

@@ -1,0 +1,4 @@
+package sd
+
+// TrimHeap is trimHeap for the measurements.
+func TrimHeap() bool { return trimHeap() }
