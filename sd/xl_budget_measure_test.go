@@ -25,7 +25,8 @@ import (
 //	  [SDPIPE_BUDGET_IMAGES=1] go test -run TestBudgetMeasured -v -timeout 60m ./sd
 //
 // The options are a comma-separated list: int8 (WithInt8 with its default
-// calibration), offload (WithOffload of the text encoders), tiled
+// calibration), int8matmul (Int8.MatMulOnly: no calibration), noencoder
+// (WithoutVAEEncoder), offload (WithOffload of the text encoders), tiled
 // (WithTiledVAE(On, 0); without it admission decides). The memory budget
 // is the one WithMemoryBudget's default gives in a cgroup of
 // CONTAINER_GIB: 80 % of what is left once the model is loaded. The
@@ -59,6 +60,10 @@ func TestBudgetMeasured(t *testing.T) {
 		switch o {
 		case "int8":
 			opts = append(opts, WithInt8(Int8{}))
+		case "int8matmul":
+			opts = append(opts, WithInt8(Int8{MatMulOnly: true}))
+		case "noencoder":
+			opts = append(opts, WithoutVAEEncoder())
 		case "offload":
 			opts = append(opts, WithOffload(Offload{TextEncoders: true}))
 		case "tiled":
