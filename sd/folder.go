@@ -106,7 +106,6 @@ func openFolder(ctx context.Context, dir string, cfg *loadConfig) (*Folder, erro
 	if _, _, err := ort.Version(cfg.libraryPath); err != nil {
 		return nil, fmt.Errorf("sd: %w", err)
 	}
-	tuneHeap() // freed tensors go back to the system (int8_trim.go)
 	f := &Folder{
 		Dir:           dir,
 		Index:         lay.index,

@@ -2,6 +2,4 @@
 
 package sd
 
-func tuneHeap() {}
-
 func trimHeap() bool { return false }
