@@ -179,29 +179,24 @@ func runCompare(ctx context.Context, cc CompareConfig, list, arch, attention, pr
 	return rep.WriteMarkdown(stdout)
 }
 
-func writeCompare(dir string, rep *CompareReport) error {
-	write := func(name string, f func(io.Writer) error) error {
-		file, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			return err
-		}
-		return errors.Join(f(file), file.Close())
+// writeFile creates dir/name and writes it with f.
+func writeFile(dir, name string, f func(io.Writer) error) error {
+	file, err := os.Create(filepath.Join(dir, name))
+	if err != nil {
+		return err
 	}
-	return errors.Join(write("report.json", rep.WriteJSON), write("report.md", rep.WriteMarkdown))
+	return errors.Join(f(file), file.Close())
+}
+
+func writeCompare(dir string, rep *CompareReport) error {
+	return errors.Join(writeFile(dir, "report.json", rep.WriteJSON), writeFile(dir, "report.md", rep.WriteMarkdown))
 }
 
 // writeReport writes report.json, report.md and timeline.svg to dir.
 func writeReport(dir string, rep *Report) error {
-	write := func(name string, f func(io.Writer) error) error {
-		file, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			return err
-		}
-		return errors.Join(f(file), file.Close())
-	}
 	return errors.Join(
-		write("report.json", rep.WriteJSON),
-		write("report.md", rep.WriteMarkdown),
-		write("timeline.svg", func(w io.Writer) error { return rep.WriteTimelineSVG(w, 1) }),
+		writeFile(dir, "report.json", rep.WriteJSON),
+		writeFile(dir, "report.md", rep.WriteMarkdown),
+		writeFile(dir, "timeline.svg", func(w io.Writer) error { return rep.WriteTimelineSVG(w, 1) }),
 	)
 }
