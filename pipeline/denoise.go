@@ -142,8 +142,8 @@ func (p *Pipeline) denoise(batch []*job, out chan<- *job) []*job {
 }
 
 func (p *Pipeline) finishDenoise(j *job, err error) {
+	p.m.failed(err) // counted before the caller can see the error, as completed is
 	j.fail("denoise", err)
-	p.m.failed(err)
 }
 
 // unetBatch is the buffers of one lockstep batch: sample and embeddings in

@@ -309,8 +309,8 @@ func (p *Pipeline) stage(name string, in <-chan *job, out chan<- *job, fn func(*
 			err = p.guard(name, j, fn)
 		}
 		if err != nil {
+			p.m.failed(err) // counted before the caller can see the error
 			j.fail(name, err)
-			p.m.failed(err)
 			continue
 		}
 		if out != nil {
