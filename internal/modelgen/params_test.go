@@ -22,37 +22,17 @@ func TestParamCounts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.cfg.Name, func(t *testing.T) {
-			var opt Options
-			te, err := BuildTextEncoder(tt.cfg, opt, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			un, err := BuildUNet(tt.cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dec, err := BuildVAEDecoder(tt.cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			enc, err := BuildVAEEncoder(tt.cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
+			g := buildAll(t, tt.cfg, Options{}, 0)
 			check := func(what string, got, want int64) {
 				if got != want {
 					t.Errorf("%s: %d parameters, want %d", what, got, want)
 				}
 			}
-			check("text encoder", CountParams(te), tt.text)
-			check("unet", CountParams(un), tt.un)
-			check("vae (encoder+decoder)", CountParams(enc)+CountParams(dec), tt.vae)
+			check("text encoder", CountParams(g.text), tt.text)
+			check("unet", CountParams(g.unet), tt.un)
+			check("vae (encoder+decoder)", CountParams(g.vaeEnc)+CountParams(g.vaeDec), tt.vae)
 			if tt.text2 > 0 {
-				te2, err := BuildTextEncoder2(tt.cfg, opt, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				check("text encoder 2", CountParams(te2), tt.text2)
+				check("text encoder 2", CountParams(g.text2), tt.text2)
 			}
 		})
 	}

@@ -127,22 +127,7 @@ func openModel(t *testing.T, name string, m *onnxpb.Model, extDir string) *ort.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	conv := func(vs []onnxpb.ValueInfo) []ort.IOInfo {
-		var out []ort.IOInfo
-		for _, v := range vs {
-			info := ort.IOInfo{Name: v.Name, DType: ort.DType(v.ElemType)}
-			for _, d := range v.Dims {
-				if d.Param != "" || d.Value <= 0 {
-					info.Shape = append(info.Shape, -1)
-				} else {
-					info.Shape = append(info.Shape, d.Value)
-				}
-			}
-			out = append(out, info)
-		}
-		return out
-	}
-	s, err := ort.OpenData(t.Context(), name, data, extDir, conv(m.Graph.Input), conv(m.Graph.Output), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
+	s, err := ort.OpenData(t.Context(), name, data, extDir, ioInfos(m.Graph.Input), ioInfos(m.Graph.Output), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,22 +243,8 @@ func TestParitySD1(t *testing.T) {
 				tol = 5e-3
 			}
 			opt := Options{Source: newKeymapSource(t, ckptDir, file), TimestepShape: TimestepOne, LatentParameters: true}
-			te, err := BuildTextEncoder(cfg, opt, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			un, err := BuildUNet(cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dec, err := BuildVAEDecoder(cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			enc, err := BuildVAEEncoder(cfg, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
+			g := buildAll(t, cfg, opt, 0)
+			te, un, dec, enc := g.text, g.unet, g.vaeDec, g.vaeEnc
 			var worst float64
 			h := int64(cfg.Text.Hidden)
 			tes := openModel(t, "text_encoder", te, ckptDir)

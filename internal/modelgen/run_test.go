@@ -19,22 +19,7 @@ func openComponent(t *testing.T, dir, component string) *ort.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conv := func(vs []onnxpb.ValueInfo) []ort.IOInfo {
-		var out []ort.IOInfo
-		for _, v := range vs {
-			info := ort.IOInfo{Name: v.Name, DType: ort.DType(v.ElemType)}
-			for _, d := range v.Dims {
-				if d.Param != "" || d.Value <= 0 {
-					info.Shape = append(info.Shape, -1)
-				} else {
-					info.Shape = append(info.Shape, d.Value)
-				}
-			}
-			out = append(out, info)
-		}
-		return out
-	}
-	s, err := ort.Open(t.Context(), path, conv(io.Inputs), conv(io.Outputs), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
+	s, err := ort.Open(t.Context(), path, ioInfos(io.Inputs), ioInfos(io.Outputs), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -161,29 +161,7 @@ func TestSDXLFolder(t *testing.T) {
 		t.Errorf("tokenizer pads with %v (%v), want EOS", tok1.Pad(), err)
 	}
 
-	read := func(c string) []byte {
-		b, err := os.ReadFile(filepath.Join(dir, c, ConfigFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	text, err := ParseTextConfig(read(TextEncoderDir), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text2, err := ParseTextConfig(read(TextEncoder2Dir), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	un, err := ParseUNetConfig(read(UNetDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vae, err := ParseVAEConfig(read(VAEEncoderDir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	text, text2, un, vae := readSDXLConfig(t, dir, VAEEncoderDir)
 	back := Config{Name: cfg.Name, Text: text, Text2: &text2, UNet: un, VAE: vae, Scheduler: cfg.Scheduler}
 	if diff := cmp.Diff(cfg, back); diff != "" {
 		t.Errorf("configs read back (-written +read):\n%s", diff)
@@ -352,29 +330,7 @@ func TestParitySDXL(t *testing.T) {
 	testenv.RequireORT(t)
 	root := filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl")
 	model := filepath.Join(root, "model")
-	read := func(c string) []byte {
-		b, err := os.ReadFile(filepath.Join(model, c, ConfigFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	text, err := ParseTextConfig(read(TextEncoderDir), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text2, err := ParseTextConfig(read(TextEncoder2Dir), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	un, err := ParseUNetConfig(read(UNetDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vae, err := ParseVAEConfig(read(VAEDecoderDir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	text, text2, un, vae := readSDXLConfig(t, model, VAEDecoderDir)
 	cfg := Config{Name: "tiny-sdxl-reference", Text: text, Text2: &text2, UNet: un, VAE: vae}
 	if diff := cmp.Diff(TinySDXL().UNet, un); diff != "" {
 		t.Errorf("TinySDXL's UNet differs from the reference's config (-TinySDXL +reference):\n%s", diff)
@@ -389,26 +345,8 @@ func TestParitySDXL(t *testing.T) {
 		src[VAE][k] = v
 	}
 	opt := Options{Source: src}
-	te, err := BuildTextEncoder(cfg, opt, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	te2, err := BuildTextEncoder2(cfg, opt, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unet, err := BuildUNet(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec, err := BuildVAEDecoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc, err := BuildVAEEncoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := buildAll(t, cfg, opt, 0)
+	te, te2, unet, dec, enc := g.text, g.text2, g.unet, g.vaeDec, g.vaeEnc
 	sessions := map[string]*ort.Session{
 		TextEncoderDir:  openModel(t, TextEncoderDir, te, ""),
 		TextEncoder2Dir: openModel(t, TextEncoder2Dir, te2, ""),

@@ -315,23 +315,8 @@ func TestOnModule(t *testing.T) {
 	}
 	opt := Options{OnModule: hook}
 	models := map[Component][]*onnxpb.Model{}
-	te, err := BuildTextEncoder(cfg, opt, GenerateVocabulary(0).Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	un, err := BuildUNet(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec, err := BuildVAEDecoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc, err := BuildVAEEncoder(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	models[TextEncoder], models[UNet], models[VAE] = []*onnxpb.Model{te}, []*onnxpb.Model{un}, []*onnxpb.Model{dec, enc}
+	g := buildAll(t, cfg, opt, GenerateVocabulary(0).Size())
+	models[TextEncoder], models[UNet], models[VAE] = []*onnxpb.Model{g.text}, []*onnxpb.Model{g.unet}, []*onnxpb.Model{g.vaeDec, g.vaeEnc}
 	for c, ms := range models {
 		// Every weight of rank 4 (conv) or rank 2 other than an embedding
 		// (linear) belongs to a module the hook saw, with that shape.
@@ -374,7 +359,7 @@ func TestOnModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	var branches []string
-	err = Write(hooked, cfg, Options{OnModule: func(b *Builder, m Module, x, y string) (string, error) {
+	err := Write(hooked, cfg, Options{OnModule: func(b *Builder, m Module, x, y string) (string, error) {
 		switch {
 		case m.Component == UNet && strings.HasSuffix(m.Name, ".to_q"):
 			in := b.Input("delta."+m.Name, b.Float(), m.In, m.Out)
