@@ -256,19 +256,45 @@ func readBuildMeta(dir string) (buildMeta, bool) {
 	return m, true
 }
 
-func writeBuildMeta(dir string, m buildMeta) error {
-	b, err := json.MarshalIndent(m, "", "  ")
+func writeBuildMeta(dir string, m buildMeta) error { return writeJSON(dir, buildMetaFile, m) }
+
+// writeJSON writes v as indented JSON to the file name of the cache entry
+// dir (replaceFile).
+func writeJSON(dir, name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("rewrite: %w", err)
 	}
-	tmp := filepath.Join(dir, buildMetaFile+".tmp")
+	return replaceFile(dir, name, b)
+}
+
+// replaceFile writes b to the file name of the cache entry dir through a
+// temporary file renamed over it, so that a reader sees the old file or
+// the new one, never part of one.
+func replaceFile(dir, name string, b []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return fmt.Errorf("rewrite: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, buildMetaFile)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		return fmt.Errorf("rewrite: %w", err)
 	}
 	return nil
+}
+
+// updateEntry changes by set the metadata file name of the cache entry dir,
+// as read reads it (false: the entry is gone). It does nothing for an
+// empty dir (a result without a cache entry).
+func updateEntry[M any](dir, name string, read func(dir string) (M, bool), set func(*M)) error {
+	if dir == "" {
+		return nil
+	}
+	m, ok := read(dir)
+	if !ok {
+		return fmt.Errorf("rewrite: cache entry %s is gone", dir)
+	}
+	set(&m)
+	return writeJSON(dir, name, m)
 }
 
 // MarkChecked records figures about the entry (such as the output's
@@ -277,15 +303,7 @@ func writeBuildMeta(dir string, m buildMeta) error {
 // again.
 func (r *Built) MarkChecked(figures map[string]float64) error {
 	r.Checked = figures
-	if r.dir == "" {
-		return nil
-	}
-	m, ok := readBuildMeta(r.dir)
-	if !ok {
-		return fmt.Errorf("rewrite: cache entry %s is gone", r.dir)
-	}
-	m.Checked = figures
-	return writeBuildMeta(r.dir, m)
+	return updateEntry(r.dir, buildMetaFile, readBuildMeta, func(m *buildMeta) { m.Checked = figures })
 }
 
 // Open opens the built model (or the source when nothing changed), with

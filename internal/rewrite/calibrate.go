@@ -202,12 +202,5 @@ func SaveRanges(src, id, cacheDir string, rs map[string]Range) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("rewrite: %w", err)
 	}
-	tmp := filepath.Join(dir, rangesFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("rewrite: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, rangesFile)); err != nil {
-		return fmt.Errorf("rewrite: %w", err)
-	}
-	return nil
+	return replaceFile(dir, rangesFile, b)
 }

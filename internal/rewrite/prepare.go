@@ -234,24 +234,5 @@ func writeEntry(cacheDir, k string, model []byte, src string, exts []string, m m
 // without a cache entry.
 func (r *Result) MarkVerified(maxDiff float64) error {
 	r.Verified = maxDiff
-	if r.dir == "" {
-		return nil
-	}
-	m, ok := readMeta(r.dir)
-	if !ok {
-		return fmt.Errorf("rewrite: cache entry %s is gone", r.dir)
-	}
-	m.Verified = &maxDiff
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(r.dir, metaFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("rewrite: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(r.dir, metaFile)); err != nil {
-		return fmt.Errorf("rewrite: %w", err)
-	}
-	return nil
+	return updateEntry(r.dir, metaFile, readMeta, func(m *meta) { m.Verified = &maxDiff })
 }

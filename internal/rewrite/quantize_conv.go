@@ -121,22 +121,13 @@ func (z *quantizer) staticConv(n *onnxpb.Node, w, bias *onnxpb.Tensor, scale []f
 	if bias != nil {
 		// int32 bias in the accumulator's scale xs·ws
 		bn := z.x.fresh(bias.Name + "_int32")
-		orig := *bias
-		orig.ExternalData = slices.Clone(bias.ExternalData)
-		bt := &onnxpb.Tensor{Name: bn, Dims: []int64{m}, DataType: onnxpb.Int32}
-		bt.Fill = func(dst []byte) {
-			b, err := z.src.floats32(&orig)
-			if err != nil {
-				z.q.fail(err)
-				return
-			}
+		z.addDerived(bias, bn, []int64{m}, onnxpb.Int32, func(dst []byte, b []float32) {
 			for c, v := range b {
 				q := math.Round(float64(v) / (float64(xs) * float64(scale[c])))
 				q = max(math.MinInt32, min(math.MaxInt32, q))
 				binary.LittleEndian.PutUint32(dst[4*c:], uint32(int32(q)))
 			}
-		}
-		z.addInit(bt)
+		})
 		inputs = append(inputs, bn)
 	}
 	qy := z.x.fresh(y + "_u8")
@@ -176,20 +167,11 @@ func (z *quantizer) dynamicConv(n *onnxpb.Node, w, bias *onnxpb.Tensor, scale []
 	z.x.add(&onnxpb.Node{Name: z.x.fresh(n.Name + "_rescale"), OpType: "Mul", Input: []string{accf, s}, Output: []string{out}})
 	if bias != nil {
 		bn := z.x.fresh(bias.Name + "_4d")
-		orig := *bias
-		orig.ExternalData = slices.Clone(bias.ExternalData)
-		bt := &onnxpb.Tensor{Name: bn, Dims: []int64{1, m, 1, 1}, DataType: onnxpb.Float}
-		bt.Fill = func(dst []byte) {
-			b, err := z.src.floats32(&orig)
-			if err != nil {
-				z.q.fail(err)
-				return
-			}
+		z.addDerived(bias, bn, []int64{1, m, 1, 1}, onnxpb.Float, func(dst []byte, b []float32) {
 			for c, v := range b {
 				binary.LittleEndian.PutUint32(dst[4*c:], math.Float32bits(v))
 			}
-		}
-		z.addInit(bt)
+		})
 		z.x.add(&onnxpb.Node{Name: z.x.fresh(n.Name + "_bias"), OpType: "Add", Input: []string{out, bn}, Output: []string{y}})
 	}
 	z.q.Report.ConvDyn++

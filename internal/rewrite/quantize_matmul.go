@@ -73,12 +73,8 @@ func (z *quantizer) matMul(n *onnxpb.Node) error {
 		z.keep(n, fmt.Sprintf("weight of rank %d", len(w.Dims)))
 		return nil
 	}
-	k, nn := w.Dims[0], w.Dims[1]
-	if trans {
-		k, nn = nn, k
-	}
-	if k < int64(z.o.minReduction()) {
-		z.keep(n, fmt.Sprintf("reduction %d < %d", k, z.o.minReduction()))
+	k, nn, ok := z.matDims(n, w, trans)
+	if !ok {
 		return nil
 	}
 	if z.x.constant(n.Input[0]) != nil {
@@ -86,6 +82,21 @@ func (z *quantizer) matMul(n *onnxpb.Node) error {
 	}
 	z.q.Report.MatMul++
 	return z.dynamicMatMul(n.Name, n.Input[0], w, k, nn, trans, "", n)
+}
+
+// matDims returns the reduction k and the output width nn of the MatMul or
+// Gemm n of weight w ([k, nn], or [nn, k] transposed), and whether k is
+// large enough to quantize; when it is not, n is kept in float32.
+func (z *quantizer) matDims(n *onnxpb.Node, w *onnxpb.Tensor, trans bool) (k, nn int64, ok bool) {
+	k, nn = w.Dims[0], w.Dims[1]
+	if trans {
+		k, nn = nn, k
+	}
+	if k < int64(z.o.minReduction()) {
+		z.keep(n, fmt.Sprintf("reduction %d < %d", k, z.o.minReduction()))
+		return k, nn, false
+	}
+	return k, nn, true
 }
 
 func (z *quantizer) gemm(n *onnxpb.Node) error {
@@ -101,12 +112,8 @@ func (z *quantizer) gemm(n *onnxpb.Node) error {
 		return nil
 	}
 	trans := attrInt(n, "transB", 0) != 0
-	k, nn := w.Dims[0], w.Dims[1]
-	if trans {
-		k, nn = nn, k
-	}
-	if k < int64(z.o.minReduction()) {
-		z.keep(n, fmt.Sprintf("reduction %d < %d", k, z.o.minReduction()))
+	k, nn, ok := z.matDims(n, w, trans)
+	if !ok {
 		return nil
 	}
 	var c string

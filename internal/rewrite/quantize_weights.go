@@ -185,15 +185,7 @@ func (z *quantizer) int8Weights(t *onnxpb.Tensor, dims []int64, scale []float32,
 	if unsigned {
 		typ = onnxpb.Uint8
 	}
-	orig := *t
-	orig.ExternalData = slices.Clone(t.ExternalData)
-	nt := &onnxpb.Tensor{Name: name, Dims: dims, DataType: typ}
-	nt.Fill = func(dst []byte) {
-		w, err := z.src.floats32(&orig)
-		if err != nil {
-			z.q.fail(err)
-			return
-		}
+	z.addDerived(t, name, dims, typ, func(dst []byte, w []float32) {
 		for j := range dst {
 			i := from(j)
 			v := quant(w[i], scale[ch(i)])
@@ -203,9 +195,27 @@ func (z *quantizer) int8Weights(t *onnxpb.Tensor, dims []int64, scale []float32,
 				dst[j] = byte(v)
 			}
 		}
+	})
+	return name
+}
+
+// addDerived adds the initializer name, of dims and type typ, whose bytes
+// fill computes from t's float32 values when the graph is written (t's
+// data is read then, not held meanwhile); an error reading them fails the
+// quantization.
+func (z *quantizer) addDerived(t *onnxpb.Tensor, name string, dims []int64, typ onnxpb.DataType, fill func(dst []byte, vals []float32)) {
+	orig := *t
+	orig.ExternalData = slices.Clone(t.ExternalData)
+	nt := &onnxpb.Tensor{Name: name, Dims: dims, DataType: typ}
+	nt.Fill = func(dst []byte) {
+		v, err := z.src.floats32(&orig)
+		if err != nil {
+			z.q.fail(err)
+			return
+		}
+		fill(dst, v)
 	}
 	z.addInit(nt)
-	return name
 }
 
 func (z *quantizer) addInit(t *onnxpb.Tensor) {
