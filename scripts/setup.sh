@@ -83,3 +83,14 @@ if $webgpu; then
 		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libvulkan1 chromium >/dev/null
 	fi
 fi
+
+# The first build compiles the library and its cgo binding to ONNX Runtime:
+# about 2 minutes on a fresh machine, seconds afterwards (Go's build cache).
+# Done here, with a message, so that the README's first `go run` does not
+# sit silent for that long.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if ! $quiet && command -v go >/dev/null && [ -f "$root/go.mod" ]; then
+	say "compiling sdpipe (about 2 minutes the first time on a fresh machine)"
+	(cd "$root" && go build -o /dev/null ./examples/txt2img)
+	say "ready"
+fi
