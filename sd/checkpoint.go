@@ -200,5 +200,5 @@ func openRuntime(ctx context.Context, rt *ckptrun.Components, name string, cfg *
 	if err != nil {
 		return nil, errors.Join(err, t.Close(), rt.Close())
 	}
-	return &Model{p: p, rt: rt, name: name, defaults: d, mem: newMemoryModel(f, cfg.engine.memory), taesd: t}, nil
+	return &Model{p: p, rt: rt, name: name, defaults: d, mem: newMemoryModel(f, cfg.engine.memory, &cfg.load), taesd: t}, nil
 }

@@ -23,6 +23,42 @@ import (
 // like any request the engine is not ready for. A request whose plain VAE
 // decode does not fit but whose tiled one does is admitted with the VAE
 // tiled (tiling.go, WithTiledVAE).
+//
+// What is held at once. A component's call needs memory for its
+// intermediate tensors; whether that memory outlives the call decides how
+// the parts of an estimate add up:
+//
+//   - held: a session with ONNX Runtime's memory arena on (by default the
+//     UNet, and the text encoders while they stay loaded) keeps its peak
+//     for the Model's life, so its need counts for the whole request, as do
+//     the request's buffers;
+//   - freed: a session without the arena (by default the VAE decoder and
+//     encoder, see SessionOptions.MemoryArena) gives its memory back when
+//     its call ends, and so do offloaded text encoders (WithOffload), which
+//     are closed once no encoding is in flight, with their weights
+//     (MemoryEstimate.TextWeights) and their arenas.
+//
+// A request's stages run one after the other (encode the prompts, encode
+// the init image, denoise, decode), so its freed parts never overlap: one
+// request holds held + max(text encoding + weights, the largest other
+// freed part) (MemoryEstimate.Total). Requests in flight overlap in any
+// way (one encodes while another denoises or decodes), but the offloaded
+// encoders are loaded once however many requests encode at the same time.
+// The gate (memoryGate) therefore admits, for the set S in flight,
+//
+//	Σ(held + other) + max(0, W + Σ encode − min other)
+//
+// where other is each request's largest freed part outside the text
+// encoding, encode its text encoders' arena (counted for every request,
+// since overlapping encodings share the sessions and their arena keeps the
+// peak until the last closes them) and W the encoders' weights: the most
+// that any mix of stages holds, when at least one request encodes and the
+// others are at their largest. For one request it is Total; without
+// offload (W = 0, the encoders held) it is the sum of the Totals, as
+// before. Two things it does not count: a held arena keeps the peak of an
+// earlier, larger request after that request has left the gate, and the
+// first request's text encoding runs before the UNet's arena has grown
+// (counted anyway, since every later request meets it).
 
 // ErrMemory is matched (errors.Is) by a *MemoryError.
 var ErrMemory = errors.New("sd: request does not fit the memory budget")
@@ -35,22 +71,70 @@ const MaxPromptWeight = 10
 
 // MemoryEstimate is the memory a request is estimated to need, in bytes:
 // what each component's calls hold at their peak (ONNX Runtime keeps each
-// session's peak in its memory arena), and the request's own buffers.
-// With WithOffload's text encoders, TextEncoder counts their weights too:
-// the request loads them.
+// session's peak in its memory arena, where the arena is on), and the
+// request's own buffers.
 type MemoryEstimate struct {
 	TextEncoder, UNet, VAEDecoder, VAEEncoder int64
 	Buffers                                   int64 // latents, embeddings, decoded images
+	// TextWeights are the bytes of the text encoders' weights that the
+	// request loads while its prompts are encoded, with WithOffload's
+	// text encoders (0 without): they are freed before the UNet runs, and
+	// requests that encode at the same time share one load.
+	TextWeights int64
 	// VAETile is the tile, in pixels, that the VAE decodes (and encodes)
 	// the request in, and whose memory VAEDecoder and VAEEncoder count; 0
 	// when it runs untiled (see WithTiledVAE).
 	VAETile int
+
+	freed componentSet // the components whose memory is given back when their call ends
 }
 
-// Total is the sum of the parts: what the request is admitted against.
+// Total is the most the request holds at once, on its own: what it is
+// admitted against. The parts held for the request's life (the buffers,
+// and the components whose sessions keep their arenas) add up; of the
+// parts freed when their stage ends, only the largest counts, with the
+// offloaded text encoders' weights counted with their own stage: the
+// stages of one request do not overlap (see the top of this file). When
+// every part is held (the zero value of the unexported set of freed
+// parts) it is their sum.
 func (e MemoryEstimate) Total() int64 {
-	return e.TextEncoder + e.UNet + e.VAEDecoder + e.VAEEncoder + e.Buffers
+	d := e.demand()
+	return d.held + max(d.encode+d.weights, d.other)
 }
+
+// demand splits e into what the gate counts (memoryGate): the parts held
+// for the request's life, its text encoding's freed part without the
+// weights, the largest of its other freed parts, and the offloaded
+// encoders' weights.
+func (e MemoryEstimate) demand() memDemand {
+	d := memDemand{held: e.Buffers}
+	for _, p := range []struct {
+		c Component
+		n int64
+	}{{TextEncoder, e.TextEncoder}, {UNet, e.UNet}, {VAEDecoder, e.VAEDecoder}, {VAEEncoder, e.VAEEncoder}} {
+		switch {
+		case !e.freed.has(p.c):
+			d.held += p.n
+		case p.c == TextEncoder:
+			d.encode = p.n
+		default:
+			d.other = max(d.other, p.n)
+		}
+	}
+	if e.freed.has(TextEncoder) {
+		d.weights = e.TextWeights
+	} else {
+		d.held += e.TextWeights
+	}
+	return d
+}
+
+// componentSet is a set of Components.
+type componentSet uint8
+
+func (s componentSet) has(c Component) bool { return s&(1<<c) != 0 }
+
+func (s *componentSet) add(c Component) { *s |= 1 << c }
 
 // MemoryError reports a request whose estimate exceeds the memory budget
 // on its own. Fit is the largest size with the request's aspect ratio and
@@ -111,6 +195,7 @@ type memoryModel struct {
 	budget    int64
 	te2       *memSignature // SDXL's text_encoder_2, or nil
 	textLoad  int64         // the text encoders' weights, which a request loads (WithOffload), else 0
+	freed     componentSet  // the components whose calls give their memory back (see the top of this file)
 	maxChunks int           // 0: no limit
 	tiling    tilingConfig
 	tiles     []int // the VAE tiles to try, largest first (tiling.go)
@@ -156,7 +241,8 @@ func (m *memoryModel) estimateTiled(s memShape, tile int) MemoryEstimate {
 	e.TextEncoder = m.sig[TextEncoder].need(callShape{rows: rows * chunks, h: m.seq, w: 1})
 	// SDXL's text_encoder_2 runs after it, and its session keeps its own peak
 	e.TextEncoder += m.te2.need(callShape{rows: rows * chunks, h: m.seq, w: 1})
-	e.TextEncoder += m.textLoad // offloaded: the request loads them (offload.go)
+	e.TextWeights = m.textLoad // offloaded: the request loads them (offload.go)
+	e.freed = m.freed
 	e.UNet = m.sig[UNet].need(callShape{rows: rows * imgs, h: lh, w: lw, keys: m.seq * chunks, visual: true})
 	dh, dw, ph, pw := lh, lw, int64(s.height), int64(s.width) // one VAE call's latents and pixels
 	var tiles int64
@@ -313,10 +399,15 @@ func (f *Folder) readSignature(c Component, path string, log interface{ Warn(str
 	f.sigs[c] = analyze(st)
 }
 
-// newMemoryModel returns the admission of a Model on f, with its budget
-// taken now, after the models are loaded.
-func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
+// newMemoryModel returns the admission of a Model on f, opened with load,
+// with its budget taken now, after the models are loaded.
+func newMemoryModel(f *Folder, c memoryConfig, load *loadConfig) *memoryModel {
 	m := &memoryModel{sig: map[Component]*memSignature{}, seq: 77, latentCh: 4, maxChunks: c.maxChunks, budget: c.budget, tiling: c.tiling}
+	for _, k := range components {
+		if load.sessionOptions(k).DisableMemoryArena {
+			m.freed.add(k) // its calls' memory goes back when they end
+		}
+	}
 	m.tiles = vaeTiles(m.tiling, f)
 	if f.VAEDecoder == nil { // a checkpoint's runtime components: their VAE does not tile
 		m.tiling.when = Off
@@ -329,6 +420,7 @@ func newMemoryModel(f *Folder, c memoryConfig) *memoryModel {
 	f.sigMu.Unlock()
 	if f.offText != nil {
 		m.textLoad = f.offText.weights
+		m.freed.add(TextEncoder) // closed once no encoding is in flight
 	}
 	if f.Tokenizer != nil {
 		m.seq = int64(f.Tokenizer.MaxLength())
@@ -406,7 +498,7 @@ func (m *memoryModel) admit(ctx context.Context, req Request, d Defaults, tok *t
 	if err != nil {
 		return nil, 0, err
 	}
-	release, err = m.gate.acquire(ctx, e.Total())
+	release, err = m.gate.acquire(ctx, e.demand())
 	return release, e.VAETile, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,42 +80,83 @@ func readInt(path string) (int64, bool) {
 	return v, err == nil
 }
 
-// memoryGate admits requests while the sum of their estimates fits the
-// budget, first come first served: a request that does not fit now waits
-// (and makes the ones behind it wait), so a large one is not starved.
+// memoryGate admits requests while what the requests in flight may hold
+// at once (need) fits the budget, first come first served: a request that
+// does not fit now waits (and makes the ones behind it wait), so a large
+// one is not starved.
 type memoryGate struct {
 	budget int64
 
-	mu      sync.Mutex
-	used    int64
-	waiters []*memWaiter
+	mu       sync.Mutex
+	admitted []*memDemand
+	waiters  []*memWaiter
+}
+
+// memDemand is one request's estimate as the gate counts it
+// (MemoryEstimate.demand): held for the request's life, freed by its text
+// encoding (without the weights), the largest freed by its other stages,
+// and the offloaded text encoders' weights, loaded once for every request
+// encoding at that moment.
+type memDemand struct {
+	held, encode, other, weights int64
 }
 
 type memWaiter struct {
-	n     int64
+	d     *memDemand
 	ready chan struct{}
 }
 
-// acquire takes n bytes of the budget, waiting until they fit or ctx
-// ends. n must be at most the budget.
-func (g *memoryGate) acquire(ctx context.Context, n int64) (release func(), err error) {
-	g.mu.Lock()
-	if len(g.waiters) == 0 && g.used+n <= g.budget {
-		g.used += n
-		g.mu.Unlock()
-		return g.releaser(n), nil
+// need returns the most that the requests ds may hold at once (memory.go):
+//
+//	Σ(held + other) + max(0, W + Σ encode − min other)
+//
+// that is, every request at its largest stage outside the text encoding,
+// except that while one of them encodes (the one whose other stages need
+// least), the encoders' weights W and the encodings' arenas are loaded.
+// For one request it is MemoryEstimate.Total; it never falls when a
+// request is added.
+func need(ds []*memDemand) int64 {
+	if len(ds) == 0 {
+		return 0
 	}
-	w := &memWaiter{n: n, ready: make(chan struct{})}
+	var sum, enc, w int64
+	least := ds[0].other
+	for _, d := range ds {
+		sum += d.held + d.other
+		enc += d.encode
+		w = max(w, d.weights)
+		least = min(least, d.other)
+	}
+	return sum + max(0, w+enc-least)
+}
+
+// fits reports whether d may be admitted beside the requests in flight.
+// g.mu is held.
+func (g *memoryGate) fits(d *memDemand) bool {
+	return need(append(g.admitted[:len(g.admitted):len(g.admitted)], d)) <= g.budget
+}
+
+// acquire admits a request of demand d, waiting until it fits or ctx
+// ends. need of d alone must be at most the budget.
+func (g *memoryGate) acquire(ctx context.Context, d memDemand) (release func(), err error) {
+	p := &d
+	g.mu.Lock()
+	if len(g.waiters) == 0 && g.fits(p) {
+		g.admitted = append(g.admitted, p)
+		g.mu.Unlock()
+		return g.releaser(p), nil
+	}
+	w := &memWaiter{d: p, ready: make(chan struct{})}
 	g.waiters = append(g.waiters, w)
 	g.mu.Unlock()
 	select {
 	case <-w.ready:
-		return g.releaser(n), nil
+		return g.releaser(p), nil
 	case <-ctx.Done():
 		g.mu.Lock()
 		select {
 		case <-w.ready: // granted meanwhile: give it back
-			g.used -= n
+			g.remove(p)
 		default:
 			for i, x := range g.waiters {
 				if x == w {
@@ -129,31 +171,38 @@ func (g *memoryGate) acquire(ctx context.Context, n int64) (release func(), err 
 	}
 }
 
-func (g *memoryGate) releaser(n int64) func() {
+func (g *memoryGate) releaser(d *memDemand) func() {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			g.mu.Lock()
-			g.used -= n
+			g.remove(d)
 			g.wake()
 			g.mu.Unlock()
 		})
 	}
 }
 
+// remove takes d out of the requests in flight. g.mu is held.
+func (g *memoryGate) remove(d *memDemand) {
+	if i := slices.Index(g.admitted, d); i >= 0 {
+		g.admitted = slices.Delete(g.admitted, i, i+1)
+	}
+}
+
 // wake grants the waiters at the head of the line that fit. g.mu is held.
 func (g *memoryGate) wake() {
-	for len(g.waiters) > 0 && g.used+g.waiters[0].n <= g.budget {
+	for len(g.waiters) > 0 && g.fits(g.waiters[0].d) {
 		w := g.waiters[0]
 		g.waiters = g.waiters[1:]
-		g.used += w.n
+		g.admitted = append(g.admitted, w.d)
 		close(w.ready)
 	}
 }
 
-// inUse returns the bytes admitted now.
+// inUse returns the memory the requests admitted now may hold at once.
 func (g *memoryGate) inUse() int64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.used
+	return need(g.admitted)
 }

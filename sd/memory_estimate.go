@@ -4,7 +4,9 @@ package sd
 //
 // ONNX Runtime keeps each session's largest need in its memory arena, so a
 // request's cost is the sum of what each component's call needs (the
-// components run one after the other, but their arenas stay). A call's
+// components run one after the other, but their arenas stay), except for
+// the sessions that give their memory back (memory.go: no arena, or closed
+// after the call). A call's
 // need is its rows times, per row: twice the largest attention score
 // tensor (the scores and their softmax are alive together; it grows with
 // the square of the latent area for self-attention, and with the area

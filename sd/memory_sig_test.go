@@ -92,13 +92,13 @@ func TestCallShapeTokens(t *testing.T) {
 func TestMemoryGate(t *testing.T) {
 	g := &memoryGate{budget: 10}
 	ctx := context.Background()
-	r1, err := g.acquire(ctx, 6)
+	r1, err := g.acquire(ctx, memDemand{held: 6})
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan string, 3)
 	go func() {
-		r, err := g.acquire(ctx, 6)
+		r, err := g.acquire(ctx, memDemand{held: 6})
 		if err == nil {
 			got <- "second"
 			time.Sleep(10 * time.Millisecond)
@@ -107,7 +107,7 @@ func TestMemoryGate(t *testing.T) {
 	}()
 	waitGate(t, g, 1)
 	go func() { // fits beside the first, but waits behind the second: no starving
-		r, err := g.acquire(ctx, 4)
+		r, err := g.acquire(ctx, memDemand{held: 4})
 		if err == nil {
 			got <- "third"
 			r()
@@ -116,7 +116,7 @@ func TestMemoryGate(t *testing.T) {
 	waitGate(t, g, 2)
 	cctx, cancel := context.WithCancel(ctx)
 	gaveUp := make(chan error, 1)
-	go func() { _, err := g.acquire(cctx, 1); gaveUp <- err }()
+	go func() { _, err := g.acquire(cctx, memDemand{held: 1}); gaveUp <- err }()
 	waitGate(t, g, 3)
 	cancel()
 	if err := <-gaveUp; err != context.Canceled {

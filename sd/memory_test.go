@@ -150,3 +150,141 @@ func TestPromptCost(t *testing.T) {
 		t.Errorf("negative limits: %v", err)
 	}
 }
+
+// TestMemoryOverlap checks the arithmetic of what requests hold at once
+// (memory.go), on the figures of a 1024² SDXL request with int8 MatMul,
+// offloaded text encoders and 512-pixel VAE tiles (BENCHMARKS.md, in MiB):
+// the encoders' weights and arena are freed before the UNet runs, so one
+// request holds the larger of its text encoding and its VAE decode beside
+// the UNet's arena, not their sum (4312 MiB, which an 8 GiB container's
+// budget refused); requests in flight share one load of the weights, and
+// their bound is never below what any mix of their stages holds.
+func TestMemoryOverlap(t *testing.T) {
+	const mb = 1 << 20
+	var offload, arenaless componentSet
+	offload.add(TextEncoder)
+	offload.add(VAEDecoder) // the default: the VAE runs without its arena
+	arenaless = offload
+	arenaless.add(UNet) // SessionOptions{MemoryArena: Off} on the UNet
+	xl := MemoryEstimate{TextEncoder: 48 * mb, TextWeights: 3100 * mb, UNet: 360 * mb, VAEDecoder: 768 * mb, Buffers: 36 * mb, VAETile: 512}
+	for _, tc := range []struct {
+		name  string
+		freed componentSet
+		want  int64
+	}{
+		{"all held (the sum)", 0, (48 + 3100 + 360 + 768 + 36) * mb},
+		{"offloaded", offload, (360 + 36 + max(48+3100, 768)) * mb},
+		{"offloaded, UNet without arena", arenaless, (36 + max(48+3100, 360, 768)) * mb},
+	} {
+		e := xl
+		e.freed = tc.freed
+		if got := e.Total(); got != tc.want {
+			t.Errorf("%s: Total %d MiB, want %d", tc.name, got/mb, tc.want/mb)
+		}
+		if got := need([]*memDemand{new(e.demand())}); got != e.Total() {
+			t.Errorf("%s: the gate counts one request as %d MiB, its Total is %d", tc.name, got/mb, e.Total()/mb)
+		}
+	}
+
+	// Several in flight: the bound against every mix of stages, each
+	// request in one stage (or between stages), the weights loaded while
+	// any of them encodes.
+	small := xl
+	small.TextEncoder, small.UNet, small.VAEDecoder, small.Buffers = 48*mb, 90*mb, 200*mb, 9*mb // a 512² request
+	for _, freed := range []componentSet{0, offload, arenaless} {
+		var es []MemoryEstimate
+		for _, e := range []MemoryEstimate{xl, small, xl} {
+			e.freed = freed
+			es = append(es, e)
+			var ds []*memDemand
+			for _, e := range es {
+				ds = append(ds, new(e.demand()))
+			}
+			bound, worst := need(ds), worstMix(es)
+			if bound < worst {
+				t.Errorf("freed %b, %d in flight: the gate counts %d MiB, a mix of their stages holds %d", freed, len(es), bound/mb, worst/mb)
+			}
+			var sum int64
+			for _, e := range es {
+				sum += e.Total()
+			}
+			if freed == 0 && bound != sum {
+				t.Errorf("all held, %d in flight: %d MiB, want the sum of the Totals, %d", len(es), bound/mb, sum/mb)
+			}
+			if freed != 0 && len(es) > 1 && bound >= sum {
+				t.Errorf("freed %b, %d in flight: %d MiB, not below the sum of the Totals (%d): the weights counted per request", freed, len(es), bound/mb, sum/mb)
+			}
+		}
+	}
+
+	// The gate admits on the bound: two 1024² offloaded requests fit
+	// where the sum of their Totals would not.
+	e := xl
+	e.freed = offload
+	two := need([]*memDemand{new(e.demand()), new(e.demand())})
+	if two >= 2*e.Total() {
+		t.Fatalf("two in flight: %d MiB, want less than twice one (%d)", two/mb, e.Total()/mb)
+	}
+	g := &memoryGate{budget: two}
+	r1, err := g.acquire(t.Context(), e.demand())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := g.acquire(t.Context(), e.demand()) // fits at once, or this waits for ever
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g.inUse(); got != two {
+		t.Errorf("in use %d MiB, want %d", got/mb, two/mb)
+	}
+	r1()
+	r2()
+	if got := g.inUse(); got != 0 {
+		t.Errorf("in use %d MiB after both released", got/mb)
+	}
+}
+
+// worstMix returns the most that requests es hold at once over every
+// assignment of one stage to each: nothing freed, the text encoding (its
+// arena, and the weights, loaded once), or one of the other freed parts.
+func worstMix(es []MemoryEstimate) int64 {
+	var worst int64
+	var walk func(i int, sum int64, encoding bool)
+	walk = func(i int, sum int64, encoding bool) {
+		if i == len(es) {
+			if encoding {
+				for _, e := range es {
+					if e.freed.has(TextEncoder) {
+						sum += e.TextWeights // loaded once, whoever encodes
+						break
+					}
+				}
+			}
+			worst = max(worst, sum)
+			return
+		}
+		e := es[i]
+		held := e.Buffers
+		var freed []int64
+		for c, n := range map[Component]int64{TextEncoder: e.TextEncoder, UNet: e.UNet, VAEDecoder: e.VAEDecoder, VAEEncoder: e.VAEEncoder} {
+			switch {
+			case !e.freed.has(c):
+				held += n
+			case c != TextEncoder:
+				freed = append(freed, n)
+			}
+		}
+		if !e.freed.has(TextEncoder) {
+			held += e.TextWeights
+		}
+		walk(i+1, sum+held, encoding)
+		if e.freed.has(TextEncoder) {
+			walk(i+1, sum+held+e.TextEncoder, true)
+		}
+		for _, n := range freed {
+			walk(i+1, sum+held+n, encoding)
+		}
+	}
+	walk(0, 0, false)
+	return worst
+}

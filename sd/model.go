@@ -53,7 +53,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Model, error) {
 	if m.p, err = pipeline.New(c, po); err != nil {
 		return nil, errors.Join(err, m.taesd.Close(), f.Close())
 	}
-	m.mem = newMemoryModel(f, cfg.engine.memory)
+	m.mem = newMemoryModel(f, cfg.engine.memory, &cfg.load)
 	return m, nil
 }
 

@@ -30,8 +30,13 @@ type Offload struct {
 	// their weights are not in memory while the UNet and the VAE run.
 	// Each request then pays for opening them (from the rewrite cache:
 	// about a second per GB read). Memory admission counts their weights
-	// in the request's estimate (MemoryEstimate.TextEncoder), since the
-	// budget is taken with them unloaded.
+	// (MemoryEstimate.TextWeights), since the budget is taken with them
+	// unloaded, but only for the text-encoding stage: one request holds
+	// the larger of its encoding (weights and arenas) and its largest
+	// later stage whose memory is freed (the VAE's, and the UNet's when its
+	// arena is off, SessionOptions.MemoryArena), beside what stays held
+	// (the UNet's arena by default); requests in flight share one load of
+	// the weights (memory.go).
 	TextEncoders bool
 }
 

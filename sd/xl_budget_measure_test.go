@@ -27,7 +27,9 @@ import (
 // The options are a comma-separated list: int8 (WithInt8 with its default
 // calibration), int8matmul (Int8.MatMulOnly: no calibration), noencoder
 // (WithoutVAEEncoder), offload (WithOffload of the text encoders), tiled
-// (WithTiledVAE(On, 0); without it admission decides). The memory budget
+// (WithTiledVAE(On, 0); without it admission decides), unetnoarena
+// (the UNet's session without ONNX Runtime's memory arena, so that
+// admission counts its need as freed after each call). The memory budget
 // is the one WithMemoryBudget's default gives in a cgroup of
 // CONTAINER_GIB: 80 % of what is left once the model is loaded. The
 // figures: the peak RSS of loading (VmHWM after Open: a cold int8 open
@@ -68,6 +70,8 @@ func TestBudgetMeasured(t *testing.T) {
 			opts = append(opts, WithOffload(Offload{TextEncoders: true}))
 		case "tiled":
 			opts = append(opts, WithTiledVAE(On, 0))
+		case "unetnoarena":
+			opts = append(opts, WithSessionOptions(UNet, SessionOptions{MemoryArena: Off}))
 		case "":
 		default:
 			t.Fatalf("SDPIPE_BUDGET_OPTIONS: unknown option %q", o)
@@ -93,8 +97,9 @@ func TestBudgetMeasured(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("budget %s: estimate %s (text %s, unet %s, vae %s, buffers %s), VAE tile %d\n", mib(budget), mib(e.Total()),
-		mib(e.TextEncoder), mib(e.UNet), mib(e.VAEDecoder), mib(e.Buffers), e.VAETile)
+	fmt.Printf("budget %s: estimate %s (text %s + weights %s, unet %s, vae %s, buffers %s; sum of the parts %s), VAE tile %d\n",
+		mib(budget), mib(e.Total()), mib(e.TextEncoder), mib(e.TextWeights), mib(e.UNet), mib(e.VAEDecoder), mib(e.Buffers),
+		mib(e.TextEncoder+e.TextWeights+e.UNet+e.VAEDecoder+e.VAEEncoder+e.Buffers), e.VAETile)
 	if err := m.Check(req); err != nil {
 		t.Fatalf("refused on the budget of %.1f GiB: %v", container, err)
 	}
