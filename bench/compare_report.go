@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -294,12 +293,7 @@ func (r *CompareReport) summarize() {
 }
 
 func (r *CompareReport) config(v Variant) *CompareSummary {
-	for i := range r.Configs {
-		if r.Configs[i].Variant == v {
-			return &r.Configs[i]
-		}
-	}
-	return nil
+	return find(r.Configs, func(c *CompareSummary) bool { return c.Variant == v })
 }
 
 // targets are issue 22's, as far as this run measures them.
@@ -330,11 +324,7 @@ func (r *CompareReport) targets() {
 }
 
 // WriteJSON writes the report as indented JSON.
-func (r *CompareReport) WriteJSON(w io.Writer) error {
-	e := json.NewEncoder(w)
-	e.SetIndent("", "  ")
-	return e.Encode(r)
-}
+func (r *CompareReport) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteMarkdown writes the report's tables as Markdown.
 func (r *CompareReport) WriteMarkdown(w io.Writer) error {

@@ -351,9 +351,14 @@ func (r *Report) summarize() {
 }
 
 func (r *Report) mode(m Mode) *ModeSummary {
-	for i := range r.Modes {
-		if r.Modes[i].Mode == m {
-			return &r.Modes[i]
+	return find(r.Modes, func(s *ModeSummary) bool { return s.Mode == m })
+}
+
+// find returns the first element of s that match accepts, or nil.
+func find[T any](s []T, match func(*T) bool) *T {
+	for i := range s {
+		if match(&s[i]) {
+			return &s[i]
 		}
 	}
 	return nil
@@ -390,10 +395,13 @@ func (r *Report) targets() {
 }
 
 // WriteJSON writes the report as indented JSON.
-func (r *Report) WriteJSON(w io.Writer) error {
+func (r *Report) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
+
+// writeJSON writes v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
 	e := json.NewEncoder(w)
 	e.SetIndent("", "  ")
-	return e.Encode(r)
+	return e.Encode(v)
 }
 
 // WriteMarkdown writes the report's tables as Markdown.
