@@ -353,13 +353,7 @@ func (s *KDPM2) Step(mo, sample []float32, i int) error {
 	} else {
 		sigma, interp, next = s.sigmas[k-1], s.interpol[k], s.sigmas[k]
 	}
-	input := sigma
-	if !s.first {
-		input = interp
-	}
-	predX0(s.x0, mo, sample, input, s.p.predictionType)
-	if s.first {
-		s.firstHalf(sample, sigma, interp)
+	if s.evaluate(mo, sample, sigma, interp) {
 		return nil
 	}
 	dt := next - sigma
@@ -371,9 +365,16 @@ func (s *KDPM2) Step(mo, sample []float32, i int) error {
 	return nil
 }
 
-// firstHalf is KDPM2's first-order evaluation: an Euler step from sigma to
-// the interpolated sigma, keeping the sample for the second.
-func (s *KDPM2) firstHalf(sample []float32, sigma, interp float32) {
+// evaluate predicts x0 at the evaluation's input sigma: sigma at the
+// first evaluation of a step, the interpolated sigma at the second. At the
+// first it takes the Euler step from sigma to interp, keeping the sample
+// for the second, and reports true: the call's work is done.
+func (s *KDPM2) evaluate(mo, sample []float32, sigma, interp float32) (first bool) {
+	if !s.first {
+		predX0(s.x0, mo, sample, interp, s.p.predictionType)
+		return false
+	}
+	predX0(s.x0, mo, sample, sigma, s.p.predictionType)
 	dt := interp - sigma
 	for j := range sample {
 		d := (sample[j] - s.x0[j]) / sigma
@@ -381,6 +382,7 @@ func (s *KDPM2) firstHalf(sample []float32, sigma, interp float32) {
 		sample[j] += float32(d * dt)
 	}
 	s.first = false
+	return true
 }
 
 func (s *KDPM2) stepAncestral(mo, sample []float32, k int) error {
@@ -391,13 +393,7 @@ func (s *KDPM2) stepAncestral(mo, sample []float32, k int) error {
 	} else {
 		sigma, interp, up, down = s.sigmas[k-1], s.interpol[k-1], s.up[k-1], s.down[k-1]
 	}
-	input := sigma
-	if !s.first {
-		input = interp
-	}
-	predX0(s.x0, mo, sample, input, s.p.predictionType)
-	if s.first {
-		s.firstHalf(sample, sigma, interp)
+	if s.evaluate(mo, sample, sigma, interp) {
 		return nil
 	}
 	s.noise.Randn(s.rnd)
