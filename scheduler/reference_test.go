@@ -9,39 +9,19 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // tol is the parity tolerance: absolute, or relative to the reference value
 // when that exceeds 1 in magnitude.
 const tol = 1e-5
 
-// sharedDir returns ../shared relative to the module root, or $SDPIPE_SHARED.
-func sharedDir(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("SDPIPE_SHARED"); d != "" {
-		return d
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for d := wd; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return filepath.Join(d, "..", "shared")
-		}
-		if filepath.Dir(d) == d {
-			t.Skip("go.mod not found; cannot locate ../shared")
-		}
-	}
-}
-
+// referenceDir returns ../shared/reference ($SDPIPE_SHARED overrides the
+// shared folder), skipping the test when its schedulers/ folder is absent.
 func referenceDir(t testing.TB) string {
 	t.Helper()
-	d := filepath.Join(sharedDir(t), "reference")
-	if _, err := os.Stat(filepath.Join(d, "schedulers")); err != nil {
-		t.Skipf("reference data not available (%v); set SDPIPE_SHARED", err)
-	}
-	return d
+	return filepath.Join(shareddir.Path(t, "reference/schedulers"), "reference")
 }
 
 type refStep struct {
