@@ -16,13 +16,6 @@ import (
 	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
-// sharedDir returns ../shared beside the module root ($SDPIPE_SHARED
-// overrides), skipping the test when it is absent.
-func sharedDir(t testing.TB) string {
-	t.Helper()
-	return shareddir.Path(t, "")
-}
-
 // refStream is one generator's expected output in rng/randn.json.
 type refStream struct {
 	SHA256  string    `json:"sha256"`
@@ -43,7 +36,7 @@ type refCase struct {
 // when it is absent.
 func loadReference(t testing.TB) []refCase {
 	t.Helper()
-	path := filepath.Join(sharedDir(t), "reference", "rng", "randn.json")
+	path := filepath.Join(shareddir.Path(t, ""), "reference", "rng", "randn.json")
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		t.Skipf("rng: reference data %s absent (set SDPIPE_SHARED or provide ../shared)", path)
