@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // TinyReference is ../shared/reference/tiny-onnx-sd/reference.json: a run of
@@ -52,7 +54,21 @@ type TinyRun struct {
 // is absent.
 func LoadTinyReference(t testing.TB) *TinyReference {
 	t.Helper()
-	path := filepath.Join(SharedDir(t), "reference", "tiny-onnx-sd", "reference.json")
+	return readTinyReference(t, filepath.Join(SharedDir(t), "reference", "tiny-onnx-sd", "reference.json"))
+}
+
+// TinyLoRAReference reads ../shared/reference/tiny-lora/reference-m<mult>.json
+// (diffusers' run of the tiny model with the tiny LoRA at that multiplier,
+// written as "1.0" or "0.5"), or skips the test when it is absent.
+func TinyLoRAReference(t testing.TB, mult string) *TinyReference {
+	t.Helper()
+	return readTinyReference(t, filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "reference-m"+mult+".json"))
+}
+
+// readTinyReference reads a run of diffusers' pipeline on a tiny model in
+// the format of reference.json.
+func readTinyReference(t testing.TB, path string) *TinyReference {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
