@@ -1,7 +1,6 @@
 package ckptrun
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -54,30 +53,6 @@ func open(t *testing.T) setup {
 	return setup{comps: c.Components, loraIn: dir}
 }
 
-// loraReference reads tiny-lora/reference-m<mult>.json.
-func loraReference(t *testing.T, mult string) *testenv.TinyReference {
-	t.Helper()
-	path := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "reference-m"+mult+".json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r testenv.TinyReference
-	var res struct {
-		Results struct {
-			ORT testenv.TinyRun `json:"onnxruntime"`
-		} `json:"results"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatal(err)
-	}
-	r.ORT = res.Results.ORT
-	return &r
-}
-
 func request(ref *testenv.TinyReference) pipeline.Request {
 	return pipeline.Request{Prompt: ref.Call.Prompt, Width: ref.Call.Width, Height: ref.Call.Height, Steps: ref.Call.Steps,
 		GuidanceScale: new(ref.Call.GuidanceScale), Latents: ref.InitialLatents}
@@ -96,7 +71,7 @@ func TestPerRequestLoRA(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	m1, m05, base := loraReference(t, "1.0"), loraReference(t, "0.5"), testenv.LoadTinyReference(t)
+	m1, m05, base := testenv.TinyLoRAReference(t, "1.0"), testenv.TinyLoRAReference(t, "0.5"), testenv.LoadTinyReference(t)
 	tagged := request(m1)
 	tagged.Prompt = "<lora:tiny-lora:1.0>" + tagged.Prompt
 	field := request(m05)
