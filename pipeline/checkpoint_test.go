@@ -1,9 +1,7 @@
 package pipeline
 
 import (
-	"encoding/json"
 	"math"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -108,31 +106,6 @@ func TestParityCheckpoint(t *testing.T) {
 	}
 }
 
-// loraReference reads ../shared/reference/tiny-lora/reference-m<mult>.json,
-// diffusers' run on the model merged with tiny-lora at that multiplier.
-func loraReference(t *testing.T, mult string) *testenv.TinyReference {
-	t.Helper()
-	path := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "reference-m"+mult+".json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r testenv.TinyReference
-	var res struct {
-		Results struct {
-			ORT testenv.TinyRun `json:"onnxruntime"`
-		} `json:"results"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatal(err)
-	}
-	r.ORT = res.Results.ORT
-	return &r
-}
-
 // TestParityLoRAAtOpen merges tiny-lora into the graphs' weights when the
 // checkpoint is built and reproduces diffusers' runs on the merged model at
 // multipliers 1.0 and 0.5 within 1e-4.
@@ -143,7 +116,7 @@ func TestParityLoRAAtOpen(t *testing.T) {
 		m    float32
 	}{{"1.0", 1}, {"0.5", 0.5}} {
 		t.Run("m"+tc.mult, func(t *testing.T) {
-			ref := loraReference(t, tc.mult)
+			ref := testenv.TinyLoRAReference(t, tc.mult)
 			dir := buildTinyCheckpoint(t, "tiny-sd.safetensors", ckpt.LoRASpec{Path: lora, Multiplier: tc.m})
 			text, steps, img := referenceDiffs(t, componentsFrom(t, dir), ref)
 			var worst float64

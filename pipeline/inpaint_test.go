@@ -293,52 +293,7 @@ func TestInpaintSamePixelsUnderBatchingAndConcurrency(t *testing.T) {
 			if c.UNetInChannels == 9 {
 				reqs = append(reqs, Request{Prompt: "a dog", Steps: 4, Seed: 5, Width: 64, Height: 64})
 			}
-			alone, err := New(c, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer alone.Close()
-			want := make([]*Result, len(reqs))
-			for i, r := range reqs {
-				if want[i], err = alone.Generate(t.Context(), r); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for name, o := range map[string]Options{
-				"batched":    {MaxBatch: 8, MaxBatchWait: 200e6},
-				"concurrent": {EncodeWorkers: 2, DenoiseWorkers: 3, DecodeWorkers: 2},
-			} {
-				p, err := New(c, o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := make([]*Result, len(reqs))
-				var wg sync.WaitGroup
-				for i, r := range reqs {
-					wg.Go(func() {
-						var err error
-						if got[i], err = p.Generate(t.Context(), r); err != nil {
-							t.Error(err)
-						}
-					})
-				}
-				wg.Wait()
-				for i := range reqs {
-					if got[i] != nil && !samePixels(got[i].Images[0], want[i].Images[0]) {
-						t.Errorf("%s: request %d: image differs from the same request run alone", name, i)
-					}
-				}
-				if o.MaxBatch > 1 {
-					batched := false
-					for size := range p.Metrics().BatchSizes {
-						batched = batched || size > 2
-					}
-					if !batched {
-						t.Errorf("batch sizes %v: no request shared a UNet call", p.Metrics().BatchSizes)
-					}
-				}
-				p.Close()
-			}
+			checkSameUnderBatching(t, c, reqs, 8)
 		})
 	}
 }

@@ -17,6 +17,16 @@ func TestRealSamePixelsUnderBatchingAndConcurrency(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = Request{Prompt: fmt.Sprintf("a photo of a %d", i), Width: 64, Height: 64, Steps: 6, Seed: int64(100 + i), Scheduler: "Euler a"}
 	}
+	checkSameUnderBatching(t, c, reqs, 4)
+}
+
+// checkSameUnderBatching runs reqs one by one on a pipeline on c, then all
+// at once on a pipeline that batches up to maxBatch images per UNet call
+// (subtest "batched") and on one with several workers per stage
+// ("concurrent"): every request must give the same pixels as alone, and in
+// the batched run some UNet call must hold more than two images.
+func checkSameUnderBatching(t *testing.T, c Components, reqs []Request, maxBatch int) {
+	t.Helper()
 	alone, err := New(c, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +39,7 @@ func TestRealSamePixelsUnderBatchingAndConcurrency(t *testing.T) {
 		}
 	}
 	for name, o := range map[string]Options{
-		"batched":    {MaxBatch: 4, MaxBatchWait: 200e6},
+		"batched":    {MaxBatch: maxBatch, MaxBatchWait: 200e6},
 		"concurrent": {EncodeWorkers: 2, DenoiseWorkers: 3, DecodeWorkers: 2},
 	} {
 		t.Run(name, func(t *testing.T) {
