@@ -93,14 +93,12 @@ func (d *TAESDDecoder) Stats() (calls int64, busy time.Duration) { return d.m.s.
 // [-1, 1], which the caller owns.
 func (d *TAESDDecoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error) {
 	s := latents.Shape()
-	if len(s) != 4 || s[0] <= 0 || s[1] != d.latentCh {
-		return nil, fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, d.latentCh)
+	if err := checkLatents(s, d.latentCh); err != nil {
+		return nil, err
 	}
 	b, h, w := s[0], s[2], s[3]
-	oh, ow := h*Factor, w*Factor
-	out := make([]float32, b*3*oh*ow)
-	if err := d.m.run(ctx, latents.Data().([]float32), b, d.latentCh*h*w, []int64{int64(d.latentCh), int64(h), int64(w)},
-		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
+	out, err := d.m.decode(ctx, latents.Data().([]float32), b, d.latentCh, h, w)
+	if err != nil {
 		return nil, err
 	}
 	if d.rng == Unit {
@@ -108,7 +106,7 @@ func (d *TAESDDecoder) Decode(ctx context.Context, latents *tensor.Dense) (*tens
 			out[i] = 2*v - 1
 		}
 	}
-	return tensor.New(tensor.WithShape(b, 3, oh, ow), tensor.WithBacking(out)), nil
+	return tensor.New(tensor.WithShape(b, 3, h*Factor, w*Factor), tensor.WithBacking(out)), nil
 }
 
 // Close frees the decoder. It waits for calls in flight and is idempotent.
@@ -158,8 +156,8 @@ func (e *TAESDEncoder) LatentChannels() int { return e.latentCh }
 // into [batch, c, H/8, W/8] latents as the UNet takes them.
 func (e *TAESDEncoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error) {
 	s := image.Shape()
-	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
-		return nil, fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
+	if err := checkImage(s); err != nil {
+		return nil, err
 	}
 	b, hp, wp := s[0], s[2], s[3]
 	in := image.Data().([]float32)
@@ -170,13 +168,11 @@ func (e *TAESDEncoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor
 		}
 		in = u
 	}
-	h, w := hp/Factor, wp/Factor
-	n := e.latentCh * h * w
-	out := make([]float32, b*n)
-	if err := e.m.run(ctx, in, b, 3*hp*wp, []int64{3, int64(hp), int64(wp)}, out, n, []int64{int64(e.latentCh), int64(h), int64(w)}); err != nil {
+	out, err := e.m.encode(ctx, in, b, hp, wp, e.latentCh)
+	if err != nil {
 		return nil, err
 	}
-	return tensor.New(tensor.WithShape(b, e.latentCh, h, w), tensor.WithBacking(out)), nil
+	return tensor.New(tensor.WithShape(b, e.latentCh, hp/Factor, wp/Factor), tensor.WithBacking(out)), nil
 }
 
 // Close frees the encoder. It waits for calls in flight and is idempotent.

@@ -167,8 +167,8 @@ func (d *Decoder) DecodeTiled(ctx context.Context, latents *tensor.Dense, tile i
 		return nil, err
 	}
 	s := latents.Shape()
-	if len(s) != 4 || s[0] <= 0 || s[1] != d.latentCh {
-		return nil, fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, d.latentCh)
+	if err := checkLatents(s, d.latentCh); err != nil {
+		return nil, err
 	}
 	b, h, w := s[0], s[2], s[3]
 	out, err := tiled(ctx, latents.Data().([]float32), b, d.latentCh, h, w, 3, latentGeometry(tile), func(ctx context.Context, t []float32, h, w int) ([]float32, error) {
@@ -191,7 +191,7 @@ func (e *Encoder) EncodeTiled(ctx context.Context, image *tensor.Dense, tile int
 		return nil, err
 	}
 	s := image.Shape()
-	if err := e.checkImage(s); err != nil {
+	if err := checkImage(s); err != nil {
 		return nil, err
 	}
 	lg := latentGeometry(tile)

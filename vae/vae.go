@@ -96,6 +96,48 @@ func (m *model) run(ctx context.Context, in []float32, b, inN int, inDims []int6
 	return nil
 }
 
+// decode runs a decoder of latentCh channels on latents [b, latentCh, h,
+// w] and returns its pixels [b, 3, 8h, 8w].
+func (m *model) decode(ctx context.Context, latents []float32, b, latentCh, h, w int) ([]float32, error) {
+	oh, ow := h*Factor, w*Factor
+	out := make([]float32, b*3*oh*ow)
+	if err := m.run(ctx, latents, b, latentCh*h*w, []int64{int64(latentCh), int64(h), int64(w)},
+		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// encode runs an encoder of outCh output channels on pixels [b, 3, hp, wp]
+// and returns its output [b, outCh, hp/8, wp/8].
+func (m *model) encode(ctx context.Context, image []float32, b, hp, wp, outCh int) ([]float32, error) {
+	h, w := hp/Factor, wp/Factor
+	n := outCh * h * w
+	out := make([]float32, b*n)
+	if err := m.run(ctx, image, b, 3*hp*wp, []int64{3, int64(hp), int64(wp)},
+		out, n, []int64{int64(outCh), int64(h), int64(w)}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkLatents checks the shape of latents to decode by a decoder of
+// latentCh channels.
+func checkLatents(s tensor.Shape, latentCh int) error {
+	if len(s) != 4 || s[0] <= 0 || s[1] != latentCh {
+		return fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, latentCh)
+	}
+	return nil
+}
+
+// checkImage checks the shape of an image to encode.
+func checkImage(s tensor.Shape) error {
+	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
+		return fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
+	}
+	return nil
+}
+
 // DecoderSignature is what a VAE decoder's model file declares, read and
 // checked without loading its weights. It is a plain value, safe for
 // concurrent reads.
@@ -181,8 +223,8 @@ func (d *Decoder) Stats() (calls int64, busy time.Duration) { return d.m.s.Stats
 // caller owns. A model whose batch is fixed is called once per item.
 func (d *Decoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.Dense, error) {
 	s := latents.Shape()
-	if len(s) != 4 || s[0] <= 0 || s[1] != d.latentCh {
-		return nil, fmt.Errorf("%w: latents %v, want [batch, %d, h, w]", ErrInput, s, d.latentCh)
+	if err := checkLatents(s, d.latentCh); err != nil {
+		return nil, err
 	}
 	b, h, w := s[0], s[2], s[3]
 	out, err := d.decode(ctx, latents.Data().([]float32), b, h, w)
@@ -194,13 +236,7 @@ func (d *Decoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.De
 
 // decode runs the decoder on latents [b, channels, h, w].
 func (d *Decoder) decode(ctx context.Context, latents []float32, b, h, w int) ([]float32, error) {
-	oh, ow := h*Factor, w*Factor
-	out := make([]float32, b*3*oh*ow)
-	if err := d.m.run(ctx, latents, b, d.latentCh*h*w, []int64{int64(d.latentCh), int64(h), int64(w)},
-		out, 3*oh*ow, []int64{3, int64(oh), int64(ow)}); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return d.m.decode(ctx, latents, b, d.latentCh, h, w)
 }
 
 // WarmUp decodes one image's latents at the warm-up's image size until
@@ -333,7 +369,7 @@ func (e *Encoder) Stats() (calls int64, busy time.Duration) { return e.m.s.Stats
 // a legacy export that samples inside the graph returns its sample.
 func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dense, error) {
 	s := image.Shape()
-	if err := e.checkImage(s); err != nil {
+	if err := checkImage(s); err != nil {
 		return nil, err
 	}
 	b, h, w := s[0], s[2]/Factor, s[3]/Factor
@@ -344,25 +380,10 @@ func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dens
 	return e.latents(out, b, h, w), nil
 }
 
-// checkImage checks the shape of an image to encode.
-func (e *Encoder) checkImage(s tensor.Shape) error {
-	if len(s) != 4 || s[0] <= 0 || s[1] != 3 || s[2]%Factor != 0 || s[3]%Factor != 0 || s[2] == 0 || s[3] == 0 {
-		return fmt.Errorf("%w: image %v, want [batch, 3, H, W] with H and W multiples of %d", ErrInput, s, Factor)
-	}
-	return nil
-}
-
 // encode runs the encoder on pixels [b, 3, hp, wp] and returns its output
 // [b, outCh, hp/8, wp/8].
 func (e *Encoder) encode(ctx context.Context, image []float32, b, hp, wp int) ([]float32, error) {
-	h, w := hp/Factor, wp/Factor
-	n := e.outCh * h * w
-	out := make([]float32, b*n)
-	if err := e.m.run(ctx, image, b, 3*hp*wp, []int64{3, int64(hp), int64(wp)},
-		out, n, []int64{int64(e.outCh), int64(h), int64(w)}); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return e.m.encode(ctx, image, b, hp, wp, e.outCh)
 }
 
 // latents returns the latents of the encoder's output out [b, outCh, h, w]:
