@@ -51,117 +51,110 @@ func Example() {
 
 // Submit returns at once; the progress events arrive on a channel.
 func ExampleModel_Submit() {
-	ctx := context.Background()
-	m, err := openDefault(sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
-	h, err := m.Submit(ctx, sd.Request{Prompt: "a yellow square on a black background", Steps: 10, Seed: 3})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	var last sd.Progress
-	for ev := range h.Progress() {
-		last = ev // a program would draw a progress bar
-	}
-	res, err := h.Wait(ctx)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	// PNDM, the model's scheduler, makes one UNet call more than its steps
-	fmt.Printf("step %d/%d, seed %d\n", last.Step, last.Total, res.Seeds[0])
+	withDefault(func(ctx context.Context, m *sd.Model) error {
+		h, err := m.Submit(ctx, sd.Request{Prompt: "a yellow square on a black background", Steps: 10, Seed: 3})
+		if err != nil {
+			return err
+		}
+		var last sd.Progress
+		for ev := range h.Progress() {
+			last = ev // a program would draw a progress bar
+		}
+		res, err := h.Wait(ctx)
+		if err != nil {
+			return err
+		}
+		// PNDM, the model's scheduler, makes one UNet call more than its steps
+		fmt.Printf("step %d/%d, seed %d\n", last.Step, last.Total, res.Seeds[0])
+		return nil
+	}, sd.WithMode(sd.Throughput), sd.WithBatching(4, 0))
 	// Output: step 11/11, seed 3
 }
 
 // Cancel stops a request within one UNet call; Wait then returns an error
 // matching context.Canceled.
 func ExampleHandle_Cancel() {
-	ctx := context.Background()
-	m, err := openDefault()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
-	h, err := m.Submit(ctx, sd.Request{Prompt: "a green triangle", Steps: 200, Seed: 1})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	<-h.Progress() // the first step is done
-	h.Cancel()
-	_, err = h.Wait(ctx)
-	fmt.Println(errors.Is(err, context.Canceled))
+	withDefault(func(ctx context.Context, m *sd.Model) error {
+		h, err := m.Submit(ctx, sd.Request{Prompt: "a green triangle", Steps: 200, Seed: 1})
+		if err != nil {
+			return err
+		}
+		<-h.Progress() // the first step is done
+		h.Cancel()
+		_, err = h.Wait(ctx)
+		fmt.Println(errors.Is(err, context.Canceled))
+		return nil
+	})
 	// Output: true
 }
 
 // Image-to-image: InitImage is the starting point, Strength how much of it
 // changes.
 func ExampleRequest_img2img() {
-	ctx := context.Background()
-	m, err := openDefault()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
-	first, err := m.Generate(ctx, sd.Request{Prompt: "a blue circle on a white background", Steps: 20, Seed: 2})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	res, err := m.Generate(ctx, sd.Request{
-		Prompt:    "a red circle on a white background",
-		InitImage: first.Images[0], // any image.Image of the request's size
-		Strength:  0.6,             // 60 % of the schedule: 12 of 20 steps
-		Steps:     20,
-		Seed:      2,
+	withDefault(func(ctx context.Context, m *sd.Model) error {
+		first, err := m.Generate(ctx, sd.Request{Prompt: "a blue circle on a white background", Steps: 20, Seed: 2})
+		if err != nil {
+			return err
+		}
+		res, err := m.Generate(ctx, sd.Request{
+			Prompt:    "a red circle on a white background",
+			InitImage: first.Images[0], // any image.Image of the request's size
+			Strength:  0.6,             // 60 % of the schedule: 12 of 20 steps
+			Steps:     20,
+			Seed:      2,
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Println(res.Images[0].Bounds().Size(), res.Metrics.Steps, "UNet calls")
+		return nil
 	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println(res.Images[0].Bounds().Size(), res.Metrics.Steps, "UNet calls")
 	// Output: (64,64) 13 UNet calls
 }
 
 // OnStep sees every step's latents and the text embeddings, as diffusers'
 // callback_on_step_end does.
 func ExampleRequest_onStep() {
-	ctx := context.Background()
-	m, err := openDefault()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
-	var shapes []string
-	_, err = m.Generate(ctx, sd.Request{
-		Prompt: "a white cross on a purple background", Steps: 2, Seed: 5, Scheduler: "Euler",
-		OnStep: func(s sd.Step) {
-			shapes = append(shapes, fmt.Sprintf("step %d/%d at t=%.0f: latents %v, text %v",
-				s.Step, s.Total, s.Timestep, s.Latents.Shape(), s.TextEmbeddings.Shape()))
-		},
+	withDefault(func(ctx context.Context, m *sd.Model) error {
+		var shapes []string
+		_, err := m.Generate(ctx, sd.Request{
+			Prompt: "a white cross on a purple background", Steps: 2, Seed: 5, Scheduler: "Euler",
+			OnStep: func(s sd.Step) {
+				shapes = append(shapes, fmt.Sprintf("step %d/%d at t=%.0f: latents %v, text %v",
+					s.Step, s.Total, s.Timestep, s.Latents.Shape(), s.TextEmbeddings.Shape()))
+			},
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Println(strings.Join(shapes, "\n"))
+		return nil
 	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println(strings.Join(shapes, "\n"))
 	// Output:
 	// step 1/2 at t=501: latents (1, 4, 8, 8), text (2, 77, 64)
 	// step 2/2 at t=1: latents (1, 4, 8, 8), text (2, 77, 64)
 }
 
-// openDefault opens the embedded default model as Example does.
-func openDefault(opts ...sd.Option) (*sd.Model, error) {
+// withDefault opens the embedded default model as Example does, with opts,
+// runs f on it and closes it; it prints the error of either, as Example
+// does.
+func withDefault(f func(ctx context.Context, m *sd.Model) error, opts ...sd.Option) {
+	ctx := context.Background()
+	m, err := openDefault(ctx, opts...)
+	if err == nil {
+		defer m.Close()
+		err = f(ctx, m)
+	}
+	if err != nil {
+		fmt.Println(err)
+	}
+}
+
+// openDefault opens the embedded default model with opts.
+func openDefault(ctx context.Context, opts ...sd.Option) (*sd.Model, error) {
 	dir, err := models.DefaultDir()
 	if err != nil {
 		return nil, err
 	}
-	return sd.Open(context.Background(), dir, opts...)
+	return sd.Open(ctx, dir, opts...)
 }

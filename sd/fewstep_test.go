@@ -3,7 +3,6 @@ package sd_test
 import (
 	"maps"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,20 +54,7 @@ func TestLCMEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	var wg sync.WaitGroup
-	for i, r := range reqs {
-		wg.Go(func() {
-			res, err := b.Generate(t.Context(), r)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), want[i]); d > 1e-5 {
-				t.Errorf("request %d differs by %g batched from alone", i, d)
-			}
-		})
-	}
-	wg.Wait()
+	checkConcurrent(t, b, reqs, want)
 	if got := b.Metrics().BatchSizes; len(got) == 1 && got[1] > 0 {
 		t.Logf("note: the requests never shared a UNet call (%v)", got)
 	}

@@ -141,10 +141,7 @@ func TestOpenFolderGenerated(t *testing.T) {
 			}
 			defer f.Close()
 			c := tt.cfg
-			checks := []struct {
-				name      string
-				got, want int
-			}{
+			checks := []intCheck{
 				{"TextEncoder.HiddenSize", f.TextEncoder.HiddenSize(), c.Text.Hidden},
 				{"UNet.CrossDim", f.UNet.CrossDim(), c.Text.Hidden},
 				{"UNet.InChannels", f.UNet.InChannels(), c.UNet.InChannels},
@@ -154,20 +151,7 @@ func TestOpenFolderGenerated(t *testing.T) {
 				{"TextEncoder.FixedBatch", f.TextEncoder.FixedBatch(), tt.batch},
 				{"UNet.FixedBatch", f.UNet.FixedBatch(), tt.batch},
 			}
-			for _, ch := range checks {
-				if ch.got != ch.want {
-					t.Errorf("%s = %d, want %d", ch.name, ch.got, ch.want)
-				}
-			}
-			if got := f.UNet.TimestepType(); got != tt.tsType {
-				t.Errorf("UNet.TimestepType = %v, want %v", got, tt.tsType)
-			}
-			if got := f.UNet.PerItemTimesteps(); got != tt.perItem {
-				t.Errorf("UNet.PerItemTimesteps = %v, want %v", got, tt.perItem)
-			}
-			if f.ScalingFactor != c.VAE.ScalingFactor {
-				t.Errorf("ScalingFactor = %v, want %v", f.ScalingFactor, c.VAE.ScalingFactor)
-			}
+			checkFolder(t, f, checks, tt.tsType, tt.perItem, c.VAE.ScalingFactor)
 			if f.Scheduler == nil || f.Tokenizer == nil {
 				t.Error("scheduler or tokenizer not loaded")
 			}

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,8 +49,10 @@ func TestSD2VPredictionEndToEnd(t *testing.T) {
 	}
 	schedulers := []string{"", "Euler", "DPM++ 2M Karras", "Euler a", "UniPC", "Heun"}
 	want := make([][]float32, len(schedulers))
+	reqs := make([]sd.Request, len(schedulers))
 	for i, s := range schedulers {
 		r := sd.Request{Prompt: "a red circle", NegativePrompt: "blue", Steps: 4, Seed: 9, Scheduler: s}
+		reqs[i] = r
 		res, err := v.Generate(t.Context(), r)
 		if err != nil {
 			t.Fatalf("%q: %v", s, err)
@@ -75,18 +76,5 @@ func TestSD2VPredictionEndToEnd(t *testing.T) {
 		}
 	}
 	b := open(dir, sd.WithBatching(8, 300*time.Millisecond), sd.WithWorkers(sd.Workers{Encode: 2}))
-	var wg sync.WaitGroup
-	for i, s := range schedulers {
-		wg.Go(func() {
-			res, err := b.Generate(t.Context(), sd.Request{Prompt: "a red circle", NegativePrompt: "blue", Steps: 4, Seed: 9, Scheduler: s})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), want[i]); d > 1e-5 {
-				t.Errorf("%q: differs by %g among concurrent requests", s, d)
-			}
-		})
-	}
-	wg.Wait()
+	checkConcurrent(t, b, reqs, want)
 }

@@ -3,7 +3,6 @@ package sd_test
 import (
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -98,21 +97,7 @@ func TestStepCache(t *testing.T) {
 				"concurrent": {WithWorkers(Workers{Encode: 2, Denoise: 3, Decode: 2})},
 			} {
 				t.Run(name, func(t *testing.T) {
-					m := open(append(opts, WithStepCache(3, 1))...)
-					var wg sync.WaitGroup
-					for i, r := range reqs {
-						wg.Go(func() {
-							res, err := m.Generate(t.Context(), r)
-							if err != nil {
-								t.Error(err)
-								return
-							}
-							if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), want[i]); d > 1e-5 {
-								t.Errorf("request %d differs by %g from the same request alone", i, d)
-							}
-						})
-					}
-					wg.Wait()
+					checkConcurrent(t, open(append(opts, WithStepCache(3, 1))...), reqs, want)
 				})
 			}
 		})

@@ -1,8 +1,6 @@
 package sd_test
 
 import (
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,20 +65,7 @@ func TestXLSamePixelsAloneBatchedConcurrent(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			var wg sync.WaitGroup
-			for i, r := range reqs {
-				wg.Go(func() {
-					res, err := m.Generate(t.Context(), r)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if d := testenv.MaxAbsDiff(res.Pixels.Data().([]float32), want[i]); d > 1e-5 {
-						t.Errorf("request %d (%s) differs by %g from the same request alone", i, fmt.Sprintf("%+v", r.Prompt), d)
-					}
-				})
-			}
-			wg.Wait()
+			checkConcurrent(t, m, reqs, want)
 			if name == "batched" {
 				batched := false
 				for size := range m.Metrics().BatchSizes {

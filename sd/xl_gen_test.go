@@ -87,10 +87,7 @@ func TestOpenFolderXLGenerated(t *testing.T) {
 			if got, want := f.TextEncoder2.Output(), "hidden_states."+strconv.Itoa(cfg.Text2.Layers-1); got != want {
 				t.Errorf("text_encoder_2 output %s, want %s", got, want)
 			}
-			checks := []struct {
-				name      string
-				got, want int
-			}{
+			checks := []intCheck{
 				{"TextEncoder.HiddenSize + TextEncoder2.HiddenSize", f.TextEncoder.HiddenSize() + f.TextEncoder2.HiddenSize(), cfg.UNet.CrossDim},
 				{"UNet.CrossDim", f.UNet.CrossDim(), cfg.UNet.CrossDim},
 				{"UNet.PooledDim", f.UNet.PooledDim(), cfg.Text2.ProjectionDim},
@@ -98,20 +95,7 @@ func TestOpenFolderXLGenerated(t *testing.T) {
 				{"Tokenizer2.Pad", int(f.Tokenizer2.Pad()), 0},
 				{"TextEncoder2.PooledWidth", f.TextEncoder2.PooledWidth(), cfg.Text2.ProjectionDim},
 			}
-			for _, ch := range checks {
-				if ch.got != ch.want {
-					t.Errorf("%s = %d, want %d", ch.name, ch.got, ch.want)
-				}
-			}
-			if got := f.UNet.TimestepType(); got != tt.tsType {
-				t.Errorf("UNet.TimestepType = %v, want %v", got, tt.tsType)
-			}
-			if got := f.UNet.PerItemTimesteps(); got != tt.perItem {
-				t.Errorf("UNet.PerItemTimesteps = %v, want %v", got, tt.perItem)
-			}
-			if f.ScalingFactor != cfg.VAE.ScalingFactor {
-				t.Errorf("ScalingFactor = %v, want %v", f.ScalingFactor, cfg.VAE.ScalingFactor)
-			}
+			checkFolder(t, f, checks, tt.tsType, tt.perItem, cfg.VAE.ScalingFactor)
 			f.Close()
 			m, err := sd.Open(t.Context(), dir)
 			if err != nil {
@@ -221,12 +205,7 @@ func TestOpenFolderXLGeneratedMismatch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := copyDir(t, xlModel(t))
 			tt.brk(t, dir)
-			f, err := sd.OpenFolder(t.Context(), dir)
-			if err == nil {
-				f.Close()
-				t.Fatal("OpenFolder succeeded on a broken folder")
-			}
-			t.Log(err)
+			err := openBroken(t, dir)
 			if !strings.Contains(err.Error(), tt.text) {
 				t.Errorf("error %q does not mention %q", err, tt.text)
 			}
