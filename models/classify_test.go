@@ -184,33 +184,26 @@ func profile(mask []bool, w, x0, y0, x1, y1 int) []float64 {
 		lo := k * n / profileN
 		return lo, max(lo+1, (k+1)*n/profileN)
 	}
-	for k := range profileN {
-		lo, hi := band(bh, k)
+	// sum counts the mask's pixels in [xa, xb) × [ya, yb): whole numbers,
+	// so the order of the additions does not matter
+	sum := func(xa, xb, ya, yb int) float64 {
 		s := 0.0
-		for y := y0 + lo; y < y0+hi; y++ {
-			for x := x0; x <= x1; x++ {
+		for y := ya; y < yb; y++ {
+			for x := xa; x < xb; x++ {
 				s += at(x, y)
 			}
 		}
-		f = append(f, s/float64((hi-lo)*bw))
+		return s
+	}
+	for k := range profileN {
+		lo, hi := band(bh, k)
+		f = append(f, sum(x0, x1+1, y0+lo, y0+hi)/float64((hi-lo)*bw))
 	}
 	for k := range profileN {
 		lo, hi := band(bw, k)
-		s := 0.0
-		for x := x0 + lo; x < x0+hi; x++ {
-			for y := y0; y <= y1; y++ {
-				s += at(x, y)
-			}
-		}
-		f = append(f, s/float64((hi-lo)*bh))
+		f = append(f, sum(x0+lo, x0+hi, y0, y1+1)/float64((hi-lo)*bh))
 	}
-	area := 0.0
-	for y := y0; y <= y1; y++ {
-		for x := x0; x <= x1; x++ {
-			area += at(x, y)
-		}
-	}
-	return append(f, 2*area/float64(bw*bh))
+	return append(f, 2*sum(x0, x1+1, y0, y1+1)/float64(bw*bh))
 }
 
 // templates holds each shape's ideal profile, from a large clean render.

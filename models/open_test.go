@@ -70,6 +70,20 @@ func openComponents(t testing.TB, dir string) pipeline.Components {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { enc.Close() })
+	cfg, scaling := folderConfig(t, dir)
+	if scaling <= 0 {
+		t.Fatalf("vae_decoder/config.json: scaling_factor %v", scaling)
+	}
+	return pipeline.Components{
+		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
+		Scheduler: cfg, ScalingFactor: scaling, UNetTimestepPerItem: un.PerItemTimesteps(),
+	}
+}
+
+// folderConfig reads the scheduler config and the VAE decoder's scaling
+// factor of the model folder dir.
+func folderConfig(t testing.TB, dir string) (*scheduler.Config, float64) {
+	t.Helper()
 	cfg, err := scheduler.LoadConfig(filepath.Join(dir, "scheduler", "scheduler_config.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -80,13 +94,7 @@ func openComponents(t testing.TB, dir string) pipeline.Components {
 	if err := readJSON(filepath.Join(dir, "vae_decoder", "config.json"), &vc); err != nil {
 		t.Fatal(err)
 	}
-	if vc.ScalingFactor <= 0 {
-		t.Fatalf("vae_decoder/config.json: scaling_factor %v", vc.ScalingFactor)
-	}
-	return pipeline.Components{
-		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
-		Scheduler: cfg, ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps(),
-	}
+	return cfg, vc.ScalingFactor
 }
 
 // defaultGuidance is the guidance scale the default model is meant for, as

@@ -15,7 +15,6 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/pipeline"
-	"github.com/sdpipe/sdpipe/scheduler"
 	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/tokenizer"
@@ -126,18 +125,9 @@ func TestStepCacheMeasured(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dec.Close()
-	cfg, err := scheduler.LoadConfig(filepath.Join(dir, "scheduler", "scheduler_config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vc struct {
-		ScalingFactor float64 `json:"scaling_factor"`
-	}
-	if err := readJSON(filepath.Join(dir, "vae_decoder", "config.json"), &vc); err != nil {
-		t.Fatal(err)
-	}
+	cfg, scaling := folderConfig(t, dir)
 	c := pipeline.Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, Scheduler: cfg,
-		ScalingFactor: vc.ScalingFactor, UNetTimestepPerItem: un.PerItemTimesteps()}
+		ScalingFactor: scaling, UNetTimestepPerItem: un.PerItemTimesteps()}
 	cached := make([]*pipeline.Pipeline, len(intervals))
 	for k, n := range intervals {
 		c.UNet = intervalUNet{un, n}
