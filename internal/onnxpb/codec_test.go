@@ -53,8 +53,10 @@ var cmpOpts = cmp.Options{
 	cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Fill" }, cmp.Ignore()),
 }
 
-func TestMarshalRoundTrip(t *testing.T) {
-	m := smallModel()
+// roundTrip encodes m and decodes the encoding, failing the test on an
+// error; it returns the decoded model and the encoding.
+func roundTrip(t *testing.T, m *Model) (*Model, []byte) {
+	t.Helper()
 	b, err := Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +65,12 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return got, b
+}
+
+func TestMarshalRoundTrip(t *testing.T) {
+	m := smallModel()
+	got, _ := roundTrip(t, m)
 	if diff := cmp.Diff(m, got, cmpOpts); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
@@ -79,14 +87,7 @@ func TestMarshalFill(t *testing.T) {
 			}
 		},
 	}}}}
-	b, err := Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, _ := roundTrip(t, m)
 	if calls != 1 || !bytes.Equal(got.Graph.Initializer[0].RawData, []byte{1, 2, 3, 4, 5, 6}) {
 		t.Errorf("Fill called %d times, raw data %v", calls, got.Graph.Initializer[0].RawData)
 	}
@@ -104,16 +105,9 @@ func TestReferenceRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, err := Marshal(m1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m2, b2 := roundTrip(t, m1)
 	if len(b2) != len(b) {
 		t.Logf("re-encoded size %d, original %d", len(b2), len(b))
-	}
-	m2, err := Unmarshal(b2)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if len(m2.Graph.Nodes) != len(m1.Graph.Nodes) || len(m2.Graph.Initializer) != len(m1.Graph.Initializer) {
 		t.Errorf("re-decoded model has %d nodes, %d initializers; want %d, %d",
@@ -186,14 +180,7 @@ func TestUnknownFieldsPreserved(t *testing.T) {
 	// node.doc_string (6) and a graph-valued attribute (g = 6, type GRAPH).
 	m2.Graph.Nodes[0].unknown = appendStringField(nil, 6, "node doc")
 	m2.Graph.Nodes[1].Attribute = append(m2.Graph.Nodes[1].Attribute, &Attribute{Name: "body", Type: AttrGraph, unknown: appendBytesField(nil, 6, appendStringField(nil, fGraphName, "sub"))})
-	b2, err := Marshal(m2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m3, err := Unmarshal(b2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m3, _ := roundTrip(t, m2)
 	b3, _ := Marshal(m3)
 	for _, want := range []string{"model doc", "node doc", "sub"} {
 		if !bytes.Contains(b3, []byte(want)) {
