@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -62,22 +63,10 @@ func TestFtfyDiffers(t *testing.T) {
 	plain, ftfy := realCLIP(t), ftfyCLIP(t)
 	// Without ftfy, BasicTokenizer keeps entities and spaces CJK; with it,
 	// entities decode and CJK runs stay one word.
-	if got, want := ftfy.EncodeUntruncated("&amp;"), plain.EncodeUntruncated("&"); !equalIDs(got, want) {
+	if got, want := ftfy.EncodeUntruncated("&amp;"), plain.EncodeUntruncated("&"); !slices.Equal(got, want) {
 		t.Errorf("ftfy &amp; = %v, want the ids of & %v", got, want)
 	}
-	if a, b := ftfy.EncodeUntruncated("東京"), plain.EncodeUntruncated("東京"); equalIDs(a, b) {
+	if a, b := ftfy.EncodeUntruncated("東京"), plain.EncodeUntruncated("東京"); slices.Equal(a, b) {
 		t.Errorf("CJK tokenized the same with and without ftfy: %v", a)
 	}
-}
-
-func equalIDs(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
