@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -165,7 +166,7 @@ func TestDetectTAESDLayouts(t *testing.T) {
 		if hs[0].Decoder {
 			blocks, want = c.DecoderBlocks, tc.DecoderBlocks
 		}
-		if !equalInts(blocks, want) {
+		if !slices.Equal(blocks, want) {
 			t.Errorf("%s: blocks %v, want %v", p, blocks, want)
 		}
 		for _, ti := range f.Tensors {
@@ -195,23 +196,11 @@ func TestDetectTAESDLayouts(t *testing.T) {
 		t.Fatalf("diffusers layout: %v, %v", hd, err)
 	}
 	for i := range hd {
-		if len(hd[i].Params) != len(hs[i].Params) || !equalInts(hd[i].Config.DecoderBlocks, hs[i].Config.DecoderBlocks) {
+		if len(hd[i].Params) != len(hs[i].Params) || !slices.Equal(hd[i].Config.DecoderBlocks, hs[i].Config.DecoderBlocks) {
 			t.Errorf("diffusers layout half %d: %d params %+v, want %d %+v", i, len(hd[i].Params), hd[i].Config, len(hs[i].Params), hs[i].Config)
 		}
 	}
 	if _, err := ckpt.DetectTAESD([]safetensors.Info{{Name: "model.diffusion_model.input_blocks.0.0.weight", DType: safetensors.F16, Shape: []int64{320, 4, 3, 3}}}); err == nil {
 		t.Error("a UNet key was taken for TAESD")
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

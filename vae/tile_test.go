@@ -44,27 +44,6 @@ func testImage(h, w int) *tensor.Dense {
 	return tensor.New(tensor.WithShape(1, 3, h, w), tensor.WithBacking(d))
 }
 
-// seamDiff returns the max and mean absolute difference of a and b
-// [planes, h, w] inside the tiles and on the seams: the rows and columns
-// of a blended overlap (starts every stride, blend wide, past the first).
-func seamDiff(a, b []float32, planes, h, w, stride, blend int) (interiorMax, interiorMean, seamMax, seamMean float64) {
-	seam := func(v int) bool { return v >= stride && v%stride < blend }
-	var ni, ns int
-	for p := range planes {
-		for y := range h {
-			for x := range w {
-				d := math.Abs(float64(a[(p*h+y)*w+x] - b[(p*h+y)*w+x]))
-				if seam(y) || seam(x) {
-					seamMax, seamMean, ns = max(seamMax, d), seamMean+d, ns+1
-				} else {
-					interiorMax, interiorMean, ni = max(interiorMax, d), interiorMean+d, ni+1
-				}
-			}
-		}
-	}
-	return interiorMax, interiorMean / float64(max(ni, 1)), seamMax, seamMean / float64(max(ns, 1))
-}
-
 // mosaic decodes each tile of latents [1, c, h, w] alone with Decode and
 // puts its first stride×stride output pixels side by side: tiling without
 // the blend, the reference that says how much of a tiled decode's
@@ -169,9 +148,9 @@ func TestDecodeTiled(t *testing.T) {
 				t.Fatalf("tiled shape %v", s)
 			}
 			oh, ow, stride, blend := h*vae.Factor, w*vae.Factor, tile*3/4, tile/4
-			im, imean, sm, smean := seamDiff(tiled.Data().([]float32), plain.Data().([]float32), 3, oh, ow, stride, blend)
+			im, imean, sm, smean := testenv.SeamDiff(tiled.Data().([]float32), plain.Data().([]float32), 3, oh, ow, stride, blend)
 			mos := mosaic(t, dec, lat, tile)
-			mim, mimean, msm, msmean := seamDiff(mos, plain.Data().([]float32), 3, oh, ow, stride, blend)
+			mim, mimean, msm, msmean := testenv.SeamDiff(mos, plain.Data().([]float32), 3, oh, ow, stride, blend)
 			t.Logf("%s: tiled vs untiled %dx%d in %d-pixel tiles: interior max %.3g mean %.3g, seams max %.3g mean %.3g; unblended mosaic: interior max %.3g mean %.3g, seams max %.3g mean %.3g",
 				name, ow, oh, tile, im, imean, sm, smean, mim, mimean, msm, msmean)
 			b := bounds[name]
@@ -181,7 +160,7 @@ func TestDecodeTiled(t *testing.T) {
 			if smean >= msmean {
 				t.Errorf("on the seams the blend (mean %.3g) does not beat tiles decoded alone (%.3g)", smean, msmean)
 			}
-			if d, _, _, _ := seamDiff(tiled.Data().([]float32), mos, 3, oh, ow, stride, blend); d != 0 || mim != im {
+			if d, _, _, _ := testenv.SeamDiff(tiled.Data().([]float32), mos, 3, oh, ow, stride, blend); d != 0 || mim != im {
 				t.Errorf("inside the tiles the tiled decode differs from the tiles decoded alone by %g", d)
 			}
 			// one tile, and less: the plain decode, bit for bit
@@ -240,7 +219,7 @@ func TestEncodeTiled(t *testing.T) {
 		mag += math.Abs(float64(v)) / float64(plain.Size())
 	}
 	lt := tile / vae.Factor
-	im, imean, sm, smean := seamDiff(tiled.Data().([]float32), plain.Data().([]float32), enc.LatentChannels(), h/vae.Factor, w/vae.Factor, lt-lt/4, lt/4)
+	im, imean, sm, smean := testenv.SeamDiff(tiled.Data().([]float32), plain.Data().([]float32), enc.LatentChannels(), h/vae.Factor, w/vae.Factor, lt-lt/4, lt/4)
 	t.Logf("tiled vs untiled encode of %dx%d in %d-pixel tiles (latents of mean magnitude %.3g): interior max %.3g mean %.3g, seams max %.3g mean %.3g", w, h, tile, mag, im, imean, sm, smean)
 	if im > 2.5 || imean > 0.33 || sm > 3.1 || smean > 0.47 {
 		t.Error("tiled encode differs more than the bounds")
