@@ -99,7 +99,7 @@ func TestTiledDecodeMeasured(t *testing.T) {
 		out[mode] = v
 	}
 	lt := tile / vae.Factor
-	im, imean, sm, smean := tileDiff(out["tiled"], out["plain"], 3, size, size, vae.Factor*(lt-lt/4), vae.Factor*(lt/4))
+	im, imean, sm, smean := testenv.SeamDiff(out["tiled"], out["plain"], 3, size, size, vae.Factor*(lt-lt/4), vae.Factor*(lt/4))
 	t.Logf("tiled vs plain %d² in %d-pixel tiles: interior max %.3g mean %.3g, seams max %.3g mean %.3g", size, tile, im, imean, sm, smean)
 	if peak["tiled"] >= peak["plain"] {
 		t.Errorf("the tiled decode peaked %.2f GiB over the loaded model, the plain one %.2f GiB", peak["tiled"]/(1<<30), peak["plain"]/(1<<30))
@@ -159,26 +159,6 @@ func tiledDecodeChild(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	fmt.Printf("tiled-measure: open %g hwm %g estimate %g seconds %g\n", open, hwm, float64(est), secs)
-}
-
-// tileDiff is the max and mean absolute difference of a and b [planes, h,
-// w] inside the tiles and on the seams (the blended rows and columns).
-func tileDiff(a, b []float32, planes, h, w, stride, blend int) (interiorMax, interiorMean, seamMax, seamMean float64) {
-	seam := func(v int) bool { return v >= stride && v%stride < blend }
-	var ni, ns int
-	for p := range planes {
-		for y := range h {
-			for x := range w {
-				d := math.Abs(float64(a[(p*h+y)*w+x] - b[(p*h+y)*w+x]))
-				if seam(y) || seam(x) {
-					seamMax, seamMean, ns = max(seamMax, d), seamMean+d, ns+1
-				} else {
-					interiorMax, interiorMean, ni = max(interiorMax, d), interiorMean+d, ni+1
-				}
-			}
-		}
-	}
-	return interiorMax, interiorMean / float64(max(ni, 1)), seamMax, seamMean / float64(max(ns, 1))
 }
 
 // TestTiledGenerateMeasured measures the peak RSS of a whole one-step
