@@ -30,6 +30,7 @@ type Signature struct {
 	positions int          // rows of the position embedding, or 0
 	all       []ort.IOInfo // every output the model declares
 	pooled    bool         // outs[1] is a pooled embedding (text_embeds)
+	int8      string       // what OpenInt8 quantized, for its int8 model; "" for the original
 }
 
 // ReadSignature reads the model file at path (text_encoder/model.onnx)
@@ -143,11 +144,18 @@ func (s *Signature) exampleInputs() ([]ort.Tensor, error) {
 	return []ort.Tensor{{Shape: []int64{2, int64(seq)}, Data: ids}}, nil
 }
 
-// Open loads the text encoder. The caller must Close the Model.
+// Open loads the text encoder (the int8 one for the Signature of a Model
+// OpenInt8 opened). The caller must Close the Model.
 func (s *Signature) Open(ctx context.Context, o session.Options) (*Model, error) {
+	if s.int8 != "" { // OpenInt8's model: its graph has the rewrites already
+		o.Rewrites = nil
+	}
 	sess, loaded, err := rewrite.Open(ctx, rewrite.Source{Path: s.path, IO: s.io, Inputs: s.exampleInputs}, s.outs, o)
 	if err != nil {
 		return nil, fmt.Errorf("textenc: %w", err)
+	}
+	if s.int8 != "" {
+		loaded.Rewrites = s.int8
 	}
 	return &Model{Signature: s, s: sess, Loaded: loaded}, nil
 }
