@@ -153,7 +153,7 @@ func (f *Folder) load1(ctx context.Context, c Component, lay *layout, cfg *loadC
 	open := func(o session.Options) (err error) {
 		switch sig := lay.sigs[c].(type) {
 		case *textenc.Signature:
-			f.TextEncoder, err = sig.Open(ctx, o)
+			f.TextEncoder, err = cfg.openTextEncoder(ctx, sig, o) // WithInt8 (int8.go)
 		case *unet.Signature:
 			f.UNet, err = f.openUNet(ctx, sig, o, cfg) // WithInt8 (int8.go), WithStepCache (stepcache.go)
 		case *vae.DecoderSignature:

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/session"
+	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/unet"
 )
 
@@ -25,7 +26,8 @@ import (
 // per output channel) with activation ranges calibrated on the model's
 // own run. Attention's activation × activation products, the
 // normalisations, Softmax and the elementwise ops stay float32, and so
-// do the text encoder and the VAE.
+// does the VAE; the text encoder too, unless TextEncoder asks for its
+// MatMuls in int8.
 //
 // Why dynamic for MatMul and calibrated for Conv: ONNX Runtime's fast
 // int8 kernels take uint8 activations and int8 weights. For MatMul one
@@ -60,14 +62,24 @@ type Int8 struct {
 	// Steps is the calibration run's steps (the model's own scheduler);
 	// 0 means 8.
 	Steps int
+	// TextEncoder also quantizes the text encoders' MatMuls (SDXL's
+	// text_encoder_2 too): dynamic, as the UNet's are, so no calibration
+	// (textenc.Signature.OpenInt8). Each is checked against float32 on
+	// its own example input, and one that differs by more than
+	// textenc.Int8's bound makes OpenFolder fail with an error wrapping
+	// textenc.ErrInt8. It cuts the SD 1.5 text encoder's resident weights
+	// by about 250 MB; the UNet is then calibrated on the int8 text
+	// encoder's embeddings.
+	TextEncoder bool
 }
 
-// WithInt8 loads the UNet quantized to int8 (see Int8). A UNet that
-// cannot be quantized (a float16 graph, or one that would differ from
-// float32 by more than unet.Int8.MaxRelError on the check inputs) makes
-// OpenFolder fail with an error wrapping unet.ErrInt8: int8 was asked
-// for, so it is never silently dropped. The load report's Rewrites says
-// what was quantized.
+// WithInt8 loads the UNet quantized to int8 (see Int8), and the text
+// encoders with Int8.TextEncoder. A UNet that cannot be quantized (a
+// float16 graph, or one that would differ from float32 by more than
+// unet.Int8.MaxRelError on the check inputs) makes OpenFolder fail with
+// an error wrapping unet.ErrInt8, a text encoder likewise with
+// textenc.ErrInt8: int8 was asked for, so it is never silently dropped.
+// The load report's Rewrites says what was quantized.
 func WithInt8(q Int8) LoadOption {
 	return func(c *loadConfig) { c.perf.int8 = &q }
 }
@@ -122,6 +134,9 @@ func (q *Int8) calibration(f *Folder) (prompts []string, size, steps int, id str
 		steps = 8
 	}
 	id = fmt.Sprintf("sd calibration v1 size=%d steps=%d seeds=1.. prompts=%q", size, steps, prompts)
+	if q.TextEncoder { // the run's embeddings come from the int8 text encoder
+		id += " text-encoder=int8"
+	}
 	return prompts, size, steps, id
 }
 
@@ -151,6 +166,25 @@ func (f *Folder) openUNet(ctx context.Context, sig *unet.Signature, o session.Op
 		return nil, fmt.Errorf("sd: WithInt8: %w", err)
 	}
 	logInt8(cfg, rep)
+	return m, nil
+}
+
+// openTextEncoder opens a text encoder (SDXL's text_encoder_2 too), int8
+// when the folder opens with WithInt8 and Int8.TextEncoder.
+func (cfg *loadConfig) openTextEncoder(ctx context.Context, sig *textenc.Signature, o session.Options) (*textenc.Model, error) {
+	q := cfg.perf.int8
+	if q == nil || !q.TextEncoder {
+		return sig.Open(ctx, o)
+	}
+	if o.Device != session.CPU {
+		return nil, fmt.Errorf("sd: WithInt8: the text encoder runs on %s; the int8 kernels are ONNX Runtime's CPU ones: %w", o.Device, textenc.ErrInt8)
+	}
+	m, rep, err := sig.OpenInt8(ctx, o, textenc.Int8{})
+	if err != nil {
+		return nil, fmt.Errorf("sd: WithInt8: %w", err)
+	}
+	cfg.logger.Info("sd: text encoder runs in int8", "quantized", rep.Summary, "kept_float32", len(rep.Kept),
+		"check_rel_rms", rep.RelRMS, "cached", rep.Cached)
 	return m, nil
 }
 

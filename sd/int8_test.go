@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
+	"github.com/sdpipe/sdpipe/pipeline"
 	. "github.com/sdpipe/sdpipe/sd"
+	"github.com/sdpipe/sdpipe/textenc"
 	"github.com/sdpipe/sdpipe/unet"
 )
 
@@ -74,6 +76,12 @@ func TestInt8Refusals(t *testing.T) {
 		_, err := OpenFolder(t.Context(), fp16Model(t), WithRewriteCache(t.TempDir()), WithThreads(UNet, 1), WithInt8(Int8{}))
 		if !errors.Is(err, unet.ErrInt8) || !strings.Contains(err.Error(), "float16") {
 			t.Errorf("float16 UNet with int8: %v, want an error wrapping unet.ErrInt8 that names float16", err)
+		}
+	})
+	t.Run("float16 text encoder", func(t *testing.T) {
+		_, err := OpenFolder(t.Context(), fp16Model(t), WithRewriteCache(t.TempDir()), WithThreads(UNet, 1), WithInt8(Int8{TextEncoder: true}))
+		if !errors.Is(err, textenc.ErrInt8) || !strings.Contains(err.Error(), "float16") {
+			t.Errorf("float16 text encoder with int8: %v, want an error wrapping textenc.ErrInt8 that names float16", err)
 		}
 	})
 	t.Run("matmul only", func(t *testing.T) {
@@ -168,6 +176,67 @@ func TestInt8StepCache(t *testing.T) {
 		}
 		if mean > stepCacheBound {
 			t.Errorf("seed %d: interval 3 changed the int8 image by %g on average, bound %g", seed, mean, stepCacheBound)
+		}
+	}
+}
+
+// TestInt8TextReference runs diffusers' reference call (tiny-onnx-sd)
+// with the int8 UNet and the int8 text encoder (Int8.TextEncoder) and
+// checks the image against diffusers' float32 one, and that the load
+// report names the text encoder's quantization.
+func TestInt8TextReference(t *testing.T) {
+	testenv.RequireORT(t)
+	// the largest per-pixel difference to diffusers' float32 image (pixels
+	// in [0, 1]) and the root mean square one allowed
+	const maxTol, rmsTol = 0.15, 0.03 // measured: 0.0860 and 0.0202 (int8 UNet alone: 0.112 and 0.0205)
+	ref := testenv.LoadTinyReference(t)
+	img, m := referenceImage(t, WithThreads(UNet, 1), WithThreads(TextEncoder, 1), WithoutVAEEncoder(),
+		WithInt8(Int8{TextEncoder: true}), WithRewriteCache(t.TempDir()))
+	reps := m.Load().Rewrites
+	if !strings.HasPrefix(reps[TextEncoder], "int8: matmul×30 ") || !strings.HasPrefix(reps[UNet], "int8: ") {
+		t.Errorf("load report: text encoder %q, UNet %q: want both int8", reps[TextEncoder], reps[UNet])
+	}
+	maxd := testenv.MaxAbsDiff(img, ref.ORT.Image)
+	rms := rmsDiff(img, ref.ORT.Image)
+	t.Logf("%s; image vs diffusers: max |Δ| %.4f, RMS %.4f", reps[TextEncoder], maxd, rms)
+	if maxd > maxTol || rms > rmsTol {
+		t.Errorf("int8 image differs from diffusers' by max %.4f, RMS %.4f; want at most %g and %g", maxd, rms, maxTol, rmsTol)
+	}
+}
+
+// TestInt8TextXL quantizes both SDXL text encoders (tiny-sdxl) and checks
+// their concatenated penultimate hidden states and pooled embeddings
+// against diffusers' float32 ones (relative RMS), and that the load
+// report names both quantizations.
+func TestInt8TextXL(t *testing.T) {
+	testenv.RequireORT(t)
+	const relTol = 0.06 // the relative RMS difference allowed; measured: 0.0199 (prompt_embeds), 0.0375 (pooled)
+	dir, runs := xlReference(t)
+	f, err := OpenFolder(t.Context(), dir, WithThreads(UNet, 1), WithThreads(TextEncoder, 1), WithRewriteCache(t.TempDir()),
+		WithInt8(Int8{TextEncoder: true, MatMulOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rep := f.Load().Rewrites[TextEncoder]
+	if !strings.HasPrefix(rep, "int8: matmul×") || !strings.Contains(rep, "text_encoder_2: int8: matmul×") {
+		t.Errorf("text encoder report %q, want both encoders int8", rep)
+	}
+	t.Log(rep)
+	enc := f.Components().TextEncoder.(pipeline.PooledEncoder)
+	for _, run := range runs {
+		ids, want := run.TextInputIDs["prompt"], run.Results.ORT
+		h, p, err := enc.EncodePooled(t.Context(), ids.Tokenizer, ids.Tokenizer2, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Len() != len(want.PromptEmbeds) || p.Len() != len(want.Pooled) {
+			t.Fatalf("%s: %d embeddings and %d pooled, want %d and %d", run.Case, h.Len(), p.Len(), len(want.PromptEmbeds), len(want.Pooled))
+		}
+		rh, rp := relRMS(want.PromptEmbeds, h.Data().([]float32)), relRMS(want.Pooled, p.Data().([]float32))
+		t.Logf("%s: relative RMS error prompt_embeds %.4g, pooled %.4g", run.Case, rh, rp)
+		if rh > relTol || rp > relTol {
+			t.Errorf("%s: int8 prompt embeds differ from diffusers' by %.4g, pooled by %.4g (relative RMS); want at most %g", run.Case, rh, rp, relTol)
 		}
 	}
 }

@@ -321,11 +321,11 @@ func (f *Folder) loadXL(ctx context.Context, lay *layout, cfg *loadConfig) error
 	f.Tokenizer2, f.zeroEmpty = xl.tok, xl.zeroEmpty
 	o := cfg.sessionOptions(TextEncoder)
 	start := time.Now()
-	m, err := xl.te.Open(ctx, o)
+	m, err := cfg.openTextEncoder(ctx, xl.te, o)
 	if _, ok := errors.AsType[*ort.ProviderError](err); ok && cfg.auto(TextEncoder) {
 		cfg.logger.Warn("sd: GPU unavailable, running on the CPU", "component", textEncoder2, "error", err)
 		o.Device, o.ProviderOptions = session.CPU, nil
-		m, err = xl.te.Open(ctx, o)
+		m, err = cfg.openTextEncoder(ctx, xl.te, o)
 	}
 	if err != nil {
 		err = openError(lay.dir, TextEncoder, o.Device, err)
