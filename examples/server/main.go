@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		warmup    = fs.Bool("warmup", true, "warm every model up at start, so the first requests are not slow")
 		rewrites  = fs.Bool("rewrites", true, "rewrite the model graphs for speed at load (verified against the originals; the files are not modified)")
 		int8      = fs.Bool("int8", false, "run the UNet in int8 (sd.WithInt8: MatMuls quantized in the call, convolutions calibrated on the model's example prompts at the first start; opt-in until its quality is shown on the model, see BENCHMARKS.md)")
+		int8Text  = fs.Bool("int8-text", false, "with -int8: also quantize the text encoders' MatMuls (sd.Int8.TextEncoder: dynamic, no calibration, checked against float32 at load)")
 		taesd     = fs.String("taesd", "", "TAESD (madebyollin's tiny autoencoder: a folder or file, ONNX or safetensors) for live previews: /sdapi/v1/progress current_image and the web page show its decode instead of the latent map")
 		previewN  = fs.Int("preview-every", 0, "with -taesd: render a preview every N denoising steps (0 = 5)")
 		lenient   = fs.Bool("lenient", false, "A1111 endpoints: ignore the request fields the server cannot honour (listed as warnings) instead of refusing them with 400")
@@ -138,8 +139,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if *stepCache > 0 {
 		opts = append(opts, sd.WithStepCache(*stepCache, *cacheAt))
 	}
+	if *int8Text && !*int8 {
+		return errors.New("-int8-text needs -int8")
+	}
 	if *int8 {
-		opts = append(opts, sd.WithInt8(sd.Int8{}))
+		opts = append(opts, sd.WithInt8(sd.Int8{TextEncoder: *int8Text}))
 	}
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
 		if *threads > 0 {
