@@ -80,6 +80,11 @@ func (p *Pipeline) cachedPredict(ctx context.Context, sc StepCacheDenoiser, n in
 		}
 		feat := tensor.New(tensor.WithShape(k*len(b.items), s[0], s[1], s[2]), tensor.WithBacking(f))
 		pred, _, err := sc.PredictStep(ctx, sample, []float64{t}, b.cond, b.textEmbeds, b.timeIDs, tc, feat)
+		if err == nil {
+			for _, j := range b.jobs {
+				j.metrics.ShallowSteps++
+			}
+		}
 		return pred, err
 	}
 	pred, deep, err := sc.PredictStep(ctx, sample, []float64{t}, b.cond, b.textEmbeds, b.timeIDs, tc, nil)

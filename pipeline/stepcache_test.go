@@ -90,9 +90,27 @@ func TestStepCacheSchedule(t *testing.T) {
 	for _, n := range []int{1, 3} {
 		u := &fakeCacheUNet{interval: n}
 		p := newCached(u, Options{})
+		// PNDM: 7 steps are 8 UNet calls
+		want := []string{}
+		for i := range 8 {
+			want = append(want, map[bool]string{true: "full", false: "shallow"}[i%n == 0])
+		}
+		shallow := 0
+		for _, k := range want {
+			if k == "shallow" {
+				shallow++
+			}
+		}
 		alone := make([][]float32, len(reqs))
 		for i, r := range reqs {
-			alone[i] = gen(p, r)
+			res, err := p.Generate(t.Context(), r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Metrics.ShallowSteps != shallow {
+				t.Errorf("interval %d, request %d: Metrics.ShallowSteps %d, want %d", n, i, res.Metrics.ShallowSteps, shallow)
+			}
+			alone[i] = res.Pixels.Data().([]float32)
 			same := slices.Equal(alone[i], base[i])
 			if n == 1 && !same {
 				t.Errorf("interval 1, request %d: the image differs from the uncached one", i)
@@ -100,11 +118,6 @@ func TestStepCacheSchedule(t *testing.T) {
 			if n > 1 && same {
 				t.Errorf("interval %d, request %d: the shallow calls changed nothing", n, i)
 			}
-		}
-		// PNDM: 7 steps are 8 UNet calls
-		want := []string{}
-		for i := range 8 {
-			want = append(want, map[bool]string{true: "full", false: "shallow"}[i%n == 0])
 		}
 		for r := range reqs {
 			if got := u.kinds[r*8 : (r+1)*8]; !slices.Equal(got, want) {

@@ -67,7 +67,11 @@ type RequestMetrics struct {
 	DecodeModel  time.Duration // inside the VAE decoder
 	Total        time.Duration // Submit to result
 	Steps        int           // UNet calls made
-	BatchSize    int           // requests that shared the UNet calls
+	// ShallowSteps counts the UNet calls that ran step caching's shallow
+	// model (WithStepCache); 0 without it, and for requests with
+	// per-request LoRAs, which run the full UNet every step.
+	ShallowSteps int
+	BatchSize    int // requests that shared the UNet calls
 }
 
 // ModelTime is the time spent inside model calls.
