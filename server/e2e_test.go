@@ -5,9 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"html"
 	"image/png"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -110,16 +110,6 @@ func TestWebPageChromium(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // openSecondModel opens another instance of the tiny model, for a second
 // replica.
 func openSecondModel(t *testing.T) *sd.Model {
@@ -145,7 +135,7 @@ func TestNginxRoundRobin(t *testing.T) {
 	_, a := newServerOn(t, openModel(t), Config{ReplicaID: "replica-a"})
 	_, b := newServerOn(t, openSecondModel(t), Config{ReplicaID: "replica-b"})
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;" // the workers must reach the temp dir

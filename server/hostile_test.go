@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/models"
 	"github.com/sdpipe/sdpipe/sd"
 )
@@ -104,7 +105,7 @@ func (fakeEngine) Check(sd.Request) error { return nil }
 // error, with absolute model and ONNX Runtime source paths in it. The
 // client now gets a reference; the log gets the error.
 func TestInternalErrorHidesPaths(t *testing.T) {
-	var log syncBuffer
+	var log testenv.SyncBuffer
 	eng := fakeEngine{submit: func(context.Context, sd.Request) (*sd.Handle, error) {
 		return nil, errors.New("ort: /home/alice/models/sd15/unet/model.onnx: /onnxruntime_src/onnxruntime/core/session/inference_session.cc:1234 failed")
 	}}

@@ -178,6 +178,7 @@ func TestJobQueueAndCancel(t *testing.T) {
 	if st.Status != stateQueued || st.QueuePosition < 1 || st.QueuePosition > len(waiting) {
 		t.Errorf("the last queued job's status: %+v (%d queued)", st, len(waiting))
 	}
+	st = jobStatus{}
 	get(t, ts.URL+"/v1/jobs/"+ids[0]).json(t, &st)
 	if st.Status != stateRunning || st.QueuePosition != 0 || st.Started == nil {
 		t.Errorf("the first job's status: %+v", st)
@@ -204,6 +205,10 @@ func TestJobQueueAndCancel(t *testing.T) {
 	wg.Wait()
 	for i, id := range ids {
 		waitFor(t, "the job to stop", func() bool {
+			// a fresh value each time: json.Unmarshal keeps the fields a
+			// body leaves out (finished, cancel_requested), so a reused one
+			// would read the previous job's finish time as this one's
+			st = jobStatus{}
 			get(t, ts.URL+"/v1/jobs/"+id).json(t, &st)
 			return st.Finished != nil
 		})
