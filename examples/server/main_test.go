@@ -5,30 +5,11 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
-
-// syncBuffer is a strings.Builder safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRunGracefulShutdown runs the command, sends it a request, then
 // cancels its context (what SIGTERM does) while the request runs: the
@@ -37,26 +18,12 @@ func TestRunGracefulShutdown(t *testing.T) {
 	testenv.RequireORT(t)
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	var stderr syncBuffer
+	var stderr testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-replica", "r1", "-grace", "20s", "-threads", "1", "-max-steps", "400"}, &stderr)
 	}()
-	re := regexp.MustCompile(`url=(http://127\.0\.0\.1:\d+)`)
-	var base string
-	for deadline := time.Now().Add(30 * time.Second); base == ""; {
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, stderr.String())
-		default:
-		}
-		if m := re.FindStringSubmatch(stderr.String()); m != nil {
-			base = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("no listening line:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	base := listening(t, done, &stderr)
 
 	for i := range 2 {
 		resp, err := http.Post(base+"/sdapi/v1/txt2img", "application/json", strings.NewReader(`{"steps":3}`))
@@ -122,5 +89,26 @@ func TestRunGracefulShutdown(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "msg=stopped err=<nil>") {
 		t.Errorf("log lacks the clean stop:\n%s", stderr.String())
+	}
+}
+
+// listening waits up to 30 seconds for run, started with -addr
+// 127.0.0.1:0, to log the URL it listens on to stderr, and returns it; it
+// fails the test if run returns (on done) first.
+func listening(t *testing.T, done <-chan error, stderr *testenv.SyncBuffer) string {
+	t.Helper()
+	re := regexp.MustCompile(`url=(http://127\.0\.0\.1:\d+)`)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, stderr.String())
+		default:
+		}
+		if m := re.FindStringSubmatch(stderr.String()); m != nil {
+			return m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no listening line:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

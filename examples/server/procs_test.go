@@ -55,16 +55,6 @@ func tool(t *testing.T, pkg, name string) string {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // proc is a child process whose end the test waits for.
 type proc struct {
 	name   string
@@ -146,7 +136,7 @@ func waitHTTP(t *testing.T, p *proc, url string, limit time.Duration) {
 func startNATS(t *testing.T, dir string) string {
 	t.Helper()
 	bin := tool(t, "nats-server", "nats-server")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	conf := filepath.Join(dir, "nats.conf")
 	err := os.WriteFile(conf, fmt.Appendf(nil, "server_name: sdpipe-test\nlisten: 127.0.0.1:%d\nmax_payload: 64MB\njetstream {\n  store_dir: %q\n}\n", port, filepath.Join(dir, "js")), 0o644)
 	if err != nil {
@@ -187,7 +177,7 @@ func startReplica(t *testing.T, dir, id string, port int, flags ...string) *repl
 		t.Fatal(err)
 	}
 	if port == 0 {
-		port = freePort(t)
+		port = testenv.FreePort(t)
 	}
 	args := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-replica", id, "-warmup=false", "-grace", "3s", "-linger", "0s"}, flags...)
 	cmd := exec.Command(exe, args...)
@@ -202,7 +192,7 @@ func startReplica(t *testing.T, dir, id string, port int, flags ...string) *repl
 func startNginx(t *testing.T, dir string, ports []int) string {
 	t.Helper()
 	bin := tool(t, "nginx", "nginx")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;"

@@ -40,7 +40,7 @@ func TestSageMakerContainer(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "serve")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SAGEMAKER_BIND_TO_PORT=%d", port), "SM_MODEL_DIR="+t.TempDir())
-	var stderr syncBuffer
+	var stderr testenv.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
 // These tests run real processes: a nats-server (Debian's), replicas of
@@ -182,7 +184,7 @@ func TestEmbeddedQueueSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Skip("no user cache folder:", err)
 	}
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	data := filepath.Join(cache, "sdpipe", fmt.Sprintf("server-%d", port))
 	if fileExists(data) {
 		t.Skipf("%s exists: a server's default job store, left as it is", data)
@@ -218,7 +220,7 @@ func TestEmbeddedQueueSurvivesRestart(t *testing.T) {
 
 	// a second server on the same folder
 	exe, _ := os.Executable()
-	second := exec.Command(exe, "-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-data", data, "-warmup=false")
+	second := exec.Command(exe, "-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "-data", data, "-warmup=false")
 	second.Env = append(os.Environ(), asMainEnv+"=1")
 	out, err := second.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "folder in use") {
