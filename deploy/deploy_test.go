@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"image/png"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/server/natsqueue"
 )
 
@@ -285,21 +285,11 @@ func podman(t *testing.T, args ...string) ([]byte, error) {
 	return exec.CommandContext(t.Context(), filepath.Join("..", "scripts", "image.sh"), append([]string{"podman"}, args...)...).CombinedOutput()
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestImageServe runs the image as SageMaker does ("serve", port from
 // SAGEMAKER_BIND_TO_PORT) and calls GET /ping and POST /invocations.
 func TestImageServe(t *testing.T) {
 	img := image(t)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	name := fmt.Sprintf("sdpipe-serve-test-%d", os.Getpid())
 	if out, err := podman(t, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
 		"-e", fmt.Sprintf("SAGEMAKER_BIND_TO_PORT=%d", port), img, "serve"); err != nil {
