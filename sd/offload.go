@@ -155,7 +155,12 @@ func (o *offloadText) open(ctx context.Context, sig *textenc.Signature) (*texten
 	return m, nil
 }
 
-// release closes the encoders when the last user is done.
+// release closes the encoders when the last user is done, and hands the
+// C heap's free pages back (int8_trim.go): their weights are tensors of
+// tens of MB, which glibc takes from its heap once its mmap threshold has
+// risen, and keeps resident when freed. Without the trim a second 1024²
+// SDXL request (int8, offload, untiled decode) peaked at 9283 MiB against
+// the first one's 6908, above what admission counted (BENCHMARKS.md).
 func (o *offloadText) release() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -165,6 +170,7 @@ func (o *offloadText) release() error {
 	}
 	err := errors.Join(o.te1.Close(), closeText(o.te2))
 	o.te1, o.te2 = nil, nil
+	trimHeap()
 	return err
 }
 

@@ -22,16 +22,17 @@ import (
 //
 //	SDPIPE_BUDGET_MEASURE=DIR [SDPIPE_BUDGET_SIZE=1024] [SDPIPE_BUDGET_STEPS=2] \
 //	  [SDPIPE_BUDGET_CONTAINER_GIB=8] [SDPIPE_BUDGET_OPTIONS=int8,offload] \
-//	  [SDPIPE_BUDGET_IMAGES=1] go test -run TestBudgetMeasured -v -timeout 60m ./sd
+//	  [SDPIPE_BUDGET_IMAGES=1] [SDPIPE_BUDGET_TILE=512] go test -run TestBudgetMeasured -v -timeout 60m ./sd
 //
 // The options are a comma-separated list: int8 (WithInt8 with its default
 // calibration), int8matmul (Int8.MatMulOnly: no calibration), noencoder
 // (WithoutVAEEncoder), offload (WithOffload of the text encoders), tiled
-// (WithTiledVAE(On, 0); without it admission decides), unetnoarena
-// (the UNet's session without ONNX Runtime's memory arena, so that
-// admission counts its need as freed after each call). The memory budget
-// is the one WithMemoryBudget's default gives in a cgroup of
-// CONTAINER_GIB: 80 % of what is left once the model is loaded. The
+// (WithTiledVAE(On, SDPIPE_BUDGET_TILE), 0 by default: the model's native
+// size, which for SDXL at 1024² is one tile, untiled; without it admission
+// decides), unetnoarena (the UNet's session without ONNX Runtime's memory
+// arena, so that admission counts its need as freed after each call). The
+// memory budget is the one WithMemoryBudget's default gives in a cgroup
+// of CONTAINER_GIB: 80 % of what is left once the model is loaded. The
 // figures: the peak RSS of loading (VmHWM after Open: a cold int8 open
 // calibrates in it), the RSS once loaded, the peak RSS of each stage of
 // each request (sampled every 100 ms), and the whole process's VmHWM.
@@ -69,7 +70,7 @@ func TestBudgetMeasured(t *testing.T) {
 		case "offload":
 			opts = append(opts, WithOffload(Offload{TextEncoders: true}))
 		case "tiled":
-			opts = append(opts, WithTiledVAE(On, 0))
+			opts = append(opts, WithTiledVAE(On, atoi("SDPIPE_BUDGET_TILE", 0)))
 		case "unetnoarena":
 			opts = append(opts, WithSessionOptions(UNet, SessionOptions{MemoryArena: Off}))
 		case "":
