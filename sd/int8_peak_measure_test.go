@@ -25,7 +25,8 @@ import (
 // decode does not fit), $SDPIPE_INT8_TILE tiles the VAE always in tiles
 // of that many pixels, SDPIPE_INT8_UNET_ARENA=off and
 // SDPIPE_INT8_TE_ARENA=off turn the UNet's or the text encoder's memory
-// arena off, $SDPIPE_INT8_CACHE is the rewrite cache. It runs only
+// arena off, SDPIPE_INT8_TEXT=1 quantizes the text encoder too
+// (Int8.TextEncoder), $SDPIPE_INT8_CACHE is the rewrite cache. It runs only
 // when asked: a measurement (BENCHMARKS.md, int8 UNet); it checks nothing
 // but that the image is made.
 func TestInt8PeakMeasured(t *testing.T) {
@@ -36,7 +37,7 @@ func TestInt8PeakMeasured(t *testing.T) {
 	testenv.RequireORT(t)
 	size := envInt(t, "SDPIPE_INT8_SIZE", 512)
 	steps := envInt(t, "SDPIPE_INT8_STEPS", 2)
-	opts := []Option{WithInt8(Int8{}), WithoutVAEEncoder()}
+	opts := []Option{WithInt8(Int8{TextEncoder: os.Getenv("SDPIPE_INT8_TEXT") == "1"}), WithoutVAEEncoder()}
 	if c := os.Getenv("SDPIPE_INT8_CACHE"); c != "" {
 		opts = append(opts, WithRewriteCache(c))
 	}
@@ -73,6 +74,9 @@ func TestInt8PeakMeasured(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	t.Logf("open: %.1f s, UNet %s; resident %.2f GiB (Go heap in use %d MiB), peak %.2f GiB", time.Since(start).Seconds(),
 		m.Load().Rewrites[UNet], gib("VmRSS"), ms.HeapInuse>>20, openPeak)
+	if r := m.Load().Rewrites[TextEncoder]; r != "" {
+		t.Logf("text encoder: %s", r)
+	}
 	if os.Getenv("SDPIPE_INT8_TRIM") != "" {
 		ok := TrimHeap()
 		t.Logf("malloc_trim (%v): resident %.2f GiB", ok, gib("VmRSS"))
