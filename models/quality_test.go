@@ -270,8 +270,9 @@ func TestQualitySweep(t *testing.T) {
 // (sd.WithInt8: calibrated on the model's example prompts, not on the
 // grid) against float32, and fails when int8 loses more than 3 points of
 // colour, background, shape or all-three accuracy on any scheduler. The
-// grid is 100 prompts (SDPIPE_QUALITY_N), so that one image is one point.
-// It takes about 80 s on 2 cores; -short skips it.
+// grid is 100 prompts (SDPIPE_QUALITY_N), so that one image is one point;
+// SDPIPE_QUALITY_INT8_TEXT=1 quantizes the text encoder too
+// (sd.Int8.TextEncoder). It takes about 80 s on 2 cores; -short skips it.
 func TestQualityInt8(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: 800 images")
@@ -294,12 +295,13 @@ func TestQualityInt8(t *testing.T) {
 	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder} {
 		opts = append(opts, sd.WithThreads(c, 1))
 	}
-	f, err := sd.OpenFolder(t.Context(), dir, append(opts, sd.WithInt8(sd.Int8{}), sd.WithRewriteCache(t.TempDir()), sd.WithoutVAEEncoder())...)
+	q := sd.Int8{TextEncoder: os.Getenv("SDPIPE_QUALITY_INT8_TEXT") == "1"}
+	f, err := sd.OpenFolder(t.Context(), dir, append(opts, sd.WithInt8(q), sd.WithRewriteCache(t.TempDir()), sd.WithoutVAEEncoder())...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	t.Logf("UNet: %s", f.Load().Rewrites[sd.UNet])
+	t.Logf("UNet: %s; text encoder: %q", f.Load().Rewrites[sd.UNet], f.Load().Rewrites[sd.TextEncoder])
 	int8, err := pipeline.New(f.Components(), pipeline.Options{})
 	if err != nil {
 		t.Fatal(err)
