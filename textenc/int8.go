@@ -81,24 +81,15 @@ func (s *Signature) OpenInt8(ctx context.Context, o session.Options, q Int8) (*M
 	if o.RewriteCache == "" {
 		return nil, rep, fmt.Errorf("%w: no rewrite cache to keep the int8 model in", ErrInt8)
 	}
-	var rs []rewrite.Rewrite
-	for _, name := range o.Rewrites {
-		r, err := rewrite.Parse(name)
-		if err != nil {
-			return nil, rep, fmt.Errorf("textenc: %w", err)
-		}
-		rs = append(rs, r...)
+	plan, err := rewrite.Int8Plan(o.Rewrites, rewrite.QuantizeOptions{MatMul: true, MinReduction: int8MinReduction})
+	if err != nil {
+		return nil, rep, fmt.Errorf("textenc: %w", err)
 	}
-	qo := rewrite.QuantizeOptions{MatMul: true, MinReduction: int8MinReduction}
-	built, err := rewrite.Build(s.path, rewrite.Plan{Rewrites: rs, Int8: &qo}, o.RewriteCache)
+	built, err := rewrite.Build(s.path, plan, o.RewriteCache)
 	if err != nil {
 		return nil, rep, fmt.Errorf("%w: %v", ErrInt8, err)
 	}
-	rep.Cached, rep.Kept = built.Cached, built.Int8.Kept
-	rep.Summary = built.Int8.String()
-	if built.Rewrites.Changed() {
-		rep.Summary += "; " + built.Rewrites.String()
-	}
+	rep.Cached, rep.Kept, rep.Summary = built.Cached, built.Int8.Kept, built.Summary()
 	if !built.Int8.Changed() {
 		return nil, rep, fmt.Errorf("%w: %s: no layer could be quantized (%d kept in float32)", ErrInt8, s.path, len(built.Int8.Kept))
 	}

@@ -157,16 +157,11 @@ func (m *Signature) openInt8(ctx context.Context, o session.Options, q Int8, cal
 	if o.RewriteCache == "" {
 		return nil, rep, fmt.Errorf("%w: no rewrite cache to keep the int8 model in", ErrInt8)
 	}
-	var rs []rewrite.Rewrite
-	for _, name := range o.Rewrites {
-		r, err := rewrite.Parse(name)
-		if err != nil {
-			return nil, rep, fmt.Errorf("unet: %w", err)
-		}
-		rs = append(rs, r...)
+	plan, err := rewrite.Int8Plan(o.Rewrites, rewrite.QuantizeOptions{MatMul: true, Conv: q.Conv, StaticOnly: true})
+	if err != nil {
+		return nil, rep, fmt.Errorf("unet: %w", err)
 	}
 	log := cmp.Or(o.Logger, slog.New(slog.DiscardHandler))
-	qo := rewrite.QuantizeOptions{MatMul: true, Conv: q.Conv, StaticOnly: true}
 	if q.Conv {
 		ranges, ok := rewrite.CachedRanges(m.path, q.CalibrationID, o.RewriteCache)
 		if !ok {
@@ -182,9 +177,8 @@ func (m *Signature) openInt8(ctx context.Context, o session.Options, q Int8, cal
 				log.Warn("unet: int8: calibration ranges not cached", "error", err)
 			}
 		}
-		qo.Ranges = rewrite.WidenRanges(ranges, q.margin())
+		plan.Int8.Ranges = rewrite.WidenRanges(ranges, q.margin())
 	}
-	plan := rewrite.Plan{Rewrites: rs, Int8: &qo}
 	if sc != nil {
 		plan.StepCache = sc.Branch
 	}
@@ -192,11 +186,7 @@ func (m *Signature) openInt8(ctx context.Context, o session.Options, q Int8, cal
 	if err != nil {
 		return nil, rep, fmt.Errorf("%w: %v", ErrInt8, err)
 	}
-	rep.Cached, rep.Kept = built.Cached, built.Int8.Kept
-	rep.Summary = built.Int8.String()
-	if built.Rewrites.Changed() {
-		rep.Summary += "; " + built.Rewrites.String()
-	}
+	rep.Cached, rep.Kept, rep.Summary = built.Cached, built.Int8.Kept, built.Summary()
 	if sc != nil {
 		rep.Summary += "; " + built.Split.String()
 	}

@@ -27,6 +27,20 @@ type Plan struct {
 	StepCache int
 }
 
+// Int8Plan is the plan of a component's int8 build: the graph rewrites
+// names gives (as session.Options.Rewrites spells them), then q.
+func Int8Plan(names []string, q QuantizeOptions) (Plan, error) {
+	p := Plan{Int8: &q}
+	for _, name := range names {
+		r, err := Parse(name)
+		if err != nil {
+			return Plan{}, err
+		}
+		p.Rewrites = append(p.Rewrites, r...)
+	}
+	return p, nil
+}
+
 func (p Plan) key() string {
 	k := fmt.Sprintf("build v1 step-cache=%d", p.StepCache)
 	if p.Int8 != nil {
@@ -58,6 +72,16 @@ type Built struct {
 	Elapsed time.Duration
 
 	dir string
+}
+
+// Summary says what the build quantized and, when any applied, which
+// graph rewrites, for a load report ("int8: …; baddbmm×… …").
+func (r *Built) Summary() string {
+	s := r.Int8.String()
+	if r.Rewrites.Changed() {
+		s += "; " + r.Rewrites.String()
+	}
+	return s
 }
 
 // Changed reports whether the model differs from Source.
