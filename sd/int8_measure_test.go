@@ -109,7 +109,7 @@ func TestInt8Measured(t *testing.T) {
 		if err != nil || err2 != nil {
 			return nil, errors.Join(err, err2)
 		}
-		rel = append(rel, relRMS(a.Data().([]float32), b.Data().([]float32)))
+		rel = append(rel, testenv.RelRMS(a.Data().([]float32), b.Data().([]float32)))
 		return a, nil
 	})
 	p := newPipeline(t, c)
@@ -174,16 +174,6 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: want a positive integer", name, v)
 	}
 	return n
-}
-
-func relRMS(ref, got []float32) float64 {
-	var num, den float64
-	for i := range ref {
-		d := float64(ref[i]) - float64(got[i])
-		num += d * d
-		den += float64(ref[i]) * float64(ref[i])
-	}
-	return math.Sqrt(num / den)
 }
 
 // psnr of got against ref, pixels in [0, 1].

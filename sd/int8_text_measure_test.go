@@ -77,7 +77,7 @@ func TestInt8TextMeasured(t *testing.T) {
 				break
 			}
 		}
-		all, last := relRMS(want, got), relRMS(want[eos*hidden:(eos+1)*hidden], got[eos*hidden:(eos+1)*hidden])
+		all, last := testenv.RelRMS(want, got), testenv.RelRMS(want[eos*hidden:(eos+1)*hidden], got[eos*hidden:(eos+1)*hidden])
 		t.Logf("%q: relative RMS error: hidden states %.4f, EOS token %.4f; encode %v float32, %v int8", p, all, last,
 			tf.Round(time.Millisecond), tq.Round(time.Millisecond))
 		if !(all < 1) {

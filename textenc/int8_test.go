@@ -2,7 +2,6 @@ package textenc_test
 
 import (
 	"errors"
-	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,7 +55,7 @@ func TestOpenInt8(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rel := relRMS(got.Data().([]float32), want)
+		rel := testenv.RelRMS(want, got.Data().([]float32))
 		t.Logf("hidden states vs diffusers: relative RMS %.4g", rel)
 		if rel > relTol {
 			t.Errorf("int8 hidden states differ from diffusers' by %.4g (relative RMS), want at most %g", rel, relTol)
@@ -78,17 +77,4 @@ func TestOpenInt8(t *testing.T) {
 	if _, _, err := sig.OpenInt8(t.Context(), o, textenc.Int8{MaxRelError: 1e-9}); !errors.Is(err, textenc.ErrInt8) || !strings.Contains(err.Error(), "relative RMS") {
 		t.Errorf("int8 with a bound it cannot meet: %v, want ErrInt8 naming the relative RMS", err)
 	}
-}
-
-func relRMS(got, want []float32) float64 {
-	if len(got) != len(want) || len(want) == 0 {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i := range want {
-		d := float64(got[i]) - float64(want[i])
-		num += d * d
-		den += float64(want[i]) * float64(want[i])
-	}
-	return math.Sqrt(num / den)
 }

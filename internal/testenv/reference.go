@@ -89,6 +89,21 @@ func readTinyReference(t testing.TB, path string) *TinyReference {
 	return &r
 }
 
+// RelRMS returns the root mean square of got - ref over that of ref, or
+// +Inf when the lengths differ or either is empty.
+func RelRMS(ref, got []float32) float64 {
+	if len(ref) != len(got) || len(ref) == 0 {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for i := range ref {
+		d := float64(ref[i]) - float64(got[i])
+		num += d * d
+		den += float64(ref[i]) * float64(ref[i])
+	}
+	return math.Sqrt(num / den)
+}
+
 // MaxAbsDiff returns the largest |a[i]-b[i]|, or +Inf when the lengths
 // differ or a value is NaN.
 func MaxAbsDiff(a, b []float32) float64 {
