@@ -26,7 +26,8 @@ import (
 // of that many pixels, SDPIPE_INT8_UNET_ARENA=off and
 // SDPIPE_INT8_TE_ARENA=off turn the UNet's or the text encoder's memory
 // arena off, SDPIPE_INT8_TEXT=1 quantizes the text encoder too
-// (Int8.TextEncoder), $SDPIPE_INT8_CACHE is the rewrite cache. It runs only
+// (Int8.TextEncoder), SDPIPE_INT8_OFFLOAD=1 loads the text encoder per
+// request (WithOffload), $SDPIPE_INT8_CACHE is the rewrite cache. It runs only
 // when asked: a measurement (BENCHMARKS.md, int8 UNet); it checks nothing
 // but that the image is made.
 func TestInt8PeakMeasured(t *testing.T) {
@@ -53,6 +54,9 @@ func TestInt8PeakMeasured(t *testing.T) {
 	}
 	if os.Getenv("SDPIPE_INT8_TE_ARENA") == "off" {
 		opts = append(opts, WithSessionOptions(TextEncoder, SessionOptions{MemoryArena: Off, MemoryPattern: Off}))
+	}
+	if os.Getenv("SDPIPE_INT8_OFFLOAD") != "" {
+		opts = append(opts, WithOffload(Offload{TextEncoders: true}))
 	}
 	if tile := os.Getenv("SDPIPE_INT8_TILE"); tile != "" {
 		n, err := strconv.Atoi(tile)
