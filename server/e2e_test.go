@@ -136,37 +136,8 @@ func TestNginxRoundRobin(t *testing.T) {
 	_, b := newServerOn(t, openSecondModel(t), Config{ReplicaID: "replica-b"})
 	dir := t.TempDir()
 	port := testenv.FreePort(t)
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;" // the workers must reach the temp dir
-	}
-	conf := fmt.Sprintf(`%s
-worker_processes 1;
-daemon off;
-pid %[2]s/nginx.pid;
-error_log %[2]s/error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path %[2]s/body;
-  proxy_temp_path %[2]s/proxy;
-  fastcgi_temp_path %[2]s/fastcgi;
-  uwsgi_temp_path %[2]s/uwsgi;
-  scgi_temp_path %[2]s/scgi;
-  upstream sdpipe { server %[3]s; server %[4]s; }
-  server {
-    listen 127.0.0.1:%[5]d;
-    client_max_body_size 16m;
-    location / {
-      proxy_pass http://sdpipe;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_read_timeout 120s;
-      proxy_next_upstream off; # never send a generation twice
-    }
-  }
-}
-`, user, dir, strings.TrimPrefix(a.URL, "http://"), strings.TrimPrefix(b.URL, "http://"), port)
+	upstream := fmt.Sprintf("server %s; server %s;", strings.TrimPrefix(a.URL, "http://"), strings.TrimPrefix(b.URL, "http://"))
+	conf := testenv.NginxConf(dir, "error.log", port, upstream, "proxy_next_upstream off; # never send a generation twice")
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
