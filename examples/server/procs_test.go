@@ -193,41 +193,11 @@ func startNginx(t *testing.T, dir string, ports []int) string {
 	t.Helper()
 	bin := tool(t, "nginx", "nginx")
 	port := testenv.FreePort(t)
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;"
-	}
 	var up strings.Builder
 	for _, p := range ports {
 		fmt.Fprintf(&up, "server 127.0.0.1:%d max_fails=1 fail_timeout=2s; ", p)
 	}
-	conf := fmt.Sprintf(`%s
-worker_processes 1;
-daemon off;
-pid %[2]s/nginx.pid;
-error_log %[2]s/nginx-error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path %[2]s/body;
-  proxy_temp_path %[2]s/proxy;
-  fastcgi_temp_path %[2]s/fastcgi;
-  uwsgi_temp_path %[2]s/uwsgi;
-  scgi_temp_path %[2]s/scgi;
-  upstream sdpipe { %[3]s}
-  server {
-    listen 127.0.0.1:%[4]d;
-    client_max_body_size 16m;
-    location / {
-      proxy_pass http://sdpipe;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_read_timeout 120s;
-      proxy_connect_timeout 2s;
-    }
-  }
-}
-`, user, dir, up.String(), port)
+	conf := testenv.NginxConf(dir, "nginx-error.log", port, up.String(), "proxy_connect_timeout 2s;")
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
