@@ -127,16 +127,8 @@ func openModel(t *testing.T, name string, m *onnxpb.Model, extDir string) *ort.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ort.OpenData(t.Context(), name, data, extDir, ioInfos(m.Graph.Input), ioInfos(m.Graph.Output), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
+	s, err := ort.OpenData(t.Context(), name, data, extDir, ioInfos(m.Graph.Input), ioInfos(m.Graph.Output), testSessionOptions)
+	return closedAtEnd(t, s, err)
 }
 
 // run runs s and returns its float32 outputs.

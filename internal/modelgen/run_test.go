@@ -19,16 +19,8 @@ func openComponent(t *testing.T, dir, component string) *ort.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ort.Open(t.Context(), path, ioInfos(io.Inputs), ioInfos(io.Outputs), ort.Options{IntraOpThreads: 1, InterOpThreads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
+	s, err := ort.Open(t.Context(), path, ioInfos(io.Inputs), ioInfos(io.Outputs), testSessionOptions)
+	return closedAtEnd(t, s, err)
 }
 
 // stats returns the mean absolute value and the standard deviation of x,
