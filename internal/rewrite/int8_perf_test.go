@@ -14,6 +14,7 @@ import (
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/rewrite"
+	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
 // TestPerfInt8UNet times UNet calls of $SD_MODEL_DIR at $PERF_SIZE (512)
@@ -58,7 +59,7 @@ func TestPerfInt8UNet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			values := rewrite.ConvValues(readModel(t, fp.Path))
+			values := rewrite.ConvValues(testenv.ReadModel(t, fp.Path))
 			ranges, err := rewrite.Calibrate(t.Context(), fp.Path, values, [][]ort.Tensor{unetInputs(256)}, ort.Options{})
 			if err != nil {
 				t.Fatal(err)

@@ -66,7 +66,7 @@ func gaussian(r *rand.Rand, shape ...int64) ort.Tensor {
 // writeQuantized quantizes the model at src and writes it to dir.
 func writeQuantized(t *testing.T, src, dir string, o rewrite.QuantizeOptions) (string, rewrite.QuantizeReport) {
 	t.Helper()
-	m := readModel(t, src)
+	m := testenv.ReadModel(t, src)
 	q, err := rewrite.Quantize(m, filepath.Dir(src), o)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func TestQuantizeLayers(t *testing.T) {
 	check := feeds[0]
 	o := ort.Options{IntraOpThreads: 1}
 
-	m := readModel(t, src)
+	m := testenv.ReadModel(t, src)
 	values := rewrite.ConvValues(m)
 	if len(values) != 4 {
 		t.Fatalf("ConvValues = %v, want the inputs and outputs of the 2 Convs", values)
@@ -118,7 +118,7 @@ func TestQuantizeLayers(t *testing.T) {
 			if rep.MatMul != 1 || rep.Gemm != 1 || rep.BiasFused != 1 || rep.ConvStat != tc.static || rep.ConvDyn != 2-tc.static {
 				t.Errorf("report %+v: want 1 MatMul (bias folded), 1 Gemm, %d calibrated and %d dynamic Convs", rep, tc.static, 2-tc.static)
 			}
-			q := readModel(t, path)
+			q := testenv.ReadModel(t, path)
 			if n := count(q, "Conv") + count(q, "Gemm"); n != 0 {
 				t.Errorf("%d float Conv/Gemm nodes left", n)
 			}
@@ -257,7 +257,7 @@ func TestBuildInt8(t *testing.T) {
 // that has them.
 func TestQuantizeStaticOnly(t *testing.T) {
 	src := layerModel(t, t.TempDir())
-	values := rewrite.ConvValues(readModel(t, src))
+	values := rewrite.ConvValues(testenv.ReadModel(t, src))
 	if len(values) < 3 {
 		t.Fatalf("conv values %v", values)
 	}

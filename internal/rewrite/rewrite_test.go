@@ -19,19 +19,6 @@ import (
 // tol is the largest output change a rewrite may cause (issue 11).
 const tol = 1e-4
 
-func readModel(t *testing.T, path string) *onnxpb.Model {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := onnxpb.Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 func count(m *onnxpb.Model, op string) int {
 	n := 0
 	for _, x := range m.Graph.Nodes {
@@ -100,8 +87,8 @@ func TestBaddbmmReference(t *testing.T) {
 	} {
 		t.Run(tc.component+"/"+string(tc.rs[len(tc.rs)-1]), func(t *testing.T) {
 			src := filepath.Join(dir, tc.component, "model.onnx")
-			orig := readModel(t, src)
-			m := readModel(t, src)
+			orig := testenv.ReadModel(t, src)
+			m := testenv.ReadModel(t, src)
 			rep, err := rewrite.Apply(m, tc.rs...)
 			if err != nil {
 				t.Fatal(err)
@@ -322,7 +309,7 @@ func mathFloat32bits(f float32) uint32 { return math.Float32bits(f) }
 func TestVerifyDetects(t *testing.T) {
 	testenv.RequireORT(t)
 	src := filepath.Join(testenv.TinyReferenceModel(t), "unet", "model.onnx")
-	m := readModel(t, src)
+	m := testenv.ReadModel(t, src)
 	changed := 0
 	for _, n := range m.Graph.Nodes {
 		if n.OpType == "Softmax" {

@@ -47,10 +47,10 @@ func TestStepCacheSplit(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			in := randomInputs(t, src)
 			want := runModel(t, src, in)[0].Data.([]float32)
-			m := readModel(t, src)
+			m := testenv.ReadModel(t, src)
 			if _, _, rep, err := rewrite.SplitDeep(m, 1); err != nil || rep.Branches < 2 {
 				t.Fatalf("split: %v, %v", rep, err)
-			} else if _, _, _, err := rewrite.SplitDeep(readModel(t, src), rep.Branches+1); err == nil {
+			} else if _, _, _, err := rewrite.SplitDeep(testenv.ReadModel(t, src), rep.Branches+1); err == nil {
 				t.Errorf("branch %d of %d accepted", rep.Branches+1, rep.Branches)
 			}
 			cache := t.TempDir()
@@ -93,7 +93,7 @@ func TestStepCacheSplit(t *testing.T) {
 		})
 	}
 	// a graph without skip connections is refused
-	m := readModel(t, filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"))
+	m := testenv.ReadModel(t, filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"))
 	if _, _, _, err := rewrite.SplitDeep(m, 1); !errors.Is(err, rewrite.ErrNoSkips) {
 		t.Errorf("VAE decoder split: %v, want ErrNoSkips", err)
 	}
