@@ -185,14 +185,7 @@ func TestSDXLFolder(t *testing.T) {
 // → "down_blocks.1.….to_q.weight").
 func onnxStateDict(t *testing.T, path string) map[string]*onnxpb.Tensor {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := onnxpb.Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := testenv.ReadModel(t, path)
 	inits := map[string]*onnxpb.Tensor{}
 	for _, in := range m.Graph.Initializer {
 		if in.DataType != onnxpb.Float {
