@@ -52,14 +52,7 @@ func TestBuildFolder(t *testing.T) {
 	st, _ := os.Stat(filepath.Join(tinyDir(t), "tiny-sd.safetensors"))
 	var external, inline int64
 	for _, c := range []string{"text_encoder", "unet", "vae_decoder", "vae_encoder"} {
-		data, err := os.ReadFile(filepath.Join(b.Dir, c, "model.onnx"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := onnxpb.Unmarshal(data)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := testenv.ReadModel(t, filepath.Join(b.Dir, c, "model.onnx"))
 		for _, in := range m.Graph.Initializer {
 			if loc, _, n, ok := in.ExternalRange(); ok {
 				switch {
