@@ -182,16 +182,18 @@ func TestInt8StepCache(t *testing.T) {
 
 // TestInt8TextReference runs diffusers' reference call (tiny-onnx-sd)
 // with the int8 UNet and the int8 text encoder (Int8.TextEncoder) and
-// checks the image against diffusers' float32 one, and that the load
-// report names the text encoder's quantization.
+// checks the image against diffusers' float32 one, that the load report
+// names the text encoder's quantization, and that with the text encoder
+// offloaded (reopened per request) the image is the same.
 func TestInt8TextReference(t *testing.T) {
 	testenv.RequireORT(t)
 	// the largest per-pixel difference to diffusers' float32 image (pixels
 	// in [0, 1]) and the root mean square one allowed
 	const maxTol, rmsTol = 0.15, 0.03 // measured: 0.0860 and 0.0202 (int8 UNet alone: 0.112 and 0.0205)
 	ref := testenv.LoadTinyReference(t)
-	img, m := referenceImage(t, WithThreads(UNet, 1), WithThreads(TextEncoder, 1), WithoutVAEEncoder(),
-		WithInt8(Int8{TextEncoder: true}), WithRewriteCache(t.TempDir()))
+	opts := []Option{WithThreads(UNet, 1), WithThreads(TextEncoder, 1), WithoutVAEEncoder(),
+		WithInt8(Int8{TextEncoder: true}), WithRewriteCache(t.TempDir())}
+	img, m := referenceImage(t, opts...)
 	reps := m.Load().Rewrites
 	if !strings.HasPrefix(reps[TextEncoder], "int8: matmul×30 ") || !strings.HasPrefix(reps[UNet], "int8: ") {
 		t.Errorf("load report: text encoder %q, UNet %q: want both int8", reps[TextEncoder], reps[UNet])
@@ -201,6 +203,14 @@ func TestInt8TextReference(t *testing.T) {
 	t.Logf("%s; image vs diffusers: max |Δ| %.4f, RMS %.4f", reps[TextEncoder], maxd, rms)
 	if maxd > maxTol || rms > rmsTol {
 		t.Errorf("int8 image differs from diffusers' by max %.4f, RMS %.4f; want at most %g and %g", maxd, rms, maxTol, rmsTol)
+	}
+	// offloaded, the text encoder is reopened per request: int8 still
+	off, m := referenceImage(t, append(opts, WithOffload(Offload{TextEncoders: true}))...)
+	if r := m.Load().Rewrites[TextEncoder]; r != reps[TextEncoder] {
+		t.Errorf("offloaded: text encoder report %q, want %q", r, reps[TextEncoder])
+	}
+	if d := testenv.MaxAbsDiff(off, img); d != 0 {
+		t.Errorf("with the text encoder offloaded the int8 image differs by %g", d)
 	}
 }
 
