@@ -106,14 +106,7 @@ func copyFile(t *testing.T, dir, src, dst string) {
 func editModel(t *testing.T, dir, rel string, f func(*onnxpb.Model)) {
 	t.Helper()
 	p := filepath.Join(dir, filepath.FromSlash(rel))
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := onnxpb.Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := testenv.ReadModel(t, p)
 	f(m)
 	if err := onnxpb.WriteFile(p, m, nil); err != nil {
 		t.Fatal(err)

@@ -99,14 +99,7 @@ func TestRewriteRefused(t *testing.T) {
 		t.Fatalf("cache entries with weights.pb: %v", entries)
 	}
 	entry := filepath.Dir(entries[0])
-	b, err := os.ReadFile(filepath.Join(entry, "model.onnx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mod, err := onnxpb.Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mod := testenv.ReadModel(t, filepath.Join(entry, "model.onnx"))
 	changed := 0
 	for _, n := range mod.Graph.Nodes {
 		if n.OpType != "Constant" || len(n.Attribute) != 1 || n.Attribute[0].T == nil {
@@ -125,7 +118,8 @@ func TestRewriteRefused(t *testing.T) {
 	if changed == 0 {
 		t.Fatal("no attention scale in the rewritten UNet")
 	}
-	if b, err = onnxpb.Marshal(mod); err != nil {
+	b, err := onnxpb.Marshal(mod)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(entry, "model.onnx"), b, 0o644); err != nil {
