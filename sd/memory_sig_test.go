@@ -2,11 +2,14 @@ package sd
 
 import (
 	"context"
+	"maps"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/models"
 )
 
@@ -163,5 +166,50 @@ func TestMachineMemory(t *testing.T) {
 	}
 	if a := memAvailable(); a <= 0 {
 		t.Errorf("MemAvailable %d", a)
+	}
+}
+
+// TestMemorySignatureInt8 checks that an int8 UNet (QLinearConv,
+// DynamicQuantizeMatMul) has the memory signature of its float32 graph:
+// the same widest activation at every resolution level and the same
+// attention layers, so that admission counts an int8 request as it counts
+// a float32 one.
+func TestMemorySignatureInt8(t *testing.T) {
+	testenv.RequireORT(t)
+	cache := t.TempDir()
+	m, err := Open(t.Context(), testenv.TinyReferenceModel(t), WithThreads(UNet, 1), WithoutVAEEncoder(), WithInt8(Int8{}), WithRewriteCache(cache))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if r := m.Load().Rewrites[UNet]; !strings.Contains(r, "conv×") {
+		t.Fatalf("UNet rewrites %q: want quantized convolutions", r)
+	}
+	var built []string
+	built, err = filepath.Glob(filepath.Join(cache, "built-*", "model.onnx"))
+	if err != nil || len(built) != 1 {
+		t.Fatalf("int8 entries in the cache: %v %v, want one", built, err)
+	}
+	read := func(path string) *memSignature {
+		st, err := onnxpb.ReadStructure(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return analyze(st)
+	}
+	q := read(built[0])
+	f := read(filepath.Join(testenv.TinyReferenceModel(t), "unet", "model.onnx"))
+	if q.ops["QLinearConv"] == 0 {
+		t.Fatalf("the int8 UNet has no QLinearConv: %v", q.ops)
+	}
+	if !maps.Equal(q.width, f.width) {
+		t.Errorf("int8 UNet widths %v, float32 %v", q.width, f.width)
+	}
+	if nq, nf := len(q.self)+len(q.cross)+len(q.fused), len(f.self)+len(f.cross)+len(f.fused); nq != nf {
+		t.Errorf("int8 UNet: %d attention layers, float32 %d", nq, nf)
+	}
+	c := callShape{rows: 2, h: 8, w: 8, keys: 77, visual: true}
+	if q.need(c) < f.need(c)/2 {
+		t.Errorf("int8 UNet needs %d bytes a call, float32 %d: want the same activations", q.need(c), f.need(c))
 	}
 }
