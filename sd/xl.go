@@ -346,11 +346,21 @@ func (f *Folder) loadXL(ctx context.Context, lay *layout, cfg *loadConfig) error
 	cfg.logger.Info("sd: loaded", "component", textEncoder2, "path", m.Loaded.File, "device", string(o.Device), "duration", d)
 	f.load.mu.Lock()
 	defer f.load.mu.Unlock()
-	if f.load.r.Open != nil {
-		f.load.r.Open[TextEncoder] += d
+	if f.load.r.Open == nil {
+		f.load.r.Open = make(map[Component]time.Duration)
 	}
-	if r := m.Loaded.Rewrites; r != "" && f.load.r.Rewrites != nil {
-		f.load.r.Rewrites[TextEncoder] += "; " + textEncoder2 + ": " + r
+	f.load.r.Open[TextEncoder] += d
+	if r := m.Loaded.Rewrites; r != "" {
+		// the second encoder's rewrites are reported even when the
+		// first one had none to report
+		if f.load.r.Rewrites == nil {
+			f.load.r.Rewrites = make(map[Component]string)
+		}
+		r = textEncoder2 + ": " + r
+		if prev := f.load.r.Rewrites[TextEncoder]; prev != "" {
+			r = prev + "; " + r
+		}
+		f.load.r.Rewrites[TextEncoder] = r
 	}
 	return nil
 }
