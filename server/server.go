@@ -211,6 +211,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	waiting []*task          // admitted, not yet accepted by the engine, in order
+	moved   chan struct{}    // closed and replaced when a task leaves waiting (waitTurn)
 	active  map[*task]bool   // admitted and not finished
 	live    map[string]*task // async jobs of this server still running
 	unread  map[string]bool  // async jobs that ended while draining, not yet fetched
@@ -252,6 +253,7 @@ func New(eng Engine, cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		samplers: schedulers(),
 		slots:    make(chan struct{}, cfg.MaxQueue),
+		moved:    make(chan struct{}),
 		active:   map[*task]bool{},
 		live:     map[string]*task{},
 		unread:   map[string]bool{},

@@ -138,8 +138,36 @@ func (s *Server) leaveQueue(t *task) {
 	s.mu.Lock()
 	if i := slices.Index(s.waiting, t); i >= 0 {
 		s.waiting = slices.Delete(s.waiting, i, i+1)
+		close(s.moved)
+		s.moved = make(chan struct{})
 	}
 	s.mu.Unlock()
+}
+
+// waitTurn returns once no task admitted before t for the same model is
+// still waiting to submit, so that tasks enter the engine in the order they
+// were admitted (the order queue_position reports) however their
+// goroutines are scheduled; or with ctx's cause. Tasks of other models do
+// not hold t back.
+func (s *Server) waitTurn(ctx context.Context, t *task, model *modelEntry) error {
+	def := s.models.defaultModel()
+	for {
+		s.mu.Lock()
+		ahead := false
+		if i := slices.Index(s.waiting, t); i > 0 {
+			ahead = slices.ContainsFunc(s.waiting[:i], func(u *task) bool { return cmp.Or(u.spec.model, def) == model })
+		}
+		moved := s.moved
+		s.mu.Unlock()
+		if !ahead {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }
 
 // queuePosition returns t's 1-based place among the waiting tasks, or 0.
@@ -199,7 +227,11 @@ func (s *Server) execute(ctx context.Context, t *task) {
 	t.mu.Lock()
 	t.model, t.eng = model, eng
 	t.mu.Unlock()
+	err = s.waitTurn(ctx, t, model)
 	for _, r := range t.spec.reqs {
+		if err != nil {
+			break
+		}
 		var h *sd.Handle
 		h, err = eng.Submit(ctx, r)
 		if err != nil {
