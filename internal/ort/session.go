@@ -107,6 +107,14 @@ type Options struct {
 // webgpuOpen serialises the creation of WebGPU sessions.
 var webgpuOpen sync.Mutex
 
+// webgpuRun serialises the calls of WebGPU sessions: ORT 1.29's provider
+// keeps one device context, with one command encoder, for all of them, and
+// calls from two goroutines at once failed ("Command encoding already
+// finished") or crashed the process (TestWebGPUSessionsConcurrent). The GPU
+// runs one call at a time anyway; what overlaps a GPU call is the CPU
+// sessions' work.
+var webgpuRun sync.Mutex
+
 // ErrClosed reports use of a closed session.
 var ErrClosed = errors.New("ort: session closed")
 
@@ -121,6 +129,8 @@ type Session struct {
 	sess   *onnx.DynamicAdvancedSession
 	closed bool
 	once   sync.Once
+
+	gpu bool // a WebGPU session: its calls hold webgpuRun
 
 	calls  atomic.Int64
 	busyNS atomic.Int64
@@ -191,7 +201,7 @@ func open(ctx context.Context, name string, ins, outs []IOInfo, o Options,
 		}
 		return nil, fmt.Errorf("ort: open %s: %w", name, err)
 	}
-	return &Session{name: name, in: clone(ins), out: clone(outs), inNames: names(ins), sess: sess}, nil
+	return &Session{name: name, in: clone(ins), out: clone(outs), inNames: names(ins), sess: sess, gpu: gpu}, nil
 }
 
 func wrapDestroy(err error) error {
@@ -380,7 +390,14 @@ func (s *Session) Run(ctx context.Context, in, out []Tensor) (err error) {
 		outVals[i], fp16Out[i] = v, buf
 	}
 
-	if err := s.run(ctx, inVals, outVals); err != nil {
+	if s.gpu {
+		webgpuRun.Lock()
+	}
+	err = s.run(ctx, inVals, outVals)
+	if s.gpu {
+		webgpuRun.Unlock()
+	}
+	if err != nil {
 		// auto-allocated outputs may have been created: free them
 		for i := range out {
 			if out[i].Shape == nil && outVals[i] != nil {
