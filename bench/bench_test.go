@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"image"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -217,10 +218,35 @@ func TestConfigErrors(t *testing.T) {
 		{Guidance: 1},
 		{Requests: -1},
 		{Modes: []Mode{"warp"}},
+		// a UNet off the CPU with the modes that split the CPU's cores
+		{Devices: map[sd.Component]sd.Device{sd.UNet: sd.WebGPU}, Modes: []Mode{Pipelined}, NoScaling: true},
+		{Devices: map[sd.Component]sd.Device{sd.UNet: sd.WebGPU}, Modes: []Mode{Sequential}},
 	}
 	for _, c := range tests {
 		if err := c.defaults(); err == nil {
 			t.Errorf("%+v: no error", c)
+		}
+	}
+	ok := Config{Devices: map[sd.Component]sd.Device{sd.UNet: sd.WebGPU}, Modes: []Mode{Sequential, PipelinedFull}, NoScaling: true}
+	if err := ok.defaults(); err != nil {
+		t.Errorf("UNet on WebGPU, sequential and pipelined-full without scaling: %v", err)
+	}
+}
+
+func TestParseDevices(t *testing.T) {
+	got, err := ParseDevices("unet=webgpu, vae_decoder=cuda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[sd.Component]sd.Device{sd.UNet: sd.WebGPU, sd.VAEDecoder: sd.CUDA}; !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got, err := ParseDevices(" "); got != nil || err != nil {
+		t.Errorf("empty list: %v, %v; want nil, nil", got, err)
+	}
+	for _, bad := range []string{"unet", "vae=webgpu", "unet=", "=webgpu"} {
+		if _, err := ParseDevices(bad); err == nil || !strings.Contains(err.Error(), "vae_decoder") {
+			t.Errorf("%q: %v, want an error listing the components", bad, err)
 		}
 	}
 }

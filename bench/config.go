@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
@@ -101,6 +104,11 @@ type Config struct {
 	NoRewrites bool
 	// NoSpinning opens every session with sd.SessionOptions{Spinning: sd.Off}.
 	NoSpinning bool
+	// Devices places components on execution providers (sd.WithDevice);
+	// a component not named runs on the CPU. With the UNet off the CPU,
+	// the Pipelined mode and the scaling measurement (which split the
+	// CPU's cores between two UNets) are refused.
+	Devices map[sd.Component]sd.Device
 
 	Logger *slog.Logger // progress; nil discards
 	// OnProgress, when set, is called with the report so far after each
@@ -151,7 +159,35 @@ func (c *Config) defaults() error {
 			return err
 		}
 	}
+	if d := c.Devices[sd.UNet]; d != "" && d != sd.CPU {
+		if slices.Contains(c.Modes, Pipelined) || (c.MatMulN > 0 && !c.NoScaling) {
+			return fmt.Errorf("bench: the UNet on %s: -modes pipelined and -scaling split the CPU's cores between two UNets; run with -modes sequential,pipelined-full,batched -scaling=false", d)
+		}
+	}
 	return nil
+}
+
+// ParseDevices reads a -device list, "component=device,...", such as
+// "unet=webgpu,vae_decoder=webgpu" (components by their folder names,
+// devices as sd.Device spells them; "" gives nil).
+func ParseDevices(s string) (map[sd.Component]sd.Device, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	names := map[string]sd.Component{}
+	for _, c := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder, sd.VAEEncoder} {
+		names[c.String()] = c
+	}
+	m := map[sd.Component]sd.Device{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		c, known := names[k]
+		if !ok || !known || v == "" {
+			return nil, fmt.Errorf("bench: -device %q: want component=device pairs, components %s", kv, strings.Join(slices.Sorted(maps.Keys(names)), ", "))
+		}
+		m[c] = sd.Device(v)
+	}
+	return m, nil
 }
 
 // request returns request i of the stream, resolved.

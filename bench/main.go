@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		branch    = fs.Int("step-cache-branch", 0, "-compare's step cache branch (0: the library's default)")
 		warmup    = fs.Int("warmup-steps", 0, "-compare's warm-up image steps (0: 2, or interval+1 with the step cache)")
 		kRounds   = fs.Int("kernel-rounds", 5, "-compare's kernel limit rounds, before and after the images (0: skip)")
+		devices   = fs.String("device", "", `components off the CPU, "component=device,..." (e.g. "unet=webgpu,vae_decoder=webgpu")`)
 		rwCache   = fs.String("rewrite-cache", "", "-compare's rewrite cache (sd.WithRewriteCache; default: the library's)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +112,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.MatMulN = -1
 	}
 	var err error
+	if cfg.Devices, err = ParseDevices(*devices); err != nil {
+		return err
+	}
 	if cfg.Arch, err = modelgen.ConfigByName(*arch); err != nil {
 		return err
 	}

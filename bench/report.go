@@ -45,7 +45,9 @@ type Report struct {
 	Rewrites map[string]string `json:"rewrites,omitempty"`
 	// NoSpinning: the sessions' idle threads sleep at once (sd.SessionOptions.Spinning).
 	NoSpinning bool `json:"no_spinning,omitempty"`
-	SeqLen     int  `json:"seq_len"`
+	// Devices are the components placed off the CPU (Config.Devices).
+	Devices map[string]string `json:"devices,omitempty"`
+	SeqLen  int               `json:"seq_len"`
 
 	// Work of one request, counted analytically (see UNetMACs).
 	TextMACs    float64         `json:"text_encoder_macs"`      // the guided pair
@@ -75,6 +77,12 @@ func newReport(cfg Config) *Report {
 		Width: cfg.Width, Height: cfg.Height, Steps: cfg.Steps, Scheduler: cfg.Scheduler, Guidance: cfg.Guidance,
 		Requests: cfg.Requests, Concurrent: cfg.Concurrency, Rounds: cfg.Rounds, MaxBatch: cfg.MaxBatch,
 		Prompts: cfg.Prompts, NoSpinning: cfg.NoSpinning, cfg: cfg,
+	}
+	for c, d := range cfg.Devices {
+		if r.Devices == nil {
+			r.Devices = map[string]string{}
+		}
+		r.Devices[c.String()] = string(d)
 	}
 	if r.Scheduler == "" {
 		r.Scheduler = "(model's)"
@@ -423,6 +431,13 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	if r.NoSpinning {
 		p("Idle pool threads do not spin. ")
+	}
+	if len(r.Devices) > 0 {
+		p("Devices:")
+		for _, c := range slices.Sorted(maps.Keys(r.Devices)) {
+			p(" %s on %s;", c, r.Devices[c])
+		}
+		p(" the rest on the CPU. ")
 	}
 	p("Load %.1f s.\n\n", r.LoadS)
 	p("Work of one request (counted analytically): %.1f GFLOP — UNet %.1f GMAC a call × %d calls (%.0f%%), VAE decoder %.1f GMAC (%.0f%%), text encoder %.1f GMAC (%.1f%%).\n\n",

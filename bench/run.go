@@ -193,6 +193,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			opts = append(opts, sd.WithSessionOptions(c, sd.SessionOptions{Spinning: sd.Off}))
 		}
 	}
+	for c, d := range cfg.Devices {
+		opts = append(opts, sd.WithDevice(c, d))
+	}
 	if h.f, err = sd.OpenFolder(ctx, cfg.ModelDir, opts...); err != nil {
 		return nil, err
 	}
