@@ -225,10 +225,7 @@ func modelUnderTest(t *testing.T) string {
 // for judging a newly trained model (training/README.md), and skips unless
 // SDPIPE_QUALITY_SWEEP is set.
 func TestQualitySweep(t *testing.T) {
-	list := os.Getenv("SDPIPE_QUALITY_SWEEP")
-	if list == "" {
-		t.Skip("set SDPIPE_QUALITY_SWEEP to a list of guidance scales to run it")
-	}
+	list := testenv.Measure(t, "SDPIPE_QUALITY_SWEEP", "a list of guidance scales to run it")
 	var scales []float64
 	for _, f := range strings.Split(list, ",") {
 		g, err := strconv.ParseFloat(strings.TrimSpace(f), 64)

@@ -14,6 +14,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/textenc"
@@ -86,10 +87,7 @@ func envInts(t *testing.T, name string, def []int) []int {
 //
 //	SDPIPE_STEPCACHE_MODEL=/root/models/sd15 go test -run TestStepCacheMeasured -v -timeout 60m ./models
 func TestStepCacheMeasured(t *testing.T) {
-	dir := os.Getenv("SDPIPE_STEPCACHE_MODEL")
-	if dir == "" {
-		t.Skip("set SDPIPE_STEPCACHE_MODEL to a model folder to measure step caching on it")
-	}
+	dir := testenv.Measure(t, "SDPIPE_STEPCACHE_MODEL", "a model folder to measure step caching on it")
 	size := envInts(t, "SDPIPE_STEPCACHE_SIZE", []int{256})[0]
 	steps := envInts(t, "SDPIPE_STEPCACHE_STEPS", []int{20, 50})
 	intervals := envInts(t, "SDPIPE_STEPCACHE_INTERVAL", []int{3})

@@ -33,11 +33,7 @@ import (
 // BENCHMARKS.md); the bound it checks (each step's relative error below
 // 1, what a zero output would give) only catches a broken int8 model.
 func TestInt8Measured(t *testing.T) {
-	dir := os.Getenv("SDPIPE_INT8_MEASURE")
-	if dir == "" {
-		t.Skip("set SDPIPE_INT8_MEASURE to a model folder to measure int8 on it")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_INT8_MEASURE", "a model folder to measure int8 on it")
 	size := envInt(t, "SDPIPE_INT8_SIZE", 256)
 	steps := envInt(t, "SDPIPE_INT8_STEPS", 10)
 	seeds := envInt(t, "SDPIPE_INT8_SEEDS", 2)

@@ -31,11 +31,7 @@ import (
 // when asked: a measurement (BENCHMARKS.md, int8 UNet); it checks nothing
 // but that the image is made.
 func TestInt8PeakMeasured(t *testing.T) {
-	dir := os.Getenv("SDPIPE_INT8_PEAK")
-	if dir == "" {
-		t.Skip("set SDPIPE_INT8_PEAK to a model folder to measure the int8 peak RSS on it")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_INT8_PEAK", "a model folder to measure the int8 peak RSS on it")
 	size := envInt(t, "SDPIPE_INT8_SIZE", 512)
 	steps := envInt(t, "SDPIPE_INT8_STEPS", 2)
 	opts := []Option{WithInt8(Int8{TextEncoder: os.Getenv("SDPIPE_INT8_TEXT") == "1"}), WithoutVAEEncoder()}

@@ -23,11 +23,7 @@ import (
 // checks (a relative error below 1, what a zero output would give) only
 // catches a broken int8 model.
 func TestInt8TextMeasured(t *testing.T) {
-	dir := os.Getenv("SDPIPE_INT8_TEXT_MEASURE")
-	if dir == "" {
-		t.Skip("set SDPIPE_INT8_TEXT_MEASURE to a model folder to measure the int8 text encoder on it")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_INT8_TEXT_MEASURE", "a model folder to measure the int8 text encoder on it")
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
 	if err != nil {
 		t.Fatal(err)

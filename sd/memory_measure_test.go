@@ -39,11 +39,7 @@ import (
 // (the request's line says which tile), and the request's child also
 // reports the whole process's peak RSS (weights included) against it.
 func TestMemoryEstimateMeasured(t *testing.T) {
-	which := os.Getenv("SDPIPE_MEMORY_MEASURE")
-	if which == "" {
-		t.Skip("a measurement: set SDPIPE_MEMORY_MEASURE=default or a model folder to run it")
-	}
-	testenv.RequireORT(t)
+	which := testenv.Measure(t, "SDPIPE_MEMORY_MEASURE", "default or a model folder to measure the memory estimates")
 	if size := os.Getenv("sdpipe_memory_child"); size != "" {
 		memoryChild(t, which, size)
 		return

@@ -18,10 +18,7 @@ import (
 // rewrites (the second time from the cache) and a warm-up at
 // $PERF_WARMUP_SIZE (256) pixels, and prints the load reports.
 func TestOpenRewrittenIntegration(t *testing.T) {
-	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" {
-		t.Skip("SD_MODEL_DIR not set")
-	}
+	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
 	cache := t.TempDir()
 	for _, run := range []string{"first", "cached"} {
 		start := time.Now()
@@ -46,10 +43,7 @@ func TestOpenRewrittenIntegration(t *testing.T) {
 // generates one $PERF_SIZE (512) image in 2 steps, printing the resident
 // and peak memory after each phase.
 func TestMemoryIntegration(t *testing.T) {
-	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" {
-		t.Skip("SD_MODEL_DIR not set")
-	}
+	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
 	size := 512
 	if v := os.Getenv("PERF_SIZE"); v != "" {
 		var err error

@@ -45,11 +45,7 @@ func TestTiledDecodeMeasured(t *testing.T) {
 		tiledDecodeChild(t, mode)
 		return
 	}
-	dir := os.Getenv("SDPIPE_MEASURE_TILED")
-	if dir == "" {
-		t.Skip("set SDPIPE_MEASURE_TILED to an SD 1.5 model folder to measure tiled decoding")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_MEASURE_TILED", "an SD 1.5 model folder to measure tiled decoding")
 	size := 1024
 	if s := os.Getenv("SDPIPE_MEASURE_SIZE"); s != "" {
 		var err error
@@ -179,11 +175,7 @@ func TestTiledGenerateMeasured(t *testing.T) {
 		tiledGenerateChild(t, mode)
 		return
 	}
-	dir := os.Getenv("SDPIPE_MEASURE_TILED")
-	if dir == "" {
-		t.Skip("set SDPIPE_MEASURE_TILED to an SD 1.5 model folder to measure tiled generation")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_MEASURE_TILED", "an SD 1.5 model folder to measure tiled generation")
 	size := cmpOrAtoi(os.Getenv("SDPIPE_MEASURE_SIZE"), 1024)
 	for _, mode := range []string{"plain", "tiled"} {
 		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestTiledGenerateMeasured$", "-test.v", "-test.timeout=0")

@@ -37,11 +37,7 @@ import (
 // calibrates in it), the RSS once loaded, the peak RSS of each stage of
 // each request (sampled every 100 ms), and the whole process's VmHWM.
 func TestBudgetMeasured(t *testing.T) {
-	dir := os.Getenv("SDPIPE_BUDGET_MEASURE")
-	if dir == "" {
-		t.Skip("a measurement: set SDPIPE_BUDGET_MEASURE to a model folder to run it")
-	}
-	testenv.RequireORT(t)
+	dir := testenv.Measure(t, "SDPIPE_BUDGET_MEASURE", "a model folder to measure the memory budget on it")
 	atoi := func(name string, def int) int {
 		v, err := strconv.Atoi(cmp.Or(os.Getenv(name), strconv.Itoa(def)))
 		if err != nil {

@@ -4,7 +4,6 @@ package vae_test
 
 import (
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -25,11 +24,7 @@ import (
 //
 //	SD_MODEL_DIR=/root/models/sd15 flock /work/coord/heavy.lock go test -tags integration -run TestTAESDDecodeTime -v -timeout 30m ./vae
 func TestTAESDDecodeTime(t *testing.T) {
-	testenv.RequireORT(t)
-	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" {
-		t.Skip("set SD_MODEL_DIR to an SD 1.5-architecture ONNX folder")
-	}
+	dir := testenv.Measure(t, "SD_MODEL_DIR", "an SD 1.5-architecture ONNX folder")
 	ctx := t.Context()
 	o := session.Options{DisableMemoryArena: true, DisableMemoryPattern: true} // as sd opens the VAE
 	full, err := vae.OpenDecoder(ctx, filepath.Join(dir, "vae_decoder", "model.onnx"), o)

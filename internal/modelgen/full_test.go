@@ -1,7 +1,6 @@
 package modelgen
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,11 +18,7 @@ import (
 // It is opt-in and heavy (SDXL: 14 GB of disk, 11 GB of RAM): run it under
 // flock /work/coord/heavy.lock.
 func TestFullRuns(t *testing.T) {
-	names := os.Getenv("SDGEN_FULL")
-	if names == "" {
-		t.Skip("set SDGEN_FULL=sdxl,sd21,... (gigabytes of disk and RAM) to write and run full-size folders")
-	}
-	testenv.RequireORT(t)
+	names := testenv.Measure(t, "SDGEN_FULL", "sdxl,sd21,... (gigabytes of disk and RAM) to write and run full-size folders")
 	vocab := GenerateVocabulary(0).Size()
 	for _, name := range strings.Split(names, ",") {
 		t.Run(name, func(t *testing.T) {

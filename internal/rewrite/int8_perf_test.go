@@ -28,10 +28,7 @@ import (
 // against fp32's on the same input. The rewrite
 // cache is $PERF_CACHE (default ~/.cache/sdpipe/rewritten).
 func TestPerfInt8UNet(t *testing.T) {
-	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" {
-		t.Skip("SD_MODEL_DIR not set")
-	}
+	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
 	size := envInt(t, "PERF_SIZE", 512)
 	calls := envInt(t, "PERF_CALLS", 3)
 	rounds := envInt(t, "PERF_ROUNDS", 2)

@@ -145,10 +145,7 @@ var sd15GMAC = map[int]float64{256: 180.1, 512: 803.3}
 // pixels, batch 2, with $PERF_REWRITES, $PERF_THREADS (0 = ORT default),
 // $PERF_CALLS (5) calls, $PERF_NO_ARENA and $PERF_NO_PATTERN.
 func TestPerfUNet(t *testing.T) {
-	dir := os.Getenv("SD_MODEL_DIR")
-	if dir == "" {
-		t.Skip("SD_MODEL_DIR not set")
-	}
+	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
 	rs, err := rewrite.Parse(os.Getenv("PERF_REWRITES"))
 	if err != nil {
 		t.Fatal(err)
