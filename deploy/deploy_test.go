@@ -304,20 +304,7 @@ func TestImageServe(t *testing.T) {
 		podman(t, "rm", "-f", name) // not run with --rm, so a container that exits keeps its log
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		r, err := http.Get(base + "/ping")
-		if err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET /ping: %v, %v", r, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testenv.WaitOK(t, base+"/ping", 60*time.Second, 200*time.Millisecond, nil)
 	r, err := http.Post(base+"/invocations", "application/json", strings.NewReader(`{"prompt":"a red circle on a blue background","num_inference_steps":4,"seed":3}`))
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"image/png"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,12 +29,7 @@ func TestSageMakerContainer(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := testenv.FreePort(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "serve")
@@ -47,20 +41,7 @@ func TestSageMakerContainer(t *testing.T) {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		r, err := http.Get(base + "/ping")
-		if err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no 200 from /ping: %v\n%s", err, stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.WaitOK(t, base+"/ping", 90*time.Second, 50*time.Millisecond, stderr.String)
 	if log := stderr.String(); !strings.Contains(log, fmt.Sprintf("url=http://0.0.0.0:%d", port)) && !strings.Contains(log, fmt.Sprintf("url=http://[::]:%d", port)) {
 		t.Errorf("not listening on all interfaces:\n%s", stderr.String())
 	}
