@@ -20,17 +20,10 @@ import (
 )
 
 // asMainEnv makes the test binary the grid program: a Slurm job runs the
-// test binary with it set and the grid's own arguments, and main runs
-// before any test (init runs before the testing flags are parsed). So the
-// job runs exactly the code under test, with no second build.
+// test binary with it set and the grid's own arguments (testenv.AsMain).
 const asMainEnv = "SDPIPE_GRID_AS_MAIN"
 
-func init() {
-	if os.Getenv(asMainEnv) == "1" {
-		main() // exits on an error, returns on success
-		os.Exit(0)
-	}
-}
+func init() { testenv.AsMain(asMainEnv, main) }
 
 // requireSlurmEnv makes the Slurm test fail, rather than skip, when no
 // cluster can be started (CI sets it after installing slurm-wlm).
@@ -50,11 +43,7 @@ func startSlurm(t *testing.T) *slurmCluster {
 	t.Helper()
 	script := filepath.Join(testenv.ModuleRoot(), "scripts", "slurm.sh")
 	if out, err := exec.Command(script, "check").CombinedOutput(); err != nil {
-		msg := fmt.Sprintf("Slurm cannot run here: %s (%v)", strings.TrimSpace(string(out)), err)
-		if os.Getenv(requireSlurmEnv) != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg + "; scripts/slurm.sh install sets it up")
+		testenv.Unavailable(t, requireSlurmEnv, fmt.Sprintf("Slurm cannot run here: %s (%v); scripts/slurm.sh install sets it up", strings.TrimSpace(string(out)), err))
 	}
 	// a short path: munge's socket must fit a sockaddr_un (108 bytes)
 	dir, err := os.MkdirTemp("", "slurm-")
@@ -78,11 +67,7 @@ func startSlurm(t *testing.T) *slurmCluster {
 	// with our pid, the cluster stops itself should this process die
 	// before the cleanup runs
 	if out, err := exec.Command(script, "start", dir, strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
-		msg := fmt.Sprintf("starting Slurm: %v\n%s", err, out)
-		if os.Getenv(requireSlurmEnv) != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testenv.Unavailable(t, requireSlurmEnv, fmt.Sprintf("starting Slurm: %v\n%s", err, out))
 	}
 	t.Logf("Slurm cluster up in %.1fs", time.Since(start).Seconds())
 	return c

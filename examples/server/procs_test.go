@@ -23,15 +23,10 @@ import (
 )
 
 // asMainEnv makes the test binary this program: a replica is the test
-// binary run with it set and the server's flags.
+// binary run with it set and the server's flags (testenv.AsMain).
 const asMainEnv = "SDPIPE_SERVER_AS_MAIN"
 
-func init() {
-	if os.Getenv(asMainEnv) == "1" {
-		main() // exits on an error, returns on success
-		os.Exit(0)
-	}
-}
+func init() { testenv.AsMain(asMainEnv, main) }
 
 // requireServicesEnv makes these tests fail, rather than skip, when
 // nats-server or nginx is missing (CI sets it after installing them).
@@ -45,11 +40,7 @@ func tool(t *testing.T, pkg, name string) string {
 	if p := filepath.Join("/usr/sbin", name); fileExists(p) {
 		return p
 	}
-	msg := fmt.Sprintf("%s not found: install it (apt-get install -y %s, or scripts/services.sh install) to run this test", name, pkg)
-	if os.Getenv(requireServicesEnv) != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	testenv.Unavailable(t, requireServicesEnv, fmt.Sprintf("%s not found: install it (apt-get install -y %s, or scripts/services.sh install) to run this test", name, pkg))
 	return ""
 }
 
