@@ -329,16 +329,7 @@ func TestOpenFolderWrongModel(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := referenceCopy(t)
 			tt.brk(t, dir)
-			f, err := sd.OpenFolder(t.Context(), dir)
-			if err == nil {
-				f.Close()
-				t.Fatal("OpenFolder succeeded with a wrong model")
-			}
-			t.Log(err)
-			fe, ok := errors.AsType[*sd.FolderError](err)
-			if !ok || fe.File != tt.file {
-				t.Fatalf("error %v is not a *FolderError for %s", err, tt.file)
-			}
+			err := openBrokenFile(t, dir, tt.file)
 			if !tt.cause(err) {
 				t.Errorf("wrong cause: %v", err)
 			}

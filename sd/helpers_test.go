@@ -1,6 +1,7 @@
 package sd_test
 
 import (
+	"errors"
 	"sync"
 	"testing"
 
@@ -40,6 +41,17 @@ func openBroken(t *testing.T, dir string) error {
 		t.Fatal("OpenFolder succeeded on a broken folder")
 	}
 	t.Log(err)
+	return err
+}
+
+// openBrokenFile opens the broken model folder dir as openBroken does and
+// fails the test unless the error is a *sd.FolderError naming file.
+func openBrokenFile(t *testing.T, dir, file string) error {
+	t.Helper()
+	err := openBroken(t, dir)
+	if fe, ok := errors.AsType[*sd.FolderError](err); !ok || fe.File != file {
+		t.Fatalf("error %v is not a *FolderError for %s", err, file)
+	}
 	return err
 }
 

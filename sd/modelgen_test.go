@@ -202,11 +202,7 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 		{
 			name: "vae decoder with 8 latent channels",
 			make: func(t *testing.T) string {
-				dir := copyDir(t, legacyModel(t))
-				c := modelgen.Tiny()
-				c.VAE.LatentChannels = 8
-				replaceModel(t, dir, "vae_decoder")(modelgen.BuildVAEDecoder(c, modelgen.Options{}))
-				return dir
+				return latents8(t, "vae_decoder", modelgen.BuildVAEDecoder, modelgen.Options{})
 			},
 			file: "vae_decoder/model.onnx",
 			text: "latent_sample has 8 channels, the UNet (unet/model.onnx) predicts 4",
@@ -214,11 +210,7 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 		{
 			name: "vae encoder with 8 latent channels",
 			make: func(t *testing.T) string {
-				dir := copyDir(t, legacyModel(t))
-				c := modelgen.Tiny()
-				c.VAE.LatentChannels = 8
-				replaceModel(t, dir, "vae_encoder")(modelgen.BuildVAEEncoder(c, modelgen.Options{LatentParameters: true}))
-				return dir
+				return latents8(t, "vae_encoder", modelgen.BuildVAEEncoder, modelgen.Options{LatentParameters: true})
 			},
 			file: "vae_encoder/model.onnx",
 			text: "latent_parameters has 8 latent channels, the UNet (unet/model.onnx) predicts 4",
@@ -237,16 +229,7 @@ func TestOpenFolderGeneratedMismatch(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := tt.make(t)
-			f, err := sd.OpenFolder(t.Context(), dir)
-			if err == nil {
-				f.Close()
-				t.Fatal("OpenFolder succeeded")
-			}
-			t.Log(err)
-			fe, ok := errors.AsType[*sd.FolderError](err)
-			if !ok || fe.File != tt.file {
-				t.Fatalf("error %v is not a *FolderError for %s", err, tt.file)
-			}
+			err := openBrokenFile(t, dir, tt.file)
 			if !strings.Contains(err.Error(), tt.text) {
 				t.Errorf("message %q does not mention %q", err, tt.text)
 			}
@@ -279,6 +262,16 @@ func TestRewritesSkipFloat16(t *testing.T) {
 
 // replaceModel returns a function that writes a built model over dir's
 // component model.onnx, failing the test on any error.
+// latents8 is a copy of the legacy model whose VAE half component
+// (vae_decoder or vae_encoder) is rebuilt by build for 8 latent channels.
+func latents8(t *testing.T, component string, build func(modelgen.Config, modelgen.Options) (*onnxpb.Model, error), o modelgen.Options) string {
+	dir := copyDir(t, legacyModel(t))
+	c := modelgen.Tiny()
+	c.VAE.LatentChannels = 8
+	replaceModel(t, dir, component)(build(c, o))
+	return dir
+}
+
 func replaceModel(t *testing.T, dir, component string) func(*onnxpb.Model, error) {
 	return func(m *onnxpb.Model, err error) {
 		t.Helper()
