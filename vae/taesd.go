@@ -3,7 +3,6 @@ package vae
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"gorgonia.org/tensor"
 
@@ -48,16 +47,29 @@ func readTAESD(path, what string, inCh func(int64) error) (*model, error) {
 // for concurrent use; the caller must Close it.
 type TAESDDecoder struct {
 	session.Loaded // how it was loaded
-	m              *model
-	latentCh       int
-	rng            Range
+	taesd
 }
+
+// taesd is what both TAESD halves hold: the session (Stats, Close), the
+// latent channels and the file's pixel range.
+type taesd struct {
+	*model
+	latentCh int
+	rng      Range
+}
+
+// Path returns the model file.
+func (h *taesd) Path() string { return h.path }
+
+// LatentChannels returns the number of latent channels: those the decoder
+// takes, or those the encoder returns.
+func (h *taesd) LatentChannels() int { return h.latentCh }
 
 // OpenTAESDDecoder loads the TAESD decoder at path, a model of one float
 // input [batch, channels, h, w] and a first output [batch, 3, 8h, 8w] in
 // the range r. The caller must Close it.
 func OpenTAESDDecoder(ctx context.Context, path string, r Range, o session.Options) (*TAESDDecoder, error) {
-	d := &TAESDDecoder{rng: r}
+	d := &TAESDDecoder{taesd: taesd{rng: r}}
 	m, err := readTAESD(path, "decoder", func(c int64) error {
 		if c <= 0 {
 			return fmt.Errorf("latent channels %d, want a fixed count", c)
@@ -71,22 +83,12 @@ func OpenTAESDDecoder(ctx context.Context, path string, r Range, o session.Optio
 	if oc := m.outs[0].Shape[1]; oc > 0 && oc != 3 {
 		return nil, ort.Bad("vae", path)("TAESD decoder output has %d channels, want 3", oc)
 	}
-	if d.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), int64(d.latentCh), 8, 8} }); err != nil {
+	if d.model, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), int64(d.latentCh), 8, 8} }); err != nil {
 		return nil, err
 	}
-	d.Loaded = d.m.loaded
+	d.Loaded = d.loaded
 	return d, nil
 }
-
-// Path returns the model file.
-func (d *TAESDDecoder) Path() string { return d.m.path }
-
-// LatentChannels returns the number of latent channels the decoder takes.
-func (d *TAESDDecoder) LatentChannels() int { return d.latentCh }
-
-// Stats reports how many calls the session completed and the time spent
-// inside ONNX Runtime. It is safe for concurrent use.
-func (d *TAESDDecoder) Stats() (calls int64, busy time.Duration) { return d.m.s.Stats() }
 
 // Decode turns [batch, channels, h, w] latents as the UNet has them (not
 // divided by any scaling factor) into [batch, 3, 8h, 8w] pixels in about
@@ -97,7 +99,7 @@ func (d *TAESDDecoder) Decode(ctx context.Context, latents *tensor.Dense) (*tens
 		return nil, err
 	}
 	b, h, w := s[0], s[2], s[3]
-	out, err := d.m.decode(ctx, latents.Data().([]float32), b, d.latentCh, h, w)
+	out, err := d.decode(ctx, latents.Data().([]float32), b, d.latentCh, h, w)
 	if err != nil {
 		return nil, err
 	}
@@ -109,24 +111,19 @@ func (d *TAESDDecoder) Decode(ctx context.Context, latents *tensor.Dense) (*tens
 	return tensor.New(tensor.WithShape(b, 3, h*Factor, w*Factor), tensor.WithBacking(out)), nil
 }
 
-// Close frees the decoder. It waits for calls in flight and is idempotent.
-func (d *TAESDDecoder) Close() error { return d.m.s.Close() }
-
 // TAESDEncoder is a loaded TAESD encoder: pixels in [-1, 1], whatever the
 // file's range, to latents as the UNet takes them (TAESD has no scaling
 // factor). Encode is safe for concurrent use; the caller must Close it.
 type TAESDEncoder struct {
 	session.Loaded // how it was loaded
-	m              *model
-	latentCh       int
-	rng            Range
+	taesd
 }
 
 // OpenTAESDEncoder loads the TAESD encoder at path, a model of one float
 // input [batch, 3, H, W] in the range r and a first output
 // [batch, channels, H/8, W/8]. The caller must Close it.
 func OpenTAESDEncoder(ctx context.Context, path string, r Range, o session.Options) (*TAESDEncoder, error) {
-	e := &TAESDEncoder{rng: r}
+	e := &TAESDEncoder{taesd: taesd{rng: r}}
 	m, err := readTAESD(path, "encoder", func(c int64) error {
 		if c > 0 && c != 3 {
 			return fmt.Errorf("%d image channels, want 3", c)
@@ -139,18 +136,12 @@ func OpenTAESDEncoder(ctx context.Context, path string, r Range, o session.Optio
 	if e.latentCh = int(m.outs[0].Shape[1]); e.latentCh <= 0 {
 		return nil, ort.Bad("vae", path)("TAESD encoder output %v, want a fixed channel count", m.outs[0].Shape)
 	}
-	if e.m, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), 3, 8 * Factor, 8 * Factor} }); err != nil {
+	if e.model, err = m.open(ctx, o, func(batch int) []int64 { return []int64{int64(batch), 3, 8 * Factor, 8 * Factor} }); err != nil {
 		return nil, err
 	}
-	e.Loaded = e.m.loaded
+	e.Loaded = e.loaded
 	return e, nil
 }
-
-// Path returns the model file.
-func (e *TAESDEncoder) Path() string { return e.m.path }
-
-// LatentChannels returns the number of latent channels Encode returns.
-func (e *TAESDEncoder) LatentChannels() int { return e.latentCh }
 
 // Encode turns [batch, 3, H, W] pixels in [-1, 1] (H and W multiples of 8)
 // into [batch, c, H/8, W/8] latents as the UNet takes them.
@@ -168,12 +159,9 @@ func (e *TAESDEncoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor
 		}
 		in = u
 	}
-	out, err := e.m.encode(ctx, in, b, hp, wp, e.latentCh)
+	out, err := e.encode(ctx, in, b, hp, wp, e.latentCh)
 	if err != nil {
 		return nil, err
 	}
 	return tensor.New(tensor.WithShape(b, e.latentCh, hp/Factor, wp/Factor), tensor.WithBacking(out)), nil
 }
-
-// Close frees the encoder. It waits for calls in flight and is idempotent.
-func (e *TAESDEncoder) Close() error { return e.m.s.Close() }

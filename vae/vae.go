@@ -35,6 +35,13 @@ type model struct {
 	loaded    session.Loaded
 }
 
+// Stats reports how many calls the session completed and the time spent
+// inside ONNX Runtime. It is safe for concurrent use.
+func (m *model) Stats() (calls int64, busy time.Duration) { return m.s.Stats() }
+
+// Close frees the session. It waits for calls in flight and is idempotent.
+func (m *model) Close() error { return m.s.Close() }
+
 // read reads the model file at path: its signature, checked by check.
 func read(path string, check func(bad func(string, ...any) error, ins, outs []ort.IOInfo) error) (*model, error) {
 	io, ins, outs, err := ort.ReadModel("vae", path)
@@ -196,7 +203,7 @@ func (s *DecoderSignature) Open(ctx context.Context, o session.Options) (*Decode
 	if err != nil {
 		return nil, err
 	}
-	return &Decoder{DecoderSignature: s, Loaded: m.loaded, m: m}, nil
+	return &Decoder{DecoderSignature: s, Loaded: m.loaded, model: m}, nil
 }
 
 // OpenDecoder loads the decoder at path (vae_decoder/model.onnx): it reads
@@ -211,12 +218,8 @@ func OpenDecoder(ctx context.Context, path string, o session.Options) (*Decoder,
 type Decoder struct {
 	*DecoderSignature // what the model file declares
 	session.Loaded    // how it was loaded
-	m                 *model
+	*model            // its session: Stats, Close
 }
-
-// Stats reports how many calls the session completed and the time spent
-// inside ONNX Runtime. It is safe for concurrent use.
-func (d *Decoder) Stats() (calls int64, busy time.Duration) { return d.m.s.Stats() }
 
 // Decode turns [batch, channels, h, w] latents (already divided by the
 // scaling factor) into [batch, 3, 8h, 8w] pixels in about [-1, 1], which the
@@ -236,7 +239,7 @@ func (d *Decoder) Decode(ctx context.Context, latents *tensor.Dense) (*tensor.De
 
 // decode runs the decoder on latents [b, channels, h, w].
 func (d *Decoder) decode(ctx context.Context, latents []float32, b, h, w int) ([]float32, error) {
-	return d.m.decode(ctx, latents, b, d.latentCh, h, w)
+	return d.model.decode(ctx, latents, b, d.latentCh, h, w)
 }
 
 // WarmUp decodes one image's latents at the warm-up's image size until
@@ -250,9 +253,6 @@ func (d *Decoder) WarmUp(ctx context.Context, w session.Warmup) ([]time.Duration
 		return err
 	}, w.MaxCalls, w.Steady)
 }
-
-// Close frees the decoder. It waits for calls in flight and is idempotent.
-func (d *Decoder) Close() error { return d.m.s.Close() }
 
 // EncoderSignature is what a VAE encoder's model file declares, read and
 // checked without loading its weights. It is a plain value, safe for
@@ -341,7 +341,7 @@ func (s *EncoderSignature) Open(ctx context.Context, o session.Options) (*Encode
 	if err != nil {
 		return nil, err
 	}
-	return &Encoder{EncoderSignature: s, Loaded: m.loaded, m: m}, nil
+	return &Encoder{EncoderSignature: s, Loaded: m.loaded, model: m}, nil
 }
 
 // OpenEncoder loads the encoder at path (vae_encoder/model.onnx): it reads
@@ -356,12 +356,8 @@ func OpenEncoder(ctx context.Context, path string, o session.Options) (*Encoder,
 type Encoder struct {
 	*EncoderSignature // what the model file declares
 	session.Loaded    // how it was loaded
-	m                 *model
+	*model            // its session: Stats, Close
 }
-
-// Stats reports how many calls the session completed and the time spent
-// inside ONNX Runtime. It is safe for concurrent use.
-func (e *Encoder) Stats() (calls int64, busy time.Duration) { return e.m.s.Stats() }
 
 // Encode turns [batch, 3, H, W] pixels in [-1, 1] (H and W multiples of 8)
 // into [batch, c, H/8, W/8] latents, not yet multiplied by the scaling
@@ -383,7 +379,7 @@ func (e *Encoder) Encode(ctx context.Context, image *tensor.Dense) (*tensor.Dens
 // encode runs the encoder on pixels [b, 3, hp, wp] and returns its output
 // [b, outCh, hp/8, wp/8].
 func (e *Encoder) encode(ctx context.Context, image []float32, b, hp, wp int) ([]float32, error) {
-	return e.m.encode(ctx, image, b, hp, wp, e.outCh)
+	return e.model.encode(ctx, image, b, hp, wp, e.outCh)
 }
 
 // latents returns the latents of the encoder's output out [b, outCh, h, w]:
@@ -399,6 +395,3 @@ func (e *Encoder) latents(out []float32, b, h, w int) *tensor.Dense {
 	}
 	return tensor.New(tensor.WithShape(b, e.latentCh, h, w), tensor.WithBacking(mean))
 }
-
-// Close frees the encoder. It waits for calls in flight and is idempotent.
-func (e *Encoder) Close() error { return e.m.s.Close() }
