@@ -3,7 +3,6 @@ package pipeline
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"image"
 	"image/png"
 	"math"
@@ -14,6 +13,7 @@ import (
 
 	"gorgonia.org/tensor"
 
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/unet"
 )
@@ -56,14 +56,8 @@ type inpaintStep struct {
 func loadInpaintReference(t *testing.T) (ref *inpaintReference, img, mask image.Image, model string) {
 	t.Helper()
 	dir := filepath.Join(testenv.SharedDir(t), "reference", "tiny-inpaint")
-	b, err := os.ReadFile(filepath.Join(dir, "reference.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref = new(inpaintReference)
-	if err := json.Unmarshal(b, ref); err != nil {
-		t.Fatal(err)
-	}
+	shareddir.ReadJSON(t, filepath.Join(dir, "reference.json"), ref)
 	read := func(name string) image.Image {
 		f, err := os.Open(filepath.Join(dir, "inputs", name))
 		if err != nil {

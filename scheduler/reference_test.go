@@ -64,14 +64,8 @@ type refCase struct {
 
 func loadCase(t testing.TB, path string) *refCase {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var c refCase
-	if err := json.Unmarshal(data, &c); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
+	shareddir.ReadJSON(t, path, &c)
 	return &c
 }
 

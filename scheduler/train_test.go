@@ -2,23 +2,18 @@ package scheduler
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // TestTrainSchedules checks betas and alphas_cumprod bit for bit against
 // diffusers' float32 tensors.
 func TestTrainSchedules(t *testing.T) {
 	dir := referenceDir(t)
-	data, err := os.ReadFile(filepath.Join(dir, "scheduler-train-schedules.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ref map[string]json.RawMessage
-	if err := json.Unmarshal(data, &ref); err != nil {
-		t.Fatal(err)
-	}
+	shareddir.ReadJSON(t, filepath.Join(dir, "scheduler-train-schedules.json"), &ref)
 	cfg, err := LoadConfig(filepath.Join(dir, "sd-config", "scheduler_config.json"))
 	if err != nil {
 		t.Fatal(err)

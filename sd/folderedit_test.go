@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
@@ -117,16 +118,11 @@ func editModel(t *testing.T, dir, rel string, f func(*onnxpb.Model)) {
 func editJSON(t *testing.T, dir, rel string, f func(map[string]any)) {
 	t.Helper()
 	p := filepath.Join(dir, filepath.FromSlash(rel))
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v map[string]any
-	if err := json.Unmarshal(b, &v); err != nil {
-		t.Fatal(err)
-	}
+	shareddir.ReadJSON(t, p, &v)
 	f(v)
-	if b, err = json.Marshal(v); err != nil {
+	b, err := json.Marshal(v)
+	if err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, dir, rel, string(b))

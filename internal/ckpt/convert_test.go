@@ -1,9 +1,7 @@
 package ckpt
 
 import (
-	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -71,13 +69,7 @@ func TestTinyKeymap(t *testing.T) {
 			DiffusersShape []int64 `json:"diffusers_shape"`
 		} `json:"entries"`
 	}
-	b, err := os.ReadFile(filepath.Join(tinyDir(t), "keymap.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &km); err != nil {
-		t.Fatal(err)
-	}
+	shareddir.ReadJSON(t, filepath.Join(tinyDir(t), "keymap.json"), &km)
 	if len(km.Entries) != 568 {
 		t.Fatalf("keymap has %d entries", len(km.Entries))
 	}

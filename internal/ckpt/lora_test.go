@@ -3,10 +3,8 @@ package ckpt
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -76,13 +74,7 @@ func TestLoRAMerge(t *testing.T) {
 				Kind   string  `json:"kind"`
 			} `json:"layers"`
 		}
-		b, err := os.ReadFile(filepath.Join(dir, "merged-weights-m"+mult+".json"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(b, &js); err != nil {
-			t.Fatal(err)
-		}
+		shareddir.ReadJSON(t, filepath.Join(dir, "merged-weights-m"+mult+".json"), &js)
 		mul := float32(1)
 		if mult == "0.5" {
 			mul = 0.5

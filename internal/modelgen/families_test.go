@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
@@ -109,12 +110,12 @@ func TestFamiliesRun(t *testing.T) {
 				t.Fatal(err)
 			}
 			var index map[string]any
-			readJSON(t, filepath.Join(dir, "model_index.json"), &index)
+			shareddir.ReadJSON(t, filepath.Join(dir, "model_index.json"), &index)
 			if index["_class_name"] != tc.class {
 				t.Errorf("model_index _class_name %v, want %s", index["_class_name"], tc.class)
 			}
 			var sched map[string]any
-			readJSON(t, filepath.Join(dir, SchedulerDir, "scheduler_config.json"), &sched)
+			shareddir.ReadJSON(t, filepath.Join(dir, SchedulerDir, "scheduler_config.json"), &sched)
 			wantSched := tc.cfg.Scheduler.Class
 			if wantSched == "" {
 				wantSched = "PNDMScheduler"
@@ -193,7 +194,7 @@ func TestTAESDRuns(t *testing.T) {
 				t.Fatal(err)
 			}
 			var conf map[string]any
-			readJSON(t, filepath.Join(dir, VAEDecoderDir, ConfigFile), &conf)
+			shareddir.ReadJSON(t, filepath.Join(dir, VAEDecoderDir, ConfigFile), &conf)
 			if conf["_class_name"] != "AutoencoderTiny" {
 				t.Errorf("config %v", conf)
 			}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // signature returns "name type[dims]" for every input and output of a
@@ -111,19 +112,19 @@ func TestFolderLayout(t *testing.T) {
 		ScalingFactor  float64 `json:"scaling_factor"`
 		LatentChannels int     `json:"latent_channels"`
 	}
-	readJSON(t, filepath.Join(dir, "vae_decoder", "config.json"), &vae)
+	shareddir.ReadJSON(t, filepath.Join(dir, "vae_decoder", "config.json"), &vae)
 	if vae.ScalingFactor != 0.18215 || vae.LatentChannels != 4 {
 		t.Errorf("vae config = %+v", vae)
 	}
 	var index map[string]any
-	readJSON(t, filepath.Join(dir, "model_index.json"), &index)
+	shareddir.ReadJSON(t, filepath.Join(dir, "model_index.json"), &index)
 	if index["_class_name"] != "OnnxStableDiffusionPipeline" {
 		t.Errorf("model_index _class_name = %v", index["_class_name"])
 	}
 	// The scheduler config is the SD 1.x one (compared with the reference
 	// copy when it is available).
 	var sched map[string]any
-	readJSON(t, filepath.Join(dir, "scheduler", "scheduler_config.json"), &sched)
+	shareddir.ReadJSON(t, filepath.Join(dir, "scheduler", "scheduler_config.json"), &sched)
 	if sched["_class_name"] != "PNDMScheduler" || sched["steps_offset"] != 1.0 {
 		t.Errorf("scheduler config = %v", sched)
 	}
@@ -136,7 +137,7 @@ func TestFolderLayout(t *testing.T) {
 	}
 	// The text encoder's vocabulary matches the tokenizer's.
 	var vocab map[string]int
-	readJSON(t, filepath.Join(dir, "tokenizer", "vocab.json"), &vocab)
+	shareddir.ReadJSON(t, filepath.Join(dir, "tokenizer", "vocab.json"), &vocab)
 	m, err := onnxpb.ReadIO(filepath.Join(dir, TextEncoderDir, ModelFile))
 	if err != nil {
 		t.Fatal(err)
@@ -164,17 +165,6 @@ func referenceSchedulerConfig(t *testing.T) map[string]any {
 		t.Fatal(err)
 	}
 	return m
-}
-
-func readJSON(t *testing.T, path string, v any) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
 }
 
 // TestDeterministic checks that the same seed gives byte-identical files,

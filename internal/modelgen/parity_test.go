@@ -11,6 +11,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
 
@@ -99,7 +100,7 @@ func newKeymapSource(t *testing.T, dir, file string) keymapSource {
 			Shape     []int64 `json:"diffusers_shape"`
 		} `json:"entries"`
 	}
-	readJSON(t, filepath.Join(dir, "keymap.json"), &km)
+	shareddir.ReadJSON(t, filepath.Join(dir, "keymap.json"), &km)
 	s := keymapSource{loc: file, params: map[Component]map[string]stTensor{}}
 	for _, e := range km.Entries {
 		tn, ok := st[e.LDMKey]
@@ -189,7 +190,7 @@ func sd1Config(t *testing.T, refDir string) Config {
 	var tc struct {
 		Full map[string]json.RawMessage `json:"full_configs"`
 	}
-	readJSON(t, filepath.Join(refDir, "torch_model_configs.json"), &tc)
+	shareddir.ReadJSON(t, filepath.Join(refDir, "torch_model_configs.json"), &tc)
 	text, err := ParseTextConfig(tc.Full["text_encoder"], false)
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +222,7 @@ func TestParitySD1(t *testing.T) {
 		t.Fatalf("configs read as %+v", cfg)
 	}
 	var ref sd1Reference
-	readJSON(t, filepath.Join(refDir, "reference.json"), &ref)
+	shareddir.ReadJSON(t, filepath.Join(refDir, "reference.json"), &ref)
 	pt := ref.Results.PyTorch
 
 	for _, file := range []string{"tiny-sd.safetensors", "tiny-sd-fp16.safetensors"} {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 	"github.com/sdpipe/sdpipe/internal/ort"
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/tokenizer"
 )
@@ -74,7 +75,7 @@ func (r refSignature) lines() []string {
 // same signature with those two changes.
 func TestSDXLSignatures(t *testing.T) {
 	var ref map[string]refSignature
-	readJSON(t, filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl", "onnx_signatures.json"), &ref)
+	shareddir.ReadJSON(t, filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl", "onnx_signatures.json"), &ref)
 	components := []string{TextEncoderDir, TextEncoder2Dir, UNetDir, VAEEncoderDir, VAEDecoderDir}
 	for _, tt := range []struct {
 		name string
@@ -131,7 +132,7 @@ func TestSDXLFolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var index map[string]any
-	readJSON(t, filepath.Join(dir, "model_index.json"), &index)
+	shareddir.ReadJSON(t, filepath.Join(dir, "model_index.json"), &index)
 	if index["_class_name"] != "StableDiffusionXLPipeline" || index["force_zeros_for_empty_prompt"] != true {
 		t.Errorf("model_index = %v", index)
 	}
@@ -169,8 +170,8 @@ func TestSDXLFolder(t *testing.T) {
 
 	// The scheduler config is SDXL base's (compared with the reference's).
 	var got, want map[string]any
-	readJSON(t, filepath.Join(dir, SchedulerDir, "scheduler_config.json"), &got)
-	readJSON(t, filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl", "model", "scheduler", "scheduler_config.json"), &want)
+	shareddir.ReadJSON(t, filepath.Join(dir, SchedulerDir, "scheduler_config.json"), &got)
+	shareddir.ReadJSON(t, filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl", "model", "scheduler", "scheduler_config.json"), &want)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("scheduler config (-SDXL base +generated):\n%s", diff)
 	}
@@ -353,7 +354,7 @@ func TestParitySDXL(t *testing.T) {
 		} `json:"vae_encoder_check"`
 		Runs []sdxlRun `json:"runs"`
 	}
-	readJSON(t, filepath.Join(root, "reference.json"), &ref)
+	shareddir.ReadJSON(t, filepath.Join(root, "reference.json"), &ref)
 	if len(ref.Runs) != 2 {
 		t.Fatalf("%d runs in reference.json", len(ref.Runs))
 	}
@@ -429,7 +430,7 @@ func TestParityInpaint(t *testing.T) {
 	var tc struct {
 		Full map[string]json.RawMessage `json:"full_configs"`
 	}
-	readJSON(t, filepath.Join(root, "torch_model_configs.json"), &tc)
+	shareddir.ReadJSON(t, filepath.Join(root, "torch_model_configs.json"), &tc)
 	un, err := ParseUNetConfig(tc.Full["unet"])
 	if err != nil {
 		t.Fatal(err)
@@ -448,7 +449,7 @@ func TestParityInpaint(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sigs map[string]refSignature
-	readJSON(t, filepath.Join(root, "onnx_signatures.json"), &sigs)
+	shareddir.ReadJSON(t, filepath.Join(root, "onnx_signatures.json"), &sigs)
 	got := append(signatureOf(m.Graph.Input, "in"), signatureOf(m.Graph.Output, "out")...)
 	want := sigs[UNetDir].lines()
 	// The exporter names output dims after torch's nodes
@@ -476,7 +477,7 @@ func TestParityInpaint(t *testing.T) {
 			} `json:"pytorch"`
 		} `json:"results"`
 	}
-	readJSON(t, filepath.Join(root, "reference.json"), &ref)
+	shareddir.ReadJSON(t, filepath.Join(root, "reference.json"), &ref)
 	pt := ref.Results.PyTorch
 	ehs := append(append([]float32{}, pt.TextEncoderCalls[1].Last...), pt.TextEncoderCalls[0].Last...) // [uncond; cond]
 	s := openModel(t, UNetDir, m, "")

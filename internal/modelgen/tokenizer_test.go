@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
 
 // bpe encodes one lower-case word with the merges, CLIP-style.
@@ -48,7 +50,7 @@ func TestGeneratedVocabulary(t *testing.T) {
 		t.Fatal(err)
 	}
 	var vocab map[string]int
-	readJSON(t, filepath.Join(dir, "vocab.json"), &vocab)
+	shareddir.ReadJSON(t, filepath.Join(dir, "vocab.json"), &vocab)
 	if len(vocab) != v.Size() || v.Size() != 512+len(v.Merges)+2 {
 		t.Fatalf("vocab.json has %d tokens, Size %d, merges %d", len(vocab), v.Size(), len(v.Merges))
 	}

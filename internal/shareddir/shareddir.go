@@ -6,6 +6,7 @@
 package shareddir
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -47,4 +48,17 @@ func Path(t testing.TB, need string) string {
 		t.Skipf("reference data not found at %s (set SDPIPE_SHARED to the shared/ folder): %v", d, err)
 	}
 	return d
+}
+
+// ReadJSON decodes the JSON file at path (a reference file, or one a test
+// wrote) into v, and fails the test when it cannot be read or decoded.
+func ReadJSON(t testing.TB, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
 }

@@ -1,9 +1,7 @@
 package testenv
 
 import (
-	"encoding/json"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -69,22 +67,14 @@ func TinyLoRAReference(t testing.TB, mult string) *TinyReference {
 // the format of reference.json.
 func readTinyReference(t testing.TB, path string) *TinyReference {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var r TinyReference
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
+	shareddir.ReadJSON(t, path, &r)
 	var res struct {
 		Results struct {
 			ORT TinyRun `json:"onnxruntime"`
 		} `json:"results"`
 	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
+	shareddir.ReadJSON(t, path, &res) // the same file: its onnxruntime run
 	r.ORT = res.Results.ORT
 	return &r
 }
