@@ -42,7 +42,16 @@ const linearMax = 48
 // CLIPTokenizer.bpe: each round merges, left to right, every occurrence of
 // the adjacent pair of lowest rank.
 func (c *CLIP) bpe(syms []int32, word []byte) []int32 {
-	syms = syms[:0]
+	syms = c.symbols(syms[:0], word)
+	if len(syms) > linearMax {
+		return c.bpeHeap(syms)
+	}
+	return c.bpeLinear(syms)
+}
+
+// symbols appends the base symbols of word's bytes to syms, the last byte's
+// with the end-of-word mark (</w>).
+func (c *CLIP) symbols(syms []int32, word []byte) []int32 {
 	for i, b := range word {
 		if i == len(word)-1 {
 			syms = append(syms, c.baseEnd[b])
@@ -50,9 +59,13 @@ func (c *CLIP) bpe(syms []int32, word []byte) []int32 {
 			syms = append(syms, c.base[b])
 		}
 	}
-	if len(syms) > linearMax {
-		return c.bpeHeap(syms)
-	}
+	return syms
+}
+
+// bpeLinear applies the merges to syms in place with the quadratic loop of
+// CLIPTokenizer.bpe: each round finds the adjacent pair of lowest rank and
+// merges its every occurrence, left to right.
+func (c *CLIP) bpeLinear(syms []int32) []int32 {
 	for len(syms) > 1 {
 		best := merge{rank: -1}
 		var first, second int32

@@ -78,15 +78,8 @@ func TestHeapMatchesLinearReal(t *testing.T) {
 		words = append(words, b.String())
 	}
 	for _, w := range words {
-		var syms []int32
-		for i := 0; i < len(w); i++ {
-			if i == len(w)-1 {
-				syms = append(syms, tok.baseEnd[w[i]])
-			} else {
-				syms = append(syms, tok.base[w[i]])
-			}
-		}
-		want := linearBPE(tok, syms)
+		syms := tok.symbols(nil, []byte(w))
+		want := tok.bpeLinear(slices.Clone(syms))
 		if got := tok.bpeHeap(slices.Clone(syms)); !slices.Equal(got, want) {
 			t.Fatalf("word %q: heap %v, linear %v", w, got, want)
 		}

@@ -198,47 +198,11 @@ func TestHeapMatchesLinear(t *testing.T) {
 		for i := range word {
 			word[i] = "abc"[rng.IntN(3)]
 		}
-		var lin []int32
-		for i, b := range word {
-			if i == n-1 {
-				lin = append(lin, tok.baseEnd[b])
-			} else {
-				lin = append(lin, tok.base[b])
-			}
-		}
+		lin := tok.symbols(nil, word)
 		heapSyms := tok.bpeHeap(slices.Clone(lin))
-		linSyms := linearBPE(tok, lin)
+		linSyms := tok.bpeLinear(slices.Clone(lin))
 		if !slices.Equal(heapSyms, linSyms) {
 			t.Fatalf("word %s: heap %v, linear %v", word, heapSyms, linSyms)
 		}
 	}
-}
-
-// linearBPE is the reference loop of CLIPTokenizer.bpe on symbol ids.
-func linearBPE(c *CLIP, syms []int32) []int32 {
-	syms = slices.Clone(syms)
-	for len(syms) > 1 {
-		best := merge{rank: -1}
-		var first, second int32
-		for i := 0; i+1 < len(syms); i++ {
-			if m, ok := c.merges[pairKey(syms[i], syms[i+1])]; ok && (best.rank < 0 || m.rank < best.rank) {
-				best, first, second = m, syms[i], syms[i+1]
-			}
-		}
-		if best.rank < 0 {
-			break
-		}
-		var out []int32
-		for i := 0; i < len(syms); {
-			if i+1 < len(syms) && syms[i] == first && syms[i+1] == second {
-				out = append(out, best.out)
-				i += 2
-			} else {
-				out = append(out, syms[i])
-				i++
-			}
-		}
-		syms = out
-	}
-	return syms
 }
