@@ -25,19 +25,8 @@ type setup struct {
 // LoRA folder holding tiny-lora (as a link named tiny-lora.safetensors).
 func open(t *testing.T) setup {
 	t.Helper()
-	testenv.RequireORT(t)
 	shared := shareddir.Path(t, "reference/tiny-lora")
-	ckptPath := filepath.Join(shared, "reference", "tiny-ckpt", "tiny-sd.safetensors")
-	b, err := ckpt.Build(t.Context(), ckptPath, ckpt.BuildOptions{
-		CacheDir:     t.TempDir(),
-		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
-		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
-		LoRABranches: true,
-		ExtraTokens:  true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, _ := buildTiny(t, shared, true)
 	dir := t.TempDir()
 	if err := os.Symlink(filepath.Join(shared, "reference", "tiny-lora", "tiny-lora.safetensors"), filepath.Join(dir, "tiny-lora.safetensors")); err != nil {
 		t.Fatal(err)
@@ -51,6 +40,27 @@ func open(t *testing.T) setup {
 		t.Errorf("LoRA names %v", c.LoRAs.Names())
 	}
 	return setup{comps: c.Components, loraIn: dir}
+}
+
+// buildTiny builds ../shared's tiny checkpoint (shared is ../shared) with
+// room for extra tokens, and LoRA branches when lora is set, after
+// skipping the test without ONNX Runtime. It returns the build and the
+// checkpoint's path.
+func buildTiny(t *testing.T, shared string, lora bool) (*ckpt.Built, string) {
+	t.Helper()
+	testenv.RequireORT(t)
+	ckptPath := filepath.Join(shared, "reference", "tiny-ckpt", "tiny-sd.safetensors")
+	b, err := ckpt.Build(t.Context(), ckptPath, ckpt.BuildOptions{
+		CacheDir:     t.TempDir(),
+		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
+		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
+		LoRABranches: lora,
+		ExtraTokens:  true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, ckptPath
 }
 
 func request(ref *testenv.TinyReference) pipeline.Request {

@@ -44,18 +44,8 @@ func wordEmbedding(t *testing.T, dir, name, words string, tok *tokenizer.CLIP, f
 // weighting and in the negative prompt too; the plain prompt still
 // reproduces diffusers' run.
 func TestEmbeddingsEqualWords(t *testing.T) {
-	testenv.RequireORT(t)
 	shared := shareddir.Path(t, "reference/tiny-ckpt")
-	ckptPath := filepath.Join(shared, "reference", "tiny-ckpt", "tiny-sd.safetensors")
-	b, err := ckpt.Build(t.Context(), ckptPath, ckpt.BuildOptions{
-		CacheDir:     t.TempDir(),
-		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
-		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
-		ExtraTokens:  true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, ckptPath := buildTiny(t, shared, false)
 	f, err := ckpt.Open(ckptPath)
 	if err != nil {
 		t.Fatal(err)
