@@ -1,9 +1,7 @@
 package tokenizer
 
 import (
-	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 )
 
@@ -35,29 +33,15 @@ func TestFixText(t *testing.T) {
 	}
 }
 
-var (
-	ftfyOnce sync.Once
-	ftfyTok  *CLIP
-	ftfyErr  error
-)
-
-func ftfyCLIP(tb testing.TB) *CLIP {
-	tb.Helper()
-	dir := filepath.Join(sharedDir(tb), "clip-tokenizer")
-	ftfyOnce.Do(func() {
-		cfg, err := ReadConfig(dir)
-		if err != nil {
-			ftfyErr = err
-			return
-		}
-		cfg.Ftfy = true
-		ftfyTok, ftfyErr = LoadWith(dir, cfg)
-	})
-	if ftfyErr != nil {
-		tb.Fatal(ftfyErr)
+// ftfyCLIP is realCLIP with ftfy's text fixing.
+var ftfyCLIP = onceCLIP(func(dir string) (*CLIP, error) {
+	cfg, err := ReadConfig(dir)
+	if err != nil {
+		return nil, err
 	}
-	return ftfyTok
-}
+	cfg.Ftfy = true
+	return LoadWith(dir, cfg)
+})
 
 func TestFtfyDiffers(t *testing.T) {
 	plain, ftfy := realCLIP(t), ftfyCLIP(t)

@@ -18,21 +18,27 @@ func sharedDir(tb testing.TB) string {
 	return shareddir.Path(tb, "clip-tokenizer/vocab.json")
 }
 
-var (
-	realOnce sync.Once
-	realTok  *CLIP
-	realErr  error
-)
-
 // realCLIP loads the SD 1.x tokenizer from ../shared/clip-tokenizer once.
-func realCLIP(tb testing.TB) *CLIP {
-	tb.Helper()
-	dir := filepath.Join(sharedDir(tb), "clip-tokenizer")
-	realOnce.Do(func() { realTok, realErr = Load(dir) })
-	if realErr != nil {
-		tb.Fatal(realErr)
+var realCLIP = onceCLIP(Load)
+
+// onceCLIP returns a getter of the tokenizer load reads from
+// ../shared/clip-tokenizer: it loads it the first time it is called, and
+// fails (or skips, without ../shared) the test that calls it.
+func onceCLIP(load func(dir string) (*CLIP, error)) func(testing.TB) *CLIP {
+	var (
+		once sync.Once
+		tok  *CLIP
+		err  error
+	)
+	return func(tb testing.TB) *CLIP {
+		tb.Helper()
+		dir := filepath.Join(sharedDir(tb), "clip-tokenizer")
+		once.Do(func() { tok, err = load(dir) })
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return tok
 	}
-	return realTok
 }
 
 type refCase struct {
