@@ -90,18 +90,3 @@ func ioInfos(vs []onnxpb.ValueInfo) []ort.IOInfo {
 
 // testSessionOptions are the options the tests open their sessions with.
 var testSessionOptions = ort.Options{IntraOpThreads: 1, InterOpThreads: 1}
-
-// closedAtEnd returns the session s that opening returned with err, closed
-// at the end of the test; it fails the test on err.
-func closedAtEnd(t *testing.T, s *ort.Session, err error) *ort.Session {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}

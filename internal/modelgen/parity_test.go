@@ -129,7 +129,7 @@ func openModel(t *testing.T, name string, m *onnxpb.Model, extDir string) *ort.S
 		t.Fatal(err)
 	}
 	s, err := ort.OpenData(t.Context(), name, data, extDir, ioInfos(m.Graph.Input), ioInfos(m.Graph.Output), testSessionOptions)
-	return closedAtEnd(t, s, err)
+	return testenv.CloseAtEnd(t, s, err)
 }
 
 // run runs s and returns its float32 outputs.

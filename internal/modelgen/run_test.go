@@ -20,7 +20,7 @@ func openComponent(t *testing.T, dir, component string) *ort.Session {
 		t.Fatal(err)
 	}
 	s, err := ort.Open(t.Context(), path, ioInfos(io.Inputs), ioInfos(io.Outputs), testSessionOptions)
-	return closedAtEnd(t, s, err)
+	return testenv.CloseAtEnd(t, s, err)
 }
 
 // stats returns the mean absolute value and the standard deviation of x,

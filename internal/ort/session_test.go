@@ -2,9 +2,7 @@ package ort_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,60 +23,16 @@ var (
 	}
 )
 
-type teCall struct {
-	InputIDs        []int32   `json:"input_ids"`
-	LastHiddenState []float32 `json:"last_hidden_state"`
-	PoolerOutput    []float32 `json:"pooler_output"`
-}
-
-func loadTECalls(t *testing.T) []teCall {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.SharedDir(t), "reference", "tiny-onnx-sd", "reference.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ref struct {
-		Results struct {
-			ORT struct {
-				Calls []teCall `json:"text_encoder_calls"`
-			} `json:"onnxruntime"`
-		} `json:"results"`
-	}
-	if err := json.Unmarshal(b, &ref); err != nil {
-		t.Fatal(err)
-	}
-	return ref.Results.ORT.Calls
-}
-
-func maxDiff(a, b []float32) float64 {
-	if len(a) != len(b) {
-		return math.Inf(1)
-	}
-	m := 0.0
-	for i := range a {
-		m = math.Max(m, math.Abs(float64(a[i])-float64(b[i])))
-	}
-	return m
-}
-
 func openTE(t *testing.T, o ort.Options) *ort.Session {
 	t.Helper()
 	testenv.RequireORT(t)
 	path := filepath.Join(testenv.TinyReferenceModel(t), "text_encoder", "model.onnx")
 	s, err := ort.Open(t.Context(), path, teIn, teOut, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
+	return testenv.CloseAtEnd(t, s, err)
 }
 
 func TestRunMatchesReference(t *testing.T) {
-	calls := loadTECalls(t)
+	calls := testenv.LoadTinyReference(t).ORT.TextEncoderCalls
 	s := openTE(t, ort.Options{IntraOpThreads: 1})
 	for i, c := range calls {
 		shape := []int64{1, int64(len(c.InputIDs))}
@@ -87,10 +41,10 @@ func TestRunMatchesReference(t *testing.T) {
 		if err := s.Run(t.Context(), []ort.Tensor{{Shape: shape, Data: c.InputIDs}}, out); err != nil {
 			t.Fatal(err)
 		}
-		if d := maxDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
+		if d := testenv.MaxAbsDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
 			t.Errorf("call %d: last_hidden_state differs by %g", i, d)
 		}
-		if d := maxDiff(out[1].Data.([]float32), c.PoolerOutput); d > 1e-4 {
+		if d := testenv.MaxAbsDiff(out[1].Data.([]float32), c.PoolerOutput); d > 1e-4 {
 			t.Errorf("call %d: pooler_output differs by %g", i, d)
 		}
 		// preallocated outputs, int64 ids converted to the model's int32
@@ -102,7 +56,7 @@ func TestRunMatchesReference(t *testing.T) {
 		if err := s.Run(t.Context(), []ort.Tensor{{Shape: shape, Data: ids64}}, out); err != nil {
 			t.Fatal(err)
 		}
-		if d := maxDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
+		if d := testenv.MaxAbsDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
 			t.Errorf("call %d (preallocated): last_hidden_state differs by %g", i, d)
 		}
 	}
@@ -114,7 +68,7 @@ func TestRunMatchesReference(t *testing.T) {
 // TestSessionOptions opens sessions with each optional setting and checks
 // that they still give the reference outputs.
 func TestSessionOptions(t *testing.T) {
-	calls := loadTECalls(t)
+	calls := testenv.LoadTinyReference(t).ORT.TextEncoderCalls
 	for name, o := range map[string]ort.Options{
 		"no spinning, 2 threads": {IntraOpThreads: 2, InterOpThreads: 1, NoSpinning: true},
 		"session config":         {IntraOpThreads: 1, SessionConfig: map[string]string{"session.disable_prepacking": "1"}},
@@ -127,7 +81,7 @@ func TestSessionOptions(t *testing.T) {
 			if err := s.Run(t.Context(), []ort.Tensor{{Shape: []int64{1, int64(len(c.InputIDs))}, Data: c.InputIDs}}, out); err != nil {
 				t.Fatal(err)
 			}
-			if d := maxDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
+			if d := testenv.MaxAbsDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
 				t.Errorf("last_hidden_state differs by %g", d)
 			}
 		})
@@ -135,7 +89,7 @@ func TestSessionOptions(t *testing.T) {
 }
 
 func TestRunConcurrent(t *testing.T) {
-	calls := loadTECalls(t)
+	calls := testenv.LoadTinyReference(t).ORT.TextEncoderCalls
 	s := openTE(t, ort.Options{IntraOpThreads: 1})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -147,7 +101,7 @@ func TestRunConcurrent(t *testing.T) {
 				errs <- err
 				return
 			}
-			if d := maxDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
+			if d := testenv.MaxAbsDiff(out[0].Data.([]float32), c.LastHiddenState); d > 1e-4 {
 				errs <- errors.New("concurrent result differs")
 			}
 		})

@@ -44,3 +44,19 @@ func RequireORT(t testing.TB) string {
 	}
 	return v
 }
+
+// CloseAtEnd returns c, which the call that opened it returned with err,
+// and closes it when the test ends, reporting its Close error; it fails the
+// test on err.
+func CloseAtEnd[C interface{ Close() error }](t testing.TB, c C, err error) C {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
+}
