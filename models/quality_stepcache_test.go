@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sdpipe/sdpipe/pipeline"
+	"github.com/sdpipe/sdpipe/sd"
 	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/unet"
 )
@@ -18,12 +19,15 @@ const qualityStepCacheBar = 0.03
 
 // TestQualityStepCache measures step caching on the trained default model
 // as TestQuality measures the model: the same prompts, seeds and
-// schedulers at the model's guidance scale and 20 steps, on a grid of
+// schedulers at the model's guidance scale and SDPIPE_STEPCACHE_STEPS steps
+// (default 20), on a grid of
 // SDPIPE_STEPCACHE_GRID prompts (default 150, so one image is 0.67
 // points), with the UNet split for step caching at branch
 // SDPIPE_STEPCACHE_BRANCH (default 2) and each interval of
 // SDPIPE_STEPCACHE_INTERVALS (default "3"), against the plain UNet at
-// the same seeds. Each accuracy (colour, background, shape, all three)
+// the same seeds; with SDPIPE_STEPCACHE_INT8=1 the split UNet is the int8
+// one (sd.WithInt8 with sd.WithStepCache: quantized, then split), still
+// against the float32 plain UNet. Each accuracy (colour, background, shape, all three)
 // may fall by at most qualityStepCacheBar on every scheduler; the figures
 // are logged. It is a measurement, run when SDPIPE_STEPCACHE_QUALITY is
 // set (about 2 min on 2 cores per interval). The defaults pass (within 2
@@ -61,6 +65,14 @@ func TestQualityStepCache(t *testing.T) {
 			t.Fatalf("SDPIPE_STEPCACHE_GRID=%q: want a prompt count", v)
 		}
 	}
+	steps := qualitySteps
+	if v := os.Getenv("SDPIPE_STEPCACHE_STEPS"); v != "" {
+		var err error
+		if steps, err = strconv.Atoi(v); err != nil || steps < 1 {
+			t.Fatalf("SDPIPE_STEPCACHE_STEPS=%q: want a step count", v)
+		}
+	}
+	quantized := os.Getenv("SDPIPE_STEPCACHE_INT8") == "1"
 	plain := openDefault(t)
 	dir, err := DefaultDir()
 	if err != nil {
@@ -75,27 +87,31 @@ func TestQualityStepCache(t *testing.T) {
 	scheds := []string{"PNDMScheduler", "Euler a", "DPM++ 2M", "DDIM"}
 	base := make([]accuracy, len(scheds))
 	for i, s := range scheds {
-		base[i] = measure(t, plain, grid, s, g)
-		t.Logf("%-13s plain:       %v", s, base[i])
+		base[i] = measureSteps(t, plain, grid, s, g, steps)
+		t.Logf("%-13s plain:       %v (%d steps)", s, base[i], steps)
 	}
 	for _, n := range intervals {
-		un, err := sig.OpenStepCache(t.Context(), session.Options{Threads: 1, RewriteCache: cache}, unet.StepCache{Interval: n, Branch: branch})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { un.Close() })
-		c := openComponents(t, dir)
-		c.UNet = un
-		p, err := pipeline.New(c, pipeline.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Close() })
-		if n == intervals[0] {
-			t.Logf("split: %s", un.Rewrites)
+		var p *pipeline.Pipeline
+		if quantized {
+			p = openInt8StepCache(t, dir, cache, unet.StepCache{Interval: n, Branch: branch})
+		} else {
+			un, err := sig.OpenStepCache(t.Context(), session.Options{Threads: 1, RewriteCache: cache}, unet.StepCache{Interval: n, Branch: branch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { un.Close() })
+			c := openComponents(t, dir)
+			c.UNet = un
+			if p, err = pipeline.New(c, pipeline.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			if n == intervals[0] {
+				t.Logf("split: %s", un.Rewrites)
+			}
 		}
 		for i, s := range scheds {
-			a := measure(t, p, grid, s, g)
+			a := measureSteps(t, p, grid, s, g, steps)
 			t.Logf("%-13s interval %d: %v", s, n, a)
 			b := base[i]
 			for _, d := range []struct {
@@ -109,4 +125,28 @@ func TestQualityStepCache(t *testing.T) {
 			}
 		}
 	}
+}
+
+// openInt8StepCache opens the folder dir as sd.Open would with sd.WithInt8
+// and sd.WithStepCache(c), one thread a session, into the rewrite cache
+// cache; closed at the end of the test.
+func openInt8StepCache(t *testing.T, dir, cache string, c unet.StepCache) *pipeline.Pipeline {
+	t.Helper()
+	var opts []sd.LoadOption
+	for _, k := range []sd.Component{sd.TextEncoder, sd.UNet, sd.VAEDecoder} {
+		opts = append(opts, sd.WithThreads(k, 1))
+	}
+	opts = append(opts, sd.WithInt8(sd.Int8{}), sd.WithStepCache(c.Interval, c.Branch), sd.WithRewriteCache(cache), sd.WithoutVAEEncoder())
+	f, err := sd.OpenFolder(t.Context(), dir, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	t.Logf("int8 + step cache: %s", f.Load().Rewrites[sd.UNet])
+	p, err := pipeline.New(f.Components(), pipeline.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }

@@ -79,14 +79,22 @@ const qualitySeed = 100
 // measure generates the grid of n prompts under one scheduler and guidance
 // scale.
 func measure(t *testing.T, p *pipeline.Pipeline, n int, sched string, guidance float64) accuracy {
-	a, _ := measureImages(t, p, n, qualitySeed, sched, guidance)
+	return measureSteps(t, p, n, sched, guidance, qualitySteps)
+}
+
+// qualitySteps is the steps of TestQuality's images.
+const qualitySteps = 20
+
+// measureSteps is measure with images of the given steps.
+func measureSteps(t *testing.T, p *pipeline.Pipeline, n int, sched string, guidance float64, steps int) accuracy {
+	a, _ := measureImages(t, p, n, qualitySeed, sched, guidance, steps)
 	return a
 }
 
 // measureImages is measure with prompt i seeded seedBase+i, which also
 // returns the images, framed green where they are right in all three and
 // red where not.
-func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sched string, guidance float64) (accuracy, []sheetCell) {
+func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sched string, guidance float64, steps int) (accuracy, []sheetCell) {
 	t.Helper()
 	want := qualityPrompts(n)
 	got := make([]verdict, len(want))
@@ -99,7 +107,7 @@ func measureImages(t *testing.T, p *pipeline.Pipeline, n int, seedBase int64, sc
 			defer func() { <-sem }()
 			res, err := p.Generate(t.Context(), pipeline.Request{
 				Prompt: fmt.Sprintf("a %s %s on a %s background", w.color, w.shape, w.bg),
-				Width:  64, Height: 64, Steps: 20, GuidanceScale: new(guidance),
+				Width:  64, Height: 64, Steps: steps, GuidanceScale: new(guidance),
 				Scheduler: sched, Seed: seedBase + int64(i),
 			})
 			if err != nil {
@@ -252,7 +260,7 @@ func TestQualitySweep(t *testing.T) {
 	p := openDir(t, modelUnderTest(t))
 	for _, s := range []string{"PNDMScheduler", "Euler a", "DPM++ 2M", "DDIM"} {
 		for _, g := range scales {
-			a, imgs := measureImages(t, p, n, seedBase, s, g)
+			a, imgs := measureImages(t, p, n, seedBase, s, g, qualitySteps)
 			t.Logf("%-13s guidance %-4g %v", s, g, a)
 			if dump := os.Getenv("SDPIPE_QUALITY_DUMP"); dump != "" {
 				name := fmt.Sprintf("%s-%g.png", strings.ReplaceAll(s, " ", "_"), g)
