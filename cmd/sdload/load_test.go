@@ -3,12 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,26 +65,6 @@ func TestRunRefusesRemote(t *testing.T) {
 	}
 }
 
-// metric reads one unlabelled sample of the service's /metrics.
-func metric(t *testing.T, base, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("/metrics lacks %s", name)
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 // TestLoad sends a bounded concurrent load to one service on the default
 // model with a small queue: every request is answered once, either 200 or
 // 429, and every accepted request completes. SDPIPE_LOAD=1 runs a longer
@@ -128,10 +104,10 @@ func TestLoad(t *testing.T) {
 	if rep.OK == 0 {
 		t.Errorf("nothing completed")
 	}
-	if got := metric(t, ts.URL, "sdpipe_rejected_queue_full_total"); got != float64(rep.Rejected) {
+	if got := testenv.Metric(t, ts.URL, "sdpipe_rejected_queue_full_total"); got != float64(rep.Rejected) {
 		t.Errorf("server counted %v 429s, client %d", got, rep.Rejected)
 	}
-	if got := metric(t, ts.URL, "sdpipe_admitted"); got != 0 {
+	if got := testenv.Metric(t, ts.URL, "sdpipe_admitted"); got != 0 {
 		t.Errorf("%v generations still admitted after the load", got)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -292,20 +291,4 @@ func waitJob(t *testing.T, base, id string, limit time.Duration) job {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func metric(t *testing.T, base, name string) float64 {
-	t.Helper()
-	r, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("/metrics has no %s", name)
-	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
 }

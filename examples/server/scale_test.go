@@ -90,10 +90,10 @@ func TestSharedQueue(t *testing.T) {
 			t.Errorf("short job %d from replica %d: status %s, position %d, want queued at %d", i, i%3, st.Status, st.QueuePosition, i+1)
 		}
 	}
-	if w := metric(t, reps[2].url, "sdpipe_job_queue_waiting"); w != 6 {
+	if w := testenv.Metric(t, reps[2].url, "sdpipe_job_queue_waiting"); w != 6 {
 		t.Errorf("sdpipe_job_queue_waiting %v, want 6", w)
 	}
-	if a := metric(t, reps[0].url, "sdpipe_job_queue_oldest_age_seconds"); a <= 0 {
+	if a := testenv.Metric(t, reps[0].url, "sdpipe_job_queue_oldest_age_seconds"); a <= 0 {
 		t.Errorf("sdpipe_job_queue_oldest_age_seconds %v, want > 0", a)
 	}
 	results := map[string][]byte{}
