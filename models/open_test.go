@@ -44,32 +44,15 @@ func openDir(t testing.TB, dir string) *pipeline.Pipeline {
 // the test.
 func openComponents(t testing.TB, dir string) pipeline.Components {
 	t.Helper()
-	ctx := t.Context()
 	o := session.Options{Threads: 1}
 	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	te, err := textenc.Open(ctx, filepath.Join(dir, "text_encoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { te.Close() })
-	un, err := unet.Open(ctx, filepath.Join(dir, "unet", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { un.Close() })
-	dec, err := vae.OpenDecoder(ctx, filepath.Join(dir, "vae_decoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dec.Close() })
-	enc, err := vae.OpenEncoder(ctx, filepath.Join(dir, "vae_encoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { enc.Close() })
+	te := testenv.OpenComponent(t, textenc.Open, dir, "text_encoder", o)
+	un := testenv.OpenComponent(t, unet.Open, dir, "unet", o)
+	dec := testenv.OpenComponent(t, vae.OpenDecoder, dir, "vae_decoder", o)
+	enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", o)
 	cfg, scaling := folderConfig(t, dir)
 	if scaling <= 0 {
 		t.Fatalf("vae_decoder/config.json: scaling_factor %v", scaling)

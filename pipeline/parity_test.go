@@ -28,26 +28,10 @@ func componentsFrom(t *testing.T, dir string) Components {
 	if err != nil {
 		t.Fatal(err)
 	}
-	te, err := textenc.Open(t.Context(), filepath.Join(dir, "text_encoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { te.Close() })
-	un, err := unet.Open(t.Context(), filepath.Join(dir, "unet", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { un.Close() })
-	dec, err := vae.OpenDecoder(t.Context(), filepath.Join(dir, "vae_decoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dec.Close() })
-	enc, err := vae.OpenEncoder(t.Context(), filepath.Join(dir, "vae_encoder", "model.onnx"), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { enc.Close() })
+	te := testenv.OpenComponent(t, textenc.Open, dir, "text_encoder", o)
+	un := testenv.OpenComponent(t, unet.Open, dir, "unet", o)
+	dec := testenv.OpenComponent(t, vae.OpenDecoder, dir, "vae_decoder", o)
+	enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", o)
 	cfg, err := scheduler.LoadConfig(filepath.Join(dir, "scheduler", "scheduler_config.json"))
 	if err != nil {
 		t.Fatal(err)

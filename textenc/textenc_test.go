@@ -13,11 +13,7 @@ import (
 func TestEncodeMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m, err := textenc.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "text_encoder", "model.onnx"), session.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := testenv.OpenComponent(t, textenc.Open, testenv.TinyReferenceModel(t), "text_encoder", session.Options{Threads: 1})
 	if m.HiddenSize() != 32 {
 		t.Errorf("HiddenSize() = %d, want 32", m.HiddenSize())
 	}

@@ -2,7 +2,6 @@ package unet_test
 
 import (
 	"errors"
-	"path/filepath"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -15,11 +14,7 @@ import (
 func TestPredictMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m, err := unet.Open(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "unet", "model.onnx"), session.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := testenv.OpenComponent(t, unet.Open, testenv.TinyReferenceModel(t), "unet", session.Options{Threads: 1})
 	if m.InChannels() != 4 || m.CrossDim() != 32 {
 		t.Errorf("InChannels %d, CrossDim %d", m.InChannels(), m.CrossDim())
 	}

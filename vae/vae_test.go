@@ -3,7 +3,6 @@ package vae_test
 import (
 	"errors"
 	"math"
-	"path/filepath"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -16,11 +15,7 @@ import (
 func TestDecodeMatchesReference(t *testing.T) {
 	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	d, err := vae.OpenDecoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_decoder", "model.onnx"), session.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := testenv.OpenComponent(t, vae.OpenDecoder, testenv.TinyReferenceModel(t), "vae_decoder", session.Options{Threads: 1})
 	in := tensor.New(tensor.WithShape(1, 4, 8, 8), tensor.WithBacking(append([]float32(nil), ref.ORT.VAEDecoderInput...)))
 	got, err := d.Decode(t.Context(), in)
 	if err != nil {
@@ -41,11 +36,7 @@ func TestEncodeStatistics(t *testing.T) {
 	// The legacy export samples inside the graph, so only the statistics of
 	// its output can be compared (reference.json's vae_encoder_check).
 	testenv.RequireORT(t)
-	e, err := vae.OpenEncoder(t.Context(), filepath.Join(testenv.TinyReferenceModel(t), "vae_encoder", "model.onnx"), session.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := testenv.OpenComponent(t, vae.OpenEncoder, testenv.TinyReferenceModel(t), "vae_encoder", session.Options{Threads: 1})
 	img := make([]float32, 3*64*64)
 	for i := range img {
 		img[i] = float32(math.Sin(float64(i))) // deterministic, in [-1, 1]
