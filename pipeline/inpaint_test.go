@@ -4,9 +4,7 @@ import (
 	"cmp"
 	"context"
 	"image"
-	"image/png"
 	"math"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -55,22 +53,10 @@ type inpaintStep struct {
 // and the model folder, or skips without ../shared.
 func loadInpaintReference(t *testing.T) (ref *inpaintReference, img, mask image.Image, model string) {
 	t.Helper()
-	dir := filepath.Join(testenv.SharedDir(t), "reference", "tiny-inpaint")
+	dir, img, mask := testenv.TinyInpaint(t)
 	ref = new(inpaintReference)
 	shareddir.ReadJSON(t, filepath.Join(dir, "reference.json"), ref)
-	read := func(name string) image.Image {
-		f, err := os.Open(filepath.Join(dir, "inputs", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		m, err := png.Decode(f)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return m
-	}
-	return ref, read("pndm_64_rect_mask_image.png"), read("pndm_64_rect_mask_mask.png"), filepath.Join(dir, "model")
+	return ref, img, mask, filepath.Join(dir, "model")
 }
 
 // TestParityInpaint runs the tiny 9-channel inpainting model on the

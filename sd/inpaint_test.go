@@ -4,8 +4,6 @@ import (
 	"errors"
 	"image"
 	"image/color"
-	"image/png"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,20 +16,8 @@ import (
 // init image and mask, or skips.
 func tinyInpaint(t *testing.T) (dir string, img, mask image.Image) {
 	t.Helper()
-	root := filepath.Join(testenv.SharedDir(t), "reference", "tiny-inpaint")
-	read := func(name string) image.Image {
-		f, err := os.Open(filepath.Join(root, "inputs", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		m, err := png.Decode(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
-	return filepath.Join(root, "model"), read("pndm_64_rect_mask_image.png"), read("pndm_64_rect_mask_mask.png")
+	root, img, mask := testenv.TinyInpaint(t)
+	return filepath.Join(root, "model"), img, mask
 }
 
 // TestInpaintModel opens the legacy 9-channel inpainting folder (its

@@ -1,7 +1,10 @@
 package testenv
 
 import (
+	"image"
+	"image/png"
 	"math"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -109,4 +112,25 @@ func MaxAbsDiff(a, b []float32) float64 {
 		m = math.Max(m, d)
 	}
 	return m
+}
+
+// TinyInpaint returns ../shared/reference/tiny-inpaint (its reference.json,
+// its model/ folder) and the init image and mask of its reference run, or
+// skips the test without ../shared.
+func TinyInpaint(t testing.TB) (dir string, img, mask image.Image) {
+	t.Helper()
+	dir = filepath.Join(SharedDir(t), "reference", "tiny-inpaint")
+	read := func(name string) image.Image {
+		f, err := os.Open(filepath.Join(dir, "inputs", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		m, err := png.Decode(f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return m
+	}
+	return dir, read("pndm_64_rect_mask_image.png"), read("pndm_64_rect_mask_mask.png")
 }
