@@ -3,7 +3,6 @@ package sd_test
 import (
 	"bytes"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,24 +99,7 @@ func TestRewriteRefused(t *testing.T) {
 	}
 	entry := filepath.Dir(entries[0])
 	mod := testenv.ReadModel(t, filepath.Join(entry, "model.onnx"))
-	changed := 0
-	for _, n := range mod.Graph.Nodes {
-		if n.OpType != "Constant" || len(n.Attribute) != 1 || n.Attribute[0].T == nil {
-			continue
-		}
-		tt := n.Attribute[0].T
-		if tt.DataType == onnxpb.Float && len(tt.Dims) == 0 && len(tt.RawData) == 4 {
-			u := uint32(tt.RawData[0]) | uint32(tt.RawData[1])<<8 | uint32(tt.RawData[2])<<16 | uint32(tt.RawData[3])<<24
-			if v := math.Float32frombits(u); v > 0.3 && v < 0.4 { // 1/√8
-				u = math.Float32bits(2 * v)
-				tt.RawData = []byte{byte(u), byte(u >> 8), byte(u >> 16), byte(u >> 24)}
-				changed++
-			}
-		}
-	}
-	if changed == 0 {
-		t.Fatal("no attention scale in the rewritten UNet")
-	}
+	testenv.DoubleAttentionScales(t, mod)
 	b, err := onnxpb.Marshal(mod)
 	if err != nil {
 		t.Fatal(err)
