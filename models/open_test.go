@@ -9,11 +9,6 @@ import (
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/scheduler"
-	"github.com/sdpipe/sdpipe/session"
-	"github.com/sdpipe/sdpipe/textenc"
-	"github.com/sdpipe/sdpipe/tokenizer"
-	"github.com/sdpipe/sdpipe/unet"
-	"github.com/sdpipe/sdpipe/vae"
 )
 
 // openDefault opens the embedded model, materialised by DefaultDir, with
@@ -44,22 +39,14 @@ func openDir(t testing.TB, dir string) *pipeline.Pipeline {
 // the test.
 func openComponents(t testing.TB, dir string) pipeline.Components {
 	t.Helper()
-	o := session.Options{Threads: 1}
-	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	te := testenv.OpenComponent(t, textenc.Open, dir, "text_encoder", o)
-	un := testenv.OpenComponent(t, unet.Open, dir, "unet", o)
-	dec := testenv.OpenComponent(t, vae.OpenDecoder, dir, "vae_decoder", o)
-	enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", o)
+	f := testenv.OpenFolder(t, dir)
 	cfg, scaling := folderConfig(t, dir)
 	if scaling <= 0 {
 		t.Fatalf("vae_decoder/config.json: scaling_factor %v", scaling)
 	}
 	return pipeline.Components{
-		Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc,
-		Scheduler: cfg, ScalingFactor: scaling, UNetTimestepPerItem: un.PerItemTimesteps(),
+		Tokenizer: f.Tokenizer, TextEncoder: f.TextEncoder, UNet: f.UNet, VAEDecoder: f.VAEDecoder, VAEEncoder: f.VAEEncoder,
+		Scheduler: cfg, ScalingFactor: scaling, UNetTimestepPerItem: f.UNet.PerItemTimesteps(),
 	}
 }
 

@@ -6,11 +6,6 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/scheduler"
-	"github.com/sdpipe/sdpipe/session"
-	"github.com/sdpipe/sdpipe/textenc"
-	"github.com/sdpipe/sdpipe/tokenizer"
-	"github.com/sdpipe/sdpipe/unet"
-	"github.com/sdpipe/sdpipe/vae"
 )
 
 // referenceComponents opens ../shared/reference/tiny-onnx-sd/model.
@@ -23,21 +18,13 @@ func referenceComponents(t *testing.T) Components {
 func componentsFrom(t *testing.T, dir string) Components {
 	t.Helper()
 	testenv.RequireORT(t)
-	o := session.Options{Threads: 1}
-	tok, err := tokenizer.Load(filepath.Join(dir, "tokenizer"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	te := testenv.OpenComponent(t, textenc.Open, dir, "text_encoder", o)
-	un := testenv.OpenComponent(t, unet.Open, dir, "unet", o)
-	dec := testenv.OpenComponent(t, vae.OpenDecoder, dir, "vae_decoder", o)
-	enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", o)
+	f := testenv.OpenFolder(t, dir)
 	cfg, err := scheduler.LoadConfig(filepath.Join(dir, "scheduler", "scheduler_config.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Components{Tokenizer: tok, TextEncoder: te, UNet: un, VAEDecoder: dec, VAEEncoder: enc, Scheduler: cfg,
-		UNetTimestepPerItem: un.PerItemTimesteps()}
+	return Components{Tokenizer: f.Tokenizer, TextEncoder: f.TextEncoder, UNet: f.UNet, VAEDecoder: f.VAEDecoder, VAEEncoder: f.VAEEncoder,
+		Scheduler: cfg, UNetTimestepPerItem: f.UNet.PerItemTimesteps()}
 }
 
 // TestParityWithDiffusers runs the reference request through the pipeline
