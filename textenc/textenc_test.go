@@ -11,9 +11,8 @@ import (
 )
 
 func TestEncodeMatchesReference(t *testing.T) {
-	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m := testenv.OpenComponent(t, textenc.Open, testenv.TinyReferenceModel(t), "text_encoder", session.Options{Threads: 1})
+	m := testenv.OpenReference(t, textenc.Open, "text_encoder")
 	if m.HiddenSize() != 32 {
 		t.Errorf("HiddenSize() = %d, want 32", m.HiddenSize())
 	}

@@ -7,14 +7,12 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
-	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/unet"
 )
 
 func TestPredictMatchesReference(t *testing.T) {
-	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	m := testenv.OpenComponent(t, unet.Open, testenv.TinyReferenceModel(t), "unet", session.Options{Threads: 1})
+	m := testenv.OpenReference(t, unet.Open, "unet")
 	if m.InChannels() != 4 || m.CrossDim() != 32 {
 		t.Errorf("InChannels %d, CrossDim %d", m.InChannels(), m.CrossDim())
 	}

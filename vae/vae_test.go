@@ -8,14 +8,12 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/sdpipe/sdpipe/internal/testenv"
-	"github.com/sdpipe/sdpipe/session"
 	"github.com/sdpipe/sdpipe/vae"
 )
 
 func TestDecodeMatchesReference(t *testing.T) {
-	testenv.RequireORT(t)
 	ref := testenv.LoadTinyReference(t)
-	d := testenv.OpenComponent(t, vae.OpenDecoder, testenv.TinyReferenceModel(t), "vae_decoder", session.Options{Threads: 1})
+	d := testenv.OpenReference(t, vae.OpenDecoder, "vae_decoder")
 	in := tensor.New(tensor.WithShape(1, 4, 8, 8), tensor.WithBacking(append([]float32(nil), ref.ORT.VAEDecoderInput...)))
 	got, err := d.Decode(t.Context(), in)
 	if err != nil {
@@ -35,8 +33,7 @@ func TestDecodeMatchesReference(t *testing.T) {
 func TestEncodeStatistics(t *testing.T) {
 	// The legacy export samples inside the graph, so only the statistics of
 	// its output can be compared (reference.json's vae_encoder_check).
-	testenv.RequireORT(t)
-	e := testenv.OpenComponent(t, vae.OpenEncoder, testenv.TinyReferenceModel(t), "vae_encoder", session.Options{Threads: 1})
+	e := testenv.OpenReference(t, vae.OpenEncoder, "vae_encoder")
 	img := make([]float32, 3*64*64)
 	for i := range img {
 		img[i] = float32(math.Sin(float64(i))) // deterministic, in [-1, 1]

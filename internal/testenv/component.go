@@ -50,3 +50,10 @@ func OpenFolder(t testing.TB, dir string) Folder {
 		VAEEncoder:  OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", o),
 	}
 }
+
+// OpenReference opens the component of the tiny reference model
+// (TinyReferenceModel) with open on one thread, as OpenComponent does.
+func OpenReference[C interface{ Close() error }](t testing.TB, open func(context.Context, string, session.Options) (C, error), component string) C {
+	t.Helper()
+	return OpenComponent(t, open, TinyReferenceModel(t), component, session.Options{Threads: 1})
+}
