@@ -71,22 +71,31 @@ func (fakeTokenizer2) Encode(text string) []int32 {
 	return ids
 }
 
+// addedPipeline is a pipeline of fakes for an SDXL-style model (pooled
+// embeddings, time ids, a second tokenizer, zeros for an empty negative
+// prompt) making width×height images by default, closed when the test
+// ends; its UNet, which records what it was given; and its components.
+func addedPipeline(t *testing.T, width, height int) (*Pipeline, *addedUNet, Components) {
+	t.Helper()
+	u := &addedUNet{}
+	c := fakeComponents(t, &u.fakeUNet, 0)
+	c.TextEncoder, c.UNet, c.Tokenizer2 = &fakePooledEncoder{Encoder: fakeEncoder(0)}, u, fakeTokenizer2{}
+	c.Added, c.ZeroEmptyNegative = true, true
+	p, err := New(c, Options{DefaultWidth: width, DefaultHeight: height})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, u, c
+}
+
 // TestAddedConditioning checks what an SDXL-style model's UNet gets: the
 // pooled embeddings and time ids in the rows' order ([uncond of each
 // image, cond of each image]), diffusers' default time ids and explicit
 // ones, zeros for an empty negative prompt (ZeroEmptyNegative), and the
 // second tokenizer's ids for literal prompts.
 func TestAddedConditioning(t *testing.T) {
-	enc := &fakePooledEncoder{Encoder: fakeEncoder(0)}
-	u := &addedUNet{}
-	c := fakeComponents(t, &u.fakeUNet, 0)
-	c.TextEncoder, c.UNet, c.Tokenizer2 = enc, u, fakeTokenizer2{}
-	c.Added, c.ZeroEmptyNegative = true, true
-	p, err := New(c, Options{DefaultWidth: 64, DefaultHeight: 48})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, u, c := addedPipeline(t, 64, 48)
 
 	res, err := p.Generate(t.Context(), Request{Prompt: "b", NegativePrompt: "a", Steps: 2, Seed: 1, ImagesPerPrompt: 2, LiteralPrompt: true,
 		OriginalWidth: 1024, OriginalHeight: 768, CropTop: 3, CropLeft: 4})

@@ -10,16 +10,7 @@ import (
 // prompt's pooled embedding and time ids, no negative prompt encoded into
 // the UNet's rows.
 func TestAddedConditioningUnguided(t *testing.T) {
-	enc := &fakePooledEncoder{Encoder: fakeEncoder(0)}
-	u := &addedUNet{}
-	c := fakeComponents(t, &u.fakeUNet, 0)
-	c.TextEncoder, c.UNet, c.Tokenizer2 = enc, u, fakeTokenizer2{}
-	c.Added, c.ZeroEmptyNegative = true, true
-	p, err := New(c, Options{DefaultWidth: 64, DefaultHeight: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, u, _ := addedPipeline(t, 64, 64)
 	if _, err := p.Generate(t.Context(), Request{Prompt: "b", NegativePrompt: "a", Steps: 1, Seed: 1, ImagesPerPrompt: 2,
 		GuidanceScale: new(0.0), Scheduler: "EulerDiscreteScheduler"}); err != nil {
 		t.Fatal(err)
