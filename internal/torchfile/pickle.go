@@ -124,6 +124,31 @@ func unpickle(p []byte) (any, error) {
 		pos += i + 1
 		return s, true
 	}
+	// memoIndex reads the memo index of the PUT or GET opcode op: one byte
+	// (BINPUT, BINGET), four little-endian ones (LONG_BINPUT, LONG_BINGET)
+	// or a decimal line (PUT, GET).
+	memoIndex := func(op byte) (int64, error) {
+		switch op {
+		case 'q', 'h':
+			if need(1) {
+				return int64(take(1)[0]), nil
+			}
+		case 'r', 'j':
+			if need(4) {
+				return int64(binary.LittleEndian.Uint32(take(4))), nil
+			}
+		default:
+			s, ok := line()
+			n, err := strconv.ParseInt(s, 10, 64)
+			if ok && err == nil {
+				return n, nil
+			}
+			_, err = fail("bad %s", memoOp(op))
+			return 0, err
+		}
+		_, err := fail("truncated %s", memoOp(op))
+		return 0, err
+	}
 	pop := func() (any, bool) {
 		if len(stack) == 0 || (len(marks) > 0 && len(stack) <= marks[len(marks)-1]) {
 			return nil, false
@@ -233,49 +258,18 @@ func unpickle(p []byte) (any, error) {
 			if !ok {
 				return fail("memo store with an empty stack")
 			}
-			var idx int64
-			switch op {
-			case 'q':
-				if !need(1) {
-					return fail("truncated BINPUT")
+			idx := int64(len(memo)) // MEMOIZE
+			if op != 0x94 {
+				var err error
+				if idx, err = memoIndex(op); err != nil {
+					return nil, err
 				}
-				idx = int64(take(1)[0])
-			case 'r':
-				if !need(4) {
-					return fail("truncated LONG_BINPUT")
-				}
-				idx = int64(binary.LittleEndian.Uint32(take(4)))
-			case 0x94:
-				idx = int64(len(memo))
-			default:
-				s, ok := line()
-				n, err := strconv.ParseInt(s, 10, 64)
-				if !ok || err != nil {
-					return fail("bad PUT")
-				}
-				idx = n
 			}
 			memo[idx] = v
 		case 'h', 'j', 'g': // BINGET, LONG_BINGET, GET
-			var idx int64
-			switch op {
-			case 'h':
-				if !need(1) {
-					return fail("truncated BINGET")
-				}
-				idx = int64(take(1)[0])
-			case 'j':
-				if !need(4) {
-					return fail("truncated LONG_BINGET")
-				}
-				idx = int64(binary.LittleEndian.Uint32(take(4)))
-			default:
-				s, ok := line()
-				n, err := strconv.ParseInt(s, 10, 64)
-				if !ok || err != nil {
-					return fail("bad GET")
-				}
-				idx = n
+			idx, err := memoIndex(op)
+			if err != nil {
+				return nil, err
 			}
 			v, ok := memo[idx]
 			if !ok {
@@ -527,4 +521,21 @@ func unpickle(p []byte) (any, error) {
 			return fail("unsupported pickle opcode 0x%02x", op)
 		}
 	}
+}
+
+// memoOp names the PUT or GET opcode op, for errors.
+func memoOp(op byte) string {
+	switch op {
+	case 'q':
+		return "BINPUT"
+	case 'r':
+		return "LONG_BINPUT"
+	case 'p':
+		return "PUT"
+	case 'h':
+		return "BINGET"
+	case 'j':
+		return "LONG_BINGET"
+	}
+	return "GET"
 }
