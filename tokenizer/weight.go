@@ -66,6 +66,17 @@ func ParseWeighted(prompt string) ([]Fragment, error) {
 		}
 	}
 	s := prompt
+	// closeBracket closes the innermost bracket of opened (the starts of
+	// the open ones of a kind) at s[i], multiplying its text by f, and
+	// returns the rest; an unmatched closer is literal text.
+	closeBracket := func(opened []int, f float64, i int) []int {
+		if n := len(opened); n > 0 {
+			mul(opened[n-1], f)
+			return opened[:n-1]
+		}
+		res = append(res, item{s[i : i+1], 1})
+		return opened
+	}
 	for i := 0; i < len(s); {
 		switch c := s[i]; c {
 		case '\\':
@@ -101,20 +112,10 @@ func ParseWeighted(prompt string) ([]Fragment, error) {
 				i++
 			}
 		case ')':
-			if len(round) > 0 {
-				mul(round[len(round)-1], RoundFactor)
-				round = round[:len(round)-1]
-			} else {
-				res = append(res, item{")", 1})
-			}
+			round = closeBracket(round, RoundFactor, i)
 			i++
 		case ']':
-			if len(square) > 0 {
-				mul(square[len(square)-1], SquareFactor)
-				square = square[:len(square)-1]
-			} else {
-				res = append(res, item{"]", 1})
-			}
+			square = closeBracket(square, SquareFactor, i)
 			i++
 		default:
 			j := i
