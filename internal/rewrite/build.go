@@ -148,14 +148,9 @@ func Build(src string, p Plan, cacheDir string) (res *Built, err error) {
 		res.fromMeta(m, dir)
 		return res, nil
 	}
-	data, err := os.ReadFile(src)
+	m, err := readModel(src)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: %w", err)
-	}
-	m, err := onnxpb.Unmarshal(data)
-	data = nil
-	if err != nil {
-		return nil, fmt.Errorf("rewrite: %s: %w", src, err)
 	}
 	meta := buildMeta{Source: src, Key: k}
 	if meta.Rewrites, err = Apply(m, p.Rewrites...); err != nil {

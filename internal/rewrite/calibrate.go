@@ -53,15 +53,10 @@ func Calibrate(ctx context.Context, path string, values []string, feeds [][]ort.
 	if len(feeds) == 0 {
 		return nil, errors.New("rewrite: calibrate: no inputs")
 	}
-	data, err := os.ReadFile(path)
+	m, err := readModel(path)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: calibrate: %w", err)
 	}
-	m, err := onnxpb.Unmarshal(data)
-	if err != nil {
-		return nil, fmt.Errorf("rewrite: calibrate: %s: %w", path, err)
-	}
-	data = nil
 	ins, outs, err := ort.ReadIO(path)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: calibrate: %w", err)

@@ -111,13 +111,9 @@ func prepare(src string, exts []string, rs []Rewrite, cacheDir string) (res *Res
 			return res, nil
 		}
 	}
-	data, err := os.ReadFile(src)
+	m, err := readModel(src)
 	if err != nil {
 		return nil, fmt.Errorf("rewrite: %w", err)
-	}
-	m, err := onnxpb.Unmarshal(data)
-	if err != nil {
-		return nil, fmt.Errorf("rewrite: %s: %w", src, err)
 	}
 	rep, err := Apply(m, rs...)
 	if err != nil {
@@ -235,4 +231,18 @@ func writeEntry(cacheDir, k string, model []byte, src string, exts []string, m m
 func (r *Result) MarkVerified(maxDiff float64) error {
 	r.Verified = maxDiff
 	return updateEntry(r.dir, metaFile, readMeta, func(m *meta) { m.Verified = &maxDiff })
+}
+
+// readModel reads and decodes the model file at path; its errors name
+// path.
+func readModel(path string) (*onnxpb.Model, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m, err := onnxpb.Unmarshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
 }
