@@ -83,66 +83,49 @@ func Write(dir string, cfg Config, opt Options) error {
 		}
 	}
 
-	te, err := BuildTextEncoder(cfg, opt, vocab.Size())
-	if err != nil {
-		return err
-	}
-	if err := writeComponent(dir, TextEncoderDir, te, opt, false); err != nil {
-		return err
-	}
+	var teConfig, encConfig any // the optimum layout has them
 	if opt.optimum() {
-		if err := writeJSON(filepath.Join(dir, TextEncoderDir, ConfigFile), textConfigJSON(cfg.Text, false)); err != nil {
-			return err
-		}
+		teConfig, encConfig = textConfigJSON(cfg.Text, false), vaeConfigJSON(cfg.VAE)
+	}
+	te, err := BuildTextEncoder(cfg, opt, vocab.Size())
+	if err := writeBuilt(dir, TextEncoderDir, te, err, opt, false, teConfig); err != nil {
+		return err
 	}
 	if sdxl {
 		if err := vocab.WriteTokenizer(filepath.Join(dir, Tokenizer2Dir), cfg.Text2.MaxPositions, "!"); err != nil {
 			return err
 		}
 		te2, err := BuildTextEncoder2(cfg, opt, vocab.Size())
-		if err != nil {
-			return err
-		}
-		if err := writeComponent(dir, TextEncoder2Dir, te2, opt, opt.ExternalFile != ""); err != nil {
-			return err
-		}
-		if err := writeJSON(filepath.Join(dir, TextEncoder2Dir, ConfigFile), textConfigJSON(*cfg.Text2, true)); err != nil {
+		if err := writeBuilt(dir, TextEncoder2Dir, te2, err, opt, opt.ExternalFile != "", textConfigJSON(*cfg.Text2, true)); err != nil {
 			return err
 		}
 	}
-
 	un, err := BuildUNet(cfg, opt)
-	if err != nil {
+	if err := writeBuilt(dir, UNetDir, un, err, opt, !opt.optimum() || opt.ExternalFile != "", unetConfigJSON(cfg.UNet, cfg.crossDim())); err != nil {
 		return err
 	}
-	if err := writeComponent(dir, UNetDir, un, opt, !opt.optimum() || opt.ExternalFile != ""); err != nil {
-		return err
-	}
-	if err := writeJSON(filepath.Join(dir, UNetDir, ConfigFile), unetConfigJSON(cfg.UNet, cfg.crossDim())); err != nil {
-		return err
-	}
-
 	dec, err := BuildVAEDecoder(cfg, opt)
-	if err != nil {
-		return err
-	}
-	if err := writeComponent(dir, VAEDecoderDir, dec, opt, false); err != nil {
-		return err
-	}
-	if err := writeJSON(filepath.Join(dir, VAEDecoderDir, ConfigFile), vaeConfigJSON(cfg.VAE)); err != nil {
+	if err := writeBuilt(dir, VAEDecoderDir, dec, err, opt, false, vaeConfigJSON(cfg.VAE)); err != nil {
 		return err
 	}
 	enc, err := BuildVAEEncoder(cfg, opt)
+	return writeBuilt(dir, VAEEncoderDir, enc, err, opt, false, encConfig)
+}
+
+// writeBuilt writes m, which its builder returned with err, as
+// dir/component (writeComponent), then config, when it is not nil, as the
+// component's config.json.
+func writeBuilt(dir, component string, m *onnxpb.Model, err error, opt Options, external bool, config any) error {
 	if err != nil {
 		return err
 	}
-	if err := writeComponent(dir, VAEEncoderDir, enc, opt, false); err != nil {
+	if err := writeComponent(dir, component, m, opt, external); err != nil {
 		return err
 	}
-	if opt.optimum() {
-		return writeJSON(filepath.Join(dir, VAEEncoderDir, ConfigFile), vaeConfigJSON(cfg.VAE))
+	if config == nil {
+		return nil
 	}
-	return nil
+	return writeJSON(filepath.Join(dir, component, ConfigFile), config)
 }
 
 // WriteTAESD writes a TAESD model folder in dir: vae_encoder/ and
