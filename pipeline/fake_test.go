@@ -167,6 +167,25 @@ func fakeComponents(t testing.TB, u *fakeUNet, delay time.Duration) Components {
 	}
 }
 
+// generateAll generates reqs on p at once, each from its own goroutine,
+// and returns their results in reqs' order: nil for a request that failed,
+// which fails the test.
+func generateAll(t *testing.T, p *Pipeline, reqs []Request) []*Result {
+	t.Helper()
+	res := make([]*Result, len(reqs))
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		wg.Go(func() {
+			var err error
+			if res[i], err = p.Generate(t.Context(), r); err != nil {
+				t.Errorf("request %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	return res
+}
+
 func newFake(t testing.TB, u *fakeUNet, delay time.Duration, o Options) *Pipeline {
 	t.Helper()
 	if o.DefaultWidth == 0 {

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/modelgen"
@@ -48,17 +47,7 @@ func TestGeneratedModelsEndToEnd(t *testing.T) {
 				{Prompt: "a green triangle", Steps: 3, Seed: 3, Scheduler: "Euler a", ImagesPerPrompt: 2},
 				{Prompt: "a cat", Steps: 3, Seed: 4, Scheduler: "DPM++ 2M Karras"},
 			}
-			var wg sync.WaitGroup
-			res := make([]*Result, len(reqs))
-			for i, r := range reqs {
-				wg.Go(func() {
-					var err error
-					if res[i], err = p.Generate(t.Context(), r); err != nil {
-						t.Errorf("request %d: %v", i, err)
-					}
-				})
-			}
-			wg.Wait()
+			res := generateAll(t, p, reqs)
 			for _, r := range res {
 				if r != nil {
 					checkFinite(t, r)

@@ -285,17 +285,11 @@ func TestStagesOverlap(t *testing.T) {
 		const d = 20 * time.Millisecond
 		u := &fakeUNet{delay: d / 4}
 		p := newFake(t, u, d, Options{})
-		var wg sync.WaitGroup
-		res := make([]*Result, 4)
-		for i := range res {
-			wg.Go(func() {
-				var err error
-				if res[i], err = p.Generate(t.Context(), Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: new(1.0)}); err != nil {
-					t.Error(err)
-				}
-			})
+		reqs := make([]Request, 4)
+		for i := range reqs {
+			reqs[i] = Request{Prompt: fmt.Sprint(i), Steps: 4, GuidanceScale: new(1.0)}
 		}
-		wg.Wait()
+		res := generateAll(t, p, reqs)
 		// some request's encoding ran while another's denoise or decode ran
 		overlap := false
 		for _, a := range res {
@@ -342,17 +336,7 @@ func TestDynamicBatchingSamePixels(t *testing.T) {
 		for i := range reqs {
 			reqs[i] = Request{Prompt: fmt.Sprintf("prompt %d", i), Steps: 6, Seed: int64(10 * i), Scheduler: "Euler a"}
 		}
-		var wg sync.WaitGroup
-		got := make([]*Result, len(reqs))
-		for i, r := range reqs {
-			wg.Go(func() {
-				var err error
-				if got[i], err = batched.Generate(t.Context(), r); err != nil {
-					t.Error(err)
-				}
-			})
-		}
-		wg.Wait()
+		got := generateAll(t, batched, reqs)
 		shared := false
 		for _, s := range u.sizes {
 			shared = shared || s > 2

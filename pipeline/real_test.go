@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"sync"
 	"testing"
 )
 
@@ -48,17 +47,7 @@ func checkSameUnderBatching(t *testing.T, c Components, reqs []Request, maxBatch
 				t.Fatal(err)
 			}
 			defer p.Close()
-			got := make([]*Result, len(reqs))
-			var wg sync.WaitGroup
-			for i, r := range reqs {
-				wg.Go(func() {
-					var err error
-					if got[i], err = p.Generate(t.Context(), r); err != nil {
-						t.Error(err)
-					}
-				})
-			}
-			wg.Wait()
+			got := generateAll(t, p, reqs)
 			for i := range reqs {
 				if got[i] == nil {
 					continue
