@@ -1,9 +1,9 @@
 package vae_test
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -112,19 +112,12 @@ func TestDecodeTiled(t *testing.T) {
 	}
 	for name, dir := range tiledModels(t) {
 		t.Run(name, func(t *testing.T) {
-			dec, err := vae.OpenDecoder(t.Context(), filepath.Join(dir, "vae_decoder", "model.onnx"), session.Options{Threads: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dec.Close()
+			dec := testenv.OpenComponent(t, vae.OpenDecoder, dir, "vae_decoder", session.Options{Threads: 1})
 			const tile, h, w = 64, 24, 32 // latents of 3×4 tiles' worth
 			var lat *tensor.Dense
 			if name == "default" { // a trained decoder: latents of a picture
-				enc, err := vae.OpenEncoder(t.Context(), filepath.Join(dir, "vae_encoder", "model.onnx"), session.Options{Threads: 1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer enc.Close()
+				enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", session.Options{Threads: 1})
+				var err error
 				if lat, err = enc.Encode(t.Context(), testImage(h*vae.Factor, w*vae.Factor)); err != nil {
 					t.Fatal(err)
 				}
@@ -136,14 +129,7 @@ func TestDecodeTiled(t *testing.T) {
 				}
 				lat = tensor.New(tensor.WithShape(1, dec.LatentChannels(), h, w), tensor.WithBacking(d))
 			}
-			plain, err := dec.Decode(t.Context(), lat)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tiled, err := dec.DecodeTiled(t.Context(), lat, tile)
-			if err != nil {
-				t.Fatal(err)
-			}
+			plain, tiled := plainAndTiled(t, dec.Decode, dec.DecodeTiled, lat, tile)
 			if s := tiled.Shape(); s[1] != 3 || s[2] != h*vae.Factor || s[3] != w*vae.Factor {
 				t.Fatalf("tiled shape %v", s)
 			}
@@ -167,14 +153,7 @@ func TestDecodeTiled(t *testing.T) {
 			for _, sz := range [][2]int{{8, 8}, {8, 5}} {
 				one := tensor.New(tensor.WithShape(1, dec.LatentChannels(), sz[0], sz[1]), tensor.WithBacking(make([]float32, dec.LatentChannels()*sz[0]*sz[1])))
 				copy(one.Data().([]float32), lat.Data().([]float32))
-				a, err := dec.Decode(t.Context(), one)
-				if err != nil {
-					t.Fatal(err)
-				}
-				c, err := dec.DecodeTiled(t.Context(), one, tile)
-				if err != nil {
-					t.Fatal(err)
-				}
+				a, c := plainAndTiled(t, dec.Decode, dec.DecodeTiled, one, tile)
 				if d := testenv.MaxAbsDiff(a.Data().([]float32), c.Data().([]float32)); d != 0 {
 					t.Errorf("%v latents in a %d-pixel tile differ from the plain decode by %g", sz, tile, d)
 				}
@@ -184,6 +163,21 @@ func TestDecodeTiled(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plainAndTiled runs a VAE half on in plainly (whole) and in tiles of
+// tile pixels (tiled), failing the test on an error.
+func plainAndTiled(t *testing.T, whole func(context.Context, *tensor.Dense) (*tensor.Dense, error),
+	tiled func(context.Context, *tensor.Dense, int) (*tensor.Dense, error), in *tensor.Dense, tile int) (plain, inTiles *tensor.Dense) {
+	t.Helper()
+	plain, err := whole(t.Context(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inTiles, err = tiled(t.Context(), in, tile); err != nil {
+		t.Fatal(err)
+	}
+	return plain, inTiles
 }
 
 // TestEncodeTiled encodes a picture of several tiles tiled and untiled on
@@ -196,21 +190,10 @@ func TestDecodeTiled(t *testing.T) {
 // 2.37 (mean 0.363); the bounds are about 1.3× those.
 func TestEncodeTiled(t *testing.T) {
 	dir := tiledModels(t)["default"]
-	enc, err := vae.OpenEncoder(t.Context(), filepath.Join(dir, "vae_encoder", "model.onnx"), session.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer enc.Close()
+	enc := testenv.OpenComponent(t, vae.OpenEncoder, dir, "vae_encoder", session.Options{Threads: 1})
 	const tile, h, w = 64, 192, 256
 	img := testImage(h, w)
-	plain, err := enc.Encode(t.Context(), img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tiled, err := enc.EncodeTiled(t.Context(), img, tile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain, tiled := plainAndTiled(t, enc.Encode, enc.EncodeTiled, img, tile)
 	if s := tiled.Shape(); s[1] != enc.LatentChannels() || s[2] != h/vae.Factor || s[3] != w/vae.Factor {
 		t.Fatalf("tiled shape %v", s)
 	}
@@ -225,14 +208,7 @@ func TestEncodeTiled(t *testing.T) {
 		t.Error("tiled encode differs more than the bounds")
 	}
 	one := testImage(tile, tile)
-	a, err := enc.Encode(t.Context(), one)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := enc.EncodeTiled(t.Context(), one, tile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, c := plainAndTiled(t, enc.Encode, enc.EncodeTiled, one, tile)
 	if d := testenv.MaxAbsDiff(a.Data().([]float32), c.Data().([]float32)); d != 0 {
 		t.Errorf("one tile differs from the plain encode by %g", d)
 	}
