@@ -3,10 +3,9 @@ package models
 import (
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
+	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 	"github.com/sdpipe/sdpipe/session"
@@ -40,38 +39,10 @@ func TestQualityStepCache(t *testing.T) {
 	if os.Getenv("SDPIPE_STEPCACHE_QUALITY") == "" {
 		t.Skip("set SDPIPE_STEPCACHE_QUALITY=1 to measure step caching's quality (2-3 min)")
 	}
-	intervals := []int{3}
-	if v := os.Getenv("SDPIPE_STEPCACHE_INTERVALS"); v != "" {
-		intervals = nil
-		for f := range strings.SplitSeq(v, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 {
-				t.Fatalf("SDPIPE_STEPCACHE_INTERVALS=%q: want intervals ≥ 1", v)
-			}
-			intervals = append(intervals, n)
-		}
-	}
-	branch := 2
-	if v := os.Getenv("SDPIPE_STEPCACHE_BRANCH"); v != "" {
-		var err error
-		if branch, err = strconv.Atoi(v); err != nil || branch < 1 {
-			t.Fatalf("SDPIPE_STEPCACHE_BRANCH=%q: want a branch ≥ 1", v)
-		}
-	}
-	grid := 150
-	if v := os.Getenv("SDPIPE_STEPCACHE_GRID"); v != "" {
-		var err error
-		if grid, err = strconv.Atoi(v); err != nil || grid < 1 {
-			t.Fatalf("SDPIPE_STEPCACHE_GRID=%q: want a prompt count", v)
-		}
-	}
-	steps := qualitySteps
-	if v := os.Getenv("SDPIPE_STEPCACHE_STEPS"); v != "" {
-		var err error
-		if steps, err = strconv.Atoi(v); err != nil || steps < 1 {
-			t.Fatalf("SDPIPE_STEPCACHE_STEPS=%q: want a step count", v)
-		}
-	}
+	intervals := testenv.EnvInts(t, "SDPIPE_STEPCACHE_INTERVALS", []int{3}, 1)
+	branch := testenv.EnvInt(t, "SDPIPE_STEPCACHE_BRANCH", 2, 1)
+	grid := testenv.EnvInt(t, "SDPIPE_STEPCACHE_GRID", 150, 1)
+	steps := testenv.EnvInt(t, "SDPIPE_STEPCACHE_STEPS", qualitySteps, 1)
 	quantized := os.Getenv("SDPIPE_STEPCACHE_INT8") == "1"
 	plain := openDefault(t)
 	dir, err := DefaultDir()

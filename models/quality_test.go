@@ -242,13 +242,7 @@ func TestQualitySweep(t *testing.T) {
 		}
 		scales = append(scales, g)
 	}
-	n := 40
-	if v := os.Getenv("SDPIPE_QUALITY_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			t.Fatalf("SDPIPE_QUALITY_N=%q: want a positive count", v)
-		}
-	}
+	n := testenv.EnvInt(t, "SDPIPE_QUALITY_N", 40, 1)
 	seedBase := int64(qualitySeed)
 	if v := os.Getenv("SDPIPE_QUALITY_SEED"); v != "" {
 		var err error
@@ -283,13 +277,7 @@ func TestQualityInt8(t *testing.T) {
 		t.Skip("-short: 800 images")
 	}
 	const maxLoss = 0.03
-	n := 2 * qualityGrid // one image is one point
-	if v := os.Getenv("SDPIPE_QUALITY_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			t.Fatalf("SDPIPE_QUALITY_N=%q: want a positive count", v)
-		}
-	}
+	n := testenv.EnvInt(t, "SDPIPE_QUALITY_N", 2*qualityGrid, 1) // one image is one point
 	testenv.RequireORT(t)
 	dir, err := DefaultDir()
 	if err != nil {

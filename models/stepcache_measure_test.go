@@ -3,11 +3,8 @@ package models
 import (
 	"context"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -55,22 +52,6 @@ func psnr(a, b []float32) float64 {
 	return 10 * math.Log10(float64(len(a))/s)
 }
 
-func envInts(t *testing.T, name string, def []int) []int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	var r []int
-	for f := range strings.SplitSeq(v, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want positive integers", name, v)
-		}
-		r = append(r, n)
-	}
-	return r
-}
-
 // TestStepCacheMeasured measures step caching on a full-size model folder
 // (SDPIPE_STEPCACHE_MODEL, e.g. the SD 1.5-architecture folder
 // `go run ./cmd/sdgen -config sd15` writes): for each step count of
@@ -88,11 +69,11 @@ func envInts(t *testing.T, name string, def []int) []int {
 //	SDPIPE_STEPCACHE_MODEL=/root/models/sd15 go test -run TestStepCacheMeasured -v -timeout 60m ./models
 func TestStepCacheMeasured(t *testing.T) {
 	dir := testenv.Measure(t, "SDPIPE_STEPCACHE_MODEL", "a model folder to measure step caching on it")
-	size := envInts(t, "SDPIPE_STEPCACHE_SIZE", []int{256})[0]
-	steps := envInts(t, "SDPIPE_STEPCACHE_STEPS", []int{20, 50})
-	intervals := envInts(t, "SDPIPE_STEPCACHE_INTERVAL", []int{3})
-	rounds := envInts(t, "SDPIPE_STEPCACHE_ROUNDS", []int{1})[0]
-	branch := envInts(t, "SDPIPE_STEPCACHE_BRANCH", []int{1})[0]
+	size := testenv.EnvInts(t, "SDPIPE_STEPCACHE_SIZE", []int{256}, 1)[0]
+	steps := testenv.EnvInts(t, "SDPIPE_STEPCACHE_STEPS", []int{20, 50}, 1)
+	intervals := testenv.EnvInts(t, "SDPIPE_STEPCACHE_INTERVAL", []int{3}, 1)
+	rounds := testenv.EnvInts(t, "SDPIPE_STEPCACHE_ROUNDS", []int{1}, 1)[0]
+	branch := testenv.EnvInts(t, "SDPIPE_STEPCACHE_BRANCH", []int{1}, 1)[0]
 	ctx := t.Context()
 	o := session.Options{Rewrites: []string{"baddbmm", "mha"}, RewriteCache: filepath.Join(cachedir.Dir(), "rewritten"),
 		DisableMemoryPattern: true}

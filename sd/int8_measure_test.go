@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -34,9 +33,9 @@ import (
 // 1, what a zero output would give) only catches a broken int8 model.
 func TestInt8Measured(t *testing.T) {
 	dir := testenv.Measure(t, "SDPIPE_INT8_MEASURE", "a model folder to measure int8 on it")
-	size := envInt(t, "SDPIPE_INT8_SIZE", 256)
-	steps := envInt(t, "SDPIPE_INT8_STEPS", 10)
-	seeds := envInt(t, "SDPIPE_INT8_SEEDS", 2)
+	size := testenv.EnvInt(t, "SDPIPE_INT8_SIZE", 256, 1)
+	steps := testenv.EnvInt(t, "SDPIPE_INT8_STEPS", 10, 1)
+	seeds := testenv.EnvInt(t, "SDPIPE_INT8_SEEDS", 2, 1)
 	opts := []LoadOption{WithoutVAEEncoder()}
 	if c := os.Getenv("SDPIPE_INT8_CACHE"); c != "" {
 		opts = append(opts, WithRewriteCache(c))
@@ -157,19 +156,6 @@ func newPipeline(t *testing.T, c pipeline.Components) *pipeline.Pipeline {
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
 }
 
 // psnr of got against ref, pixels in [0, 1].

@@ -32,8 +32,8 @@ import (
 // but that the image is made.
 func TestInt8PeakMeasured(t *testing.T) {
 	dir := testenv.Measure(t, "SDPIPE_INT8_PEAK", "a model folder to measure the int8 peak RSS on it")
-	size := envInt(t, "SDPIPE_INT8_SIZE", 512)
-	steps := envInt(t, "SDPIPE_INT8_STEPS", 2)
+	size := testenv.EnvInt(t, "SDPIPE_INT8_SIZE", 512, 1)
+	steps := testenv.EnvInt(t, "SDPIPE_INT8_STEPS", 2, 1)
 	opts := []Option{WithInt8(Int8{TextEncoder: os.Getenv("SDPIPE_INT8_TEXT") == "1"}), WithoutVAEEncoder()}
 	if c := os.Getenv("SDPIPE_INT8_CACHE"); c != "" {
 		opts = append(opts, WithRewriteCache(c))

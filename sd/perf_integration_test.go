@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -44,13 +43,7 @@ func TestOpenRewrittenIntegration(t *testing.T) {
 // and peak memory after each phase.
 func TestMemoryIntegration(t *testing.T) {
 	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
-	size := 512
-	if v := os.Getenv("PERF_SIZE"); v != "" {
-		var err error
-		if size, err = strconv.Atoi(v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	size := testenv.EnvInt(t, "PERF_SIZE", 512, 8)
 	opts := []Option{WithoutVAEEncoder()}
 	var vae, un SessionOptions
 	if os.Getenv("PERF_VAE_PATTERN") == "1" {

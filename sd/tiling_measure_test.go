@@ -46,20 +46,8 @@ func TestTiledDecodeMeasured(t *testing.T) {
 		return
 	}
 	dir := testenv.Measure(t, "SDPIPE_MEASURE_TILED", "an SD 1.5 model folder to measure tiled decoding")
-	size := 1024
-	if s := os.Getenv("SDPIPE_MEASURE_SIZE"); s != "" {
-		var err error
-		if size, err = strconv.Atoi(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tile := 512
-	if s := os.Getenv("SDPIPE_MEASURE_TILE"); s != "" {
-		var err error
-		if tile, err = strconv.Atoi(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	size := testenv.EnvInt(t, "SDPIPE_MEASURE_SIZE", 1024, 8)
+	tile := testenv.EnvInt(t, "SDPIPE_MEASURE_TILE", 512, 8)
 	out := map[string][]float32{}
 	peak := map[string]float64{}
 	for _, mode := range []string{"plain", "tiled"} {
@@ -176,7 +164,7 @@ func TestTiledGenerateMeasured(t *testing.T) {
 		return
 	}
 	dir := testenv.Measure(t, "SDPIPE_MEASURE_TILED", "an SD 1.5 model folder to measure tiled generation")
-	size := cmpOrAtoi(os.Getenv("SDPIPE_MEASURE_SIZE"), 1024)
+	size := testenv.EnvInt(t, "SDPIPE_MEASURE_SIZE", 1024, 8)
 	for _, mode := range []string{"plain", "tiled"} {
 		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestTiledGenerateMeasured$", "-test.v", "-test.timeout=0")
 		cmd.Env = append(os.Environ(), "SDPIPE_TILED_GEN="+mode, "SDPIPE_TILED_DIR="+dir, "SDPIPE_TILED_SIZE="+strconv.Itoa(size))
@@ -200,20 +188,13 @@ func TestTiledGenerateMeasured(t *testing.T) {
 	}
 }
 
-func cmpOrAtoi(s string, def int) int {
-	if n, err := strconv.Atoi(s); err == nil {
-		return n
-	}
-	return def
-}
-
 // tiledGenerateChild is one measured generation.
 func tiledGenerateChild(t *testing.T, mode string) {
 	when := Off
 	if mode == "tiled" {
 		when = On
 	}
-	size := cmpOrAtoi(os.Getenv("SDPIPE_TILED_SIZE"), 1024)
+	size := testenv.EnvInt(t, "SDPIPE_TILED_SIZE", 1024, 8)
 	m, err := Open(t.Context(), os.Getenv("SDPIPE_TILED_DIR"), WithMemoryBudget(math.MaxInt64), WithTiledVAE(when, 0), WithoutVAEEncoder())
 	if err != nil {
 		t.Fatal(err)

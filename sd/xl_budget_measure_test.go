@@ -38,13 +38,7 @@ import (
 // each request (sampled every 100 ms), and the whole process's VmHWM.
 func TestBudgetMeasured(t *testing.T) {
 	dir := testenv.Measure(t, "SDPIPE_BUDGET_MEASURE", "a model folder to measure the memory budget on it")
-	atoi := func(name string, def int) int {
-		v, err := strconv.Atoi(cmp.Or(os.Getenv(name), strconv.Itoa(def)))
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return v
-	}
+	atoi := func(name string, def int) int { return testenv.EnvInt(t, name, def, 1) }
 	size, steps, images := atoi("SDPIPE_BUDGET_SIZE", 1024), atoi("SDPIPE_BUDGET_STEPS", 2), atoi("SDPIPE_BUDGET_IMAGES", 1)
 	container, err := strconv.ParseFloat(cmp.Or(os.Getenv("SDPIPE_BUDGET_CONTAINER_GIB"), "8"), 64)
 	if err != nil {

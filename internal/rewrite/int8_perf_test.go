@@ -29,9 +29,9 @@ import (
 // cache is $PERF_CACHE (default ~/.cache/sdpipe/rewritten).
 func TestPerfInt8UNet(t *testing.T) {
 	dir := testenv.Measure(t, "SD_MODEL_DIR", "a model folder")
-	size := envInt(t, "PERF_SIZE", 512)
-	calls := envInt(t, "PERF_CALLS", 3)
-	rounds := envInt(t, "PERF_ROUNDS", 2)
+	size := testenv.EnvInt(t, "PERF_SIZE", 512, 0)
+	calls := testenv.EnvInt(t, "PERF_CALLS", 3, 0)
+	rounds := testenv.EnvInt(t, "PERF_ROUNDS", 2, 0)
 	configs := strings.Split(cmpOr(os.Getenv("PERF_CONFIGS"), "plain,fp32,int8"), ",")
 	cache := cmpOr(os.Getenv("PERF_CACHE"), filepath.Join(cachedir.Dir(), "rewritten"))
 	src := filepath.Join(dir, "unet", "model.onnx")

@@ -21,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,19 +30,6 @@ import (
 	"github.com/sdpipe/sdpipe/internal/rewrite"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 )
-
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return v
-}
 
 // vmHWM returns the process's peak resident set size in bytes.
 func vmHWM(t *testing.T) float64 { return testenv.ProcStatus(t, "VmHWM") }
@@ -150,9 +136,9 @@ func TestPerfUNet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	size := envInt(t, "PERF_SIZE", 512)
-	calls := envInt(t, "PERF_CALLS", 5)
-	threads := envInt(t, "PERF_THREADS", 0)
+	size := testenv.EnvInt(t, "PERF_SIZE", 512, 0)
+	calls := testenv.EnvInt(t, "PERF_CALLS", 5, 0)
+	threads := testenv.EnvInt(t, "PERF_THREADS", 0, 0)
 	o := ort.Options{IntraOpThreads: threads, DisableMemArena: os.Getenv("PERF_NO_ARENA") != "", DisableMemPattern: os.Getenv("PERF_NO_PATTERN") != ""}
 
 	peak := matmulPeak(t, threads)
@@ -284,8 +270,8 @@ func TestPerfAttention(t *testing.T) {
 	if os.Getenv("PERF_ATTENTION") == "" {
 		t.Skip("PERF_ATTENTION not set")
 	}
-	size := int64(envInt(t, "PERF_SIZE", 512))
-	threads := envInt(t, "PERF_THREADS", 0)
+	size := int64(testenv.EnvInt(t, "PERF_SIZE", 512, 0))
+	threads := testenv.EnvInt(t, "PERF_THREADS", 0, 0)
 	r := rand.New(rand.NewPCG(5, 6))
 	lat := size / 8
 	for _, c := range []struct{ n, m, dim int64 }{
@@ -339,7 +325,7 @@ func TestPerfAttention(t *testing.T) {
 func TestPerfThreads(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
 	res := prepared(t, "PERF_THREADS_AB", "unet")
-	size := int64(envInt(t, "PERF_SIZE", 256))
+	size := int64(testenv.EnvInt(t, "PERF_SIZE", 256, 0))
 	var sess [2]*ort.Session
 	var mms [2]func() float64
 	for i := range sess {
@@ -387,10 +373,10 @@ func TestPerfThreads(t *testing.T) {
 func TestPerfProfile(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
 	res := prepared(t, "PERF_PROFILE", "unet")
-	size := int64(envInt(t, "PERF_SIZE", 512))
-	calls := envInt(t, "PERF_CALLS", 3)
+	size := int64(testenv.EnvInt(t, "PERF_SIZE", 512, 0))
+	calls := testenv.EnvInt(t, "PERF_CALLS", 3, 0)
 	prefix := filepath.Join(t.TempDir(), "unet")
-	s, err := res.Open(t.Context(), ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), ProfilePrefix: prefix})
+	s, err := res.Open(t.Context(), ort.Options{IntraOpThreads: testenv.EnvInt(t, "PERF_THREADS", 0, 0), ProfilePrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,8 +485,8 @@ func readProfile(path string) (*profile, error) {
 func TestPerfVAE(t *testing.T) {
 	dir := os.Getenv("SD_MODEL_DIR")
 	res := prepared(t, "PERF_VAE", "vae_decoder")
-	size := int64(envInt(t, "PERF_SIZE", 512))
-	o := ort.Options{IntraOpThreads: envInt(t, "PERF_THREADS", 0), DisableMemArena: os.Getenv("PERF_NO_ARENA") != "", DisableMemPattern: os.Getenv("PERF_NO_PATTERN") != ""}
+	size := int64(testenv.EnvInt(t, "PERF_SIZE", 512, 0))
+	o := ort.Options{IntraOpThreads: testenv.EnvInt(t, "PERF_THREADS", 0, 0), DisableMemArena: os.Getenv("PERF_NO_ARENA") != "", DisableMemPattern: os.Getenv("PERF_NO_PATTERN") != ""}
 	s, err := res.Open(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -512,7 +498,7 @@ func TestPerfVAE(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	in := []ort.Tensor{{Shape: []int64{1, 4, lat, lat}, Data: fill(r, 4*lat*lat)}}
 	var times []float64
-	for range envInt(t, "PERF_CALLS", 3) {
+	for range testenv.EnvInt(t, "PERF_CALLS", 3, 0) {
 		out := []ort.Tensor{{Shape: []int64{1, 3, size, size}}}
 		start := time.Now()
 		if err := s.Run(t.Context(), in, out); err != nil {
