@@ -52,11 +52,10 @@ func ParseTextConfig(data []byte, withProjection bool) (TextConfig, error) {
 // reproduce (other block types, class embeddings, another time embedding …)
 // is an error naming the key.
 func ParseUNetConfig(data []byte) (UNetConfig, error) {
-	var c map[string]json.RawMessage
-	if err := json.Unmarshal(data, &c); err != nil {
-		return UNetConfig{}, fmt.Errorf("modelgen: unet config: %w", err)
+	r, err := newJSONReader(data, "unet config")
+	if err != nil {
+		return UNetConfig{}, err
 	}
-	r := jsonReader{m: c, what: "unet config"}
 	u := UNetConfig{
 		BlockChannels:   r.ints("block_out_channels", 320, 640, 1280, 1280),
 		InChannels:      r.int("in_channels", 4),
@@ -142,11 +141,10 @@ func ParseUNetConfig(data []byte) (UNetConfig, error) {
 // out take diffusers' defaults); what the builder cannot reproduce is an
 // error naming the key.
 func ParseVAEConfig(data []byte) (VAEConfig, error) {
-	var c map[string]json.RawMessage
-	if err := json.Unmarshal(data, &c); err != nil {
-		return VAEConfig{}, fmt.Errorf("modelgen: vae config: %w", err)
+	r, err := newJSONReader(data, "vae config")
+	if err != nil {
+		return VAEConfig{}, err
 	}
-	r := jsonReader{m: c, what: "vae config"}
 	v := VAEConfig{
 		BlockChannels:  r.ints("block_out_channels", 64),
 		LayersPerBlock: r.int("layers_per_block", 1),
@@ -195,6 +193,16 @@ type jsonReader struct {
 	m    map[string]json.RawMessage
 	what string
 	err  error
+}
+
+// newJSONReader decodes the JSON object data for reading its keys; what
+// names it in errors ("unet config").
+func newJSONReader(data []byte, what string) (jsonReader, error) {
+	var c map[string]json.RawMessage
+	if err := json.Unmarshal(data, &c); err != nil {
+		return jsonReader{}, fmt.Errorf("modelgen: %s: %w", what, err)
+	}
+	return jsonReader{m: c, what: what}, nil
 }
 
 func (r *jsonReader) fail(format string, args ...any) {
