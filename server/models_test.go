@@ -93,15 +93,7 @@ func (l *loader) count(name string) int {
 func newModels(t *testing.T, dir string, budget int64, l *loader) *Models {
 	t.Helper()
 	m, err := NewModels(ModelsConfig{Dir: dir, Open: l.open, Budget: budget})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return m
+	return testenv.CloseAtEnd(t, m, err)
 }
 
 func fileSHA(t *testing.T, path string) string {
