@@ -45,7 +45,8 @@ type Report struct {
 	Rewrites map[string]string `json:"rewrites,omitempty"`
 	// NoSpinning: the sessions' idle threads sleep at once (sd.SessionOptions.Spinning).
 	NoSpinning bool `json:"no_spinning,omitempty"`
-	// Devices are the components placed off the CPU (Config.Devices).
+	// Devices are the components -device placed (Config.Devices); the
+	// others ran on the CPU.
 	Devices map[string]string `json:"devices,omitempty"`
 	SeqLen  int               `json:"seq_len"`
 

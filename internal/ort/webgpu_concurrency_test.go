@@ -11,8 +11,8 @@ import (
 
 // TestWebGPUConcurrentRuns calls one WebGPU session from several goroutines
 // at once: every result must equal the sequential one. It logs how long
-// the concurrent calls took against sequential ones, which shows whether
-// the provider overlaps or serialises them (see BENCHMARKS.md).
+// the concurrent calls took against sequential ones (Run serialises a
+// WebGPU session's calls, see webgpuRun, so about the same).
 func TestWebGPUConcurrentRuns(t *testing.T) {
 	testenv.RequireWebGPU(t)
 	path, ins, outs := generatedUNet(t)
