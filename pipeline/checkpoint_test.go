@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"math"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -15,11 +14,10 @@ import (
 // tiny-onnx-sd weights in the original single-file layout) into a folder.
 func buildTinyCheckpoint(t *testing.T, name string, loras ...ckpt.LoRASpec) string {
 	t.Helper()
-	shared := shareddir.Path(t, "reference/tiny-ckpt/"+name)
-	b, err := ckpt.Build(t.Context(), filepath.Join(shared, "reference", "tiny-ckpt", name), ckpt.BuildOptions{
+	b, err := ckpt.Build(t.Context(), shareddir.File(t, "reference/tiny-ckpt/"+name), ckpt.BuildOptions{
 		CacheDir:     t.TempDir(),
 		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
-		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
+		TokenizerDir: shareddir.File(t, "clip-tokenizer"),
 		LoRAs:        loras,
 	})
 	if err != nil {
@@ -110,7 +108,7 @@ func TestParityCheckpoint(t *testing.T) {
 // checkpoint is built and reproduces diffusers' runs on the merged model at
 // multipliers 1.0 and 0.5 within 1e-4.
 func TestParityLoRAAtOpen(t *testing.T) {
-	lora := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "tiny-lora.safetensors")
+	lora := shareddir.File(t, "reference/tiny-lora/tiny-lora.safetensors")
 	for _, tc := range []struct {
 		mult string
 		m    float32

@@ -4,13 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/shareddir"
@@ -36,20 +31,11 @@ type refCase struct {
 // when it is absent.
 func loadReference(t testing.TB) []refCase {
 	t.Helper()
-	path := filepath.Join(shareddir.Path(t, ""), "reference", "rng", "randn.json")
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("rng: reference data %s absent (set SDPIPE_SHARED or provide ../shared)", path)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := shareddir.File(t, "reference/rng/randn.json")
 	var ref struct {
 		Cases []refCase `json:"cases"`
 	}
-	if err := json.Unmarshal(data, &ref); err != nil {
-		t.Fatalf("parse %s: %v", path, err)
-	}
+	shareddir.ReadJSON(t, path, &ref)
 	if len(ref.Cases) == 0 {
 		t.Fatalf("%s: no cases", path)
 	}

@@ -19,8 +19,7 @@ import (
 func tinyCheckpoint(t *testing.T, name string) (string, string) {
 	t.Helper()
 	testenv.RequireORT(t)
-	shared := shareddir.Path(t, "reference/tiny-ckpt/"+name)
-	return filepath.Join(shared, "reference", "tiny-ckpt", name), filepath.Join(shared, "clip-tokenizer")
+	return shareddir.File(t, "reference/tiny-ckpt/"+name), shareddir.File(t, "clip-tokenizer")
 }
 
 // TestOpenCheckpoint opens a single-file checkpoint with sd.Open, by its

@@ -21,13 +21,12 @@ import (
 // and /sdapi/v1/embeddings answers in A1111's shape (the folder is empty).
 func TestLoRAsAndEmbeddingsListed(t *testing.T) {
 	testenv.RequireORT(t)
-	shared := shareddir.Path(t, "reference/tiny-ckpt/tiny-sd.safetensors")
-	ckpt := filepath.Join(shared, "reference", "tiny-ckpt", "tiny-sd.safetensors")
+	ckpt := shareddir.File(t, "reference/tiny-ckpt/tiny-sd.safetensors")
 	loras := t.TempDir()
-	if err := os.Symlink(filepath.Join(shared, "reference", "tiny-lora", "tiny-lora.safetensors"), filepath.Join(loras, "tiny-lora.safetensors")); err != nil {
+	if err := os.Symlink(shareddir.File(t, "reference/tiny-lora/tiny-lora.safetensors"), filepath.Join(loras, "tiny-lora.safetensors")); err != nil {
 		t.Fatal(err)
 	}
-	m, err := sd.Open(t.Context(), ckpt, sd.WithTokenizer(filepath.Join(shared, "clip-tokenizer")), sd.WithLoRADir(loras),
+	m, err := sd.Open(t.Context(), ckpt, sd.WithTokenizer(shareddir.File(t, "clip-tokenizer")), sd.WithLoRADir(loras),
 		sd.WithEmbeddingsDir(t.TempDir()), sd.WithCheckpointCache(t.TempDir()))
 	if err != nil {
 		t.Fatal(err)

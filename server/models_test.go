@@ -380,10 +380,10 @@ func TestModelsOpenAIGoSDK(t *testing.T) {
 // runs when a request names it.
 func TestModelsCheckpoint(t *testing.T) {
 	src := twoModels(t)
-	shared := shareddir.Path(t, "reference/tiny-ckpt/tiny-sd.safetensors")
-	ckptDir := filepath.Join(shared, "reference", "tiny-ckpt")
+	ckpt := shareddir.File(t, "reference/tiny-ckpt/tiny-sd.safetensors")
+	ckptDir := filepath.Dir(ckpt)
 	dir := t.TempDir()
-	links := map[string]string{"a": filepath.Join(src, "a"), "tiny-sd.safetensors": filepath.Join(ckptDir, "tiny-sd.safetensors")}
+	links := map[string]string{"a": filepath.Join(src, "a"), "tiny-sd.safetensors": ckpt}
 	for _, n := range []string{"text_encoder_config.json", "unet_config.json", "vae_config.json"} {
 		links[n] = filepath.Join(ckptDir, n) // the checkpoint's configs lie beside it
 	}
@@ -392,11 +392,11 @@ func TestModelsCheckpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cache := t.TempDir()
+	cache, tok := t.TempDir(), shareddir.File(t, "clip-tokenizer")
 	reg, err := NewModels(ModelsConfig{Dir: dir, Open: func(ctx context.Context, path string) (Engine, error) {
 		opts := []sd.Option{sd.WithThreads(sd.UNet, 1)}
 		if strings.HasSuffix(path, ".safetensors") {
-			opts = append(opts, sd.WithTokenizer(filepath.Join(shared, "clip-tokenizer")), sd.WithCheckpointCache(cache))
+			opts = append(opts, sd.WithTokenizer(tok), sd.WithCheckpointCache(cache))
 		}
 		return sd.Open(ctx, path, opts...)
 	}})

@@ -25,7 +25,7 @@ func tinyBuild(t *testing.T, name string, opt BuildOptions) *Built {
 	if opt.Config == nil {
 		opt.Config = tinyConfig
 	}
-	opt.TokenizerDir = filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")
+	opt.TokenizerDir = shareddir.File(t, "clip-tokenizer")
 	b, err := Build(t.Context(), filepath.Join(tinyDir(t), name), opt)
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestWriteOriginal(t *testing.T) {
 	if err := modelgen.Write(folder, cfg, modelgen.Options{Seed: 7}); err != nil {
 		t.Fatal(err)
 	}
-	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: tinyConfig, TokenizerDir: filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")})
+	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: tinyConfig, TokenizerDir: shareddir.File(t, "clip-tokenizer")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestWriteOriginalSD2(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := &Config{UNetHeads: cfg.UNet.LevelHeads, TextHeads: map[Component]int{TextEncoder: cfg.Text.Heads}}
-	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: conf, TokenizerDir: filepath.Join(shareddir.Path(t, "clip-tokenizer"), "clip-tokenizer")})
+	b, err := Build(t.Context(), path, BuildOptions{CacheDir: t.TempDir(), Config: conf, TokenizerDir: shareddir.File(t, "clip-tokenizer")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // tinyDir returns ../shared/reference/tiny-ckpt, or skips.
 func tinyDir(t testing.TB) string {
 	t.Helper()
-	return filepath.Join(shareddir.Path(t, "reference/tiny-ckpt"), "reference", "tiny-ckpt")
+	return shareddir.File(t, "reference/tiny-ckpt")
 }
 
 // tinyConfig is what the tiny model's configs say that its tensors cannot:

@@ -15,7 +15,7 @@ import (
 
 func loraDir(t testing.TB) string {
 	t.Helper()
-	return filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora")
+	return shareddir.File(t, "reference/tiny-lora")
 }
 
 // tinyModel opens the tiny checkpoint and converts it.

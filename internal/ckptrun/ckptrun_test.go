@@ -25,10 +25,9 @@ type setup struct {
 // LoRA folder holding tiny-lora (as a link named tiny-lora.safetensors).
 func open(t *testing.T) setup {
 	t.Helper()
-	shared := shareddir.Path(t, "reference/tiny-lora")
-	b, _ := buildTiny(t, shared, true)
+	b, _ := buildTiny(t, true)
 	dir := t.TempDir()
-	if err := os.Symlink(filepath.Join(shared, "reference", "tiny-lora", "tiny-lora.safetensors"), filepath.Join(dir, "tiny-lora.safetensors")); err != nil {
+	if err := os.Symlink(shareddir.File(t, "reference/tiny-lora/tiny-lora.safetensors"), filepath.Join(dir, "tiny-lora.safetensors")); err != nil {
 		t.Fatal(err)
 	}
 	c, err := Open(t.Context(), b, Options{LoRADir: dir, ORT: func(string) ort.Options { return ort.Options{IntraOpThreads: 1} }})
@@ -42,18 +41,18 @@ func open(t *testing.T) setup {
 	return setup{comps: c.Components, loraIn: dir}
 }
 
-// buildTiny builds ../shared's tiny checkpoint (shared is ../shared) with
+// buildTiny builds ../shared's tiny checkpoint with
 // room for extra tokens, and LoRA branches when lora is set, after
 // skipping the test without ONNX Runtime. It returns the build and the
 // checkpoint's path.
-func buildTiny(t *testing.T, shared string, lora bool) (*ckpt.Built, string) {
+func buildTiny(t *testing.T, lora bool) (*ckpt.Built, string) {
 	t.Helper()
 	testenv.RequireORT(t)
-	ckptPath := filepath.Join(shared, "reference", "tiny-ckpt", "tiny-sd.safetensors")
+	ckptPath := shareddir.File(t, "reference/tiny-ckpt/tiny-sd.safetensors")
 	b, err := ckpt.Build(t.Context(), ckptPath, ckpt.BuildOptions{
 		CacheDir:     t.TempDir(),
 		Config:       &ckpt.Config{TextHeads: map[ckpt.Component]int{ckpt.TextEncoder: 4}},
-		TokenizerDir: filepath.Join(shared, "clip-tokenizer"),
+		TokenizerDir: shareddir.File(t, "clip-tokenizer"),
 		LoRABranches: lora,
 		ExtraTokens:  true,
 	})

@@ -9,7 +9,6 @@ import (
 	"github.com/sdpipe/sdpipe/internal/ckpt"
 	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
-	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/scheduler"
@@ -44,8 +43,7 @@ func wordEmbedding(t *testing.T, dir, name, words string, tok *tokenizer.CLIP, f
 // weighting and in the negative prompt too; the plain prompt still
 // reproduces diffusers' run.
 func TestEmbeddingsEqualWords(t *testing.T) {
-	shared := shareddir.Path(t, "reference/tiny-ckpt")
-	b, ckptPath := buildTiny(t, shared, false)
+	b, ckptPath := buildTiny(t, false)
 	f, err := ckpt.Open(ckptPath)
 	if err != nil {
 		t.Fatal(err)

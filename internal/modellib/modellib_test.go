@@ -13,7 +13,7 @@ import (
 // TestHashes checks the hashes of tiny-lora against its checks.json:
 // the file's SHA-256, and the addnet hash = kohya's sshs_model_hash.
 func TestHashes(t *testing.T) {
-	lora := filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "tiny-lora.safetensors")
+	lora := shareddir.File(t, "reference/tiny-lora/tiny-lora.safetensors")
 	cache := filepath.Join(t.TempDir(), "hashes.json")
 	h := NewHashes(cache)
 	s, err := h.SHA256(lora)

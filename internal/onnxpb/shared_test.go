@@ -1,8 +1,6 @@
 package onnxpb
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/sdpipe/sdpipe/internal/shareddir"
@@ -12,9 +10,5 @@ import (
 // diffusers ONNX folder, skipping when it is absent.
 func tinyModel(t testing.TB, component string) string {
 	t.Helper()
-	p := filepath.Join(shareddir.Path(t, ""), "reference", "tiny-onnx-sd", "model", component, "model.onnx")
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("reference model not found: %v", err)
-	}
-	return p
+	return shareddir.File(t, "reference/tiny-onnx-sd/model/"+component+"/model.onnx")
 }

@@ -18,7 +18,7 @@ import (
 
 func tinyCkpt(t *testing.T, name string) string {
 	t.Helper()
-	return filepath.Join(shareddir.Path(t, "reference/tiny-ckpt/"+name), "reference", "tiny-ckpt", name)
+	return shareddir.File(t, "reference/tiny-ckpt/"+name)
 }
 
 // TestReferenceFiles reads the reference checkpoints (written by a reader

@@ -50,6 +50,13 @@ func Path(t testing.TB, need string) string {
 	return d
 }
 
+// File returns the path of need (a slash-separated path) inside ../shared,
+// as Path finds it, and skips the test when it is absent.
+func File(t testing.TB, need string) string {
+	t.Helper()
+	return filepath.Join(Path(t, need), filepath.FromSlash(need))
+}
+
 // ReadJSON decodes the JSON file at path (a reference file, or one a test
 // wrote) into v, and fails the test when it cannot be read or decoded.
 func ReadJSON(t testing.TB, path string, v any) {

@@ -63,7 +63,7 @@ func LoadTinyReference(t testing.TB) *TinyReference {
 // written as "1.0" or "0.5"), or skips the test when it is absent.
 func TinyLoRAReference(t testing.TB, mult string) *TinyReference {
 	t.Helper()
-	return readTinyReference(t, filepath.Join(shareddir.Path(t, "reference/tiny-lora"), "reference", "tiny-lora", "reference-m"+mult+".json"))
+	return readTinyReference(t, shareddir.File(t, "reference/tiny-lora/reference-m"+mult+".json"))
 }
 
 // readTinyReference reads a run of diffusers' pipeline on a tiny model in
