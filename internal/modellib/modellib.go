@@ -68,16 +68,7 @@ type Entry struct {
 // sorted by Name. Hidden files and folders are skipped.
 func List(dir string, k Kind) ([]Entry, error) {
 	var out []Entry
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != dir && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+	err := WalkVisible(dir, func(p string, d fs.DirEntry) error {
 		if d.IsDir() || !slices.Contains(k.exts(), strings.ToLower(filepath.Ext(p))) {
 			return nil
 		}
