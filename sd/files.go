@@ -119,3 +119,21 @@ func (m *Model) LoRAHashes(req Request) string {
 func HashFile(path string) (string, error) {
 	return fileHashes().SHA256(path)
 }
+
+// HashModel returns the hex SHA-256 that stands for a model: a single
+// file's own SHA-256 (HashFile), or a model folder's content hash, the
+// SHA-256 of the sha256sum-style listing of its files,
+//
+//	<hex SHA-256 of the file>  <path relative to the folder, slash-separated>\n
+//
+// one line per regular file in byte order of the path, skipping names
+// that start with "." at any depth, so that the same files give the same
+// hash wherever they lie. The shell equivalent is
+//
+//	(cd DIR && find . -type f -not -path '*/.*' -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum) | sha256sum
+//
+// Large files (the weights) are hashed once per path, size and
+// modification time, as HashFile does.
+func HashModel(path string) (string, error) {
+	return fileHashes().Model(path)
+}

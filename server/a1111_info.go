@@ -3,16 +3,11 @@ package server
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"io/fs"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -412,74 +407,3 @@ func latin1(b []byte) string {
 	}
 	return string(r)
 }
-
-// HashModel returns the SHA-256 (hex) that stands for a model in A1111's
-// "Model hash": a single model file's own SHA-256, as A1111 computes it;
-// for a model folder, the SHA-256 of its files' list, one line
-// "<slash path>\t<size>\t<SHA-256 of the file>" per regular file in path
-// order, so that the same files give the same hash wherever they lie.
-func HashModel(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("server: hashing the model: %w", err)
-	}
-	if !fi.IsDir() {
-		return hashFile(path)
-	}
-	if path, err = filepath.EvalSymlinks(path); err != nil { // a linked folder: walk its files
-		return "", fmt.Errorf("server: hashing the model: %w", err)
-	}
-	var lines []string
-	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		rel, err := filepath.Rel(path, p)
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		h, err := hashFile(p)
-		if err != nil {
-			return err
-		}
-		lines = append(lines, fmt.Sprintf("%s\t%d\t%s\n", filepath.ToSlash(rel), info.Size(), h))
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("server: hashing the model: %w", err)
-	}
-	sort.Strings(lines)
-	sum := sha256.Sum256([]byte(strings.Join(lines, "")))
-	return hex.EncodeToString(sum[:]), nil
-}
-
-// cacheHashesFrom is the size from which a file's SHA-256 is kept in the
-// hash cache (sd.HashFile): model weights, which take seconds to hash;
-// small files are hashed each time, so that the cache holds no entry per
-// config file.
-const cacheHashesFrom = 64 << 20
-
-// hashFile is a file's SHA-256, cached by path, size and modification
-// time for a large file.
-func hashFile(p string) (string, error) {
-	if st, err := os.Stat(p); err == nil && st.Size() >= cacheHashesFrom {
-		return sd.HashFile(p)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// hashModel is HashModel without its error prefix.
-func hashModel(p string) (string, error) { return HashModel(p) }

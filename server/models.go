@@ -164,7 +164,7 @@ func (m *Models) Refresh() error {
 			continue
 		}
 		m.mu.Unlock()
-		f.sha256, err = hashModel(f.file)
+		f.sha256, err = sd.HashModel(f.file)
 		m.mu.Lock()
 		if err != nil {
 			m.log.Warn("server: hashing a model", "model", f.rel, "err", err)

@@ -118,11 +118,11 @@ func TestModelsFolder(t *testing.T) {
 	reg := newModels(t, dir, 0, l)
 	_, ts := newServerOn(t, nil, Config{Models: reg, MaxSize: 128})
 
-	shaA, err := HashModel(filepath.Join(dir, "a"))
+	shaA, err := sd.HashModel(filepath.Join(dir, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	shaB, _ := HashModel(filepath.Join(dir, "b"))
+	shaB, _ := sd.HashModel(filepath.Join(dir, "b"))
 	shaBroken := fileSHA(t, filepath.Join(dir, "broken.safetensors"))
 	titleA, titleB := "a ["+shaA[:10]+"]", "b ["+shaB[:10]+"]"
 	titleBroken := "broken.safetensors [" + shaBroken[:10] + "]"

@@ -55,7 +55,7 @@ const (
 type Config struct {
 	ReplicaID string // sent as the X-Replica-ID header of every response
 	ModelName string // reported in infotexts and /v1/config
-	// ModelSHA256 is the model's SHA-256 in hex (HashModel), from which
+	// ModelSHA256 is the model's SHA-256 in hex (sd.HashModel), from which
 	// infotexts and /sdapi/v1/sd-models give A1111's "Model hash"; ""
 	// leaves the hash out.
 	ModelSHA256 string

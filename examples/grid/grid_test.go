@@ -52,8 +52,7 @@ func testOptions(t *testing.T, model, out string, s Shard) RunOptions {
 	}
 	return RunOptions{
 		Config: testConfig(model), Out: out, Shard: s, Concurrency: 3,
-		HashCache: filepath.Join(out, ".hash-cache.json"),
-		Open:      append(opts, sd.WithoutVAEEncoder()),
+		Open: append(opts, sd.WithoutVAEEncoder()),
 	}
 }
 
@@ -119,7 +118,7 @@ func TestRunManifest(t *testing.T) {
 	if len(recs) != len(items) {
 		t.Fatalf("%d records, want %d", len(recs), len(items))
 	}
-	modelHash, err := HashModel(model, "")
+	modelHash, err := sd.HashModel(model)
 	if err != nil {
 		t.Fatal(err)
 	}

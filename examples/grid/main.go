@@ -118,7 +118,6 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	mode := fs.String("mode", "throughput", "engine mode: latency or throughput")
 	threads := fs.Int("threads", 0, "intra-op threads per model (0 = the mode's choice)")
 	sheets := fs.Bool("sheet", true, "draw the contact sheets after an unsharded run")
-	hashCache := fs.String("hash-cache", defaultHashCache(), "model hash cache file (empty = none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -164,7 +163,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	start := time.Now()
 	sum, err := Run(ctx, RunOptions{
-		Config: c, Out: *out, Shard: s, Concurrency: *conc, HashCache: *hashCache,
+		Config: c, Out: *out, Shard: s, Concurrency: *conc,
 		Open: append(opts, sd.WithoutVAEEncoder()), Logger: log,
 	})
 	fmt.Fprintf(stdout, "%d items in shard %q: %d done before, %d generated, %d failed in %.1fs; manifest %s\n",

@@ -38,7 +38,7 @@ type Record struct {
 	Height         int     `json:"height"`
 
 	Model     string `json:"model"`      // the model folder, absolute
-	ModelHash string `json:"model_hash"` // see HashModel
+	ModelHash string `json:"model_hash"` // see sd.HashModel
 	Library   string `json:"library"`    // see libraryVersion
 	// Params is a digest of what decides the image (the requested
 	// parameters and ModelHash); resume redoes an item whose Params differ.

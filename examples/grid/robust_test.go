@@ -149,7 +149,6 @@ func TestNoSpaceTmpfs(t *testing.T) {
 	}
 	defer syscall.Unmount(out, 0)
 	o := testOptions(t, model, out, Shard{})
-	o.HashCache = ""
 	o.Concurrency = 1
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

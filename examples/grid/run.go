@@ -25,7 +25,6 @@ type RunOptions struct {
 	Out         string // output folder
 	Shard       Shard  // zero value: the whole grid
 	Concurrency int    // requests in flight; 0 = 4
-	HashCache   string // model hash cache file; "" = none
 	Open        []sd.Option
 	Logger      *slog.Logger // nil = silent
 	// OnRecord, when set, is called once a record is durable (its image
@@ -93,7 +92,7 @@ func Run(ctx context.Context, o RunOptions) (sum Summary, err error) {
 		return sum, fmt.Errorf("grid: %w", err)
 	}
 	t0 := time.Now()
-	modelHash, err := HashModel(dir, o.HashCache)
+	modelHash, err := sd.HashModel(dir)
 	if err != nil {
 		return sum, err
 	}

@@ -180,7 +180,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("model loaded", "dir", dir, "seconds", time.Since(start).Seconds(), "memory_budget_mib", b>>20)
 		opened = mdl.Load()
 		hashStart := time.Now()
-		if sum, err = server.HashModel(dir); err != nil {
+		if sum, err = sd.HashModel(dir); err != nil {
 			return err
 		}
 		log.Info("model hashed", "sha256", sum, "seconds", time.Since(hashStart).Seconds())
