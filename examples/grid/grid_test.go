@@ -477,7 +477,7 @@ func TestCLI(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	var stdout, stderr bytes.Buffer
 	args := []string{"run", "-config", config, "-model", model, "-seed", "42", "-steps", "2", "-out", out,
-		"-threads", "1", "-mode", "latency", "-hash-cache", "", "-shard", "1/2"}
+		"-threads", "1", "-mode", "latency", "-shard", "1/2"}
 	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}

@@ -211,7 +211,7 @@ func TestSlurmArray(t *testing.T) {
 	}
 	// every run on one intra-op thread per model, so that the pixels do
 	// not depend on the thread count and one CPU is one task's share
-	gridArgs := []string{"-config", cfgPath, "-threads", "1", "-hash-cache", filepath.Join(root, "hash-cache.json")}
+	gridArgs := []string{"-config", cfgPath, "-threads", "1"}
 
 	// the single-process run: the same program, all of the machine
 	single := filepath.Join(root, "single")
