@@ -11,52 +11,16 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/unet"
 )
 
-// inpaintReference is ../shared/reference/tiny-inpaint/reference.json: a
-// run of diffusers' OnnxStableDiffusionInpaintPipeline.
-type inpaintReference struct {
-	Call struct {
-		Prompt        string  `json:"prompt"`
-		Height        int     `json:"height"`
-		Width         int     `json:"width"`
-		Steps         int     `json:"num_inference_steps"`
-		GuidanceScale float64 `json:"guidance_scale"`
-	} `json:"call"`
-	InitialLatents []float32 `json:"initial_latents"`
-	Results        struct {
-		ORT struct {
-			TextEncoderCalls []struct {
-				LastHiddenState []float32 `json:"last_hidden_state"`
-			} `json:"text_encoder_calls"`
-			VAEEncoderInput    []float32     `json:"vae_encoder_input"`
-			VAEEncoderOutput   []float32     `json:"vae_encoder_output"`
-			VAEEncoderOutShape []int         `json:"vae_encoder_output_shape"`
-			MaskLatent         []float32     `json:"mask_latent"`
-			MaskedImageLatents []float32     `json:"masked_image_latents"`
-			Steps              []inpaintStep `json:"steps"`
-			Image              []float32     `json:"image"`
-		} `json:"onnxruntime"`
-	} `json:"results"`
-}
-
-type inpaintStep struct {
-	T            float64   `json:"t"`
-	SampleInput  []float32 `json:"unet_sample_input"`
-	LatentsAfter []float32 `json:"latents_after"`
-}
-
 // loadInpaintReference returns the reference run, its init image and mask
 // and the model folder, or skips without ../shared.
-func loadInpaintReference(t *testing.T) (ref *inpaintReference, img, mask image.Image, model string) {
+func loadInpaintReference(t *testing.T) (ref *testenv.TinyInpaintReference, img, mask image.Image, model string) {
 	t.Helper()
 	dir, img, mask := testenv.TinyInpaint(t)
-	ref = new(inpaintReference)
-	shareddir.ReadJSON(t, filepath.Join(dir, "reference.json"), ref)
-	return ref, img, mask, filepath.Join(dir, "model")
+	return testenv.LoadTinyInpaintReference(t), img, mask, filepath.Join(dir, "model")
 }
 
 // TestParityInpaint runs the tiny 9-channel inpainting model on the
@@ -84,7 +48,7 @@ func TestParityInpaint(t *testing.T) {
 		defer mu.Unlock()
 		encoderCalls++
 		encoderIn = testenv.MaxAbsDiff(x.Data().([]float32), run.VAEEncoderInput)
-		s := run.VAEEncoderOutShape
+		s := run.VAEEncoderOutputShape
 		return tensor.New(tensor.WithShape(s...), tensor.WithBacking(append([]float32(nil), run.VAEEncoderOutput...))), nil
 	})
 	comps.UNet = DenoiserFunc(func(ctx context.Context, x *tensor.Dense, ts []float64, c *tensor.Dense) (*tensor.Dense, error) {

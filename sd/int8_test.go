@@ -240,7 +240,7 @@ func TestInt8TextXL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rh, rp := testenv.RelRMS(want.PromptEmbeds, h.Data().([]float32)), testenv.RelRMS(want.Pooled, p.Data().([]float32))
+		rh, rp := testenv.RelRMS(want.PromptEmbeds, h.Data().([]float32)), testenv.RelRMS(want.PooledPromptEmbeds, p.Data().([]float32))
 		t.Logf("%s: relative RMS error prompt_embeds %.4g, pooled %.4g", run.Case, rh, rp)
 		if rh > relTol || rp > relTol {
 			t.Errorf("%s: int8 prompt embeds differ from diffusers' by %.4g, pooled by %.4g (relative RMS); want at most %g", run.Case, rh, rp, relTol)

@@ -1,77 +1,22 @@
 package sd_test
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/sdpipe/sdpipe/internal/shareddir"
 	"github.com/sdpipe/sdpipe/internal/testenv"
 	"github.com/sdpipe/sdpipe/pipeline"
 	"github.com/sdpipe/sdpipe/sd"
 )
 
-// xlRun is one recorded run of diffusers' StableDiffusionXLPipeline in
-// ../shared/reference/tiny-sdxl/reference.json (its README gives the
-// format), with the onnxruntime results.
-type xlRun struct {
-	Case string `json:"case"`
-	Call struct {
-		Prompt         string  `json:"prompt"`
-		NegativePrompt *string `json:"negative_prompt"`
-		Height         int     `json:"height"`
-		Width          int     `json:"width"`
-		Steps          int     `json:"num_inference_steps"`
-		Guidance       float64 `json:"guidance_scale"`
-	} `json:"call"`
-	InitialLatents []float32 `json:"initial_latents"`
-	TextInputIDs   map[string]*struct {
-		Tokenizer  []int32 `json:"tokenizer"`
-		Tokenizer2 []int32 `json:"tokenizer_2"`
-	} `json:"text_input_ids"`
-	Results struct {
-		ORT struct {
-			PromptEmbeds         []float32   `json:"prompt_embeds"`
-			NegativePromptEmbeds []float32   `json:"negative_prompt_embeds"`
-			Pooled               []float32   `json:"pooled_prompt_embeds"`
-			NegativePooled       []float32   `json:"negative_pooled_prompt_embeds"`
-			EncoderHiddenStates  []float32   `json:"encoder_hidden_states"`
-			AddTextEmbeds        []float32   `json:"add_text_embeds"`
-			AddTimeIDs           [][]float32 `json:"add_time_ids"`
-			Timesteps            []float64   `json:"timesteps"`
-			Steps                []struct {
-				T            float64   `json:"t"`
-				SampleInput  []float32 `json:"unet_sample_input"`
-				UNetOutput   []float32 `json:"unet_output"`
-				LatentsAfter []float32 `json:"latents_after"`
-			} `json:"steps"`
-			VAEDecoderInput []float32 `json:"vae_decoder_input"`
-			Image           []float32 `json:"image"`
-		} `json:"onnxruntime"`
-	} `json:"results"`
-}
-
 // xlReference returns the tiny SDXL model folder and its recorded runs, or
 // skips when ../shared is absent.
-func xlReference(t *testing.T) (string, []xlRun) {
+func xlReference(t *testing.T) (string, []testenv.TinySDXLCase) {
 	t.Helper()
-	dir := filepath.Join(testenv.SharedDir(t), "reference", "tiny-sdxl")
-	data, err := os.ReadFile(filepath.Join(dir, "reference.json"))
-	if err != nil {
-		t.Skipf("no tiny-sdxl reference: %v", err)
-	}
-	var ref struct {
-		Runs []xlRun `json:"runs"`
-	}
-	if err := json.Unmarshal(data, &ref); err != nil {
-		t.Fatal(err)
-	}
-	if len(ref.Runs) != 2 {
-		t.Fatalf("%d runs in reference.json, want 2", len(ref.Runs))
-	}
-	return filepath.Join(dir, "model"), ref.Runs
+	ref := testenv.LoadTinySDXLReference(t)
+	return shareddir.File(t, "reference/tiny-sdxl/model"), ref.Runs
 }
 
 // xlTolerance is the parity asked of every quantity against diffusers'
@@ -170,7 +115,7 @@ func TestXLTextEmbeddings(t *testing.T) {
 		for _, role := range []struct {
 			name           string
 			hidden, pooled []float32
-		}{{"prompt", want.PromptEmbeds, want.Pooled}, {"negative_prompt", want.NegativePromptEmbeds, want.NegativePooled}} {
+		}{{"prompt", want.PromptEmbeds, want.PooledPromptEmbeds}, {"negative_prompt", want.NegativePromptEmbeds, want.NegativePooledPromptEmbeds}} {
 			ids := run.TextInputIDs[role.name]
 			if ids == nil {
 				if role.name == "negative_prompt" && (slices.ContainsFunc(want.NegativePromptEmbeds, func(v float32) bool { return v != 0 }) || len(want.NegativePromptEmbeds) == 0) {

@@ -158,31 +158,6 @@ func expectClose(t *testing.T, what string, got, want []float32, tol float64) fl
 	return d
 }
 
-// sd1Reference is ../shared/reference/tiny-onnx-sd/reference.json's
-// PyTorch run, as far as the component checks need it.
-type sd1Reference struct {
-	VAEEncoderCheck struct {
-		Mean []float32 `json:"latent_mean"`
-		Std  []float32 `json:"latent_std"`
-	} `json:"vae_encoder_check"`
-	Results struct {
-		PyTorch struct {
-			TextEncoderCalls []struct {
-				InputIDs        []int32   `json:"input_ids"`
-				LastHiddenState []float32 `json:"last_hidden_state"`
-				PoolerOutput    []float32 `json:"pooler_output"`
-			} `json:"text_encoder_calls"`
-			Steps []struct {
-				TimestepInput []float32 `json:"unet_timestep_input"`
-				SampleInput   []float32 `json:"unet_sample_input"`
-				NoisePred     []float32 `json:"noise_pred_uncond_text"`
-			} `json:"steps"`
-			VAEDecoderInput  []float32 `json:"vae_decoder_input"`
-			VAEDecoderOutput []float32 `json:"vae_decoder_output"`
-		} `json:"pytorch"`
-	} `json:"results"`
-}
-
 // sd1Config builds the tiny reference's Config from its diffusers and
 // transformers configs.
 func sd1Config(t *testing.T, refDir string) Config {
@@ -221,9 +196,8 @@ func TestParitySD1(t *testing.T) {
 	if cfg.UNet.Heads != 8 || cfg.UNet.CrossAttention[0] || !cfg.UNet.CrossAttention[1] || cfg.UNet.LinearProjection || cfg.Text.EOSTokenID != 49407 {
 		t.Fatalf("configs read as %+v", cfg)
 	}
-	var ref sd1Reference
-	shareddir.ReadJSON(t, filepath.Join(refDir, "reference.json"), &ref)
-	pt := ref.Results.PyTorch
+	ref := testenv.LoadTinyReference(t)
+	pt := ref.PyTorch
 
 	for _, file := range []string{"tiny-sd.safetensors", "tiny-sd-fp16.safetensors"} {
 		t.Run(file, func(t *testing.T) {

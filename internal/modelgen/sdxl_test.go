@@ -280,38 +280,6 @@ func floatData(t *onnxpb.Tensor) []float32 {
 	return v
 }
 
-// sdxlRun is one run of ../shared/reference/tiny-sdxl/reference.json, as
-// far as the component checks need it.
-type sdxlRun struct {
-	Case    string `json:"case"`
-	Results struct {
-		PyTorch struct {
-			TextEncoderCalls []struct {
-				Encoder     string    `json:"encoder"`
-				Role        string    `json:"role"`
-				InputIDs    []int64   `json:"input_ids"`
-				Last        []float32 `json:"last_hidden_state"`
-				Penultimate []float32 `json:"penultimate_hidden_state"`
-				Pooler      []float32 `json:"pooler_output"`
-				TextEmbeds  []float32 `json:"text_embeds"`
-			} `json:"text_encoder_calls"`
-			EncoderHiddenStates []float32   `json:"encoder_hidden_states"`
-			AddTextEmbeds       []float32   `json:"add_text_embeds"`
-			AddTimeIDs          [][]float32 `json:"add_time_ids"`
-			Steps               []struct {
-				T           float64   `json:"t"`
-				SampleInput []float32 `json:"unet_sample_input"`
-				Output      []float32 `json:"unet_output"`
-			} `json:"steps"`
-			SampleShape []int64   `json:"unet_sample_input_shape"`
-			VAEInput    []float32 `json:"vae_decoder_input"`
-			VAEInShape  []int64   `json:"vae_decoder_input_shape"`
-			VAEOutput   []float32 `json:"vae_decoder_output"`
-			VAEOutShape []int64   `json:"vae_decoder_output_shape"`
-		} `json:"pytorch"`
-	} `json:"results"`
-}
-
 // TestParitySDXL builds the tiny SDXL reference model's five graphs from
 // its configs (model/*/config.json) and from the weights of its ONNX files
 // (the export's initializers, mapped back to state-dict names), and checks
@@ -348,16 +316,7 @@ func TestParitySDXL(t *testing.T) {
 	uns := openModel(t, UNetDir, unet, "")
 	decs := openModel(t, VAEDecoderDir, dec, "")
 
-	var ref struct {
-		VAEEncoderCheck struct {
-			Params []float32 `json:"latent_parameters_pytorch"`
-		} `json:"vae_encoder_check"`
-		Runs []sdxlRun `json:"runs"`
-	}
-	shareddir.ReadJSON(t, filepath.Join(root, "reference.json"), &ref)
-	if len(ref.Runs) != 2 {
-		t.Fatalf("%d runs in reference.json", len(ref.Runs))
-	}
+	ref := testenv.LoadTinySDXLReference(t)
 	var worst float64
 	check := func(what string, got, want []float32) {
 		worst = math.Max(worst, expectClose(t, what, got, want, parityTol))
@@ -381,18 +340,18 @@ func TestParitySDXL(t *testing.T) {
 				outs[o.Name] = res[i]
 			}
 			what := fmt.Sprintf("%s: %s %s", r.Case, c.Encoder, c.Role)
-			check(what+" last_hidden_state", outs["last_hidden_state"], c.Last)
-			check(what+" penultimate hidden state", outs["hidden_states."+strconv.Itoa(layers-1)], c.Penultimate)
+			check(what+" last_hidden_state", outs["last_hidden_state"], c.LastHiddenState)
+			check(what+" penultimate hidden state", outs["hidden_states."+strconv.Itoa(layers-1)], c.PenultimateHiddenState)
 			if c.Encoder == TextEncoder2Dir {
 				check(what+" text_embeds", outs["text_embeds"], c.TextEmbeds)
 			} else {
-				check(what+" pooler_output", outs["pooler_output"], c.Pooler)
+				check(what+" pooler_output", outs["pooler_output"], c.PoolerOutput)
 			}
 			if len(outs["last_hidden_state"]) != 77*d {
 				t.Fatalf("%s: last_hidden_state of %d values", what, len(outs["last_hidden_state"]))
 			}
 		}
-		shape := pt.SampleShape
+		shape := pt.SampleInputShape
 		n := shape[0]
 		var timeIDs []float32
 		for _, row := range pt.AddTimeIDs {
@@ -406,14 +365,14 @@ func TestParitySDXL(t *testing.T) {
 				{Shape: []int64{n, int64(un.TextEmbedsDim())}, Data: pt.AddTextEmbeds},
 				{Shape: []int64{n, 6}, Data: timeIDs},
 			}, shape)
-			check(fmt.Sprintf("%s: unet step %d", r.Case, i), out[0], s.Output)
+			check(fmt.Sprintf("%s: unet step %d", r.Case, i), out[0], s.UNetOutput)
 		}
-		img := run(t, decs, []ort.Tensor{{Shape: pt.VAEInShape, Data: pt.VAEInput}}, pt.VAEOutShape)
-		check(r.Case+": vae decoder", img[0], pt.VAEOutput)
+		img := run(t, decs, []ort.Tensor{{Shape: pt.VAEDecoderInputShape, Data: pt.VAEDecoderInput}}, pt.VAEDecoderOutputShape)
+		check(r.Case+": vae decoder", img[0], pt.VAEDecoderOutput)
 	}
 	x := numpyUniform(5, -1, 1, 3*64*64)
 	par := run(t, openModel(t, VAEEncoderDir, enc, ""), []ort.Tensor{{Shape: []int64{1, 3, 64, 64}, Data: x}}, []int64{1, 8, 8, 8})
-	check("vae encoder latent_parameters", par[0], ref.VAEEncoderCheck.Params)
+	check("vae encoder latent_parameters", par[0], ref.VAEEncoderCheck.PyTorch)
 	t.Logf("largest difference to diffusers' PyTorch outputs: %.3g", worst)
 }
 
@@ -461,39 +420,22 @@ func TestParityInpaint(t *testing.T) {
 			break
 		}
 	}
-	var ref struct {
-		Results struct {
-			PyTorch struct {
-				TextEncoderCalls []struct {
-					Last []float32 `json:"last_hidden_state"`
-				} `json:"text_encoder_calls"`
-				Steps []struct {
-					Timestep []float32 `json:"unet_timestep_input"`
-					Sample   []float32 `json:"unet_sample_input"`
-					Output   []float32 `json:"unet_output"`
-				} `json:"steps"`
-				SampleShape []int64 `json:"unet_sample_input_shape"`
-				OutputShape []int64 `json:"unet_output_shape"`
-			} `json:"pytorch"`
-		} `json:"results"`
-	}
-	shareddir.ReadJSON(t, filepath.Join(root, "reference.json"), &ref)
-	pt := ref.Results.PyTorch
-	ehs := append(append([]float32{}, pt.TextEncoderCalls[1].Last...), pt.TextEncoderCalls[0].Last...) // [uncond; cond]
+	pt := testenv.LoadTinyInpaintReference(t).Results.PyTorch
+	ehs := append(append([]float32{}, pt.TextEncoderCalls[1].LastHiddenState...), pt.TextEncoderCalls[0].LastHiddenState...) // [uncond; cond]
 	s := openModel(t, UNetDir, m, "")
-	n := pt.SampleShape[0]
+	n := pt.SampleInputShape[0]
 	var worst float64
 	for i, st := range pt.Steps {
 		ts := make([]float32, n)
 		for j := range ts {
-			ts[j] = st.Timestep[0]
+			ts[j] = st.TimestepInput[0]
 		}
 		out := run(t, s, []ort.Tensor{
-			{Shape: pt.SampleShape, Data: st.Sample},
+			{Shape: pt.SampleInputShape, Data: st.SampleInput},
 			{Shape: []int64{n}, Data: ts},
 			{Shape: []int64{n, 77, int64(text.Hidden)}, Data: ehs},
-		}, pt.OutputShape)
-		worst = math.Max(worst, expectClose(t, fmt.Sprintf("unet step %d", i), out[0], st.Output, parityTol))
+		}, pt.UNetOutputShape)
+		worst = math.Max(worst, expectClose(t, fmt.Sprintf("unet step %d", i), out[0], st.UNetOutput, parityTol))
 	}
 	t.Logf("%d UNet calls, largest difference to diffusers' PyTorch outputs %.3g", len(pt.Steps), worst)
 }
