@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // Errors for a WebGPU device that cannot be used. They are wrapped in the
@@ -60,3 +61,14 @@ func classifyWebGPU(err error) error {
 	}
 	return err
 }
+
+// webgpuOpen serialises the creation of WebGPU sessions.
+var webgpuOpen sync.Mutex
+
+// webgpuRun serialises the calls of WebGPU sessions: ORT 1.29's provider
+// keeps one device context, with one command encoder, for all of them, and
+// calls from two goroutines at once failed ("Command encoding already
+// finished") or crashed the process (TestWebGPUSessionsConcurrent). The GPU
+// runs one call at a time anyway; what overlaps a GPU call is the CPU
+// sessions' work.
+var webgpuRun sync.Mutex
