@@ -103,6 +103,23 @@ func (r response) json(t *testing.T, v any) {
 	}
 }
 
+// openAIPNG decodes an OpenAI images body and returns its first
+// data[].b64_json as a PNG and that PNG's infotext (decodePNG); it fails
+// the test when the body holds no image.
+func (r response) openAIPNG(t *testing.T) (image.Image, string) {
+	t.Helper()
+	var out struct {
+		Data []struct {
+			B64JSON string `json:"b64_json"`
+		}
+	}
+	r.json(t, &out)
+	if len(out.Data) == 0 {
+		t.Fatalf("no data[] in %s", r.body)
+	}
+	return decodePNG(t, out.Data[0].B64JSON)
+}
+
 // apiErr decodes an error body.
 func (r response) apiErr(t *testing.T) (msg, typ, param string) {
 	t.Helper()

@@ -164,13 +164,7 @@ func TestOpenAIEditMask(t *testing.T) {
 	if r.code != http.StatusOK {
 		t.Fatalf("edit with a mask: %d %s", r.code, r.body)
 	}
-	var out struct {
-		Data []struct {
-			B64JSON string `json:"b64_json"`
-		}
-	}
-	r.json(t, &out)
-	got, _ := decodePNG(t, out.Data[0].B64JSON)
+	got, _ := r.openAIPNG(t)
 	if in, outside := changed(got, img, box); outside != 0 || in < 8 {
 		t.Errorf("%d levels changed where the mask is opaque (want 0), %d where it is transparent", outside, in)
 	}

@@ -169,13 +169,7 @@ func TestOpenAIEdits(t *testing.T) {
 	if r.code != http.StatusOK {
 		t.Fatalf("edit: %d %s", r.code, r.body)
 	}
-	var out struct {
-		Data []struct {
-			B64JSON string `json:"b64_json"`
-		}
-	}
-	r.json(t, &out)
-	if _, text := decodePNG(t, out.Data[0].B64JSON); !strings.Contains(text, "Denoising strength: 0.75") {
+	if _, text := r.openAIPNG(t); !strings.Contains(text, "Denoising strength: 0.75") {
 		t.Errorf("edit infotext %q: want img2img's strength", text)
 	}
 	b, ct = editBody(t, map[string]string{"prompt": "a cat"}, "image", "mask") // an opaque mask: nothing to edit
