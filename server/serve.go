@@ -62,7 +62,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		svcErr = nil // canceling at the end of the grace is the plan, not a failure
 	}
 	s.linger(s.cfg.Linger)
-	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	hctx, hcancel := context.WithTimeout(context.Background(), httpDrain)
 	defer hcancel()
 	httpErr := hs.Shutdown(hctx) // stops accepting, waits for the responses
 	if httpErr != nil {
@@ -74,6 +74,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return errors.Join(serveErr, svcErr, httpErr)
 }
+
+// httpDrain bounds how long Serve waits, once the work is over, for the
+// responses being written and for idle connections to close. It must be
+// longer than the 5 seconds net/http gives a connection that was opened
+// and sent nothing (Go issue 22682: such a connection counts as idle only
+// after 5 s), which a client's transport opens when it dials one more
+// connection than it ends up using; with 5 s exactly, Serve failed with
+// "context deadline exceeded" whenever a client had left one.
+const httpDrain = 10 * time.Second
 
 // linger waits up to d until no async job that ended while draining is
 // left unread by its client.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -87,5 +88,25 @@ func TestServeShutdownUnderLoad(t *testing.T) {
 	}
 	if admitted(s) != 0 {
 		t.Errorf("work left after Serve returned")
+	}
+}
+
+// TestServeShutdownSilentConn shuts down while a client holds a connection
+// it opened and sent nothing on (what a transport's spare dial leaves):
+// Serve must wait for net/http to count it idle and return no error.
+func TestServeShutdownSilentConn(t *testing.T) {
+	s := newUnstarted(t, Config{Grace: 100 * time.Millisecond})
+	base, stop := serveOn(t, s)
+	if r := get(t, base+"/ping"); r.code != http.StatusOK {
+		t.Fatalf("ping: %d", r.code)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(100 * time.Millisecond) // the server has accepted it
+	if err := stop(); err != nil {
+		t.Errorf("Serve with a silent connection open: %v", err)
 	}
 }
