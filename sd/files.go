@@ -1,9 +1,11 @@
 package sd
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/ckptrun"
@@ -18,7 +20,7 @@ var fileHashes = sync.OnceValue(func() *modellib.Hashes {
 })
 
 // ModelFile is a file of a Model's LoRA or embeddings folder that requests
-// may name.
+// may name, or a model of a models folder (ListModels).
 type ModelFile struct {
 	// Name is what a prompt writes: <lora:Name:0.8>, or the embedding's
 	// Name itself.
@@ -30,9 +32,34 @@ type ModelFile struct {
 	// Hash is AUTOMATIC1111's short hash of the file (a LoRA's "addnet"
 	// hash, an embedding's SHA-256), which its infotexts record as
 	// "Lora hashes" and "TI hashes"; "" when the file cannot be read.
-	// LoRA and Embeddings fill it; LoRAs leaves it empty, so that listing
-	// a folder of large files hashes none of them.
+	// LoRA and Embeddings fill it; LoRAs and ListModels leave it empty, so
+	// that listing a folder of large files hashes none of them.
 	Hash string
+	// Size is the file's bytes, or a model folder's (all its files');
+	// ModTime its modification time, or the latest of a folder's files.
+	// ListModels fills them.
+	Size    int64
+	ModTime time.Time
+}
+
+// ListModels lists the models in a models folder as AUTOMATIC1111's
+// checkpoint list does, sorted by path: single-file checkpoints
+// (.safetensors, .ckpt), named by their path relative to dir without
+// extension, and model folders (any folder holding model_index.json: a
+// diffusers or optimum export), named by their relative path, at any
+// depth, linked ones included. Names and paths starting with "." are
+// passed over, and so are the files inside a model folder. Each can be
+// given to Open.
+func ListModels(dir string) ([]ModelFile, error) {
+	es, err := modellib.Models(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sd: %w", err)
+	}
+	out := make([]ModelFile, len(es))
+	for i, e := range es {
+		out[i] = ModelFile{Name: e.Name, Path: e.Path, Size: e.Size, ModTime: e.ModTime}
+	}
+	return out, nil
 }
 
 // LoRAs lists the LoRAs requests may apply by name (WithLoRADir), sorted

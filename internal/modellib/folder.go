@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // WalkVisible walks the tree at dir as filepath.WalkDir does, passing over
@@ -106,4 +107,82 @@ func (h *Hashes) Model(path string) (string, error) {
 		return h.Folder(path)
 	}
 	return h.SHA256(path)
+}
+
+// Models returns the models under dir, sorted by path: checkpoint files
+// (Checkpoint's extensions, a linked file too) named by their path without
+// extension, and model folders (a folder holding model_index.json, a
+// linked one too) named by their path, whose Size is the bytes of their
+// files and ModTime the latest among them. A model folder's own files are
+// not models; hidden names are passed over.
+func Models(dir string) ([]Entry, error) {
+	var out []Entry
+	err := WalkVisible(dir, func(p string, d fs.DirEntry) error {
+		if p == dir {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		link := d.Type()&fs.ModeSymlink != 0
+		info, err := os.Stat(p) // a link's target
+		if err != nil {
+			if link {
+				return nil // a dangling link
+			}
+			return err
+		}
+		if info.IsDir() {
+			if _, err := os.Stat(filepath.Join(p, "model_index.json")); err != nil {
+				return nil
+			}
+			size, mod, err := folderSize(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, Entry{Name: rel, Path: p, Size: size, ModTime: mod})
+			if link {
+				return nil // SkipDir on a link would skip the rest of its parent
+			}
+			return filepath.SkipDir
+		}
+		if !info.Mode().IsRegular() || !slices.Contains(Checkpoint.exts(), strings.ToLower(filepath.Ext(p))) {
+			return nil
+		}
+		out = append(out, Entry{Name: strings.TrimSuffix(rel, filepath.Ext(rel)), Path: p, Size: info.Size(), ModTime: info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("modellib: listing models: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	return out, nil
+}
+
+// folderSize returns the bytes of a folder's files and the latest
+// modification time among them.
+func folderSize(dir string) (int64, time.Time, error) {
+	var n int64
+	var mod time.Time
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return 0, mod, err
+	}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		n += info.Size()
+		if info.ModTime().After(mod) {
+			mod = info.ModTime()
+		}
+		return nil
+	})
+	return n, mod, err
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +94,50 @@ func TestFolder(t *testing.T) {
 
 	if _, err := h.Folder(t.TempDir()); err == nil {
 		t.Error("empty folder: no error")
+	}
+}
+
+// TestModels lists a models folder: checkpoint files by their path without
+// extension, model folders by their path with their files' total size,
+// linked files and folders as what they link to; not a model folder's own
+// files, hidden names, other files or a dangling link.
+func TestModels(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.safetensors": "aaaa", "sub/b.CKPT": "bb", "notes.txt": "n",
+		"m/model_index.json": "{}", "m/unet/w.safetensors": "www",
+		".hidden/c.safetensors": "c", "sub/.d.safetensors": "d", "plain/e.pt": "e",
+	})
+	other := t.TempDir()
+	writeFiles(t, other, map[string]string{"x/model_index.json": "{}", "y.ckpt": "yyyyy"})
+	for link, target := range map[string]string{
+		"linked": filepath.Join(other, "x"), "ly.ckpt": filepath.Join(other, "y.ckpt"),
+		"gone.safetensors": filepath.Join(other, "missing"),
+	} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := Models(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	var names []string
+	for _, e := range es {
+		got[e.Name] = e.Size
+		names = append(names, e.Name)
+	}
+	want := map[string]int64{"a": 4, "linked": 2, "ly": 5, "m": 5, "sub/b": 2}
+	if len(got) != len(want) {
+		t.Errorf("models %v, want %v", got, want)
+	}
+	for n, size := range want {
+		if got[n] != size {
+			t.Errorf("%s: size %d, want %d (listed %v)", n, got[n], size, got)
+		}
+	}
+	if want := []string{"a", "linked", "ly", "m", "sub/b"}; !slices.Equal(names, want) {
+		t.Errorf("order %v, want %v", names, want)
 	}
 }
