@@ -424,11 +424,18 @@ func TestModelsCheckpoint(t *testing.T) {
 // load.
 func TestModelsEviction(t *testing.T) {
 	dir := twoModels(t)
-	sizeA, _, err := folderSize(filepath.Join(dir, "a"))
+	found, err := sd.ListModels(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sizeB, _, _ := folderSize(filepath.Join(dir, "b"))
+	size := map[string]int64{}
+	for _, f := range found {
+		size[f.Name] = f.Size
+	}
+	sizeA, sizeB := size["a"], size["b"]
+	if sizeA == 0 || sizeB == 0 {
+		t.Fatalf("models listed: %+v", found)
+	}
 	l := &loader{gate: make(chan struct{})}
 	reg := newModels(t, dir, max(sizeA, sizeB)+sizeA/2, l) // one model at a time
 	a, _ := reg.find("model", "a")
