@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
 )
 
@@ -97,18 +98,13 @@ type VAEArch struct {
 // TextArch describes a transformers CLIPTextModel (or
 // CLIPTextModelWithProjection when Projection is non-zero).
 type TextArch struct {
-	Component    Component
-	Vocab        int
-	Hidden       int
-	Layers       int
-	Heads        int
-	Intermediate int
-	MaxPositions int
-	Act          string // "quick_gelu" (OpenAI CLIP) or "gelu" (OpenCLIP)
+	Component Component
+	// TextConfig holds the sizes the generated graph takes: Activation is
+	// "quick_gelu" (OpenAI CLIP) or "gelu" (OpenCLIP); ProjectionDim, the
+	// width of text_projection (text_embeds), is zero when the encoder has
+	// none.
+	modelgen.TextConfig
 	LayerNormEps float64
-	// Projection is the width of text_projection (text_embeds); zero when
-	// the encoder has none.
-	Projection int
 	// PadToken is the tokenizer's padding token: "<|endoftext|>" for
 	// OpenAI CLIP, "!" for the OpenCLIP encoders (as diffusers' SD 2.x and
 	// SDXL tokenizer configs say).
@@ -490,7 +486,7 @@ func textHyper(t *TextArch, cfg *Config) error {
 		if a != "gelu" && a != "quick_gelu" {
 			return fmt.Errorf("ckpt: %s: unsupported activation %q (gelu or quick_gelu)", t.Component, a)
 		}
-		t.Act = a
+		t.Activation = a
 	}
 	if e := cfg.TextEps[t.Component]; e > 0 {
 		t.LayerNormEps = e
@@ -501,7 +497,7 @@ func textHyper(t *TextArch, cfg *Config) error {
 // detectCLIP reads an OpenAI CLIP text encoder in transformers' naming under
 // prefix.
 func detectCLIP(k keyset, p string, c Component, cfg *Config) (TextArch, error) {
-	t := TextArch{Component: c, Act: "quick_gelu", LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
+	t := TextArch{Component: c, TextConfig: modelgen.TextConfig{Activation: "quick_gelu"}, LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
 	tm := p + "text_model."
 	if !k.hasPrefix(tm) && k.hasPrefix(p+"embeddings.") {
 		tm = p // old transformers naming without text_model.
@@ -529,7 +525,7 @@ func (k keyset) textSizes(t *TextArch, emb, pos, layers, fc1 string) bool {
 // penultimate layer, so penultimate drops the last layer and the
 // projection, as diffusers' loader does.
 func detectOpenCLIP(k keyset, p string, c Component, penultimate bool, cfg *Config) (TextArch, error) {
-	t := TextArch{Component: c, Act: "gelu", LayerNormEps: 1e-5, PadToken: "!"}
+	t := TextArch{Component: c, TextConfig: modelgen.TextConfig{Activation: "gelu"}, LayerNormEps: 1e-5, PadToken: "!"}
 	if !k.textSizes(&t, p+"token_embedding.weight", p+"positional_embedding",
 		p+"transformer.resblocks.", p+"transformer.resblocks.0.mlp.c_fc.weight") {
 		return TextArch{}, &FormatError{Reason: fmt.Sprintf("%s: incomplete OpenCLIP text encoder under %s", c, p)}
@@ -540,7 +536,7 @@ func detectOpenCLIP(k keyset, p string, c Component, penultimate bool, cfg *Conf
 	if penultimate {
 		t.Layers--
 	} else if k.has(p + "text_projection") {
-		t.Projection = k.dim(p+"text_projection", 1)
+		t.ProjectionDim = k.dim(p+"text_projection", 1)
 	}
 	return t, textHyper(&t, cfg)
 }

@@ -91,8 +91,9 @@ type Built struct {
 // ModelConfig returns the modelgen configuration of architecture a.
 func ModelConfig(a *Arch) (modelgen.Config, error) {
 	text := func(t TextArch) modelgen.TextConfig {
-		return modelgen.TextConfig{Vocab: t.Vocab, Hidden: t.Hidden, Layers: t.Layers, Heads: t.Heads, Intermediate: t.Intermediate,
-			MaxPositions: t.MaxPositions, Activation: t.Act, ProjectionDim: t.Projection, EOSTokenID: 2}
+		tc := t.TextConfig
+		tc.EOSTokenID = 2 // what the checkpoints' text encoders use
+		return tc
 	}
 	u := a.UNet
 	c := modelgen.Config{Name: string(a.Family)}

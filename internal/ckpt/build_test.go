@@ -260,8 +260,8 @@ func TestWriteOriginalSD2(t *testing.T) {
 			CrossAttention: cfg.UNet.CrossAttention, TransformerDepth: []int{1, 0}, MidDepth: 1, Heads: cfg.UNet.LevelHeads,
 			CrossAttentionDim: cfg.Text.Hidden, LinearProjection: true, UpcastAttention: true, TimeEmbedDim: 4 * cfg.UNet.BlockChannels[0]},
 		VAE: VAEArch{InChannels: 3, OutChannels: 3, LatentChannels: 4, BlockChannels: cfg.VAE.BlockChannels, LayersPerBlock: cfg.VAE.LayersPerBlock, ScalingFactor: cfg.VAE.ScalingFactor},
-		Text: []TextArch{{Component: TextEncoder, Vocab: 49408, Hidden: cfg.Text.Hidden, Layers: cfg.Text.Layers, Heads: cfg.Text.Heads,
-			Intermediate: cfg.Text.Intermediate, MaxPositions: 77, Act: "gelu", LayerNormEps: 1e-5, PadToken: "!"}},
+		Text: []TextArch{{Component: TextEncoder, TextConfig: modelgen.TextConfig{Vocab: 49408, Hidden: cfg.Text.Hidden, Layers: cfg.Text.Layers, Heads: cfg.Text.Heads,
+			Intermediate: cfg.Text.Intermediate, MaxPositions: 77, Activation: "gelu"}, LayerNormEps: 1e-5, PadToken: "!"}},
 	}
 	if _, err := ModelConfig(a); err != nil {
 		t.Fatal(err)

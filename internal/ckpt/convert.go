@@ -523,7 +523,7 @@ func openCLIPKey(k keyset, full, rest string, t TextArch) ([]placed, bool, error
 	case "ln_final.weight", "ln_final.bias":
 		return []placed{{t.Component, "text_model.final_layer_norm." + strings.TrimPrefix(rest, "ln_final."), Param{Key: full}}}, true, nil
 	case "text_projection":
-		if t.Projection == 0 {
+		if t.ProjectionDim == 0 {
 			return nil, true, nil
 		}
 		s := k.shape(full)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
 	"github.com/sdpipe/sdpipe/internal/shareddir"
 )
@@ -48,8 +49,8 @@ func TestTinyKeymap(t *testing.T) {
 	if a.Family != SD1 || a.Inpainting || a.Prediction != "epsilon" {
 		t.Errorf("family %s, inpainting %v, prediction %s", a.Family, a.Inpainting, a.Prediction)
 	}
-	wantText := TextArch{Component: TextEncoder, Vocab: 49408, Hidden: 32, Layers: 5, Heads: 4, Intermediate: 37,
-		MaxPositions: 77, Act: "quick_gelu", LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
+	wantText := TextArch{Component: TextEncoder, TextConfig: modelgen.TextConfig{Vocab: 49408, Hidden: 32, Layers: 5, Heads: 4, Intermediate: 37,
+		MaxPositions: 77, Activation: "quick_gelu"}, LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
 	if diff := cmp.Diff([]TextArch{wantText}, a.Text); diff != "" {
 		t.Errorf("text encoder (-want +got):\n%s", diff)
 	}

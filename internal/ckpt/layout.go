@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sdpipe/sdpipe/internal/modelgen"
 	"github.com/sdpipe/sdpipe/internal/safetensors"
 )
 
@@ -19,8 +20,8 @@ type TensorSpec struct {
 // SD 1.5 (and, with inpainting, its inpainting model), SD 2.1 (768-v),
 // SDXL base 1.0 or the SDXL refiner.
 func Published(f Family, inpainting bool) (*Arch, error) {
-	clipL := TextArch{Component: TextEncoder, Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, Act: "quick_gelu", LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
-	bigG := TextArch{Component: TextEncoder2, Vocab: 49408, Hidden: 1280, Layers: 32, Heads: 20, Intermediate: 5120, MaxPositions: 77, Act: "gelu", LayerNormEps: 1e-5, Projection: 1280, PadToken: "!"}
+	clipL := TextArch{Component: TextEncoder, TextConfig: modelgen.TextConfig{Vocab: 49408, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072, MaxPositions: 77, Activation: "quick_gelu"}, LayerNormEps: 1e-5, PadToken: "<|endoftext|>"}
+	bigG := TextArch{Component: TextEncoder2, TextConfig: modelgen.TextConfig{Vocab: 49408, Hidden: 1280, Layers: 32, Heads: 20, Intermediate: 5120, MaxPositions: 77, Activation: "gelu", ProjectionDim: 1280}, LayerNormEps: 1e-5, PadToken: "!"}
 	vae := VAEArch{InChannels: 3, OutChannels: 3, LatentChannels: 4, BlockChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2, ScalingFactor: 0.18215}
 	in := 4
 	if inpainting {
@@ -42,7 +43,7 @@ func Published(f Family, inpainting bool) (*Arch, error) {
 		a.UNet = UNetArch{InChannels: in, OutChannels: 4, BlockChannels: []int{320, 640, 1280, 1280}, LayersPerBlock: 2,
 			CrossAttention: []bool{true, true, true, false}, TransformerDepth: []int{1, 1, 1, 0}, MidDepth: 1,
 			Heads: []int{5, 10, 20, 20}, CrossAttentionDim: 1024, LinearProjection: true, UpcastAttention: true, TimeEmbedDim: 1280}
-		a.Text = []TextArch{{Component: TextEncoder, Vocab: 49408, Hidden: 1024, Layers: 23, Heads: 16, Intermediate: 4096, MaxPositions: 77, Act: "gelu", LayerNormEps: 1e-5, PadToken: "!"}}
+		a.Text = []TextArch{{Component: TextEncoder, TextConfig: modelgen.TextConfig{Vocab: 49408, Hidden: 1024, Layers: 23, Heads: 16, Intermediate: 4096, MaxPositions: 77, Activation: "gelu"}, LayerNormEps: 1e-5, PadToken: "!"}}
 	case SDXL:
 		a.ImageSize = 1024
 		a.VAE.ScalingFactor, a.VAE.ForceUpcast = 0.13025, true
@@ -92,7 +93,7 @@ func OriginalLayout(a *Arch, float safetensors.DType, extras bool) []TensorSpec 
 			}
 		case a.Family == SD2:
 			t.Layers++ // the file holds the last layer, which SD 2.x does not use
-			t.Projection = t.Hidden
+			t.ProjectionDim = t.Hidden
 			layoutOpenCLIP(add, openCLIPSD2, t)
 			if extras {
 				add(openCLIPSD2 + "logit_scale")
@@ -333,7 +334,7 @@ func layoutOpenCLIP(add addFunc, p string, t TextArch) {
 		layoutNorm(add, b+"ln_2.", h)
 	}
 	layoutNorm(add, p+"ln_final.", h)
-	if t.Projection > 0 {
-		add(p+"text_projection", int64(h), int64(t.Projection))
+	if t.ProjectionDim > 0 {
+		add(p+"text_projection", int64(h), int64(t.ProjectionDim))
 	}
 }
