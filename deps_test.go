@@ -27,7 +27,7 @@ var allowed = map[string][]string{
 	"internal/cachedir":    {},
 	"internal/safetensors": {"internal/half"},
 	"internal/torchfile":   {"internal/safetensors"},
-	"internal/ckpt":        {"internal/safetensors", "internal/torchfile", "internal/modelgen", "internal/onnxpb", "internal/cachedir"},
+	"internal/ckpt":        {"internal/safetensors", "internal/torchfile", "internal/modelgen", "internal/onnxpb", "internal/cachedir", "internal/modellib"},
 	"internal/modellib":    {},
 	"internal/ckptrun":     {"internal/ckpt", "internal/ort", "pipeline", "tokenizer", "scheduler", "vae"},
 	"session":              {},

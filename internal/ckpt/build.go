@@ -16,6 +16,7 @@ import (
 
 	"github.com/sdpipe/sdpipe/internal/cachedir"
 	"github.com/sdpipe/sdpipe/internal/modelgen"
+	"github.com/sdpipe/sdpipe/internal/modellib"
 	"github.com/sdpipe/sdpipe/internal/onnxpb"
 )
 
@@ -351,14 +352,14 @@ func buildKey(f, vae *File, opt BuildOptions, a *Arch, tokDir string) (string, e
 		h.Write(q)
 	}
 	for _, l := range opt.LoRAs {
-		s, err := FileSHA256(l.Path)
+		s, err := modellib.FileSHA256(l.Path)
 		if err != nil {
 			return "", err
 		}
 		fmt.Fprintf(h, "lora %s %v\n", s, l.Multiplier)
 	}
 	for _, n := range []string{"vocab.json", "merges.txt"} {
-		s, err := FileSHA256(filepath.Join(tokDir, n))
+		s, err := modellib.FileSHA256(filepath.Join(tokDir, n))
 		if err != nil {
 			return "", err
 		}
@@ -372,20 +373,6 @@ func buildKey(f, vae *File, opt BuildOptions, a *Arch, tokDir string) (string, e
 		return "", errors.New("ckpt: Build sets the module hook itself (LoRABranches)")
 	}
 	return hex.EncodeToString(h.Sum(nil))[:32], nil
-}
-
-// FileSHA256 returns the hex SHA-256 of the file at path.
-func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("ckpt: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("ckpt: hashing %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // linkInto makes file reachable from dir: a hard link, or a copy when dir

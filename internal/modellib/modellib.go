@@ -206,6 +206,10 @@ func (h *Hashes) get(path string, addnet bool) (string, error) {
 	return s, nil
 }
 
+// FileSHA256 returns the hex SHA-256 of the file at path, read now (no
+// cache).
+func FileSHA256(path string) (string, error) { return hashFile(path, false) }
+
 // hashFile hashes the whole file, or its safetensors data section.
 func hashFile(path string, addnet bool) (string, error) {
 	f, err := os.Open(path)
