@@ -6,8 +6,44 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/sdpipe/sdpipe/internal/onnxpb"
+	"github.com/sdpipe/sdpipe/internal/ort"
 	"github.com/sdpipe/sdpipe/pipeline"
 )
+
+// ErrLibraryNotFound is matched (errors.Is) by the error of Open and
+// OpenFolder when no usable ONNX Runtime library is found (WithLibraryPath,
+// $ONNXRUNTIME_SHARED_LIBRARY_PATH, the cache scripts/setup.sh fills, the
+// system's). Its message names the paths tried.
+var ErrLibraryNotFound = ort.ErrLibraryNotFound
+
+// ErrTruncated and ErrMalformed are matched (errors.Is) by a *FolderError
+// for a model file that ends in the middle of its data (or an external
+// data file shorter than the model says), and for one that is not an ONNX
+// model at all. The message gives the byte offset.
+var (
+	ErrTruncated = onnxpb.ErrTruncated
+	ErrMalformed = onnxpb.ErrMalformed
+)
+
+// DeviceError reports a component that could not be loaded on its device:
+// the ONNX Runtime library has no such execution provider, the device is
+// missing (for WebGPU: no Vulkan loader or driver), or it refused the
+// model. Open returns it unless the device is Auto, which falls back to
+// the CPU; with WithOffload, a request may return it for the text encoder
+// it loads. Err says why.
+type DeviceError struct {
+	Component Component
+	Device    Device
+	Err       error
+}
+
+// Error returns "sd: <component> on <device>: <why>".
+func (e *DeviceError) Error() string {
+	return fmt.Sprintf("sd: %s on %s: %v", e.Component, e.Device, e.Err)
+}
+
+func (e *DeviceError) Unwrap() error { return e.Err }
 
 // ErrMismatch is matched (errors.Is) by a *FolderError whose components do
 // not fit together: the text encoder's hidden size differs from the UNet's
@@ -27,11 +63,12 @@ var ErrUnsupported = errors.New("sd: unsupported pipeline")
 // unet/model.onnx)".
 //
 // Err is the underlying error: it matches fs.ErrNotExist for a missing file,
-// *json.SyntaxError for malformed JSON, *onnxpb.DecodeError for a truncated
-// or garbage model, onnxpb.ErrTruncated for an external data file that is
-// too short, scheduler.ErrConfig for a bad scheduler config, the component
-// packages' *SignatureError (for example *unet.SignatureError) for a model
-// with the wrong inputs or outputs, ErrMismatch and ErrUnsupported.
+// *json.SyntaxError for malformed JSON, ErrTruncated for a truncated model
+// or an external data file that is too short, ErrMalformed for a file that
+// is not an ONNX model, scheduler.ErrConfig for a bad scheduler config, the
+// component packages' *SignatureError (for example *unet.SignatureError)
+// for a model with the wrong inputs or outputs, ErrMismatch and
+// ErrUnsupported.
 type FolderError struct {
 	Dir  string // the model folder, as given to OpenFolder
 	File string // the file or subfolder, relative to Dir and slash-separated ("unet/model.onnx"); "" for Dir itself

@@ -76,9 +76,13 @@ func run() error {
 	_, err = c.Wait(ctx)
 	_, err2 := m.Submit(ctx, sd.Request{Width: 65})
 	var re *sd.RequestError
-	fmt.Printf("size %v seed %d guidance %v events %d steps %d canceled %v invalid %v\n",
+	// a device this ONNX Runtime build lacks: an error the program can match
+	_, err3 := sd.Open(ctx, dir, sd.WithDevice(sd.VAEDecoder, sd.CoreML), sd.WithoutVAEEncoder())
+	var de *sd.DeviceError
+	fmt.Printf("size %v seed %d guidance %v events %d steps %d canceled %v invalid %v device %v\n",
 		res.Images[0].Bounds().Size(), res.Seeds[0], *res.Request.GuidanceScale, events, steps,
-		errors.Is(err, context.Canceled), errors.As(err2, &re) && re.Field == "Width")
+		errors.Is(err, context.Canceled), errors.As(err2, &re) && re.Field == "Width",
+		errors.As(err3, &de) && de.Component == sd.VAEDecoder && de.Device == sd.CoreML)
 	return nil
 }
 `
@@ -128,7 +132,7 @@ func TestFromAnotherModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go run in another module: %v\n%s", err, b)
 	}
-	want := "size (64,64) seed 42 guidance 2.5 events 5 steps 5 canceled true invalid true"
+	want := "size (64,64) seed 42 guidance 2.5 events 5 steps 5 canceled true invalid true device true"
 	if got := strings.TrimSpace(string(b)); !strings.HasSuffix(got, want) {
 		t.Errorf("the program printed\n%s\nwant\n%s", got, want)
 	}

@@ -74,8 +74,8 @@ type Folder struct {
 // WithoutVAEEncoder is given.
 //
 // The options are checked first, all at once. A missing ONNX Runtime library
-// gives an error matching ort.ErrLibraryNotFound, an unavailable device one
-// wrapping *ort.ProviderError, a canceled ctx one matching ctx.Err(). The
+// gives an error matching ErrLibraryNotFound, an unavailable device a
+// *DeviceError, a canceled ctx one matching ctx.Err(). The
 // caller must Close the Folder. OpenFolder is safe for concurrent use.
 func OpenFolder(ctx context.Context, dir string, opts ...LoadOption) (*Folder, error) {
 	cfg, err := newLoadConfig(opts)
@@ -240,7 +240,7 @@ func openError(dir string, c Component, p session.Device, err error) error {
 		return fmt.Errorf("sd: %w", err)
 	}
 	if _, ok := errors.AsType[*ort.ProviderError](err); ok {
-		return fmt.Errorf("sd: %s on %s: %w", c, p, err)
+		return &DeviceError{Component: c, Device: Device(p), Err: err}
 	}
 	return &FolderError{Dir: dir, File: c.String() + "/" + modelFile, Err: err}
 }

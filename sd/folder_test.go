@@ -128,14 +128,14 @@ func TestOpenFolderBroken(t *testing.T) {
 			name:  "truncated unet model",
 			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "unet/model.onnx") },
 			file:  "unet/model.onnx",
-			cause: func(err error) bool { return isType[*onnxpb.DecodeError](err) && errors.Is(err, onnxpb.ErrTruncated) },
+			cause: isErr(sd.ErrTruncated),
 			text:  "truncated",
 		},
 		{
 			name:  "truncated vae encoder model",
 			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "vae_encoder/model.onnx") },
 			file:  "vae_encoder/model.onnx",
-			cause: isErr(onnxpb.ErrTruncated),
+			cause: isErr(sd.ErrTruncated),
 		},
 		{
 			name: "garbage vae decoder model",
@@ -143,7 +143,7 @@ func TestOpenFolderBroken(t *testing.T) {
 				writeFile(t, d, "vae_decoder/model.onnx", strings.Repeat("\xff garbage ", 100))
 			},
 			file:  "vae_decoder/model.onnx",
-			cause: isType[*onnxpb.DecodeError],
+			cause: isErr(sd.ErrMalformed),
 		},
 		{
 			name:  "empty text encoder model",
@@ -162,7 +162,7 @@ func TestOpenFolderBroken(t *testing.T) {
 			name:  "truncated unet weights.pb",
 			brk:   func(t *testing.T, d string) { truncateHalf(t, d, "unet/weights.pb") },
 			file:  "unet/weights.pb",
-			cause: isErr(onnxpb.ErrTruncated),
+			cause: isErr(sd.ErrTruncated),
 			text:  "truncated",
 		},
 		{
@@ -498,8 +498,12 @@ func TestOpenFolderLoadFailure(t *testing.T) {
 	if !isType[*ort.ProviderError](err) {
 		t.Skipf("this ONNX Runtime build accepted CoreML (or failed otherwise): %v", err)
 	}
-	if !strings.Contains(err.Error(), "vae_decoder") {
-		t.Errorf("error %q does not name the component", err)
+	de, ok := errors.AsType[*sd.DeviceError](err)
+	if !ok || de.Component != sd.VAEDecoder || de.Device != sd.CoreML {
+		t.Errorf("error %v: want a *sd.DeviceError for the VAE decoder on coreml", err)
+	}
+	if !strings.Contains(err.Error(), "vae_decoder on coreml") {
+		t.Errorf("error %q does not name the component and device", err)
 	}
 	// The folder still opens afterwards.
 	f, err := sd.OpenFolder(t.Context(), dir, sd.WithoutVAEEncoder())
@@ -527,8 +531,8 @@ func TestOpenFolderBadLibrary(t *testing.T) {
 	lib := filepath.Join(t.TempDir(), "libonnxruntime.so")
 	writeFile(t, filepath.Dir(lib), filepath.Base(lib), "not a library")
 	_, err := sd.OpenFolder(t.Context(), dir, sd.WithLibraryPath(lib))
-	if !errors.Is(err, ort.ErrLibraryNotFound) || !strings.Contains(err.Error(), lib) {
-		t.Errorf("OpenFolder with a bad library = %v, want ort.ErrLibraryNotFound naming %s", err, lib)
+	if !errors.Is(err, sd.ErrLibraryNotFound) || !strings.Contains(err.Error(), lib) {
+		t.Errorf("OpenFolder with a bad library = %v, want sd.ErrLibraryNotFound naming %s", err, lib)
 	}
 }
 

@@ -149,6 +149,9 @@ func (o *offloadText) open(ctx context.Context, sig *textenc.Signature) (*texten
 		opts.Device, opts.ProviderOptions = session.CPU, nil
 		m, err = sig.Open(ctx, opts)
 	}
+	if _, ok := errors.AsType[*ort.ProviderError](err); ok {
+		return nil, &DeviceError{Component: TextEncoder, Device: Device(o.opts.Device), Err: err}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sd: offloaded text encoder: %w", err)
 	}
