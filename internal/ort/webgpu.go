@@ -70,5 +70,9 @@ var webgpuOpen sync.Mutex
 // calls from two goroutines at once failed ("Command encoding already
 // finished") or crashed the process (TestWebGPUSessionsConcurrent). The GPU
 // runs one call at a time anyway; what overlaps a GPU call is the CPU
-// sessions' work.
+// sessions' work. One lock is all there is to have: ORT's "deviceId" is a
+// WebGPU context id, and a context other than 0 must be given its own
+// native WebGPU instance and device (ORT refuses it otherwise: "custom
+// context (contextId>0) must have custom WebGPU instance and device"),
+// which a Go program does not hold; every session here is on context 0.
 var webgpuRun sync.Mutex
