@@ -32,10 +32,10 @@ func WalkVisible(dir string, fn func(path string, d fs.DirEntry) error) error {
 	})
 }
 
-// cacheFrom is the size from which a file's SHA-256 is kept in the cache:
-// model weights, which take seconds to hash. Smaller files are hashed each
-// time, so that the cache holds no entry per config file. Tests lower it.
-var cacheFrom int64 = 64 << 20
+// cacheFrom is the size from which Folder keeps a file's SHA-256 in the
+// cache: model weights, which take seconds to hash. Smaller files are
+// hashed each time, so that the cache holds no entry per config file.
+const cacheFrom = 64 << 20
 
 // Folder returns the content hash of a model folder: the hex SHA-256 of
 // the sha256sum-style listing of its files,
@@ -71,7 +71,7 @@ func (h *Hashes) Folder(dir string) (string, error) {
 			return err
 		}
 		var sum string
-		if info.Size() >= cacheFrom {
+		if info.Size() >= h.cacheFrom {
 			sum, err = h.SHA256(p)
 		} else {
 			sum, err = hashFile(p, false)

@@ -68,9 +68,7 @@ func TestFolder(t *testing.T) {
 
 	// every file counts as large: the cache is used while size and mtime
 	// match (poison it and see), and not once the mtime changes
-	old := cacheFrom
-	cacheFrom = 0
-	t.Cleanup(func() { cacheFrom = old })
+	h.cacheFrom = 0
 	fresh, err := h.Folder(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -96,7 +96,8 @@ func List(dir string, k Kind) ([]Entry, error) {
 
 // Hashes computes A1111's hashes and keeps them in a JSON file.
 type Hashes struct {
-	path string
+	path      string
+	cacheFrom int64 // Folder's cacheFrom; tests lower it
 
 	mu    sync.Mutex
 	cache map[string]cached
@@ -112,7 +113,7 @@ type cached struct {
 // NewHashes returns a hash computer whose cache lives in file path ("" for
 // memory only). A missing or unreadable cache starts empty.
 func NewHashes(path string) *Hashes {
-	h := &Hashes{path: path, cache: map[string]cached{}}
+	h := &Hashes{path: path, cacheFrom: cacheFrom, cache: map[string]cached{}}
 	if path != "" {
 		if b, err := os.ReadFile(path); err == nil {
 			_ = json.Unmarshal(b, &h.cache) // a broken cache is recomputed
