@@ -43,6 +43,7 @@ func (e *DeviceError) Error() string {
 	return fmt.Sprintf("sd: %s on %s: %v", e.Component, e.Device, e.Err)
 }
 
+// Unwrap returns the underlying error.
 func (e *DeviceError) Unwrap() error { return e.Err }
 
 // ErrMismatch is matched (errors.Is) by a *FolderError whose components do
