@@ -20,7 +20,7 @@ var ErrLibraryNotFound = ort.ErrLibraryNotFound
 // ErrTruncated and ErrMalformed are matched (errors.Is) by a *FolderError
 // for a model file that ends in the middle of its data (or an external
 // data file shorter than the model says), and for one that is not an ONNX
-// model at all. The message gives the byte offset.
+// model at all. The message says where (a byte offset, or the sizes).
 var (
 	ErrTruncated = onnxpb.ErrTruncated
 	ErrMalformed = onnxpb.ErrMalformed
