@@ -127,6 +127,9 @@ func Models(dir string) ([]Entry, error) {
 		}
 		rel = filepath.ToSlash(rel)
 		link := d.Type()&fs.ModeSymlink != 0
+		if !d.IsDir() && !link && !slices.Contains(Checkpoint.exts(), strings.ToLower(filepath.Ext(p))) {
+			return nil // the common case, settled without a stat
+		}
 		info, err := os.Stat(p) // a link's target
 		if err != nil {
 			if link {
