@@ -96,7 +96,7 @@ type VAEArch struct {
 }
 
 // TextArch describes a transformers CLIPTextModel (or
-// CLIPTextModelWithProjection when Projection is non-zero).
+// CLIPTextModelWithProjection when ProjectionDim is non-zero).
 type TextArch struct {
 	Component Component
 	// TextConfig holds the sizes the generated graph takes: Activation is
